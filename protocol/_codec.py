@@ -1,0 +1,391 @@
+"""Messages and their strict, versioned TLV codec (PROTOCOL.md §3).
+
+Every message is `version(1) || type(1) || fields`, each field `tag(1) || length(1 or 2) || value`, in
+strictly ascending tag order, each tag at most once. Decoding is strict: an unknown version, type or tag,
+a missing required field, a length outside the field's bounds, a non-minimal length or trailing bytes all
+raise DecodeError, and nothing else is ever raised for any input.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from ._errors import DecodeError
+
+VERSION = 1
+MAX_MESSAGE = 2048  # bytes; a cap so a peer can never make us buffer more (PROTOCOL.md §2)
+CHALLENGE_LEN = 16
+SESSION_ID_LEN = 8
+
+
+class MsgType(enum.IntEnum):
+    """Message types; 0x01-0x7F travel device -> vehicle, 0x81-0xFF vehicle -> device."""
+
+    CHALLENGE_REQUEST = 0x01
+    COMMAND = 0x02
+    PAIR_START = 0x03
+    PAIR_CONFIRM = 0x04
+    SESSION_OPEN = 0x05
+    SECURE_REQUEST = 0x06
+    CHALLENGE = 0x81
+    RESULT = 0x82
+    PAIR_REPLY = 0x83
+    PAIR_DONE = 0x84
+    SESSION_ACCEPT = 0x85
+    SECURE_RESPONSE = 0x86
+    ERROR = 0x8F
+
+
+class Tag(enum.IntEnum):
+    """Field tags (PROTOCOL.md §3.2)."""
+
+    KEY_ID = 0x01
+    CHALLENGE = 0x02
+    COMMAND = 0x03
+    ARGS = 0x04
+    VEHICLE_ID = 0x05
+    TTL_MS = 0x06
+    STATUS = 0x07
+    DATA = 0x08
+    SLOT = 0x09
+    SHARE = 0x0A
+    CONFIRM = 0x0B
+    SEALED = 0x0C
+    EPHEMERAL = 0x0D
+    SESSION_ID = 0x0E
+    COUNTER = 0x0F
+    CIPHERTEXT = 0x10
+    SIGNATURE = 0x1F
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """How one dataclass attribute travels: its tag, and either an int width or byte-length bounds."""
+
+    tag: Tag
+    min_len: int
+    max_len: int
+    int_width: int = 0  # > 0: an unsigned big-endian integer of exactly this many bytes
+    optional: bool = False  # optional fields are bytes defaulting to b"" and are omitted when empty
+
+
+def _b(tag: Tag, lo: int, hi: int | None = None, *, optional: bool = False) -> _Field:
+    return _Field(tag, lo, lo if hi is None else hi, optional=optional)
+
+
+def _u(tag: Tag, width: int) -> _Field:
+    return _Field(tag, width, width, int_width=width)
+
+
+_BODY = MAX_MESSAGE - 16  # the largest any variable field can be and still leave room for the rest
+
+
+class Message:
+    """Base of all messages: `encode()` gives the wire bytes; `decode(b)` parses any message."""
+
+    TYPE: ClassVar[MsgType]
+    SCHEMA: ClassVar[dict[str, _Field]]
+
+    def encode(self) -> bytes:
+        """The message's wire encoding (version, type, TLV fields)."""
+        out = bytearray((VERSION, self.TYPE))
+        for name, spec in self.SCHEMA.items():
+            value = getattr(self, name)
+            if spec.int_width:
+                raw = int(value).to_bytes(spec.int_width, "big")
+            else:
+                raw = bytes(value)
+                if spec.optional and not raw:
+                    continue
+            if not spec.min_len <= len(raw) <= spec.max_len:
+                raise ValueError(f"{type(self).__name__}.{name}: {len(raw)} bytes, not {spec.min_len}..{spec.max_len}")
+            out.append(spec.tag)
+            out += _encode_len(len(raw))
+            out += raw
+        if len(out) > MAX_MESSAGE:
+            raise ValueError(f"{type(self).__name__} is {len(out)} bytes, over the {MAX_MESSAGE}-byte cap")
+        return bytes(out)
+
+
+def _encode_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    return bytes((0x80 | (n >> 8), n & 0xFF))
+
+
+def _schema(**spec: _Field) -> dict[str, _Field]:
+    tags = [f.tag for f in spec.values()]
+    assert tags == sorted(tags) and len(set(tags)) == len(tags), "schema tags must ascend"
+    return spec
+
+
+# ------------------------------------------------------------------------------- device -> vehicle
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeRequest(Message):
+    """Ask the vehicle to notify a fresh challenge (when the pushed one was missed or spent)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CHALLENGE_REQUEST
+    SCHEMA: ClassVar[dict[str, _Field]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Command(Message):
+    """A fast-path command (unlock, lock, status, start), signed by the device key (PROTOCOL.md §5)."""
+
+    key_id: bytes
+    challenge: bytes
+    command: int
+    args: bytes
+    signature: bytes
+    TYPE: ClassVar[MsgType] = MsgType.COMMAND
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        key_id=_b(Tag.KEY_ID, 4),
+        challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
+        command=_u(Tag.COMMAND, 1),
+        args=_b(Tag.ARGS, 0, 64, optional=True),
+        signature=_b(Tag.SIGNATURE, 64),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PairStart(Message):
+    """Begin pairing: the code's slot, the vehicle challenge used as CPace sid, the device's CPace share."""
+
+    slot: int
+    challenge: bytes
+    share: bytes
+    TYPE: ClassVar[MsgType] = MsgType.PAIR_START
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
+        slot=_u(Tag.SLOT, 1),
+        share=_b(Tag.SHARE, 32),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PairConfirm(Message):
+    """The device's key confirmation and its public key + proof of possession, sealed under the PAKE key."""
+
+    challenge: bytes
+    confirm: bytes
+    sealed: bytes
+    TYPE: ClassVar[MsgType] = MsgType.PAIR_CONFIRM
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
+        confirm=_b(Tag.CONFIRM, 32),
+        sealed=_b(Tag.SEALED, 16, 512),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpen(Message):
+    """Open a confidential session: the device's ephemeral ECDH key, signed by its device key."""
+
+    key_id: bytes
+    challenge: bytes
+    ephemeral: bytes
+    signature: bytes
+    TYPE: ClassVar[MsgType] = MsgType.SESSION_OPEN
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        key_id=_b(Tag.KEY_ID, 4),
+        challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
+        ephemeral=_b(Tag.EPHEMERAL, 65),
+        signature=_b(Tag.SIGNATURE, 64),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SecureRequest(Message):
+    """An AES-GCM sealed command inside a confidential session."""
+
+    session_id: bytes
+    counter: int
+    ciphertext: bytes
+    TYPE: ClassVar[MsgType] = MsgType.SECURE_REQUEST
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        session_id=_b(Tag.SESSION_ID, SESSION_ID_LEN),
+        counter=_u(Tag.COUNTER, 4),
+        ciphertext=_b(Tag.CIPHERTEXT, 16, _BODY),
+    )
+
+
+# ------------------------------------------------------------------------------- vehicle -> device
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge(Message):
+    """A fresh single-use challenge, pushed on subscription and on request, with the vehicle's id."""
+
+    vehicle_id: bytes
+    challenge: bytes
+    ttl_ms: int
+    TYPE: ClassVar[MsgType] = MsgType.CHALLENGE
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
+        vehicle_id=_b(Tag.VEHICLE_ID, 4),
+        ttl_ms=_u(Tag.TTL_MS, 2),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Result(Message):
+    """The vehicle's signed answer to a fast-path command, bound to its challenge."""
+
+    key_id: bytes
+    challenge: bytes
+    command: int
+    status: int
+    data: bytes
+    signature: bytes
+    TYPE: ClassVar[MsgType] = MsgType.RESULT
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        key_id=_b(Tag.KEY_ID, 4),
+        challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
+        command=_u(Tag.COMMAND, 1),
+        status=_u(Tag.STATUS, 1),
+        data=_b(Tag.DATA, 0, 256, optional=True),
+        signature=_b(Tag.SIGNATURE, 64),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PairReply(Message):
+    """The vehicle's CPace share and key confirmation."""
+
+    challenge: bytes
+    share: bytes
+    confirm: bytes
+    TYPE: ClassVar[MsgType] = MsgType.PAIR_REPLY
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
+        share=_b(Tag.SHARE, 32),
+        confirm=_b(Tag.CONFIRM, 32),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PairDone(Message):
+    """The vehicle's public key, the key's role and validity, and its signature, sealed under the PAKE key."""
+
+    challenge: bytes
+    sealed: bytes
+    TYPE: ClassVar[MsgType] = MsgType.PAIR_DONE
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
+        sealed=_b(Tag.SEALED, 16, 512),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionAccept(Message):
+    """The vehicle's ephemeral ECDH key and session id, signed by the vehicle key."""
+
+    challenge: bytes
+    ephemeral: bytes
+    session_id: bytes
+    signature: bytes
+    TYPE: ClassVar[MsgType] = MsgType.SESSION_ACCEPT
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
+        ephemeral=_b(Tag.EPHEMERAL, 65),
+        session_id=_b(Tag.SESSION_ID, SESSION_ID_LEN),
+        signature=_b(Tag.SIGNATURE, 64),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SecureResponse(Message):
+    """An AES-GCM sealed response inside a confidential session."""
+
+    session_id: bytes
+    counter: int
+    ciphertext: bytes
+    TYPE: ClassVar[MsgType] = MsgType.SECURE_RESPONSE
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        session_id=_b(Tag.SESSION_ID, SESSION_ID_LEN),
+        counter=_u(Tag.COUNTER, 4),
+        ciphertext=_b(Tag.CIPHERTEXT, 16, _BODY),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """An unauthenticated refusal (malformed input, refused pairing); `challenge` routes it, if known."""
+
+    status: int
+    challenge: bytes = b""
+    TYPE: ClassVar[MsgType] = MsgType.ERROR
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN, optional=True),
+        status=_u(Tag.STATUS, 1),
+    )
+
+
+MESSAGE_TYPES: dict[int, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        ChallengeRequest, Command, PairStart, PairConfirm, SessionOpen, SecureRequest,
+        Challenge, Result, PairReply, PairDone, SessionAccept, SecureResponse, Error,
+    )
+}
+
+
+def decode(data: bytes) -> Message:
+    """Parse one message strictly; DecodeError (and nothing else) for any malformed input."""
+    if len(data) < 2:
+        raise DecodeError("message shorter than its 2-byte header")
+    if len(data) > MAX_MESSAGE:
+        raise DecodeError(f"message of {len(data)} bytes is over the {MAX_MESSAGE}-byte cap")
+    if data[0] != VERSION:
+        raise DecodeError(f"unsupported protocol version {data[0]}")
+    cls = MESSAGE_TYPES.get(data[1])
+    if cls is None:
+        raise DecodeError(f"unknown message type 0x{data[1]:02x}")
+    by_tag: dict[int, tuple[str, _Field]] = {spec.tag: (name, spec) for name, spec in cls.SCHEMA.items()}
+    values: dict[str, Any] = {}
+    pos, last_tag = 2, -1
+    while pos < len(data):
+        tag = data[pos]
+        if tag <= last_tag:
+            raise DecodeError(f"field 0x{tag:02x} out of order or repeated")
+        if tag not in by_tag:
+            raise DecodeError(f"unknown field 0x{tag:02x} in {cls.__name__}")
+        length, pos = _decode_len(data, pos + 1)
+        if pos + length > len(data):
+            raise DecodeError(f"field 0x{tag:02x} runs past the end of the message")
+        name, spec = by_tag[tag]
+        if not spec.min_len <= length <= spec.max_len or (spec.optional and length == 0):
+            raise DecodeError(f"field {name} has length {length}, not {spec.min_len}..{spec.max_len}")
+        raw = data[pos : pos + length]
+        values[name] = int.from_bytes(raw, "big") if spec.int_width else bytes(raw)
+        pos += length
+        last_tag = tag
+    for name, spec in cls.SCHEMA.items():
+        if name not in values:
+            if not spec.optional:
+                raise DecodeError(f"{cls.__name__} lacks its {name} field")
+            values[name] = b""
+    return cls(**values)
+
+
+def _decode_len(data: bytes, pos: int) -> tuple[int, int]:
+    if pos >= len(data):
+        raise DecodeError("field length missing")
+    first = data[pos]
+    if first < 0x80:
+        return first, pos + 1
+    if pos + 1 >= len(data):
+        raise DecodeError("two-byte field length truncated")
+    n = ((first & 0x7F) << 8) | data[pos + 1]
+    if n < 0x80:
+        raise DecodeError("non-minimal field length")
+    return n, pos + 2
+
+
+def field_names(cls: type[Message]) -> tuple[str, ...]:
+    """The attribute names of a message class, in declaration order (for tests and tools)."""
+    return tuple(f.name for f in fields(cls))  # type: ignore[arg-type]

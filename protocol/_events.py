@@ -1,0 +1,148 @@
+"""Events the state machines hand to the application: frozen, slotted dataclasses (PROTOCOL.md §7)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ._errors import CommandFailed, Status
+
+
+class Cmd(enum.IntEnum):
+    """Command codes (PROTOCOL.md §5.3)."""
+
+    SESSION = 0x00  # not a command: marks the answer to a refused SESSION_OPEN
+    UNLOCK = 0x01
+    LOCK = 0x02
+    STATUS = 0x03
+    START = 0x04
+    LIST_KEYS = 0x10
+    REVOKE_KEY = 0x11
+    READ_AUDIT = 0x12
+
+
+FAST_COMMANDS = frozenset({Cmd.UNLOCK, Cmd.LOCK, Cmd.STATUS, Cmd.START})
+SECURE_COMMANDS = frozenset(Cmd) - {Cmd.SESSION}
+
+
+class KeyRole(enum.IntEnum):
+    """A key's role as carried in PAIR_DONE (PROTOCOL.md §6.4)."""
+
+    OWNER = 1
+    DRIVER = 2
+    GUEST = 3
+
+
+class Event:
+    """Base of every event."""
+
+
+# ------------------------------------------------------------------ vehicle side
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRequested(Event):
+    """An authenticated command; answer it with `VehicleSession.respond`."""
+
+    key_id: bytes
+    command: Cmd
+    args: bytes
+    secure: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Refused(Event):
+    """A request was refused before reaching the application; the reply is already queued."""
+
+    status: Status
+    key_id: bytes | None
+    reason: str  # for the audit log only: the wire status stays uniform
+
+
+@dataclass(frozen=True, slots=True)
+class PairingRequested(Event):
+    """A device wants to pair with the code in `slot`; answer with accept_pairing or refuse_pairing."""
+
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class PairingKeyReceived(Event):
+    """The code was right and the device proved its key; answer with finish_pairing or refuse_pairing."""
+
+    slot: int
+    public_key: bytes
+    key_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PairingFailed(Event):
+    """A pairing attempt failed (wrong code, bad share); the session is closed."""
+
+    slot: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpened(Event):
+    """A confidential session is open for `key_id`."""
+
+    key_id: bytes
+    session_id: bytes
+
+
+# ------------------------------------------------------------------ device side
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeReceived(Event):
+    """The vehicle pushed a challenge; `ours` is False if it came from a vehicle other than the pinned one."""
+
+    vehicle_id: bytes
+    ours: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult(Event):
+    """The vehicle's authenticated answer to our command."""
+
+    command: Cmd
+    status: Status
+    data: bytes
+    secure: bool
+
+    def raise_for_status(self) -> CommandResult:
+        """Return self if OK, else raise CommandFailed (with may_have_succeeded and temporary)."""
+        if self.status != Status.OK:
+            raise CommandFailed(self.status, authenticated=True)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleError(Event):
+    """An unauthenticated ERROR message routed to us (malformed request, refused pairing)."""
+
+    status: Status
+
+    def raise_for_status(self) -> None:
+        """Always raise CommandFailed: an unauthenticated error proves nothing about what the vehicle did."""
+        raise CommandFailed(self.status, authenticated=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionReady(Event):
+    """Our confidential session is open."""
+
+    session_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Paired(Event):
+    """Pairing succeeded: pin this vehicle key; our key is enrolled with this role and validity."""
+
+    vehicle_public_key: bytes
+    vehicle_id: bytes
+    key_id: bytes
+    role: KeyRole
+    valid_from: int | None
+    valid_until: int | None

@@ -1,0 +1,119 @@
+"""P-256 key pairs, short key ids and (de)serialization of public and private keys (PROTOCOL.md §4.1)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from ._errors import AuthenticationError, DecodeError
+
+CURVE = ec.SECP256R1()
+KEY_ID_LEN = 4
+PUBLIC_KEY_LEN = 65  # uncompressed SEC1: 0x04 || X || Y
+SIGNATURE_LEN = 64  # raw r || s, 32 bytes each, big-endian
+_KEY_ID_LABEL = b"dkey/1 key id\x00"
+# RFC 6979 deterministic ECDSA: no RNG failure can leak the key, and test vectors are reproducible.
+_SIGN = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+_VERIFY = ec.ECDSA(hashes.SHA256())
+_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def generate_private_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh P-256 private key from the OS's CSPRNG."""
+    return ec.generate_private_key(CURVE)
+
+
+def private_key_from_scalar(scalar: int) -> ec.EllipticCurvePrivateKey:
+    """The P-256 key with this secret scalar (test keys and vectors only)."""
+    return ec.derive_private_key(scalar, CURVE)
+
+
+def encode_public_key(key: ec.EllipticCurvePublicKey) -> bytes:
+    """The 65-byte uncompressed SEC1 encoding used on the wire and in storage."""
+    return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+
+
+def decode_public_key(data: bytes) -> ec.EllipticCurvePublicKey:
+    """Parse a compressed (33) or uncompressed (65) SEC1 P-256 point; DecodeError if it is not on the curve."""
+    if len(data) not in (33, PUBLIC_KEY_LEN) or data[0] not in (2, 3, 4) or (data[0] == 4) != (len(data) == 65):
+        raise DecodeError(f"not a SEC1 P-256 public key ({len(data)} bytes)")
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(CURVE, data)
+    except ValueError as exc:
+        raise DecodeError("public key is not a point on P-256") from exc
+
+
+def key_id(public_key: bytes | ec.EllipticCurvePublicKey) -> bytes:
+    """The 4-byte id of a public key: SHA-256("dkey/1 key id" 0x00 || uncompressed SEC1)[:4]."""
+    raw = public_key if isinstance(public_key, bytes) else encode_public_key(public_key)
+    if len(raw) != PUBLIC_KEY_LEN:
+        raw = encode_public_key(decode_public_key(raw))
+    return hashlib.sha256(_KEY_ID_LABEL + raw).digest()[:KEY_ID_LEN]
+
+
+def serialize_private_key(key: ec.EllipticCurvePrivateKey, passphrase: bytes | None = None) -> bytes:
+    """PKCS#8 PEM, encrypted with the passphrase if one is given; write it to a 0600 file."""
+    enc: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+
+
+def load_private_key(data: bytes, passphrase: bytes | None = None) -> ec.EllipticCurvePrivateKey:
+    """Parse a PKCS#8 PEM P-256 private key; ValueError if it is not one or the passphrase is wrong."""
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase)
+    except TypeError as exc:  # cryptography's way of saying "encrypted, but no passphrase" and vice versa
+        raise ValueError(str(exc)) from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != CURVE.name:
+        raise ValueError("not a P-256 private key")
+    return key
+
+
+def sign(key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
+    """ECDSA-P256-SHA256 over `message`, as 64 raw bytes r || s."""
+    r, s = decode_dss_signature(key.sign(message, _SIGN))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def verify(public_key: ec.EllipticCurvePublicKey, signature: bytes, message: bytes) -> None:
+    """Raise AuthenticationError unless `signature` (r || s) is valid for `message`."""
+    if len(signature) != SIGNATURE_LEN:
+        raise AuthenticationError("signature has the wrong length")
+    r = int.from_bytes(signature[:32], "big")
+    s = int.from_bytes(signature[32:], "big")
+    if not (0 < r < _ORDER and 0 < s < _ORDER):
+        raise AuthenticationError("signature out of range")
+    try:
+        public_key.verify(encode_dss_signature(r, s), message, _VERIFY)
+    except InvalidSignature:
+        raise AuthenticationError("bad signature") from None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPair:
+    """A P-256 private key with its encoded public key and key id precomputed."""
+
+    private_key: ec.EllipticCurvePrivateKey
+    public_bytes: bytes
+    key_id: bytes
+
+    @classmethod
+    def from_private_key(cls, key: ec.EllipticCurvePrivateKey) -> KeyPair:
+        """Wrap a private key, computing its public encoding and id once."""
+        pub = encode_public_key(key.public_key())
+        return cls(key, pub, key_id(pub))
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        """A fresh random key pair."""
+        return cls.from_private_key(generate_private_key())
+
+    def sign(self, message: bytes) -> bytes:
+        """Sign with this key (64 raw bytes)."""
+        return sign(self.private_key, message)

@@ -1,0 +1,117 @@
+"""Both state machines joined by an in-memory link: pairing, fast commands and a confidential session."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol import Cmd, CommandResult, DState, Paired, SessionOpened, SessionReady, Status, VState, split
+from protocol._codec import decode
+
+from .helpers import make_pair, run_pairing
+
+MTUS = [23, 247]
+
+
+@pytest.mark.parametrize("mtu", MTUS)
+def test_pairing_then_unlock(mtu: int) -> None:
+    p = make_pair(chunk_size=mtu - 3, enrolled=False)
+    events = run_pairing(p, "42123456")
+    paired = [e for e in events if isinstance(e, Paired)]
+    assert len(paired) == 1
+    assert paired[0].vehicle_id == p.vehicle.vehicle_id and paired[0].key_id == p.device.device.key_id
+    assert p.device.state is DState.PAIRED
+    # A new connection with the pinned key unlocks.
+    from protocol import DeviceSession
+    p.device = DeviceSession(p.device.device, vehicle_public_key=paired[0].vehicle_public_key, chunk_size=mtu - 3)
+    p.subscribe()
+    assert p.command(Cmd.UNLOCK).status is Status.OK
+
+
+@pytest.mark.parametrize("mtu", MTUS)
+@pytest.mark.parametrize("cmd", [Cmd.UNLOCK, Cmd.LOCK, Cmd.STATUS, Cmd.START])
+def test_fast_commands(mtu: int, cmd: Cmd) -> None:
+    p = make_pair(chunk_size=mtu - 3)
+    p.subscribe()
+    assert p.device.state is DState.READY
+    result = p.command(cmd, data=b"\x30\x01\x01")
+    assert result == CommandResult(command=cmd, status=Status.OK, data=b"\x30\x01\x01", secure=False)
+    assert p.vehicle.state is VState.READY and p.device.state is DState.WAIT_CHALLENGE
+
+
+@pytest.mark.parametrize("mtu", MTUS)
+def test_confidential_session(mtu: int) -> None:
+    p = make_pair(chunk_size=mtu - 3)
+    p.subscribe()
+    p.device.open_session()
+    [opened] = p.flush_up()
+    assert isinstance(opened, SessionOpened) and opened.key_id == p.device.device.key_id
+    [ready] = p.flush_down()
+    assert isinstance(ready, SessionReady) and ready.session_id == opened.session_id
+    for i in range(3):
+        p.device.send_secure(Cmd.LIST_KEYS, bytes([i]))
+        [req] = p.flush_up()
+        assert req.command is Cmd.LIST_KEYS and req.args == bytes([i]) and req.secure
+        p.vehicle.respond(Status.OK, b"secret key list " * 20)
+        [res] = p.flush_down()
+        assert res.status is Status.OK and res.data == b"secret key list " * 20 and res.secure
+    # Nothing of the plaintext crosses the air.
+    assert b"secret" not in b"".join(p.downlink)
+
+
+def test_unlock_fits_one_write_at_mtu_185() -> None:
+    p = make_pair(chunk_size=185 - 3)
+    p.subscribe()
+    p.device.send_command(Cmd.UNLOCK)
+    assert len(p.device.data_to_send()) == 1
+
+
+def test_vehicle_replies_in_chunks_as_large_as_the_device_writes() -> None:
+    p = make_pair(chunk_size=244)
+    p.subscribe()  # before any write the vehicle can only assume MTU 23
+    assert all(len(c) <= 20 for c in p.downlink)
+    p.command(Cmd.STATUS)
+    assert max(len(c) for c in p.downlink) == len(p.uplink[0]) > 20
+
+
+def test_lock_after_unlock_in_one_connection_with_a_requested_challenge() -> None:
+    p = make_pair()
+    p.subscribe()
+    p.command(Cmd.UNLOCK)
+    p.device.request_challenge()
+    p.flush_up()
+    p.flush_down()
+    assert p.command(Cmd.LOCK).status is Status.OK
+
+
+def test_refusal_status_comes_back_authenticated() -> None:
+    p = make_pair()
+    p.subscribe()
+    result = p.command(Cmd.START, status=Status.NOT_PERMITTED)
+    assert result.status is Status.NOT_PERMITTED
+    with pytest.raises(Exception) as info:
+        result.raise_for_status()
+    assert not info.value.may_have_succeeded  # type: ignore[attr-defined]
+
+
+def test_device_ignores_results_meant_for_another_central() -> None:
+    a = make_pair(rng_seed=b"a")
+    b = make_pair(rng_seed=b"b")
+    a.subscribe()
+    b.subscribe()
+    a.device.send_command(Cmd.UNLOCK)
+    a.flush_up()
+    a.vehicle.respond(Status.OK)
+    foreign = a.vehicle.data_to_send()
+    for ch in foreign:  # bless notifies every subscriber: b hears a's answer
+        b.device.receive_data(ch, b.now)
+    assert b.device.next_event(b.now) is None
+    assert b.device.state is DState.READY
+
+
+def test_frames_decode_strictly() -> None:
+    p = make_pair()
+    p.subscribe()
+    p.device.send_command(Cmd.UNLOCK)
+    raw = b"".join(c[3:] if i == 0 else c[1:] for i, c in enumerate(p.device.data_to_send()))
+    assert decode(raw).encode() == raw
+    assert split(raw, 20)[0][0] == 0x80
