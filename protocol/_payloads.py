@@ -1,0 +1,284 @@
+"""Command arguments and result data: small strict TLV records inside RESULT / secure messages (PROTOCOL.md §5.4).
+
+Fields use the message codec's TLV rules (ascending tags, each once, minimal lengths, no trailing bytes).
+Lists are a sequence of records, each a `record_tag || length || record-TLV`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ._errors import DecodeError
+
+MAX_DATA = 1800  # result data cap so a sealed response stays under the message cap
+
+
+class LockPosition(enum.IntEnum):
+    """Lock position as reported in a status record."""
+
+    UNKNOWN = 0
+    LOCKED = 1
+    UNLOCKED = 2
+
+
+class DoorPosition(enum.IntEnum):
+    """Door position (reed switch) as reported in a status record."""
+
+    UNKNOWN = 0
+    CLOSED = 1
+    OPEN = 2
+
+
+def _len(n: int) -> bytes:
+    return bytes((n,)) if n < 0x80 else bytes((0x80 | (n >> 8), n & 0xFF))
+
+
+def encode_fields(fields: Iterable[tuple[int, bytes]]) -> bytes:
+    """TLV-encode (tag, value) pairs given in ascending tag order."""
+    out = bytearray()
+    last = -1
+    for tag, value in fields:
+        if tag <= last or len(value) > 0x7FFF:
+            raise ValueError("tags must ascend and values stay under 32 KiB")
+        out += bytes((tag,)) + _len(len(value)) + value
+        last = tag
+    return bytes(out)
+
+
+def decode_fields(data: bytes, allowed: dict[int, tuple[int, int]]) -> dict[int, bytes]:
+    """Strictly TLV-decode `data`; `allowed` maps tag -> (min, max) length; DecodeError otherwise."""
+    out: dict[int, bytes] = {}
+    pos, last = 0, -1
+    while pos < len(data):
+        tag = data[pos]
+        if tag <= last or tag not in allowed:
+            raise DecodeError(f"unexpected field 0x{tag:02x}")
+        if pos + 1 >= len(data):
+            raise DecodeError("field length missing")
+        n, pos = data[pos + 1], pos + 2
+        if n >= 0x80:
+            if pos >= len(data):
+                raise DecodeError("two-byte length truncated")
+            n, pos = ((n & 0x7F) << 8) | data[pos], pos + 1
+            if n < 0x80:
+                raise DecodeError("non-minimal length")
+        lo, hi = allowed[tag]
+        if not lo <= n <= hi or pos + n > len(data):
+            raise DecodeError(f"field 0x{tag:02x} has a bad length {n}")
+        out[tag] = bytes(data[pos : pos + n])
+        pos += n
+        last = tag
+    return out
+
+
+def _u(value: int, width: int) -> bytes:
+    return value.to_bytes(width, "big")
+
+
+def _int(fields: dict[int, bytes], tag: int) -> int | None:
+    raw = fields.get(tag)
+    return None if raw is None else int.from_bytes(raw, "big")
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError("text field is not UTF-8") from exc
+
+
+# ------------------------------------------------------------------ status (unlock, lock, status, start)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """What the vehicle reports after a fast-path command: lock, door and start-enable output."""
+
+    lock: LockPosition
+    door: DoorPosition
+    start_enabled: bool
+
+    def encode(self) -> bytes:
+        """Result data bytes."""
+        return encode_fields([(0x30, _u(self.lock, 1)), (0x31, _u(self.door, 1)), (0x32, _u(self.start_enabled, 1))])
+
+    @classmethod
+    def decode(cls, data: bytes) -> StatusReport:
+        """Parse result data; DecodeError if malformed."""
+        f = decode_fields(data, {0x30: (1, 1), 0x31: (1, 1), 0x32: (1, 1)})
+        try:
+            return cls(LockPosition(_int(f, 0x30) or 0), DoorPosition(_int(f, 0x31) or 0), bool(_int(f, 0x32)))
+        except ValueError as exc:
+            raise DecodeError(str(exc)) from exc
+
+
+# ------------------------------------------------------------------ key list
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """One enrolled key as an owner sees it over the confidential session."""
+
+    key_id: bytes
+    role: int  # KeyRole
+    name: str
+    created_at: int
+    valid_from: int | None = None
+    valid_until: int | None = None
+    last_used_at: int | None = None
+    revoked_at: int | None = None
+
+    def encode(self) -> bytes:
+        """One key record (without its list wrapper)."""
+        opt = [(0x43, self.valid_from), (0x44, self.valid_until), (0x46, self.last_used_at), (0x47, self.revoked_at)]
+        fields = [(0x01, self.key_id), (0x41, _u(self.role, 1)), (0x42, self.name.encode()[:64]),
+                  (0x45, _u(self.created_at, 8))]
+        fields += [(tag, _u(v, 8)) for tag, v in opt if v is not None]
+        return encode_fields(sorted(fields))
+
+    @classmethod
+    def decode(cls, data: bytes) -> KeyInfo:
+        """Parse one key record; DecodeError if malformed."""
+        f = decode_fields(data, {0x01: (4, 4), 0x41: (1, 1), 0x42: (0, 64), 0x43: (8, 8), 0x44: (8, 8),
+                                 0x45: (8, 8), 0x46: (8, 8), 0x47: (8, 8)})
+        if not {0x01, 0x41, 0x42, 0x45} <= f.keys():
+            raise DecodeError("key record lacks a required field")
+        return cls(f[0x01], f[0x41][0], _text(f[0x42]), int.from_bytes(f[0x45], "big"), _int(f, 0x43),
+                   _int(f, 0x44), _int(f, 0x46), _int(f, 0x47))
+
+
+# ------------------------------------------------------------------ audit entries
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit-log entry as the owner reads it: the hash lets the owner check the chain."""
+
+    seq: int
+    ts: int
+    event: str
+    detail: str  # JSON text
+    entry_hash: bytes
+    key_id: bytes | None = None
+
+    def encode(self) -> bytes:
+        """One audit record."""
+        fields = [(0x51, _u(self.seq, 8)), (0x52, _u(self.ts, 8)), (0x53, self.event.encode()[:32]),
+                  (0x54, self.detail.encode()[:512]), (0x55, self.entry_hash)]
+        if self.key_id is not None:
+            fields.insert(0, (0x01, self.key_id))
+        return encode_fields(fields)
+
+    @classmethod
+    def decode(cls, data: bytes) -> AuditRecord:
+        """Parse one audit record; DecodeError if malformed."""
+        f = decode_fields(data, {0x01: (4, 4), 0x51: (8, 8), 0x52: (8, 8), 0x53: (1, 32), 0x54: (0, 512),
+                                 0x55: (32, 32)})
+        if not {0x51, 0x52, 0x53, 0x54, 0x55} <= f.keys():
+            raise DecodeError("audit record lacks a required field")
+        return cls(int.from_bytes(f[0x51], "big"), int.from_bytes(f[0x52], "big"), _text(f[0x53]),
+                   _text(f[0x54]), f[0x55], f.get(0x01))
+
+
+# ------------------------------------------------------------------ lists and arguments
+
+_KEY_RECORD = 0x40
+_AUDIT_RECORD = 0x50
+_TOTAL = 0x3F
+
+
+def encode_page(records: Sequence[bytes], total: int, record_tag: int) -> tuple[bytes, int]:
+    """A page `TOTAL(u32) || records...` that fits MAX_DATA; returns (bytes, how many records fit)."""
+    out = bytearray(bytes((_TOTAL, 4)) + _u(total, 4))
+    fitted = 0
+    for rec in records:
+        item = bytes((record_tag,)) + _len(len(rec)) + rec
+        if len(out) + len(item) > MAX_DATA:
+            break
+        out += item
+        fitted += 1
+    return bytes(out), fitted
+
+
+def decode_page(data: bytes, record_tag: int) -> tuple[int, list[bytes]]:
+    """Parse a page into (total, raw records)."""
+    if len(data) < 6 or data[0] != _TOTAL or data[1] != 4:
+        raise DecodeError("page lacks its total")
+    total, pos, records = int.from_bytes(data[2:6], "big"), 6, []
+    while pos < len(data):
+        if data[pos] != record_tag or pos + 1 >= len(data):
+            raise DecodeError("bad record in page")
+        n, pos = data[pos + 1], pos + 2
+        if n >= 0x80:
+            if pos >= len(data):
+                raise DecodeError("bad record length")
+            n, pos = ((n & 0x7F) << 8) | data[pos], pos + 1
+        if pos + n > len(data):
+            raise DecodeError("record runs past the page")
+        records.append(bytes(data[pos : pos + n]))
+        pos += n
+    return total, records
+
+
+def encode_key_page(keys: Sequence[KeyInfo], total: int) -> tuple[bytes, int]:
+    """LIST_KEYS result data; returns (data, number of keys that fit)."""
+    return encode_page([k.encode() for k in keys], total, _KEY_RECORD)
+
+
+def decode_key_page(data: bytes) -> tuple[int, list[KeyInfo]]:
+    """Parse LIST_KEYS result data into (total keys, this page)."""
+    total, raws = decode_page(data, _KEY_RECORD)
+    return total, [KeyInfo.decode(r) for r in raws]
+
+
+def encode_audit_page(entries: Sequence[AuditRecord], total: int) -> tuple[bytes, int]:
+    """READ_AUDIT result data; returns (data, number of entries that fit)."""
+    return encode_page([e.encode() for e in entries], total, _AUDIT_RECORD)
+
+
+def decode_audit_page(data: bytes) -> tuple[int, list[AuditRecord]]:
+    """Parse READ_AUDIT result data into (total entries, this page)."""
+    total, raws = decode_page(data, _AUDIT_RECORD)
+    return total, [AuditRecord.decode(r) for r in raws]
+
+
+def list_keys_args(offset: int = 0, limit: int = 50) -> bytes:
+    """LIST_KEYS arguments: offset (u16) || limit (u8)."""
+    return _u(offset, 2) + _u(limit, 1)
+
+
+def parse_list_keys_args(args: bytes) -> tuple[int, int]:
+    """(offset, limit) from LIST_KEYS arguments; empty means (0, 50)."""
+    if not args:
+        return 0, 50
+    if len(args) != 3:
+        raise DecodeError("LIST_KEYS takes 3 argument bytes")
+    return int.from_bytes(args[:2], "big"), args[2]
+
+
+def revoke_args(key_id: bytes, force: bool = False) -> bytes:
+    """REVOKE_KEY arguments: key id (4) || force (u8)."""
+    return key_id + bytes((int(force),))
+
+
+def parse_revoke_args(args: bytes) -> tuple[bytes, bool]:
+    """(key id, force) from REVOKE_KEY arguments."""
+    if len(args) != 5 or args[4] > 1:
+        raise DecodeError("REVOKE_KEY takes a 4-byte key id and a force flag")
+    return args[:4], bool(args[4])
+
+
+def read_audit_args(after_seq: int = 0, limit: int = 20) -> bytes:
+    """READ_AUDIT arguments: after_seq (u64) || limit (u8)."""
+    return _u(after_seq, 8) + _u(limit, 1)
+
+
+def parse_read_audit_args(args: bytes) -> tuple[int, int]:
+    """(after_seq, limit) from READ_AUDIT arguments; empty means (0, 20)."""
+    if not args:
+        return 0, 20
+    if len(args) != 9:
+        raise DecodeError("READ_AUDIT takes 9 argument bytes")
+    return int.from_bytes(args[:8], "big"), args[8]
