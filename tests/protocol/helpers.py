@@ -31,7 +31,7 @@ DEVICE_SCALAR = int.from_bytes(hashlib.sha256(b"dkey test device key - never enr
 OTHER_SCALAR = int.from_bytes(hashlib.sha256(b"dkey test other device key - never enroll").digest(), "big")
 
 
-def test_key(scalar: int) -> KeyPair:
+def fixed_key(scalar: int) -> KeyPair:
     """A fixed key pair from a published scalar."""
     return KeyPair.from_private_key(private_key_from_scalar(scalar))
 
@@ -105,8 +105,8 @@ class Pair:
 def make_pair(*, chunk_size: int = 20, device: KeyPair | None = None, enrolled: bool = True,
               rng_seed: bytes = b"pair", vehicle: KeyPair | None = None) -> Pair:
     """A vehicle with one enrolled device key, and that device, both with deterministic randomness."""
-    vkey = vehicle or test_key(VEHICLE_SCALAR)
-    dkey = device or test_key(DEVICE_SCALAR)
+    vkey = vehicle or fixed_key(VEHICLE_SCALAR)
+    dkey = device or fixed_key(DEVICE_SCALAR)
     keys = {dkey.key_id: dkey} if enrolled else {}
     rng = CounterRng(rng_seed)
 

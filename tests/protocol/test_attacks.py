@@ -1,0 +1,372 @@
+"""Attacks the protocol must stop, each next to the honest case it lets through (DESIGN.md §7.5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol import (
+    AuthenticationError,
+    Cmd,
+    CommandFailed,
+    CommandRequested,
+    DeviceSession,
+    DState,
+    FramingError,
+    KeyPair,
+    Paired,
+    PairingFailed,
+    Refused,
+    RemoteProtocolError,
+    Status,
+    VehicleError,
+    VState,
+)
+from protocol import _crypto as c
+from protocol._codec import Result, decode
+
+from .helpers import OTHER_SCALAR, fixed_key, make_pair, run_pairing
+
+
+def _replay(p, chunks: list[bytes]) -> list:
+    for ch in chunks:
+        p.vehicle.receive_data(ch, p.now)
+    out = []
+    while (ev := p.vehicle.next_event(p.now)) is not None:
+        out.append(ev)
+    return out
+
+
+def _recorded_unlock():
+    p = make_pair()
+    p.subscribe()
+    p.command(Cmd.UNLOCK)
+    return p
+
+
+def test_honest_unlock_goes_through() -> None:
+    p = _recorded_unlock()
+    assert any(isinstance(e, CommandRequested) and e.command is Cmd.UNLOCK for e in p.vehicle_events)
+
+
+def test_rejects_replayed_unlock_in_same_session() -> None:
+    p = _recorded_unlock()
+    [ev] = _replay(p, p.uplink)
+    assert isinstance(ev, Refused) and ev.status is Status.CHALLENGE_INVALID
+
+
+def test_rejects_replayed_unlock_in_new_session() -> None:
+    p = _recorded_unlock()
+    fresh = make_pair(rng_seed=b"restarted")  # a new connection, even a restarted vehicle: new challenges
+    fresh.subscribe()
+    [ev] = _replay(fresh, p.uplink)
+    assert isinstance(ev, Refused) and ev.status is Status.CHALLENGE_INVALID
+
+
+def test_rejects_expired_challenge() -> None:
+    p = make_pair()
+    p.subscribe()
+    p.now += 5.01
+    p.device.send_command(Cmd.UNLOCK)
+    [ev] = p.flush_up()
+    assert isinstance(ev, Refused) and ev.status is Status.CHALLENGE_INVALID and ev.reason == "expired"
+    [res] = p.flush_down()
+    assert res.status is Status.CHALLENGE_INVALID
+    with pytest.raises(CommandFailed) as info:
+        res.raise_for_status()
+    assert info.value.temporary and not info.value.may_have_succeeded
+
+
+def test_challenge_just_inside_ttl_is_accepted() -> None:
+    p = make_pair()
+    p.subscribe()
+    p.now += 4.99
+    assert p.command(Cmd.UNLOCK).status is Status.OK
+
+
+def test_rejects_wrong_device_key() -> None:
+    p = make_pair()
+    p.subscribe()
+    impostor = DeviceSession(fixed_key(OTHER_SCALAR), vehicle_public_key=p.vehicle.identity.public_bytes)
+    p.device = impostor
+    p.subscribe()
+    p.device.send_command(Cmd.UNLOCK)
+    [ev] = p.flush_up()
+    assert isinstance(ev, Refused) and ev.status is Status.DENIED
+
+
+def test_unknown_key_and_bad_signature_look_the_same_on_the_wire() -> None:
+    unknown = make_pair(device=fixed_key(OTHER_SCALAR), enrolled=False)
+    unknown.device = DeviceSession(fixed_key(OTHER_SCALAR), vehicle_public_key=unknown.vehicle.identity.public_bytes)
+    unknown.subscribe()
+    unknown.device.send_command(Cmd.UNLOCK)
+    [a] = unknown.flush_up()
+    forged = make_pair()
+    forged.subscribe()
+    forged.device.send_command(Cmd.UNLOCK)
+    chunks = forged.device.data_to_send()
+    chunks[-1] = chunks[-1][:-1] + bytes([chunks[-1][-1] ^ 1])  # break the signature
+    [b] = _replay(forged, chunks)
+    assert a.status is b.status is Status.DENIED
+    ra = decode_result(unknown.vehicle.data_to_send())
+    rb = decode_result(forged.vehicle.data_to_send())
+    assert ra.status == rb.status and len(ra.encode()) == len(rb.encode())
+
+
+def decode_result(chunks: list[bytes]) -> Result:
+    raw = b"".join(ch[3:] if i == 0 else ch[1:] for i, ch in enumerate(chunks))
+    msg = decode(raw)
+    assert isinstance(msg, Result)
+    return msg
+
+
+def test_rejects_message_for_another_vehicle() -> None:
+    p = make_pair()
+    other = make_pair(vehicle=fixed_key(OTHER_SCALAR))
+    other.subscribe()
+    p.subscribe()
+    # The device signs for its own vehicle; delivered to another vehicle with the same key enrolled.
+    p.device.challenge = other.device.challenge  # even with the other vehicle's live challenge
+    p.device.send_command(Cmd.UNLOCK)
+    [ev] = _replay(other, p.device.data_to_send())
+    assert isinstance(ev, Refused) and ev.status is Status.DENIED
+
+
+def test_device_rejects_challenge_from_other_vehicle() -> None:
+    p = make_pair()
+    other = make_pair(vehicle=fixed_key(OTHER_SCALAR))
+    other.vehicle.push_challenge(p.now)
+    for ch in other.vehicle.data_to_send():
+        p.device.receive_data(ch, p.now)
+    ev = p.device.next_event(p.now)
+    assert ev is not None and not ev.ours and p.device.state is DState.WAIT_CHALLENGE
+
+
+def test_rejects_result_forged_for_the_device() -> None:
+    p = make_pair()
+    p.subscribe()
+    p.device.send_command(Cmd.UNLOCK)
+    p.flush_up()
+    p.vehicle.respond(Status.OK)
+    genuine = decode_result(p.vehicle.data_to_send())
+    # An attacker who is not the vehicle signs "OK" with its own key.
+    forger = fixed_key(OTHER_SCALAR)
+    sig = forger.sign(c.transcript(c.LABEL_RESULT, p.vehicle.vehicle_id, genuine.key_id, genuine.challenge,
+                                   bytes((genuine.command,)), b"", bytes((Status.OK,)), b""))
+    forged = Result(genuine.key_id, genuine.challenge, genuine.command, Status.OK, b"", sig)
+    from protocol import split
+    for ch in split(forged.encode(), 20):
+        p.device.receive_data(ch, p.now)
+    with pytest.raises(AuthenticationError):
+        p.device.next_event(p.now)
+    assert p.device.state is DState.ERROR
+
+
+def test_rejects_result_with_status_changed() -> None:
+    p = make_pair()
+    p.subscribe()
+    p.device.send_command(Cmd.UNLOCK)
+    p.flush_up()
+    p.vehicle.respond(Status.DENIED)
+    genuine = decode_result(p.vehicle.data_to_send())
+    flipped = Result(genuine.key_id, genuine.challenge, genuine.command, Status.OK, b"", genuine.signature)
+    from protocol import split
+    for ch in split(flipped.encode(), 20):
+        p.device.receive_data(ch, p.now)
+    with pytest.raises(AuthenticationError):
+        p.device.next_event(p.now)
+
+
+def test_every_bit_flip_of_a_recorded_unlock_is_rejected() -> None:
+    """Flip each bit of each uplink chunk of a recorded unlock: the vehicle never acts on it."""
+    base = make_pair()
+    base.subscribe()
+    base.device.send_command(Cmd.UNLOCK)
+    chunks = base.device.data_to_send()
+    flips = 0
+    for ci, chunk in enumerate(chunks):
+        for bit in range(len(chunk) * 8):
+            p = make_pair()  # same deterministic rng: the same challenge is outstanding
+            p.subscribe()
+            bad = bytearray(chunk)
+            bad[bit // 8] ^= 1 << (bit % 8)
+            mutated = [*chunks[:ci], bytes(bad), *chunks[ci + 1 :]]
+            acted = False
+            try:
+                for ch in mutated:
+                    try:
+                        p.vehicle.receive_data(ch, p.now)
+                    except FramingError:
+                        pass
+                while (ev := p.vehicle.next_event(p.now)) is not None:
+                    acted |= isinstance(ev, CommandRequested)
+            except RemoteProtocolError:
+                pass
+            assert not acted, f"chunk {ci} bit {bit} flipped was accepted"
+            flips += 1
+    assert flips == sum(len(ch) for ch in chunks) * 8
+    # And the unmodified recording was valid for that challenge.
+    p = make_pair()
+    p.subscribe()
+    assert any(isinstance(e, CommandRequested) for e in _replay(p, chunks))
+
+
+def test_every_bit_flip_of_the_vehicle_result_is_rejected_by_the_device() -> None:
+    base = make_pair()
+    base.subscribe()
+    base.device.send_command(Cmd.UNLOCK)
+    base.flush_up()
+    base.vehicle.respond(Status.OK)
+    chunks = base.vehicle.data_to_send()
+    for ci, chunk in enumerate(chunks):
+        for bit in range(len(chunk) * 8):
+            p = make_pair()
+            p.subscribe()
+            p.device.send_command(Cmd.UNLOCK)
+            p.device.data_to_send()
+            bad = bytearray(chunk)
+            bad[bit // 8] ^= 1 << (bit % 8)
+            accepted = False
+            try:
+                for ch in [*chunks[:ci], bytes(bad), *chunks[ci + 1 :]]:
+                    try:
+                        p.device.receive_data(ch, p.now)
+                    except FramingError:
+                        pass
+                while (ev := p.device.next_event(p.now)) is not None:
+                    accepted |= getattr(ev, "status", None) is Status.OK
+            except RemoteProtocolError:
+                pass
+            assert not accepted, f"result chunk {ci} bit {bit} flipped was accepted"
+
+
+def test_truncation_at_every_length_is_rejected() -> None:
+    base = make_pair(chunk_size=244)
+    base.subscribe()
+    base.device.send_command(Cmd.UNLOCK)
+    [chunk] = base.device.data_to_send()
+    for n in range(len(chunk)):
+        p = make_pair()
+        p.subscribe()
+        try:
+            p.vehicle.receive_data(chunk[:n], p.now)
+        except FramingError:
+            continue
+        assert p.vehicle.next_event(p.now) is None  # incomplete: waits, never acts
+        p.now += 6  # the partial message expires
+        with pytest.raises(FramingError):
+            p.vehicle.receive_data(b"\x01" + chunk[n:], p.now)
+
+
+def test_truncated_message_with_fixed_length_header_is_malformed() -> None:
+    base = make_pair(chunk_size=244)
+    base.subscribe()
+    base.device.send_command(Cmd.UNLOCK)
+    [chunk] = base.device.data_to_send()
+    message = chunk[3:]
+    for n in range(2, len(message)):
+        p = make_pair()
+        p.subscribe()
+        p.vehicle.receive_data(bytes((0x80,)) + n.to_bytes(2, "big") + message[:n], p.now)
+        with pytest.raises(RemoteProtocolError):
+            p.vehicle.next_event(p.now)
+        assert p.vehicle.state is VState.ERROR
+
+
+def test_revoked_key_is_refused_like_an_unknown_one() -> None:
+    p = make_pair()
+    p.subscribe()
+    assert p.command(Cmd.UNLOCK).status is Status.OK
+    p.keys.clear()  # revoked: the lookup no longer returns it
+    p.device.request_challenge()
+    p.flush_up()
+    p.flush_down()
+    p.device.send_command(Cmd.UNLOCK)
+    [ev] = p.flush_up()
+    assert isinstance(ev, Refused) and ev.status is Status.DENIED
+
+
+def test_secure_session_rejects_replayed_request() -> None:
+    p = make_pair()
+    p.subscribe()
+    p.device.open_session()
+    p.flush_up()
+    p.flush_down()
+    p.device.send_secure(Cmd.LIST_KEYS)
+    before = len(p.uplink)
+    p.flush_up()
+    recorded = p.uplink[before:]
+    p.vehicle.respond(Status.OK, b"")
+    p.flush_down()
+    with pytest.raises(RemoteProtocolError):
+        _replay(p, recorded)
+    assert p.vehicle.state is VState.ERROR
+
+
+def test_secure_session_rejects_tampered_ciphertext() -> None:
+    p = make_pair(chunk_size=244)
+    p.subscribe()
+    p.device.open_session()
+    p.flush_up()
+    p.flush_down()
+    p.device.send_secure(Cmd.REVOKE_KEY, b"\x00\x00\x00\x00\x00")
+    [chunk] = p.device.data_to_send()
+    bad = chunk[:-1] + bytes([chunk[-1] ^ 0x80])
+    with pytest.raises(AuthenticationError):
+        _replay(p, [bad])
+
+
+def test_wrong_pairing_code_fails_on_both_sides() -> None:
+    p = make_pair(enrolled=False)
+    with pytest.raises(AuthenticationError, match="wrong pairing code"):
+        run_pairing(p, "42123456", vehicle_code="42123457")
+    assert p.device.state is DState.ERROR
+    assert not p.keys
+
+
+def test_vehicle_sees_wrong_code_when_device_lies_about_confirmation() -> None:
+    p = make_pair(enrolled=False)
+    p.subscribe()
+    p.device.start_pairing("42123456", 42)
+    p.flush_up()
+    from protocol import pairing_prs
+    p.vehicle.accept_pairing(pairing_prs("42123456", vehicle_id=p.vehicle.vehicle_id, slot=42))
+    p.flush_down()
+    chunks = p.device.data_to_send()
+    raw = bytearray(b"".join(ch[3:] if i == 0 else ch[1:] for i, ch in enumerate(chunks)))
+    raw[22] ^= 1  # inside the CONFIRM tag (after version, type, challenge TLV, confirm tag+len)
+    from protocol import split
+    events = _replay(p, split(bytes(raw), 20))
+    assert isinstance(events[0], PairingFailed) and p.vehicle.state is VState.CLOSED
+
+
+def test_pairing_code_reused_is_refused_by_the_vehicle_application() -> None:
+    """The slot is consumed after success: the vehicle app refuses a second PAIR_START for it."""
+    p = make_pair(enrolled=False)
+    events = run_pairing(p, "42123456")
+    assert any(isinstance(e, Paired) for e in events)
+    again = make_pair(enrolled=False, device=KeyPair.generate())
+    again.subscribe()
+    again.device.start_pairing("42123456", 42)
+    again.flush_up()
+    again.vehicle.refuse_pairing()  # what key_server does once the slot is gone
+    [err] = again.flush_down()
+    assert isinstance(err, VehicleError) and err.status is Status.PAIRING_REFUSED
+    assert again.device.state is DState.CLOSED
+
+
+def test_pair_start_with_stale_challenge_is_refused() -> None:
+    p = make_pair(enrolled=False)
+    p.subscribe()
+    p.now += 10
+    p.device.start_pairing("42123456", 42)
+    [ev] = p.flush_up()
+    assert isinstance(ev, Refused) and ev.status is Status.CHALLENGE_INVALID
+
+
+def test_garbage_chunk_then_honest_unlock() -> None:
+    p = make_pair()
+    p.subscribe()
+    for junk in (b"", b"\x05garbage", b"\x80\xff\xff", b"\x80\x00"):
+        with pytest.raises(FramingError):
+            p.vehicle.receive_data(junk, p.now)
+    assert p.command(Cmd.UNLOCK).status is Status.OK

@@ -1,0 +1,223 @@
+"""Regenerate the protocol test vectors from the published test keys and fixed randomness.
+
+Run `python -m tests.vectors.generate` to rewrite tests/vectors/*.json; test_vectors.py checks that the
+files on disk are exactly what this produces, and replays them through the public API.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from protocol import Cmd, KeyRole, Paired, Status, chunk_size_for_mtu, decode
+from protocol._keys import encode_public_key
+from tests.protocol.helpers import DEVICE_SCALAR, OTHER_SCALAR, VEHICLE_SCALAR, Pair, fixed_key, make_pair
+
+HERE = Path(__file__).parent
+CODE = "42123456"
+T0 = 1000.0
+
+
+def _hex_chunks(chunks: list[bytes]) -> list[str]:
+    return [c.hex() for c in chunks]
+
+
+def _message(chunks: list[bytes]) -> str:
+    return b"".join(c[3:] if i == 0 else c[1:] for i, c in enumerate(chunks)).hex()
+
+
+class Recorder:
+    """Runs a Pair step by step and records each direction's chunks and the decoded message type."""
+
+    def __init__(self, p: Pair) -> None:
+        self.p = p
+        self.steps: list[dict[str, Any]] = []
+
+    def _record(self, direction: str, chunks: list[bytes], events: list[Any]) -> None:
+        # One step per message: split the chunk run at first-chunk headers.
+        runs: list[list[bytes]] = []
+        for ch in chunks:
+            if ch[0] & 0x80 or not runs:
+                runs.append([])
+            runs[-1].append(ch)
+        for run in runs:
+            msg = _message(run)
+            self.steps.append({"dir": direction, "type": type(decode(bytes.fromhex(msg))).__name__,
+                               "message": msg, "chunks": _hex_chunks(run)})
+        if events:
+            self.steps[-1]["events"] = [repr(e) for e in events]
+
+    def down(self) -> list[Any]:
+        chunks = self.p.vehicle.data_to_send()
+        for ch in chunks:
+            self.p.device.receive_data(ch, self.p.now)
+        events = []
+        while (ev := self.p.device.next_event(self.p.now)) is not None:
+            events.append(ev)
+        if chunks:
+            self._record("v2d", chunks, events)
+        return events
+
+    def up(self) -> list[Any]:
+        chunks = self.p.device.data_to_send()
+        for ch in chunks:
+            self.p.vehicle.receive_data(ch, self.p.now)
+        events = []
+        while (ev := self.p.vehicle.next_event(self.p.now)) is not None:
+            events.append(ev)
+        if chunks:
+            self._record("d2v", chunks, events)
+        return events
+
+
+def _inputs(mtu: int, seed: bytes, **extra: Any) -> dict[str, Any]:
+    return {
+        "vehicle_private_scalar": f"{VEHICLE_SCALAR:064x}",
+        "vehicle_public_key": fixed_key(VEHICLE_SCALAR).public_bytes.hex(),
+        "device_private_scalar": f"{DEVICE_SCALAR:064x}",
+        "device_public_key": fixed_key(DEVICE_SCALAR).public_bytes.hex(),
+        "rng": "SHA-256(seed || u64 counter) blocks; vehicle uses seed, device uses seed || '/device'",
+        "rng_seed": seed.decode(),
+        "att_mtu": mtu,
+        "now": T0,
+        **extra,
+    }
+
+
+def unlock(mtu: int) -> dict[str, Any]:
+    """Subscribe, challenge, UNLOCK, signed RESULT carrying a status report."""
+    seed = b"vector-unlock"
+    p = make_pair(chunk_size=chunk_size_for_mtu(mtu), rng_seed=seed)
+    r = Recorder(p)
+    p.vehicle.push_challenge(p.now)
+    r.down()
+    p.device.send_command(Cmd.UNLOCK)
+    r.up()
+    p.vehicle.respond(Status.OK, bytes.fromhex("300102310101320100"))
+    r.down()
+    return {"description": f"fast-path unlock at ATT MTU {mtu}", "inputs": _inputs(mtu, seed), "steps": r.steps}
+
+
+def confidential(mtu: int = 247) -> dict[str, Any]:
+    """SESSION_OPEN / SESSION_ACCEPT then a sealed LIST_KEYS and its sealed answer."""
+    seed = b"vector-confidential"
+    p = make_pair(chunk_size=chunk_size_for_mtu(mtu), rng_seed=seed)
+    r = Recorder(p)
+    p.vehicle.push_challenge(p.now)
+    r.down()
+    p.device.open_session()
+    r.up()
+    r.down()
+    p.device.send_secure(Cmd.LIST_KEYS, bytes.fromhex("000032"))
+    r.up()
+    p.vehicle.respond(Status.OK, bytes.fromhex("3f040000000140"))
+    r.down()
+    return {"description": "confidential session and a sealed LIST_KEYS", "inputs": _inputs(mtu, seed),
+            "steps": r.steps}
+
+
+def pairing(mtu: int = 247) -> dict[str, Any]:
+    """CPace pairing with code 42123456 (slot 42), then PAIR_DONE with role owner."""
+    from protocol import pairing_prs
+
+    seed = b"vector-pairing"
+    p = make_pair(chunk_size=chunk_size_for_mtu(mtu), rng_seed=seed, enrolled=False)
+    r = Recorder(p)
+    p.vehicle.push_challenge(p.now)
+    r.down()
+    p.device.start_pairing(CODE, 42)
+    r.up()
+    p.vehicle.accept_pairing(pairing_prs(CODE, vehicle_id=p.vehicle.vehicle_id, slot=42))
+    r.down()
+    r.up()
+    p.vehicle.finish_pairing(KeyRole.OWNER, None, None)
+    events = r.down()
+    assert any(isinstance(e, Paired) for e in events)
+    return {"description": "pairing with a one-time code", "inputs": _inputs(mtu, seed, code=CODE, slot=42),
+            "prs": pairing_prs(CODE, vehicle_id=p.vehicle.vehicle_id, slot=42).hex(), "steps": r.steps}
+
+
+def framing(mtu: int) -> dict[str, Any]:
+    """How messages of a few lengths split into chunks at this MTU."""
+    from protocol import split
+
+    size = chunk_size_for_mtu(mtu)
+    cases = []
+    for n in (2, 17, 18, 95, 300):
+        message = bytes((1, 0x8F)) + bytes(i % 256 for i in range(n - 2))
+        message = message[:n]
+        cases.append({"message": message.hex(), "chunks": _hex_chunks(split(message, size))})
+    return {"description": f"framing at ATT MTU {mtu} (chunk size {size})", "att_mtu": mtu, "cases": cases}
+
+
+def negative() -> dict[str, Any]:
+    """Recorded unlock plus mutations the vehicle must refuse, with the expected outcome of each."""
+    seed = b"vector-negative"
+    p = make_pair(chunk_size=244, rng_seed=seed)
+    p.vehicle.push_challenge(p.now)
+    challenge_chunks = p.vehicle.data_to_send()
+    for ch in challenge_chunks:
+        p.device.receive_data(ch, p.now)
+    p.device.next_event(p.now)
+    p.device.send_command(Cmd.UNLOCK)
+    [honest] = p.device.data_to_send()
+    tampered_challenge = bytearray(honest)
+    tampered_challenge[3 + 12] ^= 0x01  # message offset 12: inside the challenge field
+    tampered_signature = bytearray(honest)
+    tampered_signature[3 + 40] ^= 0x01  # message offset 40: inside the signature field
+    wrong_key = make_pair(chunk_size=244, rng_seed=seed, device=fixed_key(OTHER_SCALAR))
+    wrong_key.device = type(p.device)(fixed_key(OTHER_SCALAR), vehicle_public_key=p.vehicle.identity.public_bytes,
+                                      chunk_size=244)
+    for ch in challenge_chunks:
+        wrong_key.device.receive_data(ch, p.now)
+    wrong_key.device.next_event(p.now)
+    wrong_key.device.send_command(Cmd.UNLOCK)
+    [wrong] = wrong_key.device.data_to_send()
+    return {
+        "description": "writes a vehicle must refuse after pushing the challenge of the first step",
+        "inputs": _inputs(247, seed),
+        "challenge_chunks": _hex_chunks(challenge_chunks),
+        "other_device_public_key": encode_public_key(fixed_key(OTHER_SCALAR).private_key.public_key()).hex(),
+        "cases": [
+            {"name": "honest", "writes": [honest.hex()], "expect": ["CommandRequested"]},
+            {"name": "replayed", "writes": [honest.hex(), honest.hex()],
+             "expect": ["CommandRequested", "Refused:CHALLENGE_INVALID"]},
+            {"name": "tampered_challenge", "writes": [bytes(tampered_challenge).hex()],
+             "expect": ["Refused:CHALLENGE_INVALID"]},
+            {"name": "tampered_signature", "writes": [bytes(tampered_signature).hex()], "expect": ["Refused:DENIED"]},
+            {"name": "wrong_key", "writes": [wrong.hex()], "expect": ["Refused:DENIED"]},
+            {"name": "truncated", "writes": [(bytes((0x80, 0, 60)) + honest[3:63]).hex()],
+             "expect": ["RemoteProtocolError"]},
+            {"name": "expired", "advance_seconds": 5.5, "writes": [honest.hex()],
+             "expect": ["Refused:CHALLENGE_INVALID"]},
+        ],
+    }
+
+
+VECTORS: dict[str, Callable[[], dict[str, Any]]] = {
+    "unlock_mtu23.json": lambda: unlock(23),
+    "unlock_mtu247.json": lambda: unlock(247),
+    "confidential.json": confidential,
+    "pairing.json": pairing,
+    "framing_mtu23.json": lambda: framing(23),
+    "framing_mtu247.json": lambda: framing(247),
+    "negative.json": negative,
+}
+
+
+def render(name: str) -> str:
+    """The exact file content of one vector file."""
+    return json.dumps(VECTORS[name](), indent=1, sort_keys=True) + "\n"
+
+
+def main() -> None:
+    """Write every vector file."""
+    for name in VECTORS:
+        (HERE / name).write_text(render(name))
+        print("wrote", HERE / name)
+
+
+if __name__ == "__main__":
+    main()
