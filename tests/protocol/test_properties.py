@@ -105,7 +105,8 @@ def test_device_table_never_reaches_an_undefined_state(inputs: list[DInput]) -> 
 
 
 def test_terminal_states_have_no_way_out() -> None:
-    for table, terminal in ((VEHICLE_TABLE, (VState.CLOSED, VState.ERROR)), (DEVICE_TABLE, (DState.CLOSED, DState.ERROR))):
+    cases = ((VEHICLE_TABLE, (VState.CLOSED, VState.ERROR)), (DEVICE_TABLE, (DState.CLOSED, DState.ERROR)))
+    for table, terminal in cases:
         assert not [k for k in table if k[0] in terminal]
 
 
