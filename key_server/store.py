@@ -1,0 +1,828 @@
+"""The vehicle's key store: enrolled device keys, pending pairings and small metadata in one SQLite file.
+
+Durability and sharing (DESIGN.md §3.6, §6):
+- WAL journal + ``synchronous=FULL``: every committed change (a revocation above all) is fsynced to the WAL
+  before the call returns, so an acknowledged change survives a crash or a power cut.
+- The running server and the CLI are separate processes on the same file. Every change runs in one
+  ``BEGIN IMMEDIATE`` transaction (the write lock is taken up front, so two writers queue on ``busy_timeout``
+  instead of failing half-way); readers never block writers in WAL mode.
+- ``change_counter()`` goes up on every key or pairing change, so the server can notice CLI changes with one
+  cheap SELECT and drop sessions of a key that was just revoked.
+- ``transaction()`` groups several calls, e.g. a revocation and its audit entry (key_server.audit), into one
+  atomic, durable commit. Calls nest: an inner call that fails is rolled back to its savepoint, so a caller that
+  catches the error never commits half of it.
+- Schema changes are numbered migrations (``MIGRATIONS``), each applied in its own transaction together with
+  ``PRAGMA user_version``; to change the schema append a function, never edit an old one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "CHANGE_COUNTER_KEY",
+    "KEY_ID_LEN",
+    "MIGRATIONS",
+    "PAIRING_SLOTS",
+    "PRS_LEN",
+    "PUBLIC_KEY_LEN",
+    "SCHEMA_VERSION",
+    "DuplicateKey",
+    "KeyRecord",
+    "KeyStore",
+    "KeyWasRevoked",
+    "LastOwnerError",
+    "NoFreeSlot",
+    "PairingMismatch",
+    "PendingPairing",
+    "Role",
+    "StoreError",
+    "UnknownKey",
+    "UnknownPairing",
+]
+
+KEY_ID_LEN: Final = 4  # short ids keep an unlock inside one ATT write (DESIGN.md §3, fast path)
+PUBLIC_KEY_LEN: Final = 65  # uncompressed SEC1 P-256 point: 0x04 || X || Y
+PRS_LEN: Final = 32
+PAIRING_SLOTS: Final = 100  # slot numbers 0..99 are part of the printed pairing code
+DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
+CHANGE_COUNTER_KEY: Final = "change_counter"
+MAX_NAME_LEN: Final = 64
+
+
+class Role(enum.StrEnum):
+    """What a key may do; see key_server.policy for the exact permissions."""
+
+    OWNER = "owner"
+    DRIVER = "driver"
+    GUEST = "guest"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """One enrolled device key; validity is the half-open interval [valid_from, valid_until) in Unix seconds."""
+
+    key_id: bytes
+    public_key: bytes = field(repr=False)  # 65 bytes of noise in every log line otherwise
+    name: str
+    role: Role
+    valid_from: int | None
+    valid_until: int | None
+    schedule: str | None
+    created_at: int
+    last_used_at: int | None = None
+    revoked_at: int | None = None
+
+    def __post_init__(self) -> None:
+        """Reject records the table could not hold, so errors surface where the record is built."""
+        if not isinstance(self.key_id, bytes) or len(self.key_id) != KEY_ID_LEN:
+            raise ValueError(f"key_id must be {KEY_ID_LEN} bytes")
+        if (
+            not isinstance(self.public_key, bytes)
+            or len(self.public_key) != PUBLIC_KEY_LEN
+            or self.public_key[0] != 0x04
+        ):
+            raise ValueError("public_key must be a 65-byte uncompressed SEC1 point (0x04 || X || Y)")
+        _check_name(self.name)
+        # Accept the plain string too (rows, JSON), but always hold the enum.
+        object.__setattr__(self, "role", Role(self.role))
+        _check_window(self.valid_from, self.valid_until)
+
+    @property
+    def revoked(self) -> bool:
+        """True once the key has been revoked (forever, unless explicitly re-enrolled)."""
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPairing:
+    """A one-time pairing code waiting to be used; `prs` is derived from the code, the code itself is never kept."""
+
+    slot: int
+    prs: bytes = field(repr=False)  # never logged: it is a short code's hash, open to offline guessing
+    role: Role
+    name: str
+    expires_at: int
+    key_valid_from: int | None
+    key_valid_until: int | None
+    schedule: str | None
+    attempts_left: int
+    created_at: int
+
+    def key_record(self, key_id: bytes, public_key: bytes, now: int) -> KeyRecord:
+        """Build the KeyRecord this pairing grants to `public_key` (what complete_pairing expects)."""
+        return KeyRecord(
+            key_id=key_id,
+            public_key=public_key,
+            name=self.name,
+            role=self.role,
+            valid_from=self.key_valid_from,
+            valid_until=self.key_valid_until,
+            schedule=self.schedule,
+            created_at=now,
+        )
+
+
+class StoreError(Exception):
+    """Base of every key store error; also raised for a broken or busy database."""
+
+
+class UnknownKey(StoreError, KeyError):
+    """No key matches."""
+
+    def __str__(self) -> str:
+        """Show the message, not KeyError's quoted repr of it."""
+        return str(self.args[0]) if self.args else "unknown key"
+
+
+class DuplicateKey(StoreError):
+    """The key id or public key is already enrolled."""
+
+
+class KeyWasRevoked(StoreError):
+    """The key was revoked; enrolling it again needs allow_reenroll=True (an explicit act)."""
+
+
+class LastOwnerError(StoreError):
+    """Revoking this key would leave no active owner; needs force=True."""
+
+
+class NoFreeSlot(StoreError):
+    """All pairing slots are in use; cancel one or wait for expiry."""
+
+
+class UnknownPairing(StoreError):
+    """No such pending pairing (never created, completed, cancelled, exhausted or expired)."""
+
+
+class PairingMismatch(StoreError):
+    """The key offered to complete_pairing does not carry the role/validity/schedule the pairing grants."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Schema migrations. MIGRATIONS[i] takes the schema from version i to i + 1 inside an open transaction.
+
+Migration = Callable[[sqlite3.Connection], None]
+
+_SCHEMA_1: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE keys (
+        key_id       BLOB PRIMARY KEY CHECK (typeof(key_id) = 'blob' AND length(key_id) = 4),
+        public_key   BLOB NOT NULL UNIQUE
+                     CHECK (typeof(public_key) = 'blob' AND length(public_key) = 65),
+        name         TEXT NOT NULL,
+        role         TEXT NOT NULL CHECK (role IN ('owner', 'driver', 'guest')),
+        valid_from   INTEGER,
+        valid_until  INTEGER,
+        schedule     TEXT,
+        created_at   INTEGER NOT NULL,
+        last_used_at INTEGER,
+        revoked_at   INTEGER
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX keys_name ON keys (name)",
+    """
+    CREATE TABLE pairings (
+        slot            INTEGER PRIMARY KEY CHECK (slot BETWEEN 0 AND 99),
+        prs             BLOB NOT NULL CHECK (typeof(prs) = 'blob' AND length(prs) = 32),
+        role            TEXT NOT NULL CHECK (role IN ('owner', 'driver', 'guest')),
+        name            TEXT NOT NULL,
+        expires_at      INTEGER NOT NULL,
+        key_valid_from  INTEGER,
+        key_valid_until INTEGER,
+        schedule        TEXT,
+        attempts_left   INTEGER NOT NULL CHECK (attempts_left >= 0),
+        created_at      INTEGER NOT NULL
+    )
+    """,
+    "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID",
+    """
+    CREATE TABLE audit (
+        seq       INTEGER PRIMARY KEY,
+        ts        INTEGER NOT NULL,
+        event     TEXT NOT NULL,
+        key_id    BLOB,
+        detail    TEXT NOT NULL,
+        prev_hash BLOB NOT NULL,
+        hash      BLOB NOT NULL
+    )
+    """,
+)
+
+
+def _migration_1(db: sqlite3.Connection) -> None:
+    """Create the initial schema: keys, pairings, meta, audit."""
+    for statement in _SCHEMA_1:
+        db.execute(statement)
+
+
+# Append new migrations here; SCHEMA_VERSION follows. Read at open() time, so tests can extend it.
+MIGRATIONS: list[Migration] = [_migration_1]
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+_KEY_COLUMNS: Final = (
+    "key_id, public_key, name, role, valid_from, valid_until, schedule, created_at, last_used_at, revoked_at"
+)
+_PAIRING_COLUMNS: Final = (
+    "slot, prs, role, name, expires_at, key_valid_from, key_valid_until, schedule, attempts_left, created_at"
+)
+
+
+class KeyStore:
+    """Keys, pairings and metadata in one SQLite file, shared safely by the server and the CLI processes.
+
+    Thread-safe (one connection behind a lock). Use ``KeyStore.open(path)``; close it (or use ``with``).
+    """
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        """Wrap an already configured and migrated connection; use KeyStore.open instead."""
+        self._db: sqlite3.Connection | None = db
+        self._path = path
+        self._lock = threading.RLock()
+        self._depth = 0  # nesting depth of transaction(): 0 = none, 1 = BEGIN, >1 = savepoints
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> KeyStore:
+        """Open (creating and migrating if needed) the store at `path`; its directory must exist."""
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise StoreError(f"state directory {path.parent} does not exist (run: key-server init)")
+        try:
+            # Create it 0600 ourselves: pairing hashes of short codes must not be readable by other users, and
+            # SQLite gives the -wal and -shm files the same mode as the database file.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"cannot open {path}: {exc.strerror}") from exc
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (the sqlite3 module's implicit transactions
+        # do not cover DDL and would not take the write lock up front).
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
+        try:
+            _configure(db, path, busy_timeout_ms)
+            _migrate(db, path)
+        except BaseException:
+            db.close()
+            raise
+        return cls(db, path)
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    def close(self) -> None:
+        """Close the connection (idempotent). Close a GuardedClock using this store first."""
+        with self._lock:
+            if self._db is not None:
+                db, self._db = self._db, None
+                db.close()
+
+    def __enter__(self) -> KeyStore:
+        """Use the store as a context manager that closes it."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the store."""
+        self.close()
+
+    # ---- transactions ------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run the block as one atomic, durable write transaction; nested use joins it through a savepoint.
+
+        Everything inside commits together (synced to disk before the block exits) or not at all.
+        """
+        with self._lock:
+            db = self._conn()
+            if self._depth == 0:
+                self._begin(db)
+                self._depth = 1
+                try:
+                    yield
+                except sqlite3.Error as exc:
+                    self._depth = 0
+                    self._rollback(db)
+                    raise StoreError(f"{self._path}: {exc}") from exc
+                except BaseException:
+                    self._depth = 0
+                    self._rollback(db)
+                    raise
+                self._depth = 0
+                try:
+                    db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._rollback(db)
+                    raise StoreError(f"commit to {self._path} failed: {exc}") from exc
+            else:
+                savepoint = f"sp{self._depth}"
+                db.execute(f"SAVEPOINT {savepoint}")
+                self._depth += 1
+                try:
+                    yield
+                except BaseException:
+                    # SQLite may already have rolled the whole transaction back (I/O error, disk full); then
+                    # the savepoint is gone and the outer level reports the failure.
+                    if db.in_transaction:
+                        db.execute(f"ROLLBACK TO {savepoint}")
+                        db.execute(f"RELEASE {savepoint}")
+                    raise
+                else:
+                    db.execute(f"RELEASE {savepoint}")
+                finally:
+                    self._depth -= 1
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Read several statements from one consistent snapshot without taking the write lock."""
+        with self._lock:
+            db = self._conn()
+            if self._depth:
+                yield db  # already inside our own transaction: that is a snapshot too
+                return
+            try:
+                db.execute("BEGIN DEFERRED")
+            except sqlite3.Error as exc:
+                raise StoreError(str(exc)) from exc
+            try:
+                yield db
+            finally:
+                if db.in_transaction:
+                    db.execute("COMMIT")
+
+    def _begin(self, db: sqlite3.Connection) -> None:
+        """Take the write lock now (waiting up to busy_timeout for the other process)."""
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{self._path} is busy (another key-server process holds it): {exc}") from exc
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        """Roll back if SQLite has not already done so (it does on some errors, e.g. I/O errors)."""
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+
+    def _conn(self) -> sqlite3.Connection:
+        """The open connection, or StoreError if closed."""
+        if self._db is None:
+            raise StoreError("the key store is closed")
+        return self._db
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run one SELECT (package-internal; key_server.audit uses it) and return all rows."""
+        with self._lock:
+            try:
+                return self._conn().execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(str(exc)) from exc
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """Run one statement inside transaction() (package-internal; key_server.audit uses it)."""
+        if self._depth == 0:
+            raise RuntimeError("_execute must run inside KeyStore.transaction()")
+        return self._conn().execute(sql, params)
+
+    def _bump(self) -> None:
+        """Advance the change counter (inside the current transaction)."""
+        self._execute(
+            "INSERT INTO meta (k, v) VALUES (?, '1') "
+            "ON CONFLICT (k) DO UPDATE SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT)",
+            (CHANGE_COUNTER_KEY,),
+        )
+
+    # ---- keys --------------------------------------------------------------------------------------------------
+
+    def add_key(self, rec: KeyRecord, *, allow_reenroll: bool = False) -> None:
+        """Enroll a key; DuplicateKey if its id or public key is enrolled, KeyWasRevoked unless allow_reenroll."""
+        if rec.revoked_at is not None:
+            raise ValueError("add_key enrolls an active key: revoked_at must be None")
+        _check_p256_point(rec.public_key)
+        with self.transaction():
+            rows = self._execute(
+                f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ? OR public_key = ?",  # noqa: S608
+                (rec.key_id, rec.public_key),
+            ).fetchall()
+            existing = [_key_from_row(row) for row in rows]
+            active = [r for r in existing if not r.revoked]
+            if active:
+                other = active[0]
+                what = "key id" if other.key_id == rec.key_id else "public key"
+                raise DuplicateKey(f"{what} already enrolled as {other.key_id.hex()} ({other.name!r})")
+            if existing:
+                if not allow_reenroll:
+                    old = existing[0]
+                    raise KeyWasRevoked(
+                        f"key {old.key_id.hex()} ({old.name!r}) was revoked; re-enrolling it must be explicit"
+                    )
+                # Re-enrolment replaces the revoked row(s): the new record carries the new grant.
+                for old in existing:
+                    self._execute("DELETE FROM keys WHERE key_id = ?", (old.key_id,))
+            self._execute(
+                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (
+                    rec.key_id,
+                    rec.public_key,
+                    rec.name,
+                    rec.role.value,
+                    rec.valid_from,
+                    rec.valid_until,
+                    rec.schedule,
+                    rec.created_at,
+                    rec.last_used_at,
+                    None,
+                ),
+            )
+            self._bump()
+
+    def get_key(self, key_id: bytes) -> KeyRecord | None:
+        """The key with this id (revoked ones included, so policy can say REVOKED), or None. One SELECT."""
+        rows = self._query(f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ?", (key_id,))  # noqa: S608
+        return _key_from_row(rows[0]) if rows else None
+
+    def list_keys(self) -> list[KeyRecord]:
+        """Every key, revoked ones included, oldest first."""
+        rows = self._query(f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY created_at, key_id")  # noqa: S608
+        return [_key_from_row(row) for row in rows]
+
+    def find_key(self, prefix_or_name: str) -> KeyRecord:
+        """The one key whose hex id starts with `prefix_or_name` or whose name equals it (CLI lookup).
+
+        Raises UnknownKey if none matches and StoreError (listing the candidates) if several do.
+        """
+        text = prefix_or_name.strip()
+        if not text:
+            raise UnknownKey("empty key id or name")
+        prefix = text.lower()
+        is_hex = len(prefix) <= 2 * KEY_ID_LEN and all(c in "0123456789abcdef" for c in prefix)
+        matches = [
+            rec
+            for rec in self.list_keys()
+            if rec.name == text or (is_hex and rec.key_id.hex().startswith(prefix))
+        ]
+        if not matches:
+            raise UnknownKey(f"no key with id prefix or name {text!r} (see: key-server keys)")
+        if len(matches) > 1:
+            listed = ", ".join(f"{m.key_id.hex()} ({m.name!r})" for m in matches)
+            raise StoreError(f"{text!r} matches several keys: {listed}; give more of the key id")
+        return matches[0]
+
+    def revoke_key(self, key_id: bytes, now: int, *, force: bool = False) -> KeyRecord:
+        """Revoke a key durably (synced before return) and return it; already revoked: return it unchanged.
+
+        Raises UnknownKey, or LastOwnerError when this is the last active owner and not `force`.
+        """
+        with self.transaction():
+            rows = self._execute(
+                f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ?", (key_id,)  # noqa: S608
+            ).fetchall()
+            if not rows:
+                raise UnknownKey(f"no key {key_id.hex()}")
+            rec = _key_from_row(rows[0])
+            if rec.revoked:
+                return rec
+            if rec.role is Role.OWNER and not force:
+                # "Active" = could manage keys right now: not revoked and inside its validity window.
+                (others,) = self._execute(
+                    "SELECT count(*) FROM keys WHERE role = 'owner' AND revoked_at IS NULL AND key_id != ? "
+                    "AND (valid_from IS NULL OR valid_from <= ?) AND (valid_until IS NULL OR valid_until > ?)",
+                    (key_id, now, now),
+                ).fetchone()
+                if others == 0:
+                    raise LastOwnerError(
+                        f"{key_id.hex()} ({rec.name!r}) is the last active owner key; revoking it leaves only "
+                        "the Pi's own CLI to manage keys (use --force if that is what you want)"
+                    )
+            self._execute("UPDATE keys SET revoked_at = ? WHERE key_id = ?", (now, key_id))
+            self._bump()
+        return dataclasses.replace(rec, revoked_at=now)
+
+    def mark_used(self, key_id: bytes, now: int) -> None:
+        """Record that the key was just used (not counted as a change: it would wake every poller)."""
+        with self.transaction():
+            cur = self._execute("UPDATE keys SET last_used_at = ? WHERE key_id = ?", (now, key_id))
+            if cur.rowcount == 0:
+                raise UnknownKey(f"no key {key_id.hex()}")
+
+    # ---- pairings ----------------------------------------------------------------------------------------------
+
+    def create_pairing(
+        self,
+        prs_for_slot: Callable[[int], bytes],
+        *,
+        role: Role,
+        name: str,
+        expires_at: int,
+        key_valid_from: int | None,
+        key_valid_until: int | None,
+        schedule: str | None,
+        attempts: int = 5,
+        now: int,
+    ) -> PendingPairing:
+        """Reserve a random free slot, store prs_for_slot(slot) for it and return the pending pairing.
+
+        Expired pairings are purged first; NoFreeSlot if all 100 slots are taken. prs_for_slot runs inside the
+        transaction (holding the write lock), so it should be quick.
+        """
+        role = Role(role)
+        _check_name(name)
+        _check_window(key_valid_from, key_valid_until)
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        if expires_at <= now:
+            raise ValueError("expires_at must be in the future")
+        with self.transaction():
+            self._purge_expired(now)
+            used = {row[0] for row in self._execute("SELECT slot FROM pairings").fetchall()}
+            free = [slot for slot in range(PAIRING_SLOTS) if slot not in used]
+            if not free:
+                raise NoFreeSlot(f"all {PAIRING_SLOTS} pairing slots are in use; cancel one or wait")
+            # The slot is part of the code the user types, so it must not be predictable.
+            slot = secrets.choice(free)
+            prs = prs_for_slot(slot)
+            if not isinstance(prs, bytes) or len(prs) != PRS_LEN:
+                raise ValueError(f"prs_for_slot must return {PRS_LEN} bytes")
+            pairing = PendingPairing(
+                slot=slot,
+                prs=prs,
+                role=role,
+                name=name,
+                expires_at=expires_at,
+                key_valid_from=key_valid_from,
+                key_valid_until=key_valid_until,
+                schedule=schedule,
+                attempts_left=attempts,
+                created_at=now,
+            )
+            self._execute(
+                f"INSERT INTO pairings ({_PAIRING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (
+                    slot,
+                    prs,
+                    role.value,
+                    name,
+                    expires_at,
+                    key_valid_from,
+                    key_valid_until,
+                    schedule,
+                    attempts,
+                    now,
+                ),
+            )
+            self._bump()
+        return pairing
+
+    def get_pairing(self, slot: int, now: int) -> PendingPairing | None:
+        """The usable pairing in `slot`, or None if absent, expired (purged) or out of attempts."""
+        pairing = self._pairing_row(slot)
+        if pairing is None:
+            return None
+        if pairing.expires_at <= now:
+            with self.transaction():
+                self._purge_expired(now)
+            return None
+        return pairing if pairing.attempts_left > 0 else None
+
+    def spend_pairing_attempt(self, slot: int, now: int) -> PendingPairing | None:
+        """Take one attempt before running the PAKE; return the pairing as it was, or None if unusable.
+
+        An attempt counts until it succeeds. When the last attempt is taken the row stays, invisible to
+        get/list/spend, so that this last attempt can still complete_pairing; fail_pairing_attempt (or expiry)
+        removes it.
+        """
+        with self.transaction():
+            self._purge_expired(now)
+            rows = self._execute(
+                f"SELECT {_PAIRING_COLUMNS} FROM pairings WHERE slot = ?", (slot,)  # noqa: S608
+            ).fetchall()
+            if not rows:
+                return None
+            pairing = _pairing_from_row(rows[0])
+            if pairing.attempts_left <= 0:
+                # Exhausted and asked again: the in-flight last attempt has had its chance.
+                self._execute("DELETE FROM pairings WHERE slot = ?", (slot,))
+                self._bump()
+                return None
+            self._execute("UPDATE pairings SET attempts_left = attempts_left - 1 WHERE slot = ?", (slot,))
+            self._bump()
+        return pairing
+
+    def fail_pairing_attempt(self, slot: int) -> None:
+        """Report a failed PAKE attempt: removes the pairing if that was its last attempt (no-op otherwise)."""
+        with self.transaction():
+            cur = self._execute("DELETE FROM pairings WHERE slot = ? AND attempts_left <= 0", (slot,))
+            if cur.rowcount:
+                self._bump()
+
+    def complete_pairing(self, slot: int, rec: KeyRecord) -> None:
+        """Atomically delete the pairing and enroll `rec`; on any failure nothing changes.
+
+        Raises UnknownPairing if the pairing is gone, PairingMismatch if `rec` does not carry the pairing's
+        role/validity/schedule, and whatever add_key raises (DuplicateKey, KeyWasRevoked).
+        """
+        with self.transaction():
+            pairing = self._pairing_row(slot)
+            if pairing is None:
+                raise UnknownPairing(f"no pending pairing in slot {slot}")
+            granted = (pairing.role, pairing.key_valid_from, pairing.key_valid_until, pairing.schedule)
+            offered = (rec.role, rec.valid_from, rec.valid_until, rec.schedule)
+            if granted != offered:
+                raise PairingMismatch(f"pairing {slot} grants {granted}, the key carries {offered}")
+            self._execute("DELETE FROM pairings WHERE slot = ?", (slot,))
+            self.add_key(rec)  # joins this transaction; its failure rolls the DELETE back too
+
+    def cancel_pairing(self, slot: int) -> None:
+        """Delete a pending pairing; UnknownPairing if there is none in `slot`."""
+        with self.transaction():
+            cur = self._execute("DELETE FROM pairings WHERE slot = ?", (slot,))
+            if cur.rowcount == 0:
+                raise UnknownPairing(f"no pending pairing in slot {slot}")
+            self._bump()
+
+    def list_pairings(self, now: int) -> list[PendingPairing]:
+        """Usable pending pairings (expired ones purged first), by slot."""
+        with self.transaction():
+            self._purge_expired(now)
+            rows = self._execute(
+                f"SELECT {_PAIRING_COLUMNS} FROM pairings WHERE attempts_left > 0 ORDER BY slot"  # noqa: S608
+            ).fetchall()
+        return [_pairing_from_row(row) for row in rows]
+
+    def _pairing_row(self, slot: int) -> PendingPairing | None:
+        """The raw pairing row in `slot` whatever its state."""
+        rows = self._query(f"SELECT {_PAIRING_COLUMNS} FROM pairings WHERE slot = ?", (slot,))  # noqa: S608
+        return _pairing_from_row(rows[0]) if rows else None
+
+    def _purge_expired(self, now: int) -> None:
+        """Delete expired pairings (inside the current transaction)."""
+        cur = self._execute("DELETE FROM pairings WHERE expires_at <= ?", (now,))
+        if cur.rowcount:
+            self._bump()
+
+    # ---- meta --------------------------------------------------------------------------------------------------
+
+    def change_counter(self) -> int:
+        """A number that grows on every key or pairing change, by any process (one SELECT)."""
+        value = self.get_meta(CHANGE_COUNTER_KEY)
+        return int(value) if value is not None else 0
+
+    def get_meta(self, k: str) -> str | None:
+        """The metadata value for `k`, or None."""
+        rows = self._query("SELECT v FROM meta WHERE k = ?", (k,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, k: str, v: str) -> None:
+        """Set a metadata value (one transaction)."""
+        with self.transaction():
+            self._execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (k, v))
+
+    def max_meta_int(self, k: str, v: int) -> int:
+        """Atomically raise the integer stored at `k` to at least `v`; return the stored value afterwards.
+
+        Never lowers it, even when another process wrote a larger value meanwhile (used by GuardedClock).
+        """
+        with self.transaction():
+            rows = self._execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchall()
+            current = _int_or_none(rows[0][0]) if rows else None
+            if current is not None and current >= v:
+                return current
+            self._execute(
+                "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (k, str(v))
+            )
+        return v
+
+    def schema_version(self) -> int:
+        """The schema version of the open file (PRAGMA user_version)."""
+        return int(self._query("PRAGMA user_version")[0][0])
+
+    def integrity_check(self) -> list[str]:
+        """Problems PRAGMA integrity_check finds (an empty list means the file is sound); for `doctor`."""
+        result = [str(row[0]) for row in self._query("PRAGMA integrity_check")]
+        return [] if result == ["ok"] else result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _configure(db: sqlite3.Connection, path: Path, busy_timeout_ms: int) -> None:
+    """Set the per-connection pragmas and switch the file to WAL."""
+    try:
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
+        # FULL (not WAL's usual NORMAL): every commit fsyncs the WAL, so an acknowledged revocation is on disk.
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a usable key store: {exc}") from exc
+    if str(mode).lower() != "wal":
+        raise StoreError(f"{path}: the filesystem does not support SQLite's WAL mode (got {mode!r})")
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Apply pending MIGRATIONS in order, each in its own transaction together with its user_version."""
+    target = len(MIGRATIONS)
+    while True:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > target:
+            raise StoreError(
+                f"{path} has schema version {version}, newer than this key-server understands ({target}); "
+                "upgrade key-server"
+            )
+        if version == target:
+            return
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{path} is busy: {exc}") from exc
+        try:
+            # Re-read under the write lock: another process may have migrated while we waited.
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version < target:
+                MIGRATIONS[version](db)
+                db.execute(f"PRAGMA user_version = {version + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+
+def _check_name(name: str) -> None:
+    """Names are shown in lists and audit entries: short, printable, non-empty."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("name must be a non-empty string")
+    if len(name) > MAX_NAME_LEN:
+        raise ValueError(f"name must be at most {MAX_NAME_LEN} characters")
+    if not name.isprintable():
+        raise ValueError("name must not contain control characters")
+
+
+def _check_window(valid_from: int | None, valid_until: int | None) -> None:
+    """A validity window must not be empty."""
+    if valid_from is not None and valid_until is not None and valid_until <= valid_from:
+        raise ValueError("valid_until must be after valid_from")
+
+
+def _check_p256_point(public_key: bytes) -> None:
+    """Refuse bytes that are not a point on P-256: a key nobody can ever use is a bug at the caller."""
+    from cryptography.hazmat.primitives.asymmetric import ec  # deferred: only enrolment needs it
+
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public_key)
+    except ValueError as exc:
+        raise ValueError(f"public_key is not a valid P-256 point: {exc}") from exc
+
+
+def _int_or_none(value: object) -> int | None:
+    """Parse a meta value as an integer, None if it is not one."""
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def _key_from_row(row: Sequence[Any]) -> KeyRecord:
+    """Build a KeyRecord from a keys row in _KEY_COLUMNS order."""
+    return KeyRecord(
+        key_id=row[0],
+        public_key=row[1],
+        name=row[2],
+        role=Role(row[3]),
+        valid_from=row[4],
+        valid_until=row[5],
+        schedule=row[6],
+        created_at=row[7],
+        last_used_at=row[8],
+        revoked_at=row[9],
+    )
+
+
+def _pairing_from_row(row: Sequence[Any]) -> PendingPairing:
+    """Build a PendingPairing from a pairings row in _PAIRING_COLUMNS order."""
+    return PendingPairing(
+        slot=row[0],
+        prs=row[1],
+        role=Role(row[2]),
+        name=row[3],
+        expires_at=row[4],
+        key_valid_from=row[5],
+        key_valid_until=row[6],
+        schedule=row[7],
+        attempts_left=row[8],
+        created_at=row[9],
+    )
+
+
