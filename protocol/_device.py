@@ -248,7 +248,8 @@ class DeviceSession:
         challenge, command, args = self._in_flight
         assert self._vehicle_key is not None and self.vehicle_id is not None
         if msg.key_id != self.device.key_id or msg.command != command:
-            raise self._fail(RemoteProtocolError("result does not answer our request"))
+            # Another central used the same broadcast challenge: its answer, not ours.
+            return None
         try:
             verify(self._vehicle_key, msg.signature, c.transcript(
                 c.LABEL_RESULT, self.vehicle_id, msg.key_id, challenge, bytes((command,)), args,

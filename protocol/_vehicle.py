@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import _crypto as c
-from ._challenge import ChallengeBook
+from ._challenge import PAIRING, ChallengeBook
 from ._codec import (
     MAX_MESSAGE,
     SESSION_ID_LEN,
@@ -222,7 +222,7 @@ class VehicleSession:
                        now: float) -> str | None:
         """Check challenge then signature; return a refusal reason for the audit log, or None if valid."""
         try:
-            self.challenges.check(challenge, now)
+            self.challenges.check(challenge, now, kid)
         except ChallengeError as exc:
             return exc.reason
         public = self._lookup(kid)
@@ -232,7 +232,7 @@ class VehicleSession:
             return "bad signature" if public else "unknown or revoked key"
         if public is None:  # unreachable in practice: the decoy never verifies
             return "unknown or revoked key"
-        self.challenges.redeem(challenge, now)
+        self.challenges.redeem(challenge, now, kid)
         return None
 
     def _signed_result(self, kid: bytes, challenge: bytes, command: int, args: bytes, status: Status,
@@ -315,7 +315,7 @@ class VehicleSession:
     def _on_pair_start(self, msg: Message, now: float) -> Event | None:
         assert isinstance(msg, PairStart)
         try:
-            self.challenges.redeem(msg.challenge, now)
+            self.challenges.redeem(msg.challenge, now, PAIRING)
         except ChallengeError as exc:
             self._sm.advance(VInput.PAIR_START_REFUSED)
             self._send(Error(status=Status.CHALLENGE_INVALID, challenge=msg.challenge))

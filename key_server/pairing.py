@@ -1,0 +1,66 @@
+"""One-time pairing codes: 8 digits, the first two name the slot, all eight are the PAKE password."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from urllib.parse import parse_qs, quote, urlparse
+
+from protocol import pairing_prs
+
+CODE_DIGITS = 8
+SECRET_DIGITS = 6  # 10^6 codes per slot, and the slot dies after a few wrong tries
+QR_SCHEME = "dkey"
+
+
+@dataclass(frozen=True, slots=True)
+class PairingTicket:
+    """What `key-server pair` shows: the code, and the vehicle id so a client can find the right vehicle."""
+
+    code: str
+    vehicle_id: bytes
+    name: str
+
+    @property
+    def slot(self) -> int:
+        """The slot the code lives in (its first two digits)."""
+        return int(self.code[:2])
+
+    @property
+    def display(self) -> str:
+        """The code grouped for reading aloud: '4212 3456'."""
+        return f"{self.code[:4]} {self.code[4:]}"
+
+    def uri(self) -> str:
+        """The QR payload: dkey://pair?code=...&vehicle=...&name=..."""
+        return f"{QR_SCHEME}://pair?code={self.code}&vehicle={self.vehicle_id.hex()}&name={quote(self.name)}"
+
+
+def new_code_for_slot(slot: int) -> str:
+    """A fresh code in `slot`: two slot digits then six random ones."""
+    if not 0 <= slot <= 99:
+        raise ValueError("slot must be 0..99")
+    return f"{slot:02d}{secrets.randbelow(10**SECRET_DIGITS):0{SECRET_DIGITS}d}"
+
+
+def prs_for(code: str, vehicle_id: bytes) -> bytes:
+    """The stored password-related string for a code (never the code itself)."""
+    return pairing_prs(code, vehicle_id=vehicle_id, slot=int(code[:2]))
+
+
+def parse_code(text: str) -> tuple[str, bytes | None]:
+    """Accept '4212 3456', '4212-3456' or a dkey://pair QR payload; return (code, vehicle id if given)."""
+    text = text.strip()
+    vehicle: bytes | None = None
+    if text.startswith(f"{QR_SCHEME}://"):
+        query = parse_qs(urlparse(text).query)
+        text = query.get("code", [""])[0]
+        if "vehicle" in query:
+            try:
+                vehicle = bytes.fromhex(query["vehicle"][0])
+            except ValueError:
+                raise ValueError("the QR code's vehicle id is not hex") from None
+    code = "".join(ch for ch in text if ch not in " -")
+    if len(code) != CODE_DIGITS or not code.isdigit():
+        raise ValueError(f"a pairing code is {CODE_DIGITS} digits, like 4212 3456")
+    return code, vehicle

@@ -1,0 +1,79 @@
+"""A real key server on the in-memory mock radio, with a simulated lock and a controllable wall clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hardware import ActuatorConfig, SimulatedLock
+from key_client.driver import Target, VehicleLink, connect_vehicle
+from key_server.audit import AuditLog
+from key_server.clock import GuardedClock
+from key_server.pairing import new_code_for_slot, prs_for
+from key_server.radio.mock import MockAir, MockPeripheral
+from key_server.ratelimit import FailureLimiter
+from key_server.service import KeyService, ServiceConfig
+from key_server.store import KeyRecord, KeyStore, Role
+from protocol import KeyPair
+
+T0 = 1_800_000_000  # a fixed "now" (2027-01-15) for validity windows
+
+
+@dataclass
+class Harness:
+    """Everything a server test needs; call `await h.start()` and `await h.stop()`."""
+
+    tmp: Path
+    broadcast: bool = False
+    limiter: FailureLimiter = field(default_factory=FailureLimiter)
+    wall: float = T0
+    air: MockAir = field(default_factory=MockAir)
+
+    def __post_init__(self) -> None:
+        self.store = KeyStore.open(self.tmp / "keys.db")
+        self.audit = AuditLog(self.store)
+        self.clock = GuardedClock(self.store, source=lambda: self.wall)
+        self.identity = KeyPair.generate()
+        self.lock = SimulatedLock(ActuatorConfig(kind="sim", pulse_ms=5))
+        self.peripheral: MockPeripheral = self.air.peripheral("test-car", broadcast_notify=self.broadcast)
+        self.service = KeyService(identity=self.identity, store=self.store, audit=self.audit, clock=self.clock,
+                                  lock=self.lock, peripheral=self.peripheral,
+                                  config=ServiceConfig(limiter=self.limiter, poll_interval=0.05))
+
+    async def start(self) -> Harness:
+        await self.service.start()
+        return self
+
+    async def stop(self) -> None:
+        await self.service.stop()
+        await self.lock.aclose()
+        self.clock.close()
+        self.store.close()
+
+    def enroll(self, role: Role = Role.OWNER, name: str = "phone", *, valid_from: int | None = None,
+               valid_until: int | None = None, schedule: str | None = None) -> KeyPair:
+        """Enroll a fresh device key directly in the store (pairing is tested separately)."""
+        device = KeyPair.generate()
+        self.store.add_key(KeyRecord(device.key_id, device.public_bytes, name, role, valid_from, valid_until,
+                                     schedule, int(self.wall)))
+        return device
+
+    def new_code(self, role: Role = Role.OWNER, name: str = "new device", attempts: int = 5,
+                 expires_in: int = 600) -> str:
+        """What `key-server pair` does: create a pairing slot and return its one-time code."""
+        codes: dict[int, str] = {}
+
+        def prs(slot: int) -> bytes:
+            codes[slot] = new_code_for_slot(slot)
+            return prs_for(codes[slot], self.identity.key_id)
+
+        p = self.store.create_pairing(prs, role=role, name=name, expires_at=int(self.wall) + expires_in,
+                                      key_valid_from=None, key_valid_until=None, schedule=None,
+                                      attempts=attempts, now=int(self.wall))
+        return codes[p.slot]
+
+    async def connect(self, device: KeyPair, *, mtu: int = 247, pinned: bool = True) -> VehicleLink:
+        """A new central connected to the vehicle with a session for `device`."""
+        central = self.air.central(mtu=mtu)
+        target = Target(self.identity.public_bytes if pinned else None)
+        return await connect_vehicle(central, device, target, scan_time=1.0, attempts=1)

@@ -1,0 +1,268 @@
+"""The key server end to end over the mock radio, driven by the real client driver."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from key_client.errors import OutcomeUnknown, Refused
+from key_server.ratelimit import FailureLimiter
+from key_server.store import Role
+from protocol import (
+    Cmd,
+    KeyPair,
+    LockPosition,
+    StatusReport,
+    decode_key_page,
+    list_keys_args,
+    read_audit_args,
+    revoke_args,
+)
+from protocol import Status as S
+
+from .harness import Harness
+
+
+@pytest.fixture
+async def h(tmp_path):
+    harness = await Harness(tmp_path).start()
+    yield harness
+    await harness.stop()
+
+
+async def unlock(h: Harness, device: KeyPair, cmd: Cmd = Cmd.UNLOCK, **kw) -> StatusReport:
+    link = await h.connect(device, **kw)
+    try:
+        return StatusReport.decode((await link.command(cmd)).data)
+    finally:
+        await link.close()
+
+
+@pytest.mark.parametrize("mtu", [23, 247])
+async def test_unlock_and_lock(h: Harness, mtu: int) -> None:
+    phone = h.enroll()
+    assert (await unlock(h, phone, mtu=mtu)).lock is LockPosition.UNLOCKED
+    assert (await unlock(h, phone, Cmd.LOCK, mtu=mtu)).lock is LockPosition.LOCKED
+    assert [e.event for e in h.audit.read()][-2:] == ["unlock", "lock"]
+    assert h.store.get_key(phone.key_id).last_used_at == h.wall
+
+
+async def test_pairing_with_a_one_time_code(h: Harness) -> None:
+    code = h.new_code(role=Role.DRIVER, name="Maya's watch")
+    watch = KeyPair.generate()
+    link = await h.connect(watch, pinned=False)
+    paired = await link.pair(code, int(code[:2]))
+    await link.close()
+    assert paired.vehicle_public_key == h.identity.public_bytes
+    rec = h.store.get_key(watch.key_id)
+    assert rec is not None and rec.role is Role.DRIVER and rec.name == "Maya's watch"
+    assert (await unlock(h, watch)).lock is LockPosition.UNLOCKED
+
+
+async def test_pairing_code_cannot_be_reused(h: Harness) -> None:
+    code = h.new_code()
+    first = await h.connect(KeyPair.generate(), pinned=False)
+    await first.pair(code, int(code[:2]))
+    await first.close()
+    second = await h.connect(KeyPair.generate(), pinned=False)
+    with pytest.raises(Refused) as info:
+        await second.pair(code, int(code[:2]))
+    await second.close()
+    assert info.value.status is S.PAIRING_REFUSED
+
+
+async def test_too_many_wrong_codes_kill_the_slot(h: Harness) -> None:
+    code = h.new_code(attempts=3)
+    wrong = code[:2] + f"{(int(code[2:]) + 1) % 10**6:06d}"
+    for _ in range(3):
+        link = await h.connect(KeyPair.generate(), pinned=False)
+        with pytest.raises(Refused):
+            await link.pair(wrong, int(code[:2]))
+        await link.close()
+    h.service.limiter = FailureLimiter()  # not testing the rate limit here
+    link = await h.connect(KeyPair.generate(), pinned=False)
+    with pytest.raises(Refused) as info:
+        await link.pair(code, int(code[:2]))  # even the right code is dead now
+    await link.close()
+    assert info.value.status is S.PAIRING_REFUSED
+    assert not h.store.list_pairings(int(h.wall))
+
+
+async def test_expired_pairing_code_is_refused(h: Harness) -> None:
+    code = h.new_code(expires_in=60)
+    h.wall += 61
+    link = await h.connect(KeyPair.generate(), pinned=False)
+    with pytest.raises(Refused):
+        await link.pair(code, int(code[:2]))
+    await link.close()
+
+
+async def test_revoked_device_is_refused_and_others_still_work(h: Harness) -> None:
+    owner, stolen = h.enroll(Role.OWNER, "laptop"), h.enroll(Role.DRIVER, "phone")
+    assert (await unlock(h, stolen)).lock is LockPosition.UNLOCKED
+    h.store.revoke_key(stolen.key_id, int(h.wall))  # what `key-server revoke` does, from another process
+    with pytest.raises(Refused) as info:
+        await unlock(h, stolen)
+    assert info.value.status is S.DENIED and info.value.authenticated and not info.value.may_have_succeeded
+    assert (await unlock(h, owner)).lock is LockPosition.UNLOCKED
+
+
+async def test_owner_revokes_over_confidential_session_and_open_session_ends(h: Harness) -> None:
+    owner, phone = h.enroll(Role.OWNER, "laptop"), h.enroll(Role.OWNER, "phone")
+    victim = await h.connect(phone)
+    await victim.open_secure()
+    admin = await h.connect(owner)
+    await admin.open_secure()
+    await admin.secure(Cmd.REVOKE_KEY, revoke_args(phone.key_id))
+    assert h.store.get_key(phone.key_id).revoked  # committed before the answer came back
+    for _ in range(50):
+        if not victim.conn.is_connected:
+            break
+        await asyncio.sleep(0.01)
+    assert not victim.conn.is_connected, "the revoked key's open session must end at once"
+    total, keys = decode_key_page((await admin.secure(Cmd.LIST_KEYS, list_keys_args())).data)
+    assert total == 2 and {k.name for k in keys if k.revoked_at} == {"phone"}
+    await admin.close()
+    await victim.close()
+
+
+async def test_cli_revocation_ends_an_open_session(h: Harness) -> None:
+    phone = h.enroll(Role.OWNER)
+    link = await h.connect(phone)
+    await link.open_secure()
+    h.store.revoke_key(phone.key_id, int(h.wall), force=True)
+    for _ in range(100):
+        if not link.conn.is_connected:
+            break
+        await asyncio.sleep(0.01)
+    assert not link.conn.is_connected
+    assert h.service.stats.sessions_ended_by_revocation == 1
+
+
+async def test_last_owner_cannot_revoke_itself_without_force(h: Harness) -> None:
+    owner = h.enroll(Role.OWNER)
+    link = await h.connect(owner)
+    await link.open_secure()
+    with pytest.raises(Refused) as info:
+        await link.secure(Cmd.REVOKE_KEY, revoke_args(owner.key_id))
+    assert info.value.status is S.NOT_PERMITTED
+    await link.close()
+
+
+async def test_guest_outside_window_and_schedule(h: Harness) -> None:
+    weekend = h.enroll(Role.GUEST, "brother", valid_from=int(h.wall) + 3600, valid_until=int(h.wall) + 7200)
+    with pytest.raises(Refused) as info:
+        await unlock(h, weekend)
+    assert info.value.status is S.KEY_NOT_YET_VALID and info.value.temporary
+    h.wall += 3600
+    assert (await unlock(h, weekend)).lock is LockPosition.UNLOCKED
+    h.wall += 3600
+    with pytest.raises(Refused) as info:
+        await unlock(h, weekend)
+    assert info.value.status is S.KEY_EXPIRED
+
+
+async def test_guest_may_not_start_or_read_keys(h: Harness) -> None:
+    guest = h.enroll(Role.GUEST, "guest")
+    with pytest.raises(Refused) as info:
+        await unlock(h, guest, Cmd.START)
+    assert info.value.status is S.NOT_PERMITTED
+    link = await h.connect(guest)
+    await link.open_secure()
+    with pytest.raises(Refused):
+        await link.secure(Cmd.LIST_KEYS, list_keys_args())
+    with pytest.raises(Refused):
+        await link.secure(Cmd.READ_AUDIT, read_audit_args())
+    await link.close()
+
+
+async def test_clock_set_back_does_not_revive_an_expired_key(h: Harness) -> None:
+    guest = h.enroll(Role.GUEST, valid_until=int(h.wall) + 100)
+    h.wall += 200
+    with pytest.raises(Refused):
+        await unlock(h, guest)
+    h.wall -= 1000  # the Pi rebooted without RTC and NTP has not run
+    with pytest.raises(Refused) as info:
+        await unlock(h, guest)
+    assert info.value.status is S.KEY_EXPIRED
+
+
+@pytest.mark.parametrize("n", [2, 20])
+async def test_many_centrals_at_once(h: Harness, n: int) -> None:
+    devices = [h.enroll(Role.DRIVER, f"d{i}") for i in range(n)]
+    reports = await asyncio.gather(*(unlock(h, d, Cmd.STATUS) for d in devices))
+    assert len(reports) == n
+    assert h.service.stats.commands == n
+
+
+async def test_many_centrals_on_a_broadcasting_backend(tmp_path) -> None:
+    """bless notifies every subscriber: each client must still get only its own answers."""
+    h = await Harness(tmp_path, broadcast=True).start()
+    try:
+        devices = [h.enroll(Role.DRIVER, f"d{i}") for i in range(5)]
+        reports = await asyncio.gather(*(unlock(h, d, Cmd.STATUS) for d in devices))
+        assert len(reports) == 5
+    finally:
+        await h.stop()
+
+
+async def test_disconnect_mid_command_leaves_outcome_unknown(h: Harness) -> None:
+    phone = h.enroll()
+    link = await h.connect(phone, mtu=23)
+    h.air.disconnect_after_writes(6)  # the 6th (last) chunk of the unlock arrives, then the link drops
+    with pytest.raises(OutcomeUnknown) as info:
+        await link.command(Cmd.UNLOCK, timeout=0.5)
+    assert info.value.may_have_succeeded
+    await link.close()
+    assert (await unlock(h, phone)).lock is LockPosition.UNLOCKED  # the server is fine afterwards
+
+
+async def test_garbage_frames_do_not_crash_the_server(h: Harness) -> None:
+    phone = h.enroll()
+    central = h.air.central(mtu=247)
+    [adv] = await central.scan(1.0)
+    conn = await central.connect(adv)
+    await conn.subscribe(lambda _b: None)
+    for junk in (b"\x00", b"\x80\x00\x05\x01\x02\x03\x04\x05", b"\x80" + b"\xff" * 50, bytes(range(200))):
+        try:
+            await conn.write(junk)
+        except Exception:
+            pass
+    await conn.disconnect()
+    assert (await unlock(h, phone)).lock is LockPosition.UNLOCKED
+
+
+async def test_flood_of_failed_attempts_trips_the_limit_and_honest_clients_still_get_in(tmp_path) -> None:
+    h = await Harness(tmp_path, limiter=FailureLimiter(link_burst=3, link_rate=0.5, global_burst=10,
+                                                      global_rate=5)).start()
+    try:
+        phone = h.enroll()
+        intruder = KeyPair.generate()  # not enrolled
+        link = await h.connect(intruder)
+        refusals = busy = 0
+        for _ in range(10):
+            try:
+                await link.command(Cmd.UNLOCK, timeout=0.5)
+            except Refused as exc:
+                refusals += exc.status is S.DENIED
+                busy += exc.status is S.BUSY
+        await link.close()
+        assert refusals == 3 and busy >= 1, (refusals, busy)
+        assert h.service.stats.rate_limited >= 1
+        assert (await unlock(h, phone)).lock is LockPosition.UNLOCKED  # a link that never failed gets in
+    finally:
+        await h.stop()
+
+
+async def test_owner_reads_audit_over_confidential_session(h: Harness) -> None:
+    from protocol import decode_audit_page
+
+    owner = h.enroll()
+    await unlock(h, owner)
+    link = await h.connect(owner)
+    await link.open_secure()
+    total, records = decode_audit_page((await link.secure(Cmd.READ_AUDIT, read_audit_args(0, 50))).data)
+    await link.close()
+    assert total >= 2 and "unlock" in [r.event for r in records]
+    assert h.audit.verify().ok
