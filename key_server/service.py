@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -341,24 +342,26 @@ class KeyService:
             self._pairing_key(lk, event)
         elif isinstance(event, PairingFailed):
             self.limiter.failed(lk.link, now)
-            slot = event.slot
-            self.store.fail_pairing_attempt(slot)
-            self._audit(AuditEvent.PAIR_FAILED, None, slot=slot, reason=event.reason)
+            slot, live = event.slot, lk.pairing is not None
+            lk.pairing = None
+            if live:
+                self.store.fail_pairing_attempt(slot)
+            self._audit(AuditEvent.PAIR_FAILED, None, slot=slot,
+                        reason=event.reason if live else "no usable code in this slot")
             lk.after.append(self._dropper(lk))
 
     def _pairing_requested(self, lk: _Link, event: PairingRequested) -> None:
         pairing = self.store.spend_pairing_attempt(event.slot, self.clock.now())
-        if pairing is None:
-            self.limiter.failed(lk.link, self._mono())
-            lk.session.refuse_pairing()
-            self._audit(AuditEvent.PAIR_FAILED, None, slot=event.slot, reason="no usable code in this slot")
-            return
         lk.pairing = pairing
-        lk.session.accept_pairing(pairing.prs)
+        # No usable code in that slot: run the PAKE with a random password anyway, so a prober cannot tell
+        # a live slot from a dead one; the device's key confirmation then fails like a wrong code.
+        lk.session.accept_pairing(pairing.prs if pairing is not None else os.urandom(32))
 
     def _pairing_key(self, lk: _Link, event: PairingKeyReceived) -> None:
         pairing, lk.pairing = lk.pairing, None
-        assert pairing is not None
+        if pairing is None:  # unreachable: a decoy PAKE's confirmation cannot verify
+            lk.session.refuse_pairing(Status.PAIRING_REFUSED)
+            return
         rec = pairing.key_record(event.key_id, event.public_key, self.clock.now())
         try:
             self.store.complete_pairing(pairing.slot, rec)

@@ -47,6 +47,13 @@ def transcript(label: bytes, *parts: bytes) -> bytes:
     return bytes(out)
 
 
+def result_transcript(vehicle_id: bytes, key_id: bytes, challenge: bytes, command: int, args: bytes, status: int,
+                      data: bytes, request: bytes) -> bytes:
+    """What the vehicle signs in a RESULT: the answer and SHA-256 of the exact request message it answers."""
+    return transcript(LABEL_RESULT, vehicle_id, key_id, challenge, bytes((command,)), args, bytes((status,)), data,
+                      hashlib.sha256(request).digest())
+
+
 def hkdf(ikm: bytes, *, salt: bytes, info: bytes, length: int) -> bytes:
     """HKDF-SHA256 (RFC 5869)."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)

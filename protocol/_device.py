@@ -49,6 +49,7 @@ from ._pake import CPace, PakeError
 from ._state import DeviceStateMachine, DInput, DState
 from ._vehicle import _secure_aad, ephemeral_from_rng
 
+_KNOWN_CMDS = frozenset(int(x) for x in Cmd)
 _TERMS_LEN = 17  # role(1) || valid_from(8) || valid_until(8)
 
 
@@ -88,6 +89,8 @@ class DeviceSession:
         self.challenge: bytes | None = None  # the unspent challenge we will use next
         self.challenge_vehicle_id: bytes | None = None
         self._in_flight: tuple[bytes, int, bytes] | None = None  # challenge, command, args
+        self._request = b""  # the encoded in-flight request: a RESULT must be bound to exactly this
+        self.ignored_forgeries = 0  # answers that failed verification and were ignored
         self._pair: dict[str, bytes | int] = {}
         self._cpace: CPace | None = None
         self._pair_keys: c.PairingKeys | None = None
@@ -156,8 +159,9 @@ class DeviceSession:
         sig = self.device.sign(c.transcript(c.LABEL_COMMAND, self.vehicle_id, self.device.key_id, challenge,
                                             bytes((command,)), args))
         self._in_flight = (challenge, command, args)
-        self._send(Command(key_id=self.device.key_id, challenge=challenge, command=command, args=args,
-                           signature=sig))
+        request = Command(key_id=self.device.key_id, challenge=challenge, command=command, args=args, signature=sig)
+        self._request = request.encode()
+        self._send(request)
 
     def open_session(self) -> None:
         """Queue SESSION_OPEN with a fresh ephemeral key, for confidential commands."""
@@ -170,9 +174,11 @@ class DeviceSession:
         sig = self.device.sign(c.transcript(c.LABEL_SESSION_OPEN, self.vehicle_id, self.device.key_id,
                                             challenge, eph))
         self._in_flight = (challenge, Cmd.SESSION, eph)
-        self._send(SessionOpen(key_id=self.device.key_id, challenge=challenge, ephemeral=eph, signature=sig))
+        request = SessionOpen(key_id=self.device.key_id, challenge=challenge, ephemeral=eph, signature=sig)
+        self._request = request.encode()
+        self._send(request)
 
-    def send_secure(self, command: Cmd, args: bytes = b"") -> None:
+    def send_secure(self, command: Cmd | int, args: bytes = b"") -> None:
         """Queue a command sealed under the open confidential session."""
         self._sm.advance(DInput.SEND_SECURE)
         assert self._session is not None
@@ -251,12 +257,16 @@ class DeviceSession:
             # Another central used the same broadcast challenge: its answer, not ours.
             return None
         try:
-            verify(self._vehicle_key, msg.signature, c.transcript(
-                c.LABEL_RESULT, self.vehicle_id, msg.key_id, challenge, bytes((command,)), args,
-                bytes((msg.status,)), msg.data))
-        except AuthenticationError as exc:
-            raise self._fail(exc) from None
+            verify(self._vehicle_key, msg.signature, c.result_transcript(
+                self.vehicle_id, msg.key_id, challenge, command, args, msg.status, msg.data, self._request))
+        except AuthenticationError:
+            # A forgery, or the vehicle's answer to someone else's request made with our challenge and key id
+            # (an injected copy). Neither is our answer: keep waiting for the genuine one.
+            self.ignored_forgeries += 1
+            return None
         self._in_flight = None
+        if command == Cmd.SESSION:
+            self._ephemeral = None
         self._sm.advance(DInput.RESULT)
         self._restore_challenge()
         return CommandResult(command=Cmd(command), status=_status(msg.status), data=msg.data, secure=False)
@@ -310,7 +320,8 @@ class DeviceSession:
             raise self._fail(exc) from None
         self._sm.advance(DInput.SECURE_RESPONSE_VERIFIED)
         self._secure_command = None
-        return CommandResult(command=Cmd(plain[0]), status=_status(plain[1]), data=plain[2:], secure=True)
+        command = Cmd(plain[0]) if plain[0] in _KNOWN_CMDS else plain[0]
+        return CommandResult(command=command, status=_status(plain[1]), data=plain[2:], secure=True)
 
     def _on_pair_reply(self, msg: PairReply) -> Event | None:
         if self._sm.state is not DState.PAIR_SENT or not self._mine(msg.challenge) or self._cpace is None:

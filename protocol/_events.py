@@ -106,7 +106,7 @@ class ChallengeReceived(Event):
 class CommandResult(Event):
     """The vehicle's authenticated answer to our command."""
 
-    command: Cmd
+    command: Cmd | int  # an int only for a code this implementation does not know
     status: Status
     data: bytes
     secure: bool

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ._errors import DecodeError
 
 MAX_DATA = 1800  # result data cap so a sealed response stays under the message cap
+MAX_DETAIL = 512  # audit detail JSON bytes per record
 
 
 class LockPosition(enum.IntEnum):
@@ -82,6 +83,12 @@ def _int(fields: dict[int, bytes], tag: int) -> int | None:
     return None if raw is None else int.from_bytes(raw, "big")
 
 
+def _utf8_prefix(text: str, limit: int) -> bytes:
+    """At most `limit` bytes of UTF-8, never cut inside a character."""
+    raw = text.encode()
+    return raw if len(raw) <= limit else raw[:limit].decode("utf-8", errors="ignore").encode()
+
+
 def _text(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
@@ -133,7 +140,7 @@ class KeyInfo:
     def encode(self) -> bytes:
         """One key record (without its list wrapper)."""
         opt = [(0x43, self.valid_from), (0x44, self.valid_until), (0x46, self.last_used_at), (0x47, self.revoked_at)]
-        fields = [(0x01, self.key_id), (0x41, _u(self.role, 1)), (0x42, self.name.encode()[:64]),
+        fields = [(0x01, self.key_id), (0x41, _u(self.role, 1)), (0x42, _utf8_prefix(self.name, 64)),
                   (0x45, _u(self.created_at, 8))]
         fields += [(tag, _u(v, 8)) for tag, v in opt if v is not None]
         return encode_fields(sorted(fields))
@@ -165,8 +172,11 @@ class AuditRecord:
 
     def encode(self) -> bytes:
         """One audit record."""
-        fields = [(0x51, _u(self.seq, 8)), (0x52, _u(self.ts, 8)), (0x53, self.event.encode()[:32]),
-                  (0x54, self.detail.encode()[:512]), (0x55, self.entry_hash)]
+        detail = self.detail.encode()
+        if len(detail) > MAX_DETAIL:  # keep it valid JSON: say it was cut instead of cutting it
+            detail = b'{"truncated":true}'
+        fields = [(0x51, _u(self.seq, 8)), (0x52, _u(self.ts, 8)), (0x53, _utf8_prefix(self.event, 32)),
+                  (0x54, detail), (0x55, self.entry_hash)]
         if self.key_id is not None:
             fields.insert(0, (0x01, self.key_id))
         return encode_fields(fields)
@@ -174,7 +184,7 @@ class AuditRecord:
     @classmethod
     def decode(cls, data: bytes) -> AuditRecord:
         """Parse one audit record; DecodeError if malformed."""
-        f = decode_fields(data, {0x01: (4, 4), 0x51: (8, 8), 0x52: (8, 8), 0x53: (1, 32), 0x54: (0, 512),
+        f = decode_fields(data, {0x01: (1, 64), 0x51: (8, 8), 0x52: (8, 8), 0x53: (1, 32), 0x54: (0, MAX_DETAIL),
                                  0x55: (32, 32)})
         if not {0x51, 0x52, 0x53, 0x54, 0x55} <= f.keys():
             raise DecodeError("audit record lacks a required field")
@@ -215,6 +225,8 @@ def decode_page(data: bytes, record_tag: int) -> tuple[int, list[bytes]]:
             if pos >= len(data):
                 raise DecodeError("bad record length")
             n, pos = ((n & 0x7F) << 8) | data[pos], pos + 1
+            if n < 0x80:
+                raise DecodeError("non-minimal record length")
         if pos + n > len(data):
             raise DecodeError("record runs past the page")
         records.append(bytes(data[pos : pos + n]))

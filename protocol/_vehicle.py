@@ -57,12 +57,13 @@ from ._events import (
     Refused,
     SessionOpened,
 )
-from ._framing import DEFAULT_PARTIAL_TIMEOUT, Reassembler, split
+from ._framing import DEFAULT_PARTIAL_TIMEOUT, MAX_ATT_MTU, Reassembler, split
 from ._keys import PUBLIC_KEY_LEN, KeyPair, decode_public_key, encode_public_key, key_id, verify
 from ._pake import CPace, PakeError
 from ._state import VEHICLE_WAITING_FOR_APP, VehicleStateMachine, VInput, VState
 
 KeyLookup = Callable[[bytes], ec.EllipticCurvePublicKey | None]
+_SECURE_CODES = frozenset(int(x) for x in SECURE_COMMANDS)
 _ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
@@ -77,9 +78,10 @@ class _Pending:
     """What the session remembers about the request the application is deciding on."""
 
     key_id: bytes
-    command: Cmd
+    command: int  # the code as received (unknown secure codes are echoed back with NOT_SUPPORTED)
     args: bytes
     challenge: bytes
+    request: bytes = b""  # the encoded request message (its hash is bound into the signed RESULT)
 
 
 @dataclass(slots=True)
@@ -132,6 +134,8 @@ class VehicleSession:
         # as the largest write the central made, since ATT MTU is the same both ways.
         self._min_chunk = chunk_size
         self._pending: _Pending | None = None
+        self._raw = b""  # the message being handled, as received
+        self._deferred: Event | None = None  # an event produced by an application call, returned next
         self._pairing: _Pairing | None = None
         self._secure: _Secure | None = None
         # A fixed key to verify against when the key id is unknown, so an unknown key and a bad
@@ -152,8 +156,8 @@ class VehicleSession:
 
     @property
     def chunk_size(self) -> int:
-        """Bytes per notification used for replies."""
-        return max(self._min_chunk, self._rx.largest_chunk)
+        """Bytes per notification used for replies (never above what the largest ATT MTU, 517, carries)."""
+        return min(MAX_ATT_MTU - 3, max(self._min_chunk, self._rx.largest_chunk))
 
     def data_to_send(self) -> list[bytes]:
         """Drain the queued notification chunks, in order."""
@@ -199,11 +203,15 @@ class VehicleSession:
         Raises RemoteProtocolError (after queuing an ERROR and entering ERROR) when the peer breaks the
         protocol: the caller should flush data_to_send() and drop the link.
         """
+        if self._deferred is not None:
+            event, self._deferred = self._deferred, None
+            return event
         if self._sm.state in VEHICLE_WAITING_FOR_APP or not self._inbox:
             return None
         if self._sm.state in (VState.CLOSED, VState.ERROR):
             return None
         raw = self._inbox.popleft()
+        self._raw = raw
         try:
             msg = decode(raw)
         except DecodeError as exc:
@@ -236,9 +244,10 @@ class VehicleSession:
         return None
 
     def _signed_result(self, kid: bytes, challenge: bytes, command: int, args: bytes, status: Status,
-                       data: bytes = b"") -> Result:
-        sig = self.identity.sign(c.transcript(
-            c.LABEL_RESULT, self.vehicle_id, kid, challenge, bytes((command,)), args, bytes((status,)), data))
+                       request: bytes, data: bytes = b"") -> Result:
+        """A RESULT bound to the exact request it answers (its hash), so it cannot answer another one."""
+        sig = self.identity.sign(c.result_transcript(self.vehicle_id, kid, challenge, command, args, status, data,
+                                                     request))
         return Result(key_id=kid, challenge=challenge, command=command, status=status, data=data, signature=sig)
 
     def _on_command(self, msg: Message, now: float) -> Event | None:
@@ -247,7 +256,8 @@ class VehicleSession:
             raise self._fail(Status.MALFORMED, RemoteProtocolError("fast-path command inside a secure session"))
         if msg.command not in FAST_COMMANDS:
             self._sm.advance(VInput.COMMAND_REFUSED)
-            self._send(self._signed_result(msg.key_id, msg.challenge, msg.command, msg.args, Status.NOT_SUPPORTED))
+            self._send(self._signed_result(msg.key_id, msg.challenge, msg.command, msg.args, Status.NOT_SUPPORTED,
+                                           self._raw))
             return Refused(Status.NOT_SUPPORTED, None, f"command 0x{msg.command:02x} not on the fast path")
         transcript = c.transcript(c.LABEL_COMMAND, self.vehicle_id, msg.key_id, msg.challenge,
                                   bytes((msg.command,)), msg.args)
@@ -255,11 +265,11 @@ class VehicleSession:
         if reason is not None:
             self._sm.advance(VInput.COMMAND_REFUSED)
             status = Status.CHALLENGE_INVALID if reason in ("expired", "unknown or already used") else Status.DENIED
-            self._send(self._signed_result(msg.key_id, msg.challenge, msg.command, msg.args, status))
+            self._send(self._signed_result(msg.key_id, msg.challenge, msg.command, msg.args, status, self._raw))
             return Refused(status, msg.key_id, reason)
         self._sm.advance(VInput.COMMAND_VERIFIED)
         cmd = Cmd(msg.command)
-        self._pending = _Pending(msg.key_id, cmd, msg.args, msg.challenge)
+        self._pending = _Pending(msg.key_id, cmd, msg.args, msg.challenge, self._raw)
         return CommandRequested(key_id=msg.key_id, command=cmd, args=msg.args, secure=False)
 
     def _on_session_open(self, msg: Message, now: float) -> Event | None:
@@ -274,7 +284,7 @@ class VehicleSession:
         if reason is not None:
             self._sm.advance(VInput.SESSION_OPEN_REFUSED)
             status = Status.CHALLENGE_INVALID if reason in ("expired", "unknown or already used") else Status.DENIED
-            self._send(self._signed_result(msg.key_id, msg.challenge, Cmd.SESSION, msg.ephemeral, status))
+            self._send(self._signed_result(msg.key_id, msg.challenge, Cmd.SESSION, msg.ephemeral, status, self._raw))
             return Refused(status, msg.key_id, reason)
         self._sm.advance(VInput.SESSION_OPEN_VERIFIED)
         vehicle_eph = ephemeral_from_rng(self._rng)
@@ -304,8 +314,9 @@ class VehicleSession:
         sec.rx_counter = counter
         self._sm.advance(VInput.SECURE_REQUEST)
         command = plain[0] if plain else -1
-        if command not in {int(x) for x in SECURE_COMMANDS}:
-            self._pending = _Pending(sec.key_id, Cmd.SESSION, b"", b"")
+        if command not in _SECURE_CODES:
+            # Echo the unknown code so a newer device can tell "not supported" from a broken answer.
+            self._pending = _Pending(sec.key_id, max(command, 0), b"", b"")
             self.respond(Status.NOT_SUPPORTED)
             return Refused(Status.NOT_SUPPORTED, sec.key_id, f"secure command {command} unknown")
         cmd = Cmd(command)
@@ -369,7 +380,7 @@ class VehicleSession:
             self._send(SecureResponse(session_id=sec.session_id, counter=sec.tx_counter, ciphertext=ct))
         else:
             self._send(self._signed_result(pending.key_id, pending.challenge, pending.command, pending.args,
-                                           status, data))
+                                           status, pending.request, data))
 
     def accept_pairing(self, prs: bytes) -> None:
         """Run the vehicle's half of CPace with the slot's password-related string and queue PAIR_REPLY."""
@@ -380,10 +391,11 @@ class VehicleSession:
         try:
             isk = cpace.finish(p.device_share)
         except PakeError:
-            # Not a valid share: refuse like a wrong code, so no oracle tells the two apart.
-            self._sm.state = VState.CLOSED
+            # Not a valid share: fail like a wrong code (same status, same CLOSED end, same event).
+            self._sm.advance(VInput.PAIR_CONFIRM_FAILED)
             self._pairing = None
             self._send(Error(status=Status.PAIRING_REFUSED, challenge=p.challenge))
+            self._deferred = PairingFailed(slot=p.slot, reason="invalid PAKE share")
             return
         p.vehicle_share = cpace.message
         p.keys = c.derive_pairing_keys(isk, challenge=p.challenge, vehicle_id=self.vehicle_id, slot=p.slot,

@@ -141,27 +141,37 @@ def test_device_rejects_challenge_from_other_vehicle() -> None:
     assert ev is not None and not ev.ours and p.device.state is DState.WAIT_CHALLENGE
 
 
-def test_rejects_result_forged_for_the_device() -> None:
+def _deliver(p, message) -> list:
+    from protocol import split
+
+    for ch in split(message.encode(), 20):
+        p.device.receive_data(ch, p.now)
+    out = []
+    while (ev := p.device.next_event(p.now)) is not None:
+        out.append(ev)
+    return out
+
+
+def test_ignores_result_forged_for_the_device_then_accepts_the_genuine_one() -> None:
     p = make_pair()
     p.subscribe()
     p.device.send_command(Cmd.UNLOCK)
     p.flush_up()
     p.vehicle.respond(Status.OK)
-    genuine = decode_result(p.vehicle.data_to_send())
-    # An attacker who is not the vehicle signs "OK" with its own key.
+    genuine_chunks = p.vehicle.data_to_send()
+    genuine = decode_result(genuine_chunks)
+    # An attacker who is not the vehicle signs "DENIED" with its own key to hide the unlock.
     forger = fixed_key(OTHER_SCALAR)
-    sig = forger.sign(c.transcript(c.LABEL_RESULT, p.vehicle.vehicle_id, genuine.key_id, genuine.challenge,
-                                   bytes((genuine.command,)), b"", bytes((Status.OK,)), b""))
-    forged = Result(genuine.key_id, genuine.challenge, genuine.command, Status.OK, b"", sig)
-    from protocol import split
-    for ch in split(forged.encode(), 20):
+    sig = forger.sign(c.result_transcript(p.vehicle.vehicle_id, genuine.key_id, genuine.challenge, genuine.command,
+                                          b"", Status.DENIED, b"", p.device._request))
+    assert _deliver(p, Result(genuine.key_id, genuine.challenge, genuine.command, Status.DENIED, b"", sig)) == []
+    assert p.device.ignored_forgeries == 1 and p.device.state is DState.AWAIT_RESULT
+    for ch in genuine_chunks:
         p.device.receive_data(ch, p.now)
-    with pytest.raises(AuthenticationError):
-        p.device.next_event(p.now)
-    assert p.device.state is DState.ERROR
+    assert p.device.next_event(p.now).status is Status.OK
 
 
-def test_rejects_result_with_status_changed() -> None:
+def test_ignores_result_with_status_changed() -> None:
     p = make_pair()
     p.subscribe()
     p.device.send_command(Cmd.UNLOCK)
@@ -169,11 +179,79 @@ def test_rejects_result_with_status_changed() -> None:
     p.vehicle.respond(Status.DENIED)
     genuine = decode_result(p.vehicle.data_to_send())
     flipped = Result(genuine.key_id, genuine.challenge, genuine.command, Status.OK, b"", genuine.signature)
+    assert _deliver(p, flipped) == [] and p.device.ignored_forgeries == 1
+
+
+def test_signed_refusal_of_an_injected_request_cannot_hide_the_real_unlock() -> None:
+    """An attacker races the device with a bogus COMMAND using its challenge and key id: the vehicle's signed
+    DENIED answers the attacker's request, not the device's, which still gets its genuine OK."""
+    p = make_pair()
+    p.subscribe()
+    p.device.send_command(Cmd.UNLOCK)
+    honest = p.device.data_to_send()
     from protocol import split
-    for ch in split(flipped.encode(), 20):
+    from protocol._codec import Command
+
+    real = decode(b"".join(ch[3:] if i == 0 else ch[1:] for i, ch in enumerate(honest)))
+    bogus = Command(real.key_id, real.challenge, real.command, b"", bytes(64))
+    [refused] = _replay(p, split(bogus.encode(), 20))
+    assert isinstance(refused, Refused) and refused.status is Status.DENIED
+    for ch in p.vehicle.data_to_send():  # the signed DENIED reaches the device too (bless broadcasts)
         p.device.receive_data(ch, p.now)
-    with pytest.raises(AuthenticationError):
-        p.device.next_event(p.now)
+    assert p.device.next_event(p.now) is None and p.device.state is DState.AWAIT_RESULT
+    [ev] = _replay(p, honest)  # the genuine request is still good: its challenge was not spent by the bogus one
+    assert isinstance(ev, CommandRequested)
+    p.vehicle.respond(Status.OK)
+    [res] = p.flush_down()
+    assert res.status is Status.OK
+
+
+def test_two_keys_may_share_a_broadcast_challenge_but_not_replay_it() -> None:
+    p = make_pair()
+    other = fixed_key(OTHER_SCALAR)
+    p.keys[other.key_id] = other
+    p.subscribe()
+    second = DeviceSession(other, vehicle_public_key=p.vehicle.identity.public_bytes)
+    for ch in p.downlink:  # both centrals heard the same pushed challenge
+        second.receive_data(ch, p.now)
+    second.next_event(p.now)
+    second.send_command(Cmd.UNLOCK)
+    second_chunks = second.data_to_send()
+    assert p.command(Cmd.UNLOCK).status is Status.OK
+    [ev] = _replay(p, second_chunks)
+    assert isinstance(ev, CommandRequested) and ev.key_id == other.key_id
+    p.vehicle.respond(Status.OK)
+    p.vehicle.data_to_send()
+    [again] = _replay(p, second_chunks)
+    assert isinstance(again, Refused) and again.status is Status.CHALLENGE_INVALID
+
+
+def test_unknown_secure_command_is_echoed_as_not_supported() -> None:
+    p = make_pair()
+    p.subscribe()
+    p.device.open_session()
+    p.flush_up()
+    p.flush_down()
+    p.device.send_secure(0x13)  # a command from a newer protocol revision
+    [ev] = p.flush_up()
+    assert isinstance(ev, Refused) and ev.status is Status.NOT_SUPPORTED
+    [res] = p.flush_down()
+    assert res.status is Status.NOT_SUPPORTED and p.device.state is DState.SECURE
+
+
+def test_invalid_pake_share_fails_like_a_wrong_code() -> None:
+    from protocol import pairing_prs
+    from protocol._codec import PairStart
+
+    p = make_pair(enrolled=False)
+    p.subscribe()
+    challenge = p.device.challenge
+    from protocol import split
+
+    [ev] = _replay(p, split(PairStart(slot=42, challenge=challenge, share=bytes(32)).encode(), 20))
+    p.vehicle.accept_pairing(pairing_prs("42123456", vehicle_id=p.vehicle.vehicle_id, slot=42))
+    failed = p.vehicle.next_event(p.now)
+    assert isinstance(failed, PairingFailed) and p.vehicle.state is VState.CLOSED
 
 
 def test_every_bit_flip_of_a_recorded_unlock_is_rejected() -> None:

@@ -26,6 +26,7 @@ from protocol import (
     Status,
     VehicleSession,
     chunk_size_for_mtu,
+    decode_key_page,
     decode_public_key,
     split,
 )
@@ -115,9 +116,11 @@ def test_confidential_vector_through_public_api() -> None:
     assert device.data_to_send() == _chunks(request)
     [req] = _feed(vehicle, request, now)
     assert req.secure and req.args == bytes.fromhex("000032")
-    vehicle.respond(Status.OK, bytes.fromhex("3f040000000140"))
+    vehicle.respond(Status.OK, generate.SAMPLE_KEY_PAGE)
     assert vehicle.data_to_send() == _chunks(response)
-    assert _feed(device, response, now)[0].data == bytes.fromhex("3f040000000140")
+    [res] = _feed(device, response, now)
+    total, [key] = decode_key_page(res.data)
+    assert total == 1 and key.name == "test device"
 
 
 def test_pairing_vector_through_public_api() -> None:

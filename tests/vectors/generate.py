@@ -11,12 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protocol import Cmd, KeyRole, Paired, Status, chunk_size_for_mtu, decode
+from protocol import Cmd, KeyInfo, KeyRole, Paired, Status, chunk_size_for_mtu, decode, encode_key_page
 from protocol._keys import encode_public_key
 from tests.protocol.helpers import DEVICE_SCALAR, OTHER_SCALAR, VEHICLE_SCALAR, Pair, fixed_key, make_pair
 
 HERE = Path(__file__).parent
 CODE = "42123456"
+# A LIST_KEYS answer with one key record (the test device key, owner, created at T0 seconds).
+SAMPLE_KEY_PAGE = encode_key_page([KeyInfo(fixed_key(DEVICE_SCALAR).key_id, 1, "test device", 1000)], 1)[0]
 T0 = 1000.0
 
 
@@ -112,7 +114,7 @@ def confidential(mtu: int = 247) -> dict[str, Any]:
     r.down()
     p.device.send_secure(Cmd.LIST_KEYS, bytes.fromhex("000032"))
     r.up()
-    p.vehicle.respond(Status.OK, bytes.fromhex("3f040000000140"))
+    p.vehicle.respond(Status.OK, SAMPLE_KEY_PAGE)
     r.down()
     return {"description": "confidential session and a sealed LIST_KEYS", "inputs": _inputs(mtu, seed),
             "steps": r.steps}
