@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from hardware import build_lock, install_signal_failsafe
+from hardware import ActuatorEvent, LockChanged, OutputChanged, build_lock, install_signal_failsafe
 
 from .audit import AuditLog
 from .clock import GuardedClock
@@ -19,6 +19,14 @@ from .service import KeyService, ServiceConfig
 from .store import KeyStore
 
 log = logging.getLogger("key_server.run")
+
+
+def _log_actuator(event: ActuatorEvent) -> None:
+    """One log line per actuator change, so a person (and the demo) can see the lock move."""
+    if isinstance(event, OutputChanged):
+        log.info("actuator: %s %s", event.output, "energised" if event.energised else "off")
+    elif isinstance(event, LockChanged):
+        log.info("actuator: lock is now %s", event.lock.value)
 
 
 def make_peripheral(cfg: Config) -> Peripheral:
@@ -41,7 +49,7 @@ async def serve(cfg: Config) -> int:
     identity = load_identity(cfg.identity_path)
     store = KeyStore.open(cfg.store_path)
     clock = GuardedClock(store)
-    lock = build_lock(cfg.actuator)
+    lock = build_lock(cfg.actuator, on_change=_log_actuator)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # De-energise synchronously inside the signal handler (works even if the loop is stuck), then ask the

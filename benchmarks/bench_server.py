@@ -1,0 +1,204 @@
+"""key-server figures: idle RSS, start-up time, unlock latency with 10,000 keys, revoke latency, flood.
+
+Run: .venv/bin/python benchmarks/bench_server.py   (prints a table; no pass/fail)
+Unlocks run in-process over the mock radio (no radio latency) with the simulated lock set to a 1 ms pulse, so
+the numbers are the server's own cost: protocol, SQLite, policy, audit, scheduling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hardware import ActuatorConfig, SimulatedLock  # noqa: E402
+from key_client.driver import Target, connect_vehicle  # noqa: E402
+from key_server.audit import AuditLog  # noqa: E402
+from key_server.clock import GuardedClock  # noqa: E402
+from key_server.radio.mock import MockAir  # noqa: E402
+from key_server.service import KeyService, ServiceConfig  # noqa: E402
+from key_server.store import KeyRecord, KeyStore, Role  # noqa: E402
+from protocol import Cmd, KeyPair, split  # noqa: E402
+from protocol._codec import Command  # noqa: E402
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * q))]
+
+
+def process_figures() -> tuple[float, float]:
+    """Start-up time to 'advertising' and idle RSS of `key-server run --radio sim`."""
+    with tempfile.TemporaryDirectory(prefix="dkb", dir="/tmp") as tmp:
+        env = {**os.environ, "DKEY_SIM_DIR": f"{tmp}/air"}
+        subprocess.run([sys.executable, "-m", "key_server", "--state-dir", f"{tmp}/s", "init"], env=env, check=True,
+                       capture_output=True)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "key_server", "--state-dir", f"{tmp}/s", "run", "--radio", "sim",
+                                 "--actuator", "sim"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "advertising as" in line:
+                break
+        startup = time.perf_counter() - t0
+        time.sleep(2.0)
+        rss_kb = next(int(ln.split()[1]) for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                      if ln.startswith("VmRSS:"))
+        proc.terminate()
+        proc.wait(10)
+    return startup, rss_kb / 1024
+
+
+class Bench:
+    """A KeyService on the mock radio with `n_keys` enrolled keys."""
+
+    def __init__(self, tmp: Path, n_keys: int) -> None:
+        self.store = KeyStore.open(tmp / "keys.db")
+        now = int(time.time())
+        self.device = KeyPair.generate()
+        self.store.add_key(KeyRecord(self.device.key_id, self.device.public_bytes, "bench", Role.OWNER, None, None,
+                                     None, now))
+        with self.store.transaction():
+            added = 0
+            while added < n_keys - 1:
+                kp = KeyPair.generate()
+                try:
+                    self.store.add_key(KeyRecord(kp.key_id, kp.public_bytes, f"k{added}", Role.DRIVER, None, None,
+                                                 None, now))
+                    added += 1
+                except Exception:  # a 4-byte key id collision: try another key
+                    continue
+        self.air = MockAir()
+        self.lock = SimulatedLock(ActuatorConfig(kind="sim", pulse_ms=1))
+        self.service = KeyService(identity=KeyPair.generate(), store=self.store, audit=AuditLog(self.store),
+                                  clock=GuardedClock(self.store), lock=self.lock,
+                                  peripheral=self.air.peripheral("bench"), config=ServiceConfig())
+
+    async def unlock_latencies(self, n: int) -> list[float]:
+        """Connect once, then n x (fresh challenge + UNLOCK + signed result) on that link."""
+        link = await connect_vehicle(self.air.central(), self.device, Target(self.service.identity.public_bytes),
+                                     scan_time=1, attempts=1)
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await link.command(Cmd.UNLOCK)
+            out.append(time.perf_counter() - t)
+        await link.close()
+        return out
+
+    async def close(self) -> None:
+        await self.service.stop()
+        await self.lock.aclose()
+        self.store.close()
+
+
+async def unlock_figures(n_keys: int, n: int = 300) -> tuple[list[float], float]:
+    with tempfile.TemporaryDirectory(prefix="dkb", dir="/tmp") as tmp:
+        b = Bench(Path(tmp), n_keys)
+        await b.service.start()
+        await b.unlock_latencies(20)  # warm-up
+        t = time.perf_counter()
+        lat = await b.unlock_latencies(n)
+        throughput = n / (time.perf_counter() - t)
+        await b.close()
+    return lat, throughput
+
+
+def revoke_figures(n: int = 50) -> list[float]:
+    with tempfile.TemporaryDirectory(prefix="dkb", dir="/tmp") as tmp:
+        store = KeyStore.open(Path(tmp) / "keys.db")
+        now = int(time.time())
+        owner = KeyPair.generate()
+        store.add_key(KeyRecord(owner.key_id, owner.public_bytes, "owner", Role.OWNER, None, None, None, now))
+        keys = []
+        for i in range(n):
+            kp = KeyPair.generate()
+            store.add_key(KeyRecord(kp.key_id, kp.public_bytes, f"d{i}", Role.DRIVER, None, None, None, now))
+            keys.append(kp.key_id)
+        out = []
+        audit = AuditLog(store)
+        for kid in keys:
+            t = time.perf_counter()
+            with store.transaction():  # what `key-server revoke` does: revocation + audit, one fsynced commit
+                store.revoke_key(kid, now)
+                audit.append("revoke", ts=now, key_id=kid)
+            out.append(time.perf_counter() - t)
+        store.close()
+    return out
+
+
+async def flood_figures(rate: int = 1000, seconds: float = 5.0) -> tuple[list[float], int, int, int]:
+    """Honest unlocks (each on a fresh connection) while a second central writes `rate` bogus frames per second."""
+    with tempfile.TemporaryDirectory(prefix="dkb", dir="/tmp") as tmp:
+        b = Bench(Path(tmp), 1)
+        await b.service.start()
+        attacker = await b.air.central().connect((await b.air.central().scan(1))[0])
+        await attacker.subscribe(lambda _d: None)
+        intruder = KeyPair.generate()
+        bogus_command = split(Command(intruder.key_id, os.urandom(16), Cmd.UNLOCK, b"", os.urandom(64)).encode(), 244)
+        sent = 0
+        stop = time.perf_counter() + seconds
+
+        async def flood() -> None:
+            nonlocal sent
+            period = 1.0 / rate
+            nxt = time.perf_counter()
+            while time.perf_counter() < stop:
+                frame = bogus_command[0] if sent % 2 else os.urandom(40)  # alternate bogus commands and garbage
+                try:
+                    await attacker.write(frame, response=False)
+                except Exception:
+                    pass
+                sent += 1
+                nxt += period
+                await asyncio.sleep(max(0.0, nxt - time.perf_counter()))
+
+        task = asyncio.create_task(flood())
+        lat: list[float] = []
+        ok = 0
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            link = await connect_vehicle(b.air.central(), b.device, Target(b.service.identity.public_bytes),
+                                         scan_time=1, attempts=1)
+            await link.command(Cmd.UNLOCK)
+            await link.close()
+            lat.append(time.perf_counter() - t)
+            ok += 1
+        await task
+        limited = b.service.stats.rate_limited
+        await attacker.disconnect()
+        await b.close()
+    return lat, ok, sent, limited
+
+
+async def main() -> None:
+    startup, rss = process_figures()
+    print(f"key-server figures ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})\n")
+    print("| figure | value |")
+    print("|---|---|")
+    print(f"| start-up to advertising (`key-server run --radio sim`, new process) | {startup * 1000:.0f} ms |")
+    print(f"| idle RSS of `key-server run --radio sim` | {rss:.1f} MB |")
+    for n_keys in (1, 10_000):
+        lat, thr = await unlock_figures(n_keys)
+        print(f"| unlock latency, {n_keys} keys enrolled (p50 / p99) | {statistics.median(lat) * 1e3:.2f} ms / "
+              f"{pct(lat, 0.99) * 1e3:.2f} ms |")
+        print(f"| unlock throughput, one link, {n_keys} keys | {thr:.0f} unlocks/s |")
+    rev = revoke_figures()
+    print(f"| revoke latency incl. fsync (p50 / max) | {statistics.median(rev) * 1e3:.2f} ms / "
+          f"{max(rev) * 1e3:.2f} ms |")
+    lat, ok, sent, limited = await flood_figures()
+    print(f"| honest unlock (connect+unlock+disconnect) under {sent / 5:.0f} bogus frames/s (p50 / p99) | "
+          f"{statistics.median(lat) * 1e3:.2f} ms / {pct(lat, 0.99) * 1e3:.2f} ms, {ok} of {ok} succeeded |")
+    print(f"| bogus writes refused by the rate limiter before any crypto | {limited} of {sent} |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
