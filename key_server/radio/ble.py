@@ -1,0 +1,520 @@
+"""BLE peripheral on bless 0.3.0 (BlueZ over D-Bus): the vehicle side of `--radio ble`; moves bytes, decides nothing.
+
+bless hands its callbacks no client identity, MTU or offset, and notifies every subscriber (DESIGN.md §4,
+LIBRARIES.md). Three hooks close the gap, all running in the event loop thread (dbus-next is asyncio):
+- WriteValue: bluetoothd calls GattCharacteristic1.WriteValue(value, options) with options {device, mtu, link,
+  type, offset}; bless's method drops the options. install_write_hook() replaces the method on bless's
+  BlueZGattCharacteristic class (dbus-next collects D-Bus methods per class when an object is created, so this
+  must happen before the characteristics exist). The device object path becomes the link id; the first write of
+  a link reports on_connect(link, mtu). An AttError raised by on_write becomes the D-Bus error that BlueZ turns
+  into that ATT error code (dbus_error_for).
+- StartNotify: bluetoothd calls the application's StartNotify for every central's CCC enable (BlueZ 5.66
+  gatt-database.c), without identity; bless sets app.StartNotify to a no-op lambda in its setup. Ours calls
+  on_subscribe(None): the service pushes a challenge that every subscriber receives (DESIGN.md §3).
+- Disconnects: org.bluez.Device1 PropertiesChanged(Connected=False) and InterfacesRemoved signals for the device
+  paths seen in writes call on_disconnect; so does bluetoothd leaving the bus.
+Characteristics carry no readable value (bless ignores the read offset, so long reads are broken).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from .base import (
+    DEFAULT_ATT_MTU,
+    RX_CHAR_UUID,
+    SERVICE_UUID,
+    TX_CHAR_UUID,
+    AttError,
+    AttErrorCode,
+    PeripheralHandler,
+    RadioError,
+)
+
+__all__ = ["UNKNOWN_LINK", "BlessPeripheral", "dbus_error_for", "install_write_hook", "probe_bluez"]
+
+log = logging.getLogger(__name__)
+
+BLUEZ = "org.bluez"
+DEVICE_IFACE = "org.bluez.Device1"
+ADAPTER_IFACE = "org.bluez.Adapter1"
+GATT_MANAGER_IFACE = "org.bluez.GattManager1"
+ADV_MANAGER_IFACE = "org.bluez.LEAdvertisingManager1"
+PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
+OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
+DBUS = "org.freedesktop.DBus"
+
+UNKNOWN_LINK = "bluez:unknown-device"
+"""Link id of writes whose options name no device (BlueZ has sent `device` since 5.4x; kept for safety)."""
+
+_HOOK_ATTR = "_dkey_write_value"  # set on a bless BlueZGattApplication: our WriteValue handler for its characteristics
+_HOOK_MARK = "_dkey_write_hook"  # marks the replaced BlueZGattCharacteristic.WriteValue
+
+_MATCH_RULES = (
+    # a device's connection state (Connected=False ends a link)
+    f"type='signal',sender='{BLUEZ}',interface='{PROPERTIES_IFACE}',member='PropertiesChanged',"
+    f"arg0='{DEVICE_IFACE}'",
+    # a device object vanishing (BlueZ removes temporary devices some time after they disconnect)
+    f"type='signal',sender='{BLUEZ}',interface='{OBJECT_MANAGER_IFACE}',member='InterfacesRemoved'",
+    # bluetoothd leaving or restarting: every link is gone
+    f"type='signal',sender='{DBUS}',interface='{DBUS}',member='NameOwnerChanged',arg0='{BLUEZ}'",
+)
+
+# ATT error code -> the org.bluez.Error name that BlueZ's dbus_error_to_att_ecode() (src/gatt-database.c) maps to it.
+_ERROR_NAMES = {
+    AttErrorCode.WRITE_NOT_PERMITTED: "org.bluez.Error.NotPermitted",  # -> perm_err, 0x03 for writes
+    AttErrorCode.REQUEST_NOT_SUPPORTED: "org.bluez.Error.NotSupported",
+    AttErrorCode.INVALID_OFFSET: "org.bluez.Error.InvalidOffset",
+    0x08: "org.bluez.Error.NotAuthorized",  # INSUFFICIENT_AUTHORIZATION
+    AttErrorCode.INVALID_ATTRIBUTE_VALUE_LENGTH: "org.bluez.Error.InvalidValueLength",
+}
+# A name BlueZ does not know: 0x0E (Unlikely Error) on every BlueZ since 5.4x. org.bluez.Error.Failed with a code
+# outside 0x80-0x9f would also give 0x0E on BlueZ >= 5.66 but 0x80 (our APP_BUSY) on older ones.
+_UNLIKELY_ERROR_NAME = "org.bluez.Error.UnlikelyError"
+
+
+def dbus_error_for(code: int) -> tuple[str, str]:
+    """The D-Bus error (name, message) that makes bluetoothd answer a write with ATT error `code`.
+
+    0x80-0x9f: org.bluez.Error.Failed with the code as message (BlueZ >= 5.66 parses it with strtol; older
+    BlueZ sends 0x80 for every Failed). 0x03/0x06/0x07/0x08/0x0D have their own names. BlueZ cannot send any
+    other code from an external application: those become 0x0E.
+    """
+    if 0x80 <= code <= 0x9F:
+        return "org.bluez.Error.Failed", f"0x{code:02x}"
+    name = _ERROR_NAMES.get(code)
+    if name is not None:
+        return name, f"ATT error 0x{code:02x}"
+    return _UNLIKELY_ERROR_NAME, f"ATT error 0x{code:02x} (sent as 0x0e: BlueZ has no D-Bus error for it)"
+
+
+def _dbus_error(code: int) -> Exception:
+    from dbus_next.errors import DBusError
+
+    return DBusError(*dbus_error_for(code))  # type: ignore[no-untyped-call]
+
+
+def install_write_hook(characteristic_class: type) -> None:
+    """Replace bless's BlueZGattCharacteristic.WriteValue with one that passes BlueZ's options on; idempotent.
+
+    The replacement calls `app._dkey_write_value(characteristic, value, options)` when the characteristic's
+    application has one, else behaves like bless's own method (app.Write(characteristic, value)), so other
+    bless servers in the process keep working.
+    """
+    original = getattr(characteristic_class, "WriteValue")  # noqa: B009 - `type` has no such attribute for mypy
+    if getattr(original, _HOOK_MARK, False):
+        return
+    from dbus_next.service import method
+
+    def WriteValue(self, value, options):  # type: ignore[no-untyped-def]  # noqa: N802 - the D-Bus member name
+        app = self._service.app
+        hook = getattr(app, _HOOK_ATTR, None)
+        if hook is not None:
+            hook(self, value, options)
+            return
+        write = app.Write
+        if write is None:
+            raise NotImplementedError
+        write(self, value)
+
+    # dbus-next takes the D-Bus signature (aya{sv}, as in bless's method) from the annotations.
+    WriteValue.__annotations__ = {"value": "ay", "options": "a{sv}"}
+    replacement = method(name="WriteValue")(WriteValue)
+    setattr(replacement, _HOOK_MARK, True)
+    replacement.bless_original = original  # for the conformance test
+    setattr(characteristic_class, "WriteValue", replacement)  # noqa: B010 - a class attribute dbus-next collects
+
+
+def _option(options: Mapping[str, Any], key: str) -> Any:
+    """The plain value of one entry of a D-Bus a{sv} options dict (dbus-next gives Variants), or None."""
+    found = options.get(key)
+    return getattr(found, "value", found)
+
+
+def _import_bless() -> tuple[Any, type]:
+    """bless and its BlueZ characteristic class; RadioError where they cannot work."""
+    if not sys.platform.startswith("linux"):
+        raise RadioError("the ble peripheral needs Linux with BlueZ (bless's other backends lack the hooks we need)")
+    try:
+        import bless
+        from bless.backends.bluezdbus.dbus.characteristic import BlueZGattCharacteristic
+    except ImportError as exc:
+        raise RadioError(f"bless is not installed or broken: {exc}") from exc
+    return bless, BlueZGattCharacteristic
+
+
+class BlessPeripheral:
+    """A vehicle-side radio on bless/BlueZ; implements base.Peripheral (notifications reach every subscriber)."""
+
+    notify_targets_one_link = False  # bless's update_value notifies every subscribed central
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        adapter: str | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        call_timeout: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.adapter = adapter
+        self._loop = loop
+        self._call_timeout = call_timeout
+        self._server: Any = None
+        self._handler: PeripheralHandler | None = None
+        self._links: dict[str, int] = {}  # device object path -> ATT MTU reported when first seen
+        self._bluez_owner: str | None = None  # unique bus name of bluetoothd: only it may end our links
+        self.subscriptions = 0  # StartNotify calls seen (CCC enables of any central)
+
+    @property
+    def links(self) -> tuple[str, ...]:
+        """Device object paths of the centrals that have written since they connected."""
+        return tuple(self._links)
+
+    @property
+    def started(self) -> bool:
+        return self._server is not None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, handler: PeripheralHandler) -> None:
+        """Register the GATT service with BlueZ, advertise SERVICE_UUID and the name, deliver events to `handler`."""
+        if self._server is not None:
+            raise RadioError(f"ble peripheral {self.name} already started")
+        if not re.sub("[^A-Za-z0-9_]", "", self.name):  # bless builds its D-Bus object paths from the name
+            raise RadioError(f"peripheral name {self.name!r} needs at least one ASCII letter, digit or '_'")
+        bless, characteristic_class = _import_bless()
+        install_write_hook(characteristic_class)
+        where = self.adapter or "the default adapter"
+        self._handler = handler
+        server: Any = None
+        try:
+            kwargs = {"adapter": self.adapter} if self.adapter else {}
+            # BlessServer schedules its D-Bus setup on the loop in __init__: create it inside the running loop.
+            server = bless.BlessServer(name=self.name, loop=self._loop or asyncio.get_running_loop(), **kwargs)
+            await self._build(server, bless)
+        except BaseException as exc:  # cancelled too: never leave a half-registered application behind
+            self._handler = None
+            await self._close_bus(server)
+            if not isinstance(exc, Exception):
+                raise
+            raise RadioError(f"could not start the BLE peripheral on {where}: {exc or type(exc).__name__}") from exc
+        self._server = server
+        log.info("ble peripheral %r advertising %s on %s", self.name, SERVICE_UUID, where)
+
+    async def _build(self, server: Any, bless: Any) -> None:
+        server.read_request_func = _read_nothing
+        server.write_request_func = _write_bypassed_hook
+        await server.add_new_service(SERVICE_UUID)  # waits for bless's setup: system bus, adapter lookup
+        app = server.app
+        setattr(app, _HOOK_ATTR, self._on_write_value)
+        app.StartNotify = self._on_start_notify  # bless's setup installed a no-op; it is called with None
+        props, perms = bless.GATTCharacteristicProperties, bless.GATTAttributePermissions
+        await server.add_new_characteristic(
+            SERVICE_UUID, RX_CHAR_UUID, props.write | props.write_without_response, None, perms.writeable
+        )
+        await server.add_new_characteristic(SERVICE_UUID, TX_CHAR_UUID, props.notify, None, perms.readable)
+        await self._watch_links(server.bus)
+        if not await server.start():  # export + RegisterApplication + RegisterAdvertisement
+            raise RadioError("bless refused to start")
+
+    async def stop(self) -> None:
+        """Disconnect every known central, stop advertising, unregister the service; idempotent."""
+        server = self._server
+        if server is None:
+            return
+        self._server = None
+        links = [link for link in self._links if link.startswith("/")]
+        if links:
+            await asyncio.gather(*(self._call_disconnect(server, link) for link in links))
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                await server.stop()  # unregisters the advertisement and the application, resets the adapter alias
+        except Exception as exc:  # noqa: BLE001 - closing the bus below makes bluetoothd drop both anyway
+            log.warning("ble peripheral %r: bless stop failed: %s", self.name, exc or type(exc).__name__)
+        await self._close_bus(server)
+        for link in list(self._links):
+            self._forget(link)
+        self._handler = None
+
+    async def _close_bus(self, server: Any) -> None:
+        bus = getattr(server, "bus", None)
+        if server is not None and bus is None:  # setup never reached the bus: make sure its task is not orphaned
+            task = getattr(server, "setup_task", None)
+            if task is not None and not task.done():
+                task.cancel()
+            if task is not None:
+                with contextlib.suppress(BaseException):
+                    await task
+            bus = getattr(server, "bus", None)
+        if bus is None:
+            return
+        with contextlib.suppress(Exception):
+            bus.remove_message_handler(self._on_bus_message)
+        try:
+            await _disconnect_bus(bus, self._call_timeout)
+        except Exception as exc:  # noqa: BLE001 - best effort: the process may be exiting anyway
+            log.debug("ble peripheral %r: closing the system bus: %s", self.name, exc)
+
+    # ------------------------------------------------------------------ Peripheral
+
+    async def notify(self, data: bytes, link: str | None = None) -> None:
+        """Notify TX to every subscribed central (`link` cannot be honoured); BlueZ truncates to MTU-3."""
+        server = self._server
+        if server is None:
+            raise RadioError(f"ble peripheral {self.name} is not running")
+        characteristic = server.get_characteristic(TX_CHAR_UUID)
+        if characteristic is None:
+            raise RadioError("TX characteristic missing")
+        characteristic.value = bytearray(data)
+        try:
+            ok = server.update_value(SERVICE_UUID, TX_CHAR_UUID)  # emits PropertiesChanged(Value); BlueZ notifies
+        except Exception as exc:
+            raise RadioError(f"notify failed: {exc}") from exc
+        if not ok:
+            raise RadioError("bless could not update the TX value")
+
+    async def disconnect(self, link: str) -> None:
+        """Ask BlueZ to drop the central at device path `link`; unknown links are ignored."""
+        server = self._server
+        if server is None or link not in self._links:
+            return
+        if link.startswith("/"):
+            await self._call_disconnect(server, link)
+        self._forget(link)  # usually the Connected=False signal has already done it
+
+    async def _call_disconnect(self, server: Any, link: str) -> None:
+        from dbus_next.constants import MessageType
+        from dbus_next.message import Message
+
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                reply = await server.bus.call(
+                    Message(destination=BLUEZ, path=link, interface=DEVICE_IFACE, member="Disconnect")
+                )
+        except Exception as exc:  # noqa: BLE001 - the link may already be gone; nothing else to do
+            log.info("ble peripheral: Disconnect %s failed: %s", link, exc or type(exc).__name__)
+            return
+        if reply is not None and reply.message_type is MessageType.ERROR:
+            log.info("ble peripheral: Disconnect %s: %s %s", link, reply.error_name, reply.body)
+
+    # ------------------------------------------------------------------ hooks (D-Bus callbacks, in the loop)
+
+    def _on_write_value(self, characteristic: Any, value: bytes, options: Mapping[str, Any]) -> None:
+        """Our GattCharacteristic1.WriteValue: one ATT write (request or command) from the central options[device]."""
+        handler = self._handler
+        if handler is None or str(characteristic.UUID).lower() != RX_CHAR_UUID:
+            raise _dbus_error(AttErrorCode.REQUEST_NOT_SUPPORTED)
+        if _option(options, "offset"):  # BlueZ merges long writes into one call; a partial one is not ours
+            raise _dbus_error(AttErrorCode.INVALID_OFFSET)
+        link = _option(options, "device") or UNKNOWN_LINK
+        link = str(link)
+        if link not in self._links:
+            mtu = _option(options, "mtu")
+            mtu = int(mtu) if isinstance(mtu, int) and mtu >= DEFAULT_ATT_MTU else DEFAULT_ATT_MTU
+            self._links[link] = mtu
+            self._call("on_connect", link, mtu)
+        try:
+            handler.on_write(link, bytes(value))
+        except AttError as exc:
+            raise _dbus_error(exc.code) from None
+        except Exception:
+            log.exception("ble peripheral %r: handler.on_write raised", self.name)
+            raise _dbus_error(AttErrorCode.UNLIKELY_ERROR) from None
+
+    def _on_start_notify(self, _characteristic: None) -> None:
+        """bless's app.StartNotify slot: a central enabled notifications on TX (which one, BlueZ does not say)."""
+        self.subscriptions += 1
+        self._call("on_subscribe", None)
+
+    def _on_bus_message(self, msg: Any) -> None:
+        """Every message of bless's bus connection passes here first; we only watch our match rules' signals.
+
+        Must return None: a true value would tell dbus-next that the message was handled.
+        """
+        from dbus_next.constants import MessageType
+
+        if msg.message_type is not MessageType.SIGNAL:
+            return None
+        body = msg.body
+        if msg.member == "PropertiesChanged" and msg.interface == PROPERTIES_IFACE:
+            if msg.path in self._links and self._from_bluez(msg) and len(body) >= 2 and body[0] == DEVICE_IFACE:
+                connected = body[1].get("Connected")
+                if connected is not None and connected.value is False:
+                    log.debug("ble peripheral: %s disconnected", msg.path)
+                    self._forget(msg.path)
+        elif msg.member == "InterfacesRemoved" and msg.interface == OBJECT_MANAGER_IFACE:
+            if len(body) >= 2 and body[0] in self._links and DEVICE_IFACE in body[1] and self._from_bluez(msg):
+                self._forget(body[0])
+        elif msg.member == "NameOwnerChanged" and msg.interface == DBUS and msg.sender == DBUS:
+            if len(body) >= 3 and body[0] == BLUEZ:
+                old, new = body[1], body[2]
+                self._bluez_owner = new or None
+                if old:
+                    log.error("ble peripheral %r: bluetoothd left the system bus; the service is gone until a "
+                              "restart of key-server", self.name)
+                    for link in list(self._links):
+                        self._forget(link)
+        return None
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _watch_links(self, bus: Any) -> None:
+        from dbus_next.constants import MessageType
+        from dbus_next.message import Message
+
+        async with asyncio.timeout(self._call_timeout):
+            reply = await bus.call(Message(destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS,
+                                           member="GetNameOwner", signature="s", body=[BLUEZ]))
+            if reply is None or reply.message_type is MessageType.ERROR:
+                raise RadioError("bluetoothd (org.bluez) is not on the system bus")
+            self._bluez_owner = reply.body[0]
+            for rule in _MATCH_RULES:
+                reply = await bus.call(Message(destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS,
+                                               member="AddMatch", signature="s", body=[rule]))
+                if reply is None or reply.message_type is MessageType.ERROR:
+                    raise RadioError(f"D-Bus AddMatch failed: {reply.body if reply else 'no reply'}")
+        bus.add_message_handler(self._on_bus_message)
+
+    def _from_bluez(self, msg: Any) -> bool:
+        return self._bluez_owner is None or msg.sender == self._bluez_owner
+
+    def _forget(self, link: str) -> None:
+        if self._links.pop(link, None) is not None:
+            self._call("on_disconnect", link)
+
+    def _call(self, method: str, *args: object) -> None:
+        """Run a handler callback; a handler bug must not break bluetoothd's call into us."""
+        handler = self._handler
+        if handler is None:
+            return
+        try:
+            getattr(handler, method)(*args)
+        except Exception:
+            log.exception("ble peripheral %r: handler.%s raised", self.name, method)
+
+
+async def _disconnect_bus(bus: Any, timeout: float) -> None:
+    """Disconnect a dbus-next bus and close its socket (dbus-next 0.2.3 only shuts it down: an fd leak)."""
+    try:
+        bus.disconnect()
+        async with asyncio.timeout(timeout):
+            await bus.wait_for_disconnect()
+    finally:
+        for name in ("_stream", "_sock"):
+            with contextlib.suppress(Exception):
+                getattr(bus, name).close()
+
+
+def _read_nothing(characteristic: Any, **_kwargs: Any) -> bytearray:
+    """bless's read_request_func: nothing of ours is readable (bless ignores read offsets)."""
+    return bytearray()
+
+
+def _write_bypassed_hook(characteristic: Any, value: Any, **_kwargs: Any) -> None:
+    """bless's write_request_func, reached only if our WriteValue hook was not in place: refuse, loudly."""
+    log.error("ble peripheral: a write reached bless's own handler (WriteValue hook missing); dropped")
+    raise _dbus_error(AttErrorCode.UNLIKELY_ERROR)
+
+
+# ---------------------------------------------------------------------- doctor
+
+
+def _adapters(objects: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Summarise the adapters in an org.bluez GetManagedObjects answer (values may be dbus-next Variants)."""
+
+    def plain(props: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: getattr(v, "value", v) for k, v in props.items()}
+
+    found = []
+    for path, interfaces in sorted(objects.items()):
+        if ADAPTER_IFACE not in interfaces:
+            continue
+        adapter = plain(interfaces[ADAPTER_IFACE])
+        adv = plain(interfaces.get(ADV_MANAGER_IFACE, {}))
+        found.append({
+            "name": path.rsplit("/", 1)[-1],
+            "path": path,
+            "address": adapter.get("Address"),
+            "alias": adapter.get("Alias"),
+            "powered": adapter.get("Powered"),
+            "roles": list(adapter.get("Roles", [])),
+            "gatt_server": GATT_MANAGER_IFACE in interfaces,
+            "advertising": ADV_MANAGER_IFACE in interfaces,
+            "active_advertisements": adv.get("ActiveInstances"),
+            "supported_advertisements": adv.get("SupportedInstances"),
+        })
+    return found
+
+
+async def _bluetoothd_version(timeout: float) -> str | None:
+    """`bluetoothd --version` of the installed daemon (the running one may differ after an upgrade)."""
+    candidates = [shutil.which("bluetoothd"), "/usr/libexec/bluetooth/bluetoothd", "/usr/lib/bluetooth/bluetoothd",
+                  "/usr/sbin/bluetoothd"]
+    exe = next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+    if exe is None:
+        return None
+    try:
+        async with asyncio.timeout(timeout):
+            proc = await asyncio.create_subprocess_exec(
+                exe, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            )
+            out, _ = await proc.communicate()
+    except (OSError, TimeoutError):
+        return None
+    version = out.decode(errors="replace").strip()
+    return version or None
+
+
+async def probe_bluez(timeout: float = 3.0) -> dict[str, Any]:
+    """What `key-server doctor` reports about the Bluetooth stack; never raises.
+
+    Keys: system_bus (reachable), bluez (org.bluez owned), adapters (list of dicts: name, path, address, alias,
+    powered, roles, gatt_server, advertising, active_/supported_advertisements), bluez_version (from
+    `bluetoothd --version`, or None), error (why something is missing, or None).
+    """
+    report: dict[str, Any] = {"system_bus": False, "bluez": False, "adapters": [], "bluez_version": None,
+                              "error": None}
+    report["bluez_version"] = await _bluetoothd_version(timeout)
+    try:
+        from dbus_next.aio.message_bus import MessageBus
+        from dbus_next.constants import BusType, MessageType
+        from dbus_next.message import Message
+    except ImportError as exc:
+        report["error"] = f"dbus-next is not installed: {exc}"
+        return report
+    bus: Any = None
+    try:
+        async with asyncio.timeout(timeout):
+            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+            report["system_bus"] = True
+            reply = await bus.call(Message(destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS,
+                                           member="NameHasOwner", signature="s", body=[BLUEZ]))
+            if reply.message_type is MessageType.ERROR or not reply.body[0]:
+                report["error"] = "bluetoothd is not running (nobody owns org.bluez on the system bus)"
+                return report
+            report["bluez"] = True
+            reply = await bus.call(Message(destination=BLUEZ, path="/", interface=OBJECT_MANAGER_IFACE,
+                                           member="GetManagedObjects"))
+            if reply.message_type is MessageType.ERROR:
+                report["error"] = f"BlueZ refused GetManagedObjects: {reply.error_name} {reply.body}"
+                return report
+            report["adapters"] = _adapters(reply.body[0])
+            if not report["adapters"]:
+                report["error"] = "BlueZ reports no Bluetooth adapter"
+    except Exception as exc:  # noqa: BLE001 - a diagnosis, not an operation: report whatever went wrong
+        report["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if bus is not None:
+            with contextlib.suppress(Exception):
+                await _disconnect_bus(bus, timeout)
+    return report
+

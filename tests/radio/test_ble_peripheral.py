@@ -1,0 +1,554 @@
+"""The bless peripheral: its WriteValue/StartNotify hooks, ATT error mapping, link tracking, and the whole
+backend against real bless + dbus-next on a private dbus-daemon with a fake bluetoothd (fakes_ble.FakeBlueZ)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from bless.backends.bluezdbus.dbus.characteristic import BlueZGattCharacteristic, Flags
+from dbus_next import Message, MessageType, Variant
+from dbus_next.errors import DBusError
+from dbus_next.service import ServiceInterface
+
+from key_server.radio import ble
+from key_server.radio.base import RX_CHAR_UUID, SERVICE_UUID, TX_CHAR_UUID, AttError, AttErrorCode, RadioError
+from key_server.radio.ble import UNKNOWN_LINK, BlessPeripheral, dbus_error_for, install_write_hook, probe_bluez
+
+from .fakes_ble import FakeBlueZ, dbus_daemon_available, private_bus
+from .radio_helpers import Recorder, wait_until
+
+DEV = "/org/bluez/hci0/dev_AA_BB_CC_DD_EE_01"
+
+# ---------------------------------------------------------------- ATT error -> D-Bus error
+
+
+def bluez_att_ecode(name: str, msg: str, perm_err: int = 0x03) -> int:
+    """BlueZ 5.66's dbus_error_to_att_ecode() (src/gatt-database.c), for a WriteValue reply (perm_err 0x03)."""
+    if name == "org.bluez.Error.Failed":
+        try:
+            code = int(msg, 0)  # strtol(msg, &end, 0) with the whole string consumed
+        except ValueError:
+            return 0x80
+        return code if 0x80 <= code <= 0x9F else 0x0E
+    return {
+        "org.bluez.Error.NotSupported": 0x06,
+        "org.bluez.Error.NotAuthorized": 0x08,
+        "org.bluez.Error.InvalidValueLength": 0x0D,
+        "org.bluez.Error.InvalidOffset": 0x07,
+        "org.bluez.Error.NotPermitted": perm_err,
+    }.get(name, 0x0E)
+
+
+@pytest.mark.parametrize("code", range(1, 256))
+def test_every_att_code_reaches_the_central_as_itself_or_as_unlikely_error(code: int) -> None:
+    name, msg = dbus_error_for(code)
+    sendable = {0x03, 0x06, 0x07, 0x08, 0x0D} | set(range(0x80, 0xA0))
+    assert bluez_att_ecode(name, msg) == (code if code in sendable else 0x0E)
+
+
+def test_app_errors_use_failed_with_the_code_as_message() -> None:
+    assert dbus_error_for(AttErrorCode.APP_BUSY) == ("org.bluez.Error.Failed", "0x80")
+    assert dbus_error_for(AttErrorCode.APP_REJECTED) == ("org.bluez.Error.Failed", "0x81")
+    assert dbus_error_for(0x0D)[0] == "org.bluez.Error.InvalidValueLength"
+    assert dbus_error_for(0x08)[0] == "org.bluez.Error.NotAuthorized"
+    assert dbus_error_for(0x06)[0] == "org.bluez.Error.NotSupported"
+
+
+# ---------------------------------------------------------------- the hooks, on bless's real classes
+
+
+class _App:
+    """The parts of bless's BlueZGattApplication that its characteristic methods use."""
+
+    def __init__(self) -> None:
+        self.Write: Any = None
+        self.StartNotify: Any = None
+        self.StopNotify: Any = None
+        self.subscribed_characteristics: list[str] = []
+
+
+class _Service:
+    def __init__(self, app: _App) -> None:
+        self.path = "/org/bluez/car/service0001"
+        self.app = app
+
+
+def _characteristic(uuid: str, app: _App, flags: list[Flags] | None = None) -> BlueZGattCharacteristic:
+    install_write_hook(BlueZGattCharacteristic)
+    return BlueZGattCharacteristic(uuid, flags or [Flags.WRITE, Flags.WRITE_WITHOUT_RESPONSE], 1, _Service(app))
+
+
+def _dbus_method(obj: ServiceInterface, name: str) -> Any:
+    """The D-Bus method dbus-next dispatches a call of `name` to (what its bus would run)."""
+    return next(m for m in ServiceInterface._get_methods(obj) if m.name == name)
+
+
+def _options(device: str | None = DEV, mtu: int | None = 185, **extra: Variant) -> dict[str, Variant]:
+    opts: dict[str, Variant] = {"link": Variant("s", "LE"), "type": Variant("s", "request"), **extra}
+    if device is not None:
+        opts["device"] = Variant("o", device)
+    if mtu is not None:
+        opts["mtu"] = Variant("q", mtu)
+    return opts
+
+
+def test_write_hook_keeps_bless_dbus_signature_and_passes_the_options() -> None:
+    app = _App()
+    seen: list[tuple[Any, bytes, dict[str, Variant]]] = []
+    app._dkey_write_value = lambda ch, value, options: seen.append((ch, value, options))  # type: ignore[attr-defined]
+    ch = _characteristic(RX_CHAR_UUID, app)
+    m = _dbus_method(ch, "WriteValue")
+    assert (m.in_signature, m.out_signature) == ("aya{sv}", "")
+    m.fn(ch, b"\x01\x02", _options())
+    assert seen == [(ch, b"\x01\x02", _options())]
+
+
+def test_write_hook_falls_back_to_bless_behaviour_for_other_applications() -> None:
+    app = _App()
+    calls: list[tuple[Any, bytes]] = []
+    app.Write = lambda ch, value: calls.append((ch, value))
+    ch = _characteristic(RX_CHAR_UUID, app)
+    _dbus_method(ch, "WriteValue").fn(ch, b"x", _options())
+    assert calls == [(ch, b"x")]
+
+
+def test_installing_the_write_hook_twice_changes_nothing() -> None:
+    install_write_hook(BlueZGattCharacteristic)
+    first = BlueZGattCharacteristic.WriteValue
+    install_write_hook(BlueZGattCharacteristic)
+    assert BlueZGattCharacteristic.WriteValue is first
+
+
+class _Wired:
+    """A BlessPeripheral wired to a Recorder without bless's server (its hooks called directly)."""
+
+    def __init__(self) -> None:
+        self.rec = Recorder()
+        self.p = BlessPeripheral("car")
+        self.p._handler = self.rec
+        self.app = _App()
+        self.app._dkey_write_value = self.p._on_write_value  # type: ignore[attr-defined]
+        self.app.StartNotify = self.p._on_start_notify
+        self.rx = _characteristic(RX_CHAR_UUID, self.app)
+        self.tx = _characteristic(TX_CHAR_UUID, self.app, [Flags.NOTIFY])
+
+    def write(self, data: bytes, options: dict[str, Variant]) -> None:
+        _dbus_method(self.rx, "WriteValue").fn(self.rx, data, options)
+
+
+def test_first_write_of_a_device_reports_connect_with_its_mtu_once() -> None:
+    w = _Wired()
+    w.write(b"a", _options(mtu=185))
+    w.write(b"b", _options(mtu=247))
+    assert w.rec.events == [("connect", DEV, 185), ("write", DEV, b"a"), ("write", DEV, b"b")]
+    assert w.p.links == (DEV,)
+
+
+def test_two_devices_are_two_links() -> None:
+    w = _Wired()
+    other = "/org/bluez/hci0/dev_AA_BB_CC_DD_EE_02"
+    w.write(b"a", _options())
+    w.write(b"b", _options(device=other, mtu=23))
+    assert w.rec.of("connect") == [("connect", DEV, 185), ("connect", other, 23)]
+    assert w.rec.writes(other) == [b"b"]
+
+
+def test_write_without_mtu_or_device_option_still_arrives() -> None:
+    w = _Wired()
+    w.write(b"a", _options(device=None, mtu=None))
+    assert w.rec.events == [("connect", UNKNOWN_LINK, 23), ("write", UNKNOWN_LINK, b"a")]
+
+
+@pytest.mark.parametrize(("code", "name", "text"), [
+    (AttErrorCode.APP_BUSY, "org.bluez.Error.Failed", "0x80"),
+    (AttErrorCode.APP_REJECTED, "org.bluez.Error.Failed", "0x81"),
+    (AttErrorCode.INVALID_ATTRIBUTE_VALUE_LENGTH, "org.bluez.Error.InvalidValueLength", None),
+])
+def test_att_error_from_the_handler_becomes_the_bluez_dbus_error(code: int, name: str, text: str | None) -> None:
+    w = _Wired()
+    w.rec.fail = AttError(code)
+    with pytest.raises(DBusError) as err:
+        w.write(b"a", _options())
+    assert err.value.type == name
+    if text is not None:
+        assert err.value.text == text
+
+
+def test_a_handler_bug_answers_unlikely_error_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    w = _Wired()
+    w.rec.fail = RuntimeError("bug")
+    with pytest.raises(DBusError) as err:
+        w.write(b"a", _options())
+    assert bluez_att_ecode(err.value.type, err.value.text) == 0x0E
+    assert "handler.on_write raised" in caplog.text
+
+
+def test_partial_long_write_is_refused_with_invalid_offset() -> None:
+    w = _Wired()
+    with pytest.raises(DBusError) as err:
+        w.write(b"a", _options(offset=Variant("q", 20)))
+    assert err.value.type == "org.bluez.Error.InvalidOffset"
+    assert w.rec.of("write") == []
+
+
+def test_write_after_stop_is_refused() -> None:
+    w = _Wired()
+    w.p._handler = None
+    with pytest.raises(DBusError) as err:
+        w.write(b"a", _options())
+    assert err.value.type == "org.bluez.Error.NotSupported"
+
+
+def test_start_notify_from_bluez_calls_on_subscribe_without_identity() -> None:
+    w = _Wired()
+    start = _dbus_method(w.tx, "StartNotify")
+    start.fn(w.tx)
+    start.fn(w.tx)  # a second central's CCC enable: bluetoothd calls StartNotify again
+    assert w.rec.events == [("subscribe", None), ("subscribe", None)]
+    assert w.p.subscriptions == 2
+    assert w.app.subscribed_characteristics == [TX_CHAR_UUID, TX_CHAR_UUID]  # bless's own bookkeeping still runs
+
+
+def _signal(path: str, interface: str, member: str, signature: str, body: list[Any], sender: str) -> Message:
+    msg = Message.new_signal(path, interface, member, signature, body)
+    msg.sender = sender
+    return msg
+
+
+def _connected(path: str, value: bool, sender: str = ":1.7") -> Message:
+    return _signal(path, "org.freedesktop.DBus.Properties", "PropertiesChanged", "sa{sv}as",
+                   ["org.bluez.Device1", {"Connected": Variant("b", value)}, []], sender)
+
+
+def test_bluez_connected_false_ends_the_link_once() -> None:
+    w = _Wired()
+    w.p._bluez_owner = ":1.7"
+    w.write(b"a", _options())
+    assert w.p._on_bus_message(_connected(DEV, True)) is None
+    assert w.p._on_bus_message(_connected(DEV, False)) is None
+    assert w.p._on_bus_message(_connected(DEV, False)) is None
+    assert w.rec.of("disconnect") == [("disconnect", DEV)]
+    assert w.p.links == ()
+
+
+def test_disconnect_signals_from_others_than_bluetoothd_are_ignored() -> None:
+    w = _Wired()
+    w.p._bluez_owner = ":1.7"
+    w.write(b"a", _options())
+    w.p._on_bus_message(_connected(DEV, False, sender=":1.99"))
+    w.p._on_bus_message(_connected("/org/bluez/hci0/dev_00_00_00_00_00_09", False))
+    assert w.rec.of("disconnect") == []
+
+
+def test_device_removed_ends_the_link() -> None:
+    w = _Wired()
+    w.p._bluez_owner = ":1.7"
+    w.write(b"a", _options())
+    w.p._on_bus_message(_signal("/", "org.freedesktop.DBus.ObjectManager", "InterfacesRemoved", "oas",
+                                [DEV, ["org.bluez.Device1"]], ":1.7"))
+    assert w.rec.of("disconnect") == [("disconnect", DEV)]
+
+
+def test_bluetoothd_leaving_the_bus_ends_every_link(caplog: pytest.LogCaptureFixture) -> None:
+    w = _Wired()
+    w.p._bluez_owner = ":1.7"
+    w.write(b"a", _options())
+    w.write(b"b", _options(device="/org/bluez/hci0/dev_AA_BB_CC_DD_EE_02"))
+    msg = _signal("/org/freedesktop/DBus", "org.freedesktop.DBus", "NameOwnerChanged", "sss",
+                  ["org.bluez", ":1.7", ""], "org.freedesktop.DBus")
+    w.p._on_bus_message(msg)
+    assert len(w.rec.of("disconnect")) == 2
+    assert w.p._bluez_owner is None
+    assert "bluetoothd left the system bus" in caplog.text
+
+
+def test_method_calls_on_the_bus_are_left_to_dbus_next() -> None:
+    w = _Wired()
+    call = Message(destination=":1.5", path=DEV, interface="org.bluez.Device1", member="Disconnect")
+    assert w.p._on_bus_message(call) is None
+
+
+async def test_a_name_bless_cannot_turn_into_a_dbus_path_is_refused() -> None:
+    with pytest.raises(RadioError, match="ASCII"):
+        await BlessPeripheral("车").start(Recorder())
+
+
+async def test_start_without_bless_platform_support_raises_radio_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ble.sys, "platform", "darwin")
+    with pytest.raises(RadioError, match="needs Linux"):
+        await BlessPeripheral("car").start(Recorder())
+
+
+# dbus-next's MessageBus() leaves its socket unclosed when the bus address does not connect (a ResourceWarning
+# at garbage collection, ignored outside tests); not ours to fix. The tests collect it before they end.
+_DBUS_NEXT_SOCKET_LEAK = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@_DBUS_NEXT_SOCKET_LEAK
+async def test_start_without_a_system_bus_raises_radio_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/dkey-test-bus")
+    p = BlessPeripheral("car")
+    with pytest.raises(RadioError, match="could not start"):
+        await p.start(Recorder())
+    assert not p.started
+    await p.stop()  # idempotent on a peripheral that never started
+    gc.collect()  # let the leaked socket warn here, under this test's filter
+
+
+@_DBUS_NEXT_SOCKET_LEAK
+async def test_probe_without_a_system_bus_reports_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/dkey-test-bus")
+    report = await probe_bluez(timeout=2.0)
+    assert report["system_bus"] is False and report["bluez"] is False and report["adapters"] == []
+    assert report["error"]
+    gc.collect()
+
+
+# ---------------------------------------------------------------- real bless on a private bus with a fake bluetoothd
+
+needs_dbus = pytest.mark.skipif(not dbus_daemon_available(), reason="needs dbus-daemon")
+
+
+@pytest.fixture
+def bus_address(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private dbus-daemon that bless (and probe_bluez) take for the system bus."""
+    if not dbus_daemon_available():
+        pytest.skip("needs dbus-daemon")
+    with private_bus() as address:
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
+        yield address
+
+
+@pytest.fixture
+async def bluez(bus_address: str) -> AsyncIterator[FakeBlueZ]:
+    fake = await FakeBlueZ(bus_address, adapters=("hci0", "hci1")).start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+async def car(bluez: FakeBlueZ) -> AsyncIterator[tuple[BlessPeripheral, Recorder]]:
+    p = BlessPeripheral("car")
+    rec = Recorder()
+    await p.start(rec)
+    try:
+        yield p, rec
+    finally:
+        await p.stop()
+
+
+@needs_dbus
+async def test_registers_one_service_with_rx_and_tx_and_advertises_it(
+    car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ
+) -> None:
+    assert bluez.app_adapter == "hci0"
+    assert bluez.services == {SERVICE_UUID: (bluez.services[SERVICE_UUID][0], True)}
+    assert sorted(bluez.chars[RX_CHAR_UUID][1]) == ["write", "write-without-response"]
+    assert bluez.chars[TX_CHAR_UUID][1] == ["notify"]  # nothing readable: bless ignores read offsets
+    [adv] = bluez.advertisements.values()
+    assert adv["LocalName"] == "car" and adv["ServiceUUIDs"] == [SERVICE_UUID] and adv["Type"] == "peripheral"
+    assert bluez.adapters["hci0"].aliases == ["car"]
+
+
+@needs_dbus
+async def test_uses_the_named_adapter(bluez: FakeBlueZ) -> None:
+    p = BlessPeripheral("car", adapter="hci1")
+    await p.start(Recorder())
+    try:
+        assert bluez.app_adapter == "hci1"
+        assert [a["adapter"] for a in bluez.advertisements.values()] == ["hci1"]
+    finally:
+        await p.stop()
+
+
+@needs_dbus
+async def test_writes_over_dbus_reach_the_handler_with_device_path_and_mtu(
+    car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ
+) -> None:
+    _, rec = car
+    dev = bluez.add_device()
+    assert await bluez.write(dev, b"hello", mtu=247) is None
+    assert await bluez.write(dev, b"again", command=True) is None
+    assert rec.events == [("connect", dev, 247), ("write", dev, b"hello"), ("write", dev, b"again")]
+
+
+@needs_dbus
+@pytest.mark.parametrize(("code", "error"), [
+    (AttErrorCode.APP_BUSY, ("org.bluez.Error.Failed", "0x80")),
+    (AttErrorCode.APP_REJECTED, ("org.bluez.Error.Failed", "0x81")),
+    (AttErrorCode.INVALID_ATTRIBUTE_VALUE_LENGTH, ("org.bluez.Error.InvalidValueLength", "ATT error 0x0d")),
+])
+async def test_att_errors_travel_to_bluetoothd_as_its_error_names(
+    car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ, code: int, error: tuple[str, str]
+) -> None:
+    _, rec = car
+    rec.fail = AttError(code)
+    reply = await bluez.write(bluez.add_device(), b"x")
+    assert reply == error
+    assert bluez_att_ecode(*reply) == code
+
+
+@needs_dbus
+async def test_each_subscription_calls_on_subscribe_and_a_pushed_notification_goes_out(
+    car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ
+) -> None:
+    p, rec = car
+    rec.on_subscribe_hook = lambda _link: asyncio.get_running_loop().create_task(p.notify(b"challenge"))
+    assert await bluez.start_notify() is None
+    assert await bluez.start_notify() is None  # a second central
+    await wait_until(lambda: len(bluez.notifications) == 2)
+    assert rec.of("subscribe") == [("subscribe", None), ("subscribe", None)]
+    assert bluez.notifications == [b"challenge", b"challenge"]
+
+
+@needs_dbus
+async def test_notify_sets_the_tx_value_every_subscriber_gets(
+    car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ
+) -> None:
+    p, _ = car
+    assert p.notify_targets_one_link is False
+    await p.notify(b"one", link=DEV)
+    await p.notify(b"two")
+    await wait_until(lambda: len(bluez.notifications) == 2)
+    assert bluez.notifications == [b"one", b"two"]
+
+
+@needs_dbus
+async def test_device_disconnect_ends_the_link_and_a_reconnect_is_a_new_link(
+    car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ
+) -> None:
+    p, rec = car
+    dev = bluez.add_device()
+    await bluez.write(dev, b"a")
+    bluez.devices[dev].set_connected(False)
+    await wait_until(lambda: rec.of("disconnect") == [("disconnect", dev)])
+    assert p.links == ()
+    bluez.devices[dev].set_connected(True)
+    await bluez.write(dev, b"b", mtu=100)
+    assert rec.of("connect") == [("connect", dev, 185), ("connect", dev, 100)]
+
+
+@needs_dbus
+async def test_device_object_removed_ends_the_link(car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ) -> None:
+    _, rec = car
+    dev = bluez.add_device()
+    await bluez.write(dev, b"a")
+    bluez.remove_device(dev)
+    await wait_until(lambda: rec.of("disconnect") == [("disconnect", dev)])
+
+
+@needs_dbus
+async def test_disconnect_asks_bluez_to_drop_the_device(
+    car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ
+) -> None:
+    p, rec = car
+    dev = bluez.add_device()
+    await bluez.write(dev, b"a")
+    await p.disconnect(dev)
+    assert bluez.devices[dev].disconnect_calls == 1
+    assert rec.of("disconnect") == [("disconnect", dev)]
+    await p.disconnect(dev)  # unknown now: ignored
+    await p.disconnect("/org/bluez/hci0/dev_00_00_00_00_00_09")
+    assert bluez.devices[dev].disconnect_calls == 1
+
+
+@needs_dbus
+async def test_bluetoothd_leaving_ends_every_link(car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ) -> None:
+    _, rec = car
+    dev = bluez.add_device()
+    await bluez.write(dev, b"a")
+    await bluez.release_name()
+    await wait_until(lambda: rec.of("disconnect") == [("disconnect", dev)])
+
+
+@needs_dbus
+async def test_stop_drops_links_unregisters_and_is_idempotent(bluez: FakeBlueZ) -> None:
+    p = BlessPeripheral("car")
+    rec = Recorder()
+    await p.start(rec)
+    dev = bluez.add_device()
+    await bluez.write(dev, b"a")
+    await p.stop()
+    assert bluez.devices[dev].disconnect_calls == 1
+    assert rec.of("disconnect") == [("disconnect", dev)]
+    assert bluez.advertisements == {} and bluez.unregistered_apps
+    assert bluez.adapters["hci0"].aliases == ["car", ""]
+    await p.stop()
+    with pytest.raises(RadioError):
+        await p.notify(b"x")
+
+
+@needs_dbus
+async def test_start_twice_raises(car: tuple[BlessPeripheral, Recorder]) -> None:
+    p, rec = car
+    with pytest.raises(RadioError, match="already started"):
+        await p.start(rec)
+
+
+@needs_dbus
+async def test_refused_advertising_fails_start_and_releases_the_bus(bluez: FakeBlueZ) -> None:
+    bluez.fail_advertising = "Failed to register advertisement"  # what Pi kernels 6.12 give (LIBRARIES.md)
+    p = BlessPeripheral("car")
+    with pytest.raises(RadioError, match="Failed to register advertisement"):
+        await p.start(Recorder())
+    assert not p.started
+    assert bluez.app is not None
+    assert bluez.app[0] not in await _bus_names(bluez)  # bless's bus is closed: bluetoothd drops its registration
+
+
+async def _bus_names(bluez: FakeBlueZ) -> list[str]:
+    reply = await bluez.bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                         interface="org.freedesktop.DBus", member="ListNames"))
+    assert reply is not None and reply.message_type is MessageType.METHOD_RETURN
+    return list(reply.body[0])
+
+
+@needs_dbus
+async def test_cancelled_start_releases_the_bus(bluez: FakeBlueZ) -> None:
+    bluez.advertising_delay = 10.0
+    p = BlessPeripheral("car")
+    task = asyncio.create_task(p.start(Recorder()))
+    await wait_until(lambda: bluez.app is not None)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not p.started
+    assert bluez.app is not None and bluez.app[0] not in await _bus_names(bluez)
+
+
+@needs_dbus
+async def test_start_without_bluetoothd_raises_radio_error(bus_address: str) -> None:
+    with pytest.raises(RadioError, match="could not start"):
+        await BlessPeripheral("car").start(Recorder())
+
+
+@needs_dbus
+async def test_start_on_a_missing_adapter_raises_radio_error(bluez: FakeBlueZ) -> None:
+    with pytest.raises(RadioError, match="hci7"):
+        await BlessPeripheral("car", adapter="hci7").start(Recorder())
+
+
+@needs_dbus
+async def test_probe_lists_adapters_and_their_gatt_and_advertising_support(bluez: FakeBlueZ) -> None:
+    report = await probe_bluez(timeout=3.0)
+    assert report["system_bus"] is True and report["bluez"] is True and report["error"] is None
+    assert [a["name"] for a in report["adapters"]] == ["hci0", "hci1"]
+    hci0 = report["adapters"][0]
+    assert hci0["powered"] is True and hci0["gatt_server"] is True and hci0["advertising"] is True
+    assert hci0["address"] == "00:00:00:00:00:00" and hci0["roles"] == ["central", "peripheral"]
+    assert hci0["supported_advertisements"] == 5
+
+
+@needs_dbus
+async def test_probe_without_bluetoothd_says_so(bus_address: str) -> None:
+    report = await probe_bluez(timeout=3.0)
+    assert report["system_bus"] is True and report["bluez"] is False
+    assert "bluetoothd is not running" in report["error"]
