@@ -100,9 +100,30 @@ def _bluetooth(cfg: Config) -> list[Check]:
     return out
 
 
+async def _bluez_over_dbus(cfg: Config) -> list[Check]:
+    """Ask BlueZ itself (over D-Bus) whether it runs and which adapters can advertise and serve GATT."""
+    if cfg.server.radio == "sim":
+        return []
+    from .radio.ble import probe_bluez
+
+    report = await probe_bluez()
+    if not report["bluez"]:
+        return [("fail", "BlueZ over D-Bus", report["error"] or "org.bluez not reachable")]
+    out: list[Check] = []
+    for ad in report["adapters"]:
+        if cfg.server.adapter and ad.get("name") != cfg.server.adapter:
+            continue
+        ok = ad.get("powered") and ad.get("gatt_server") and ad.get("advertising")
+        out.append(("ok" if ok else "fail", f"adapter {ad.get('name')}",
+                    f"{ad.get('address')} powered={ad.get('powered')} gatt={ad.get('gatt_server')} "
+                    f"advertising={ad.get('advertising')} slots={ad.get('supported_advertisements')}"
+                    + ("" if ok else ": power it on (`bluetoothctl power on`) and check LE support")))
+    return out or [("fail", "BlueZ over D-Bus", "BlueZ runs but reports no usable adapter")]
+
+
 async def run_checks(cfg: Config) -> list[Check]:
     """All checks, in the order a person should fix them."""
-    checks = _files(cfg) + _bluetooth(cfg)
+    checks = _files(cfg) + _bluetooth(cfg) + await _bluez_over_dbus(cfg)
     try:
         for c in await check_hardware(cfg.actuator):
             level = {CheckLevel.OK: "ok", CheckLevel.WARN: "warn", CheckLevel.FAIL: "fail"}.get(c.level, "warn")
