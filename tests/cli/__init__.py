@@ -1,0 +1,1 @@
+"""Black-box tests: `key-server` and `key-client` as separate processes over the sim radio."""
