@@ -337,9 +337,9 @@ async def _open_adv(central: Central, adv: Advertisement, device: KeyPair, targe
     last: Exception | None = None
     for attempt in range(1, attempts + 1):
         try:
-            # driver._open_link is the per-advertiser step of connect_vehicle; we need it alone because
+            # driver.open_link is the per-advertiser step of connect_vehicle; we need it alone because
             # pairing and --identify pick the advertiser themselves, from a scan they already did.
-            return await driver._open_link(central, adv, device, target, 10.0)
+            return await driver.open_link(central, adv, device, target, 10.0)
         except (RadioError, TimedOut, TimeoutError) as exc:
             last = exc
             await asyncio.sleep(0.3 * attempt)
@@ -637,7 +637,7 @@ async def cmd_scan(args: argparse.Namespace, out: Output) -> int:
 async def _identify(central: Central, adv: Advertisement, probe: KeyPair) -> bytes | None:
     """The vehicle id in `adv`'s challenge (a claim, not proof), or None if it does not answer."""
     try:
-        link = await driver._open_link(central, adv, probe, Target(None), 5.0)
+        link = await driver.open_link(central, adv, probe, Target(None), 5.0)
     except (ClientError, RadioError, TimeoutError) as exc:
         log.info("could not identify %s: %s", adv.address, exc)
         return None

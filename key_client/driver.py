@@ -227,7 +227,9 @@ class VehicleLink:
         try:
             ev = await self._next((Paired,), timeout)
         except TimeoutError:
-            raise TimedOut("the vehicle did not finish pairing in time") from None
+            # PAIR_CONFIRM may have reached the vehicle and enrolled the key: not a safe "nothing happened".
+            raise OutcomeUnknown("pairing did not finish in time; the vehicle may have enrolled this key: check "
+                                 "`key-server keys` (and revoke the half-paired key) before pairing again") from None
         except ProtocolViolation as exc:
             raise Refused(Status.PAIRING_REFUSED, authenticated=False,
                           message="pairing failed: wrong code, or this is not the vehicle that showed it") from exc
@@ -253,8 +255,9 @@ class _WrongVehicle(ClientError):
         self.vehicle_id = vehicle_id
 
 
-async def _open_link(central: Central, adv: Advertisement, device: KeyPair, target: Target,
-                     connect_timeout: float) -> VehicleLink:
+async def open_link(central: Central, adv: Advertisement, device: KeyPair, target: Target,
+                    connect_timeout: float) -> VehicleLink:
+    """Connect to one advertiser, subscribe and wait for its challenge; raises if it is not the target."""
     conn = await central.connect(adv, timeout=connect_timeout)
     session = DeviceSession(device, vehicle_public_key=target.vehicle_public_key,
                             chunk_size=max(20, min(conn.max_write_size, 514)))
@@ -304,7 +307,7 @@ async def connect_vehicle(
         for adv in found:
             say(f"connecting to {adv.name or adv.address} (RSSI {adv.rssi} dBm)")
             try:
-                return await _open_link(central, adv, device, target, connect_timeout)
+                return await open_link(central, adv, device, target, connect_timeout)
             except _WrongVehicle:
                 continue
             except (RadioError, TimedOut, TimeoutError) as exc:  # transient: the next cycle retries all of it
@@ -314,7 +317,7 @@ async def connect_vehicle(
             await asyncio.sleep(0.3 * attempt)  # the vehicle may be busy with another central
     if not seen_any:
         raise VehicleNotFound(
-            f"no vehicle found in {scan_time:.0f} s: is key-server running and in range?")
+            f"no vehicle found in {scan_time:g} s: is key-server running and in range?")
     if last_error is None:
         raise VehicleNotFound("vehicles were found, but none is the one this key belongs to")
     raise ConnectFailed(f"could not connect to the vehicle after {attempts} attempts: {last_error}")
@@ -330,4 +333,4 @@ async def with_vehicle(central: Central, device: KeyPair, target: Target,
         await link.close()
 
 
-__all__ = ["ClientError", "Target", "VehicleLink", "connect_vehicle", "with_vehicle"]
+__all__ = ["ClientError", "Target", "VehicleLink", "connect_vehicle", "open_link", "with_vehicle"]

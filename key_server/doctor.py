@@ -100,12 +100,18 @@ def _bluetooth(cfg: Config) -> list[Check]:
     return out
 
 
+def _system_bus_present() -> bool:
+    return Path("/run/dbus/system_bus_socket").exists() or bool(os.environ.get("DBUS_SYSTEM_BUS_ADDRESS"))
+
+
 async def _bluez_over_dbus(cfg: Config) -> list[Check]:
     """Ask BlueZ itself (over D-Bus) whether it runs and which adapters can advertise and serve GATT."""
     if cfg.server.radio == "sim":
         return []
     from .radio.ble import probe_bluez
 
+    if not _system_bus_present():
+        return []  # _bluetooth already said there is no system bus; probing would only leak a socket
     report = await probe_bluez()
     if not report["bluez"]:
         return [("fail", "BlueZ over D-Bus", report["error"] or "org.bluez not reachable")]

@@ -202,6 +202,9 @@ class BleakCentral:
             await scanner.start()
         except Exception as exc:
             where = f" on {self.adapter}" if self.adapter else ""
+            if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+                raise RadioError(f"Bluetooth is not available{where}: no system D-Bus or BlueZ (is bluetoothd "
+                                 "running? on a machine without Bluetooth use --radio sim)") from exc
             raise RadioError(f"cannot scan{where}: {exc or type(exc).__name__}") from exc
 
     @staticmethod
