@@ -1,0 +1,45 @@
+"""The hardware package's one exception tree; each error says whether the lock may have moved."""
+
+from __future__ import annotations
+
+from ._types import DoorState
+
+
+class ActuatorError(Exception):
+    """Base of every error this package raises: a command was not (fully) carried out."""
+
+    #: False means the outputs were never energised for this command; True means the lock may have moved.
+    may_have_acted: bool = False
+
+
+class ConfigError(ActuatorError, ValueError):
+    """An ActuatorConfig that is invalid or unsafe; raised before any pin is touched."""
+
+
+class HardwareUnavailableError(ActuatorError):
+    """The GPIO backend or a pin could not be opened: gpiozero/lgpio missing, not a Pi, pin busy or invalid."""
+
+
+class NotConfiguredError(ActuatorError):
+    """The command needs an output that is not wired (e.g. start-enable without ``start_pin``)."""
+
+
+class DoorOpenError(ActuatorError):
+    """Lock refused because the door sensor reports the door open (``refuse_lock_when_open``)."""
+
+    def __init__(self, door: DoorState = DoorState.OPEN) -> None:
+        super().__init__("refusing to lock: the door is open")
+        self.door = door
+
+
+class LockClosedError(ActuatorError):
+    """The lock was closed, or shut down by the fail-safe (signal, exit); it energises nothing any more."""
+
+
+class ActuatorFault(ActuatorError):
+    """A GPIO error or an interrupted pulse: outputs were de-energised, but the lock may have moved."""
+
+    def __init__(self, message: str, *, output: str | None = None, may_have_acted: bool = True) -> None:
+        super().__init__(message)
+        self.output = output
+        self.may_have_acted = may_have_acted

@@ -1,0 +1,1 @@
+"""Tests of the hardware package (relay drivers on gpiozero MockFactory pins, simulated lock, fail-safe)."""
