@@ -154,14 +154,14 @@ global_rate = 5.0
 
 [actuator]
 kind = "sim"                  # sim | pulse | two-line | latched   (see docs/HARDWARE.md)
-# unlock_pin = 17             # BCM numbers
-# lock_pin = 27               # two-line only
+# unlock_pin = 5              # BCM; active-low boards: 5/6/4 (pulled up at power-on = off), active-high: 17/27/22
+# lock_pin = 6                # two-line only (docs/HARDWARE.md, "Which pins")
 # active_high = false         # most relay boards are active-low
 # pulse_ms = 500
 # max_on_ms = 2000
 # relock_after_s = 30
-# start_pin = 22
+# start_pin = 4
 # start_on_s = 120
-# door_pin = 23
+# door_pin = 16
 # refuse_lock_when_open = false
 """
