@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -93,6 +93,7 @@ class ServiceConfig:
     challenge_ttl: float = 5.0
     link_idle_timeout: float = 30.0  # connect, act, disconnect: an idle link is dropped to free the slot
     poll_interval: float = 0.5  # how often CLI changes to the store (revocations) are looked for
+    reply_after: float = 0.1  # answer an actuation still pulsing after this long (its relay is energised)
     tz: tzinfo | None = None  # for guest schedules; None = the system's local time zone
     limiter: FailureLimiter = field(default_factory=FailureLimiter)
 
@@ -410,11 +411,11 @@ class KeyService:
     async def _execute(self, lk: _Link, ev: CommandRequested, wall: int) -> tuple[Status, bytes]:
         cmd = ev.command
         if cmd is Cmd.UNLOCK:
-            return Status.OK, to_status_report(await self.lock.unlock()).encode()
+            return Status.OK, (await self._actuate(self.lock.unlock, LockPosition.UNLOCKED, ev.key_id)).encode()
         if cmd is Cmd.LOCK:
-            return Status.OK, to_status_report(await self.lock.lock()).encode()
+            return Status.OK, (await self._actuate(self.lock.lock, LockPosition.LOCKED, ev.key_id)).encode()
         if cmd is Cmd.START:
-            return Status.OK, to_status_report(await self.lock.start_enable()).encode()
+            return Status.OK, (await self._actuate(self.lock.start_enable, None, ev.key_id)).encode()
         if cmd is Cmd.STATUS:
             return Status.OK, to_status_report(self.lock.status()).encode()
         if cmd is Cmd.LIST_KEYS:
@@ -445,6 +446,31 @@ class KeyService:
             self._end_sessions_of(target, keep=lk.link if target != ev.key_id else None)
             return Status.OK, b""
         return Status.NOT_SUPPORTED, b""
+
+    async def _actuate(self, op: Callable[[], Awaitable[ActuatorStatus]], commanded: LockPosition | None,
+                       key_id: bytes) -> StatusReport:
+        """Drive the actuator; answer once it is done or, for a long pulse, once it has been driving a while.
+
+        The drivers energise first and then hold the pulse, so an operation still running after `reply_after`
+        has its relay energised: the device is told now (a 3 s door-strike hold must not look like a timeout),
+        and a fault later in the pulse goes to the log and the audit log.
+        """
+        task: asyncio.Task[ActuatorStatus] = asyncio.get_running_loop().create_task(op())  # type: ignore[arg-type]
+        done, _ = await asyncio.wait({task}, timeout=self.config.reply_after)
+        if task in done:
+            return to_status_report(task.result())
+        self._background.add(task)  # type: ignore[arg-type]
+
+        def finished(t: asyncio.Task[ActuatorStatus]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("actuator fault after the reply was sent: %s", t.exception())
+                self._audit(AuditEvent.REFUSED, key_id, reason=f"actuator fault after reply: {t.exception()}",
+                            status=Status.ACTUATOR_FAILED.name)
+
+        task.add_done_callback(finished)
+        report = to_status_report(self.lock.status())
+        return replace(report, lock=commanded) if commanded is not None else report
 
     # ------------------------------------------------------------------ revocation and housekeeping
 

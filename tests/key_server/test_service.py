@@ -266,3 +266,21 @@ async def test_owner_reads_audit_over_confidential_session(h: Harness) -> None:
     await link.close()
     assert total >= 2 and "unlock" in [r.event for r in records]
     assert h.audit.verify().ok
+
+
+async def test_long_pulse_is_answered_while_the_relay_is_still_energised(tmp_path) -> None:
+    """A door strike held for seconds must not make the phone time out: the answer comes while it is held."""
+    from hardware import ActuatorConfig, SimulatedLock
+
+    h = Harness(tmp_path)
+    h.lock = h.service.lock = SimulatedLock(ActuatorConfig(kind="sim", simulate="pulse", unlock_pin=None,
+                                                           pulse_ms=1500, max_on_ms=2000))
+    h.service.config.reply_after = 0.05
+    await h.start()
+    try:
+        phone = h.enroll()
+        report = await unlock(h, phone)
+        assert report.lock is LockPosition.UNLOCKED
+        assert any(r.energised for r in h.lock.relays.values()), "answered after the pulse had ended"
+    finally:
+        await h.stop()
