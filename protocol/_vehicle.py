@@ -64,6 +64,7 @@ from ._state import VEHICLE_WAITING_FOR_APP, VehicleStateMachine, VInput, VState
 
 KeyLookup = Callable[[bytes], ec.EllipticCurvePublicKey | None]
 _SECURE_CODES = frozenset(int(x) for x in SECURE_COMMANDS)
+_CHALLENGE_REASONS = frozenset({"expired", "unknown or already used"})  # ChallengeError reasons
 _ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
@@ -250,6 +251,13 @@ class VehicleSession:
                                                      request))
         return Result(key_id=kid, challenge=challenge, command=command, status=status, data=data, signature=sig)
 
+    def _refuse(self, how: VInput, kid: bytes, challenge: bytes, command: int, args: bytes, reason: str) -> Refused:
+        """Answer a request that failed its checks with a signed, uniform refusal (§8.4)."""
+        self._sm.advance(how)
+        status = Status.CHALLENGE_INVALID if reason in _CHALLENGE_REASONS else Status.DENIED
+        self._send(self._signed_result(kid, challenge, command, args, status, self._raw))
+        return Refused(status, kid, reason)
+
     def _on_command(self, msg: Message, now: float) -> Event | None:
         assert isinstance(msg, Command)
         if self._sm.state is VState.SECURE:
@@ -263,10 +271,7 @@ class VehicleSession:
                                   bytes((msg.command,)), msg.args)
         reason = self._verify_device(msg.key_id, msg.challenge, msg.signature, transcript, now)
         if reason is not None:
-            self._sm.advance(VInput.COMMAND_REFUSED)
-            status = Status.CHALLENGE_INVALID if reason in ("expired", "unknown or already used") else Status.DENIED
-            self._send(self._signed_result(msg.key_id, msg.challenge, msg.command, msg.args, status, self._raw))
-            return Refused(status, msg.key_id, reason)
+            return self._refuse(VInput.COMMAND_REFUSED, msg.key_id, msg.challenge, msg.command, msg.args, reason)
         self._sm.advance(VInput.COMMAND_VERIFIED)
         cmd = Cmd(msg.command)
         self._pending = _Pending(msg.key_id, cmd, msg.args, msg.challenge, self._raw)
@@ -282,10 +287,8 @@ class VehicleSession:
             except DecodeError:
                 reason = "bad ephemeral key"
         if reason is not None:
-            self._sm.advance(VInput.SESSION_OPEN_REFUSED)
-            status = Status.CHALLENGE_INVALID if reason in ("expired", "unknown or already used") else Status.DENIED
-            self._send(self._signed_result(msg.key_id, msg.challenge, Cmd.SESSION, msg.ephemeral, status, self._raw))
-            return Refused(status, msg.key_id, reason)
+            return self._refuse(VInput.SESSION_OPEN_REFUSED, msg.key_id, msg.challenge, Cmd.SESSION, msg.ephemeral,
+                                reason)
         self._sm.advance(VInput.SESSION_OPEN_VERIFIED)
         vehicle_eph = ephemeral_from_rng(self._rng)
         vehicle_eph_pub = encode_public_key(vehicle_eph.public_key())
