@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from key_server.radio.base import Advertisement, AttError, AttErrorCode, Central, Connection, RadioError
+from key_server.radio.base import Advertisement, AttError, AttErrorCode, Central, Connection, LinkLost, RadioError
 from protocol import (
     ChallengeReceived,
     Cmd,
@@ -45,6 +45,7 @@ CHALLENGE_TIMEOUT = 3.0
 ANSWER_TIMEOUT = 8.0
 CONNECT_ATTEMPTS = 3  # whole scan+connect+subscribe cycles on transient BlueZ errors
 BUSY_RETRY_DELAY = 1.0
+LINK_CHECK_INTERVAL = 0.2  # how often a wait for an answer checks that the link is still up
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +126,13 @@ class VehicleLink:
         """The next event of one of the wanted types; other events are skipped; raises on a violation."""
         async with asyncio.timeout(timeout):
             while True:
-                item = await self._events.get()
+                try:
+                    # Wake up now and then to notice a dropped link instead of waiting out the whole timeout.
+                    item = await asyncio.wait_for(self._events.get(), LINK_CHECK_INTERVAL)
+                except TimeoutError:
+                    if not self.conn.is_connected:
+                        raise LinkLost("the link dropped while waiting for the vehicle's answer") from None
+                    continue
                 if isinstance(item, RadioError):
                     raise item
                 if isinstance(item, BaseException):
@@ -178,6 +185,11 @@ class VehicleLink:
                 raise OutcomeUnknown("the command was sent but no answer came in time: the vehicle may have "
                                      "acted; check with `key-client status` before trying again") from None
             raise TimedOut("no answer from the vehicle") from None
+        except LinkLost as exc:
+            if sent:
+                raise OutcomeUnknown(f"{exc} after the command was sent: the vehicle may have acted; check with "
+                                     "`key-client status` before trying again") from exc
+            raise TimedOut(str(exc)) from exc
 
     async def _send_request(self, queue: Callable[[], None]) -> bool:
         """Queue a request and write it; returns whether it may have reached the vehicle."""

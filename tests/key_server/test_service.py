@@ -215,6 +215,10 @@ async def test_disconnect_mid_command_leaves_outcome_unknown(h: Harness) -> None
         await link.command(Cmd.UNLOCK, timeout=0.5)
     assert info.value.may_have_succeeded
     await link.close()
+    await asyncio.sleep(0.05)
+    # Whether the vehicle acted on the orphaned command or dropped it with the link, the audit log says so.
+    moved = any(energised for _, out, energised in h.lock.output_history() if out == "unlock")
+    assert moved == ("unlock" in [e.event for e in h.audit.read()])
     assert (await unlock(h, phone)).lock is LockPosition.UNLOCKED  # the server is fine afterwards
 
 
@@ -282,5 +286,34 @@ async def test_long_pulse_is_answered_while_the_relay_is_still_energised(tmp_pat
         report = await unlock(h, phone)
         assert report.lock is LockPosition.UNLOCKED
         assert any(r.energised for r in h.lock.relays.values()), "answered after the pulse had ended"
+    finally:
+        await h.stop()
+
+
+async def test_link_lost_during_the_pulse_is_still_audited(tmp_path) -> None:
+    from hardware import ActuatorConfig, SimulatedLock
+
+    h = Harness(tmp_path)
+    h.lock = h.service.lock = SimulatedLock(ActuatorConfig(kind="sim", pulse_ms=300))
+    h.service.config.reply_after = 5.0  # answer only when the pulse ends
+    await h.start()
+    try:
+        phone = h.enroll()
+        link = await h.connect(phone)
+        task = asyncio.create_task(link.command(Cmd.UNLOCK, timeout=2.0))
+        for _ in range(200):
+            if any(r.energised for r in h.lock.relays.values()):
+                break
+            await asyncio.sleep(0.005)
+        for lid in h.air.links:
+            h.air.drop(lid)  # out of range while the strike is held
+        with pytest.raises(OutcomeUnknown):
+            await task
+        await link.close()
+        for _ in range(100):
+            if "unlock" in [e.event for e in h.audit.read()]:
+                break
+            await asyncio.sleep(0.01)
+        assert "unlock" in [e.event for e in h.audit.read()]
     finally:
         await h.stop()
