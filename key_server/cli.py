@@ -24,7 +24,7 @@ from .audit import AuditEvent, AuditLog
 from .clock import GuardedClock
 from .config import SAMPLE_CONFIG, Config, ConfigError, load_config
 from .identity import IdentityExists, create_identity, load_identity
-from .pairing import PairingTicket, new_code_for_slot, prs_for
+from .pairing import PairingTicket, issue_code
 from .policy import parse_schedule, parse_when
 from .secretfile import InsecureSecretFile
 from .store import KeyRecord, KeyStore, LastOwnerError, NoFreeSlot, Role, StoreError, UnknownKey
@@ -155,16 +155,11 @@ def cmd_pair(cfg: Config, args: argparse.Namespace) -> int:
             raise CliError(str(exc), Exit.USAGE) from None
         if ttl <= 0:
             raise CliError("the code lifetime must be positive", Exit.USAGE)
-        codes: dict[int, str] = {}
-
-        def prs(slot: int) -> bytes:
-            codes[slot] = new_code_for_slot(slot)
-            return prs_for(codes[slot], identity.key_id)
-
         try:
-            pairing = store.create_pairing(prs, role=Role(args.role), name=args.name, expires_at=clock_now + ttl,
-                                           key_valid_from=valid_from, key_valid_until=valid_until, schedule=schedule,
-                                           attempts=cfg.pairing.attempts, now=clock_now)
+            code, pairing = issue_code(store, identity.key_id, role=Role(args.role), name=args.name,
+                                       expires_at=clock_now + ttl, key_valid_from=valid_from,
+                                       key_valid_until=valid_until, schedule=schedule,
+                                       attempts=cfg.pairing.attempts, now=clock_now)
         except NoFreeSlot:
             raise CliError("all 100 pairing slots are in use: cancel some with `key-server pair --list`") from None
         except (StoreError, ValueError) as exc:
@@ -172,7 +167,7 @@ def cmd_pair(cfg: Config, args: argparse.Namespace) -> int:
         AuditLog(store).append(AuditEvent.ADMIN, ts=clock_now,
                                detail={"action": "pair_code", "slot": pairing.slot, "role": args.role,
                                        "name": args.name})
-    ticket = PairingTicket(codes[pairing.slot], identity.key_id, args.name)
+    ticket = PairingTicket(code, identity.key_id, args.name)
     if args.json:
         print(json.dumps({"code": ticket.code, "uri": ticket.uri(), "slot": ticket.slot,
                           "expires_at": pairing.expires_at, "role": args.role, "name": args.name}))

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlparse
 
 from protocol import pairing_prs
+
+if TYPE_CHECKING:
+    from .store import KeyStore, PendingPairing
 
 CODE_DIGITS = 8
 SECRET_DIGITS = 6  # 10^6 codes per slot, and the slot dies after a few wrong tries
@@ -46,6 +50,22 @@ def new_code_for_slot(slot: int) -> str:
 def prs_for(code: str, vehicle_id: bytes) -> bytes:
     """The stored password-related string for a code (never the code itself)."""
     return pairing_prs(code, vehicle_id=vehicle_id, slot=int(code[:2]))
+
+
+def issue_code(store: KeyStore, vehicle_id: bytes, **pairing: Any) -> tuple[str, PendingPairing]:
+    """Create a pending pairing in a free slot and return (its one-time code, the stored pairing).
+
+    `pairing` is passed to KeyStore.create_pairing (role, name, expires_at, validity, schedule, attempts, now).
+    Only the code's password-related string is stored; the code itself exists only in the return value.
+    """
+    codes: dict[int, str] = {}
+
+    def prs(slot: int) -> bytes:
+        codes[slot] = new_code_for_slot(slot)
+        return prs_for(codes[slot], vehicle_id)
+
+    pending = store.create_pairing(prs, **pairing)
+    return codes[pending.slot], pending
 
 
 def parse_code(text: str) -> tuple[str, bytes | None]:

@@ -9,7 +9,7 @@ from hardware import ActuatorConfig, SimulatedLock
 from key_client.driver import Target, VehicleLink, connect_vehicle
 from key_server.audit import AuditLog
 from key_server.clock import GuardedClock
-from key_server.pairing import new_code_for_slot, prs_for
+from key_server.pairing import issue_code
 from key_server.radio.mock import MockAir, MockPeripheral
 from key_server.ratelimit import FailureLimiter
 from key_server.service import KeyService, ServiceConfig
@@ -61,16 +61,10 @@ class Harness:
     def new_code(self, role: Role = Role.OWNER, name: str = "new device", attempts: int = 5,
                  expires_in: int = 600) -> str:
         """What `key-server pair` does: create a pairing slot and return its one-time code."""
-        codes: dict[int, str] = {}
-
-        def prs(slot: int) -> bytes:
-            codes[slot] = new_code_for_slot(slot)
-            return prs_for(codes[slot], self.identity.key_id)
-
-        p = self.store.create_pairing(prs, role=role, name=name, expires_at=int(self.wall) + expires_in,
-                                      key_valid_from=None, key_valid_until=None, schedule=None,
-                                      attempts=attempts, now=int(self.wall))
-        return codes[p.slot]
+        code, _ = issue_code(self.store, self.identity.key_id, role=role, name=name,
+                             expires_at=int(self.wall) + expires_in, key_valid_from=None, key_valid_until=None,
+                             schedule=None, attempts=attempts, now=int(self.wall))
+        return code
 
     async def connect(self, device: KeyPair, *, mtu: int = 247, pinned: bool = True) -> VehicleLink:
         """A new central connected to the vehicle with a session for `device`."""
