@@ -3,11 +3,18 @@
 bless hands its callbacks no client identity, MTU or offset, and notifies every subscriber (DESIGN.md §4,
 LIBRARIES.md). Three hooks close the gap, all running in the event loop thread (dbus-next is asyncio):
 - WriteValue: bluetoothd calls GattCharacteristic1.WriteValue(value, options) with options {device, mtu, link,
-  type, offset}; bless's method drops the options. install_write_hook() replaces the method on bless's
-  BlueZGattCharacteristic class (dbus-next collects D-Bus methods per class when an object is created, so this
-  must happen before the characteristics exist). The device object path becomes the link id; the first write of
-  a link reports on_connect(link, mtu). An AttError raised by on_write becomes the D-Bus error that BlueZ turns
-  into that ATT error code (dbus_error_for).
+  type, offset}; bless's method drops the options. Calls to RX are answered by our bus message handler
+  (_on_method_call) before dbus-next dispatches them to any method: when a dbus-next 0.2.3 *method* raises a
+  D-Bus error, dbus-next sends the error reply but then also logs it at ERROR level with a traceback (its
+  SendReply.__exit__ does not return True), which on a real stack meant a traceback in the journal for every
+  refused write, an easy log flood for anyone in radio range. install_write_hook() still replaces bless's
+  BlueZGattCharacteristic.WriteValue (dbus-next collects D-Bus methods per class when an object is created, so
+  this must happen before the characteristics exist) for any call the handler does not take. The device object
+  path becomes the link id; the first write of a link reports on_connect(link, mtu). An AttError raised by
+  on_write becomes the D-Bus error that BlueZ turns into that ATT error code (dbus_error_for). BlueZ 5.66
+  only waits for that answer on characteristics without the write-without-response property (gatt-database.c
+  chrc_write_cb); on ours it acknowledges the ATT write itself, so the refusal stays local (the data is still
+  dropped, and logged at DEBUG).
 - StartNotify: bluetoothd calls the application's StartNotify for every central's CCC enable (BlueZ 5.66
   gatt-database.c), without identity; bless sets app.StartNotify to a no-op lambda in its setup. Ours calls
   on_subscribe(None): the service pushes a challenge that every subscriber receives (DESIGN.md §3).
@@ -47,6 +54,7 @@ BLUEZ = "org.bluez"
 DEVICE_IFACE = "org.bluez.Device1"
 ADAPTER_IFACE = "org.bluez.Adapter1"
 GATT_MANAGER_IFACE = "org.bluez.GattManager1"
+GATT_CHRC_IFACE = "org.bluez.GattCharacteristic1"
 ADV_MANAGER_IFACE = "org.bluez.LEAdvertisingManager1"
 PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
 OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
@@ -172,6 +180,7 @@ class BlessPeripheral:
         self._handler: PeripheralHandler | None = None
         self._links: dict[str, int] = {}  # device object path -> ATT MTU reported when first seen
         self._bluez_owner: str | None = None  # unique bus name of bluetoothd: only it may end our links
+        self._rx: Any = None  # bless's BlueZGattCharacteristic for RX, whose WriteValue calls _on_method_call answers
         self.subscriptions = 0  # StartNotify calls seen (CCC enables of any central)
 
     @property
@@ -222,6 +231,8 @@ class BlessPeripheral:
             SERVICE_UUID, RX_CHAR_UUID, props.write | props.write_without_response, None, perms.writeable
         )
         await server.add_new_characteristic(SERVICE_UUID, TX_CHAR_UUID, props.notify, None, perms.readable)
+        rx = server.get_characteristic(RX_CHAR_UUID)
+        self._rx = getattr(rx, "gatt", None)
         await self._watch_links(server.bus)
         if not await server.start():  # export + RegisterApplication + RegisterAdvertisement
             raise RadioError("bless refused to start")
@@ -325,6 +336,8 @@ class BlessPeripheral:
         try:
             handler.on_write(link, bytes(value))
         except AttError as exc:
+            log.debug("ble peripheral %r: refused a write of %d bytes from %s: ATT error 0x%02x (%s)", self.name,
+                      len(value), link, exc.code, exc)
             raise _dbus_error(exc.code) from None
         except Exception:
             log.exception("ble peripheral %r: handler.on_write raised", self.name)
@@ -335,13 +348,40 @@ class BlessPeripheral:
         self.subscriptions += 1
         self._call("on_subscribe", None)
 
-    def _on_bus_message(self, msg: Any) -> None:
-        """Every message of bless's bus connection passes here first; we only watch our match rules' signals.
+    def _on_method_call(self, msg: Any) -> Any:
+        """Answer bluetoothd's WriteValue calls on RX; None (not ours) for every other method call.
 
-        Must return None: a true value would tell dbus-next that the message was handled.
+        A D-Bus error raised here is sent by dbus-next as the reply without the ERROR log and traceback it adds
+        when a method raises (see the module docstring); a true result tells dbus-next the call is handled.
+        """
+        from dbus_next.constants import MessageFlag
+        from dbus_next.errors import DBusError
+        from dbus_next.message import Message
+
+        rx = self._rx
+        if (rx is None or msg.member != "WriteValue" or msg.interface != GATT_CHRC_IFACE
+                or msg.path != getattr(rx, "path", None) or msg.signature != "aya{sv}"):
+            return None
+        value, options = msg.body
+        no_reply = bool(msg.flags & MessageFlag.NO_REPLY_EXPECTED)  # bluetoothd acknowledged the ATT write itself
+        try:
+            self._on_write_value(rx, bytes(value), options)
+        except DBusError:
+            if no_reply:
+                return True
+            raise
+        return True if no_reply else Message.new_method_return(msg)
+
+    def _on_bus_message(self, msg: Any) -> Any:
+        """Every message of bless's bus connection passes here first: our RX's WriteValue calls
+        (_on_method_call), and our match rules' signals.
+
+        Returns None for every message it does not answer: a true value tells dbus-next it was handled.
         """
         from dbus_next.constants import MessageType
 
+        if msg.message_type is MessageType.METHOD_CALL:
+            return self._on_method_call(msg)
         if msg.message_type is not MessageType.SIGNAL:
             return None
         body = msg.body
