@@ -6,6 +6,7 @@
 #   BLE_VM_WORK     work dir (default .ble-vm/): kernel, initramfs, out/ with the guest's logs
 #   BLE_VM_TIMEOUT  hard limit for the whole VM in seconds (default 480)
 #   BLE_VM_BTMON=1  also capture HCI traffic to out/btmon.snoop
+#   BLE_VM_PRODUCT_RACE_FIX=1  run the product's CLIs with the test-only bleak patch too (default: without)
 #   BLE_VM_CPUS, BLE_VM_MEM (MiB), BLE_VM_ACCEL (default TCG: this host's /dev/kvm cannot boot
 #                   a stock kernel), BLE_VM_LOG_LINES (log lines printed per file on failure)
 # Runs setup.sh first when the kernel or initramfs are missing or stale.
@@ -39,6 +40,8 @@ PYTEST_TIMEOUT=$((TIMEOUT > 120 ? TIMEOUT - 45 : TIMEOUT * 3 / 4))
 {
     printf 'REPO=%q\nVENV=%q\nBLE_VM_DIR=%q\n' "$REPO" "$VENV" "$BLE_VM_DIR"
     printf 'BTMON=%q\nPYTEST_TIMEOUT=%q\n' "${BLE_VM_BTMON:-0}" "$PYTEST_TIMEOUT"
+    # Test settings read by the guest tests themselves (see README.md).
+    printf 'export BLE_VM_PRODUCT_RACE_FIX=%q\n' "${BLE_VM_PRODUCT_RACE_FIX:-0}"
     # (printf with no arguments would still print one empty '' word: guard it)
     printf 'PYTEST_ARGS=(-v --durations=5'
     [ $# -eq 0 ] || printf ' %q' "$@"
@@ -85,6 +88,10 @@ if [ -f "$OUT/timings" ]; then
     log "guest timings (uptime, s): $(tr '\n' ' ' < "$OUT/timings")"
 fi
 log "VM wall time ${wall}s, pytest exit code $rc"
+# Figures measured by the guest tests (test_key_scenarios.py::test_unlock_figures), pass or fail.
+for f in "$OUT"/figures.txt "$OUT"/key_client_runs.txt; do
+    if [ -s "$f" ]; then echo "===== $(basename "$f")"; cat "$f"; fi
+done
 
 if [ "$rc" != 0 ]; then
     # pytest.log streamed by already, but a CI log reader wants the failure context in one

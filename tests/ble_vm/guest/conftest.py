@@ -33,17 +33,19 @@ Subprocesses inherit the environment plus: the venv's bin/ first on PATH (so ``k
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import pytest
 
@@ -68,6 +70,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.ble)
         if not IN_GUEST:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Summarise every key-client run of the session (dkey_rig appends them to key_client_runs.jsonl) into
+    key_client_runs.txt, which run.sh prints: how many runs needed a retry, and why."""
+    out = os.environ.get("BLE_VM_OUT")
+    if not IN_GUEST or not out:
+        return
+    import json
+
+    path = Path(out) / "key_client_runs.jsonl"
+    if not path.exists():
+        return
+    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    retried = [r for r in runs if r["cycles"] > 1]
+    lines = [
+        f"key-client runs over BlueZ this session: {len(runs)}; exit codes "
+        + ", ".join(f"{rc}: {n}" for rc, n in sorted(_count(r["rc"] for r in runs).items())),
+        f"  needing a whole scan+connect cycle retry: {len(retried)}"
+        + (f" ({', '.join(r['label'] + ' x' + str(r['cycles'] - 1) for r in retried)})" if retried else ""),
+        f"  failed connects (each retried by the driver): {sum(r['failed_connects'] for r in runs)}; "
+        f"blind scan windows (restarted by the scanner): {sum(r['blind_windows'] for r in runs)}",
+        f"  product CLIs with the test-only bleak patch: {sorted({r['race_fix'] for r in runs})}",
+    ]
+    (Path(out) / "key_client_runs.txt").write_text("\n".join(lines) + "\n")
+
+
+def _count(values: Iterator[int]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return counts
 
 
 # --- environment --------------------------------------------------------------------------------
@@ -378,6 +412,30 @@ class CliTimeoutError(AssertionError):
     """A command run by ``run_cli`` did not finish in time (it was killed)."""
 
 
+class TimedResult(subprocess.CompletedProcess[str]):
+    """What ``run_cli`` returns: a CompletedProcess plus ``started`` (wall-clock time.time() just before the
+    command was started) and ``lines``: every output line as (wall-clock arrival time, "out"|"err", text).
+    Wall-clock, not monotonic, so it compares with the ``%(asctime)s`` of key-server's log in the same guest."""
+
+    started: float = 0.0
+    lines: list[tuple[float, str, str]]
+
+    def first_line(self, pattern: str, stream: str | None = None) -> tuple[float, str] | None:
+        """(arrival time, text) of the first line matching ``pattern`` (re.search), or None."""
+        regex = re.compile(pattern)
+        for ts, where, text in self.lines:
+            if (stream is None or where == stream) and regex.search(text):
+                return ts, text
+        return None
+
+
+def _pump(pipe: IO[str], where: str, sink: list[tuple[float, str, str]]) -> None:
+    """Read a child's pipe line by line, stamping each line on arrival (a thread per pipe)."""
+    for line in iter(pipe.readline, ""):
+        sink.append((time.time(), where, line))
+    pipe.close()
+
+
 def _run_cli(
     out_dir: Path,
     argv: Sequence[str],
@@ -389,9 +447,10 @@ def _run_cli(
     cwd: str | Path | None = None,
     check: bool = False,
     bleak_race_fix: bool = False,
-) -> subprocess.CompletedProcess[str]:
+) -> TimedResult:
     argv = [str(a) for a in argv]
     log_path = _unique_log_path(out_dir, name or Path(argv[0]).name)
+    started_wall = time.time()
     started = time.monotonic()
     proc = subprocess.Popen(
         argv,
@@ -399,38 +458,75 @@ def _run_cli(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        bufsize=1,
         env=_child_env(env, bleak_race_fix),
         cwd=cwd,
         start_new_session=True,
     )
+    lines: list[tuple[float, str, str]] = []
+    assert proc.stdout is not None and proc.stderr is not None
+    pumps = [threading.Thread(target=_pump, args=(pipe, where, lines), daemon=True)
+             for pipe, where in ((proc.stdout, "out"), (proc.stderr, "err"))]
+    for t in pumps:
+        t.start()
+    if input is not None:
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(input)
+        proc.stdin.close()
     timed_out = False
     try:
-        stdout, stderr = proc.communicate(input, timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
         _signal_group(proc, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
+        proc.wait()
+    for t in pumps:
+        t.join(10)
     elapsed = time.monotonic() - started
+    stdout = "".join(text for _, where, text in lines if where == "out")
+    stderr = "".join(text for _, where, text in lines if where == "err")
+    stamped = "".join(f"{ts - started_wall:8.3f} {where} {text}" for ts, where, text in lines)
     log_path.write_text(
         f"# {' '.join(argv)}\n# exit code {proc.returncode} after {elapsed:.1f} s"
         f"{' (TIMED OUT)' if timed_out else ''}\n--- stdout\n{stdout}--- stderr\n{stderr}"
+        f"--- all output, seconds since start\n{stamped}"
     )
     if timed_out:
         raise CliTimeoutError(f"{argv} did not finish in {timeout} s; log {log_path}:\n{_tail(stdout + stderr)}")
-    result = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+    result = TimedResult(argv, proc.returncode, stdout, stderr)
+    result.started = started_wall
+    result.lines = lines
     if check and result.returncode != 0:
         raise AssertionError(f"{argv} exited with {result.returncode}; log {log_path}:\n{_tail(stdout + stderr)}")
     return result
 
 
-@pytest.fixture
-def run_cli(ble_out: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """``run_cli(argv, *, timeout=60, name=None, input=None, env=None, cwd=None, check=False,
-    bleak_race_fix=False)`` -> CompletedProcess with text stdout/stderr, also written to
-    $BLE_VM_OUT/<name>.log (name defaults to argv[0]'s basename). On timeout the command's process
-    group is killed and CliTimeoutError raised. Blocking: in async tests use asyncio.to_thread."""
+def make_run_cli(out_dir: Path) -> Callable[..., TimedResult]:
+    """The ``run_cli`` function for ``out_dir`` (for fixtures of a wider scope than a test)."""
 
-    def run(argv: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return _run_cli(ble_out, argv, **kwargs)  # type: ignore[arg-type]
+    def run(argv: Sequence[str], **kwargs: object) -> TimedResult:
+        return _run_cli(out_dir, argv, **kwargs)  # type: ignore[arg-type]
 
     return run
+
+
+@pytest.fixture
+def run_cli(ble_out: Path) -> Callable[..., TimedResult]:
+    """``run_cli(argv, *, timeout=60, name=None, input=None, env=None, cwd=None, check=False,
+    bleak_race_fix=False)`` -> TimedResult (a CompletedProcess with text stdout/stderr, plus each output
+    line's wall-clock arrival time), also written to $BLE_VM_OUT/<name>.log (name defaults to argv[0]'s
+    basename). On timeout the command's process group is killed and CliTimeoutError raised. Blocking: in
+    async tests use asyncio.to_thread."""
+    return make_run_cli(ble_out)
+
+
+@pytest.fixture(scope="module")
+def module_spawn() -> Iterator[Spawner]:
+    """``spawn`` for fixtures that outlive one test (e.g. a key-server shared by a module's tests);
+    everything it started is stopped when the module's tests are done."""
+    spawner = Spawner(Path(os.environ["BLE_VM_OUT"]) if IN_GUEST else Path("/tmp"))
+    try:
+        yield spawner
+    finally:
+        spawner.stop_all()
