@@ -9,7 +9,12 @@
   (results accumulate; 1.5 s spans a default 1.28 s advertising interval) and the first window finds the vehicle.
 - connect: bleak_retry_connector.establish_connection (retries BlueZ's transient errors) with GATT service
   caching off, so a restarted vehicle's new handles are always rediscovered. BlueZ-only options go through
-  `bluez=` and only when an adapter is named.
+  `bluez=` and only when an adapter is named; then a vehicle already connected through another adapter of this
+  machine counts as busy (NotFound) instead of being shared: establish_connection would swap in that other
+  adapter's link (seen in tests/ble_vm: `--adapter hci2` ended up on hci1's link). When a failed attempt leaves
+  bleak's client stuck "already connected" (tests/ble_vm: after BlueZ never signalled Connected=True, the
+  connector's own retries all failed at once), connect() calls the connector again with a new client, up to
+  twice, within the same timeout.
 - max_write_size: the RX characteristic's max_write_without_response_size (ATT MTU - 3; bleak's mtu_size is
   always 23 on BlueZ), capped at 512, the longest attribute value ATT allows.
 - errors: an ATT error answer -> AttError(code); anything else during a write or subscription -> LinkLost (the
@@ -46,6 +51,8 @@ MAX_ATTRIBUTE_SIZE = 512  # ATT caps an attribute value at 512 bytes, whatever t
 RSSI_UNKNOWN = -127  # what we report for HCI's "RSSI not available" (127), which must not look like "very close"
 _DEFAULT_WRITE_SIZE = 20  # bleak's value until the MTU is known (and forever on BlueZ < 5.62)
 _ATT_ERROR_TEXT = re.compile(r"ATT error: 0x([0-9a-fA-F]{1,2})")
+_STUCK_CLIENT = "Client is already connected"  # bleak's BleakError when connect() is called on a 'connected' client
+_FRESH_CLIENTS = 2  # extra connector calls, each with a new client, after a connect that left its client stuck
 
 
 def _att_code(exc: BaseException) -> int | None:
@@ -295,17 +302,35 @@ class BleakCentral:
             client_class = client_class or BleakClientWithServiceCache
         state = _LinkState()
         device: Any = adv.handle  # a BLEDevice from our scan
+        if self.adapter and self._connector is None:
+            # bleak-retry-connector swaps in a connection the same address already has on ANY adapter, so a
+            # central on hci2 would silently share hci1's link (and lose it when that process disconnects).
+            # The vehicle serves one central at a time anyway: call it busy, the driver's next cycle retries.
+            elsewhere = await _connections_elsewhere(device, self.adapter)
+            if elsewhere:
+                raise NotFound(f"{label} is busy: already connected through {', '.join(elsewhere)}")
         try:
             async with asyncio.timeout(timeout):
-                client = await connector(
-                    client_class,
-                    device,
-                    label,
-                    disconnected_callback=state.on_disconnected,
-                    max_attempts=self.connect_attempts,
-                    use_services_cache=False,
-                    **self._bluez(),
-                )
+                for fresh in range(_FRESH_CLIENTS, -1, -1):
+                    try:
+                        client = await connector(
+                            client_class,
+                            device,
+                            label,
+                            disconnected_callback=state.on_disconnected,
+                            max_attempts=self.connect_attempts,
+                            use_services_cache=False,
+                            **self._bluez(),
+                        )
+                        break
+                    except Exception as exc:
+                        # A failed connect can leave bleak's client believing it is connected (e.g. BlueZ never
+                        # signalled Connected=True), and then every retry on that client fails at once with
+                        # "Client is already connected". Only a new client (a new connector call) helps.
+                        if fresh == 0 or _STUCK_CLIENT not in str(exc):
+                            raise
+                        log.info("connect to %s: %s; retrying with a fresh client", label, exc)
+                        await asyncio.sleep(0.25)
         except TimeoutError as exc:
             raise NotFound(f"{label}: not connectable within {timeout:g} s") from exc
         except Exception as exc:
@@ -354,6 +379,20 @@ class BleakCentral:
             await asyncio.sleep(0.05)
             size = int(rx.max_write_without_response_size)
         return max(_DEFAULT_WRITE_SIZE, min(size, MAX_ATTRIBUTE_SIZE))
+
+
+async def _connections_elsewhere(device: Any, adapter: str) -> list[str]:
+    """BlueZ object paths of connections to `device`'s address held by adapters other than `adapter`."""
+    try:
+        from bleak_retry_connector.bluez import get_connected_devices
+
+        connected = await get_connected_devices(device)
+    except Exception as exc:  # noqa: BLE001 - a failed check must not block connecting
+        log.debug("could not list existing connections: %s", exc)
+        return []
+    mine = f"/org/bluez/{adapter}/"
+    paths = [str((d.details or {}).get("path", "")) for d in connected if isinstance(d.details, dict)]
+    return [p for p in paths if p and not p.startswith(mine)]
 
 
 def _is_not_found(exc: BaseException) -> bool:

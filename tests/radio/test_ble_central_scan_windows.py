@@ -1,4 +1,5 @@
-"""BleakCentral.scan restarts its scan in fresh windows (BlueZ can stay blind for a whole discovery session)."""
+"""BleakCentral behaviour found by the real-stack tier (tests/ble_vm): scans restart in fresh windows (BlueZ can stay
+blind for a whole discovery session); a vehicle connected through another adapter is busy, not shared."""
 
 from __future__ import annotations
 
@@ -57,3 +58,66 @@ async def test_one_window_when_the_vehicle_answers_at_once() -> None:
     FakeScanner.reset([(0.01, ble_device(), adv_data())])
     assert len(await central(scan_window=0.2, scan_settle=0.3).scan(5.0)) == 1
     assert len(FakeScanner.instances) == 1
+
+
+async def test_a_vehicle_connected_through_another_adapter_is_busy_not_shared(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """bleak-retry-connector would swap in hci1's link for a central on hci2: the central reports busy instead."""
+    import bleak_retry_connector
+
+    from key_client.radio import ble
+    from key_client.radio.ble import advertisement_from
+    from key_server.radio.base import NotFound
+
+    from .fakes_ble import FakeConnector
+
+    fake = FakeConnector()
+    monkeypatch.setattr(bleak_retry_connector, "establish_connection", fake)
+    monkeypatch.setattr(bleak_retry_connector, "BleakClientWithServiceCache", FakeClient)
+
+    async def elsewhere(device, adapter):  # type: ignore[no-untyped-def]
+        return ["/org/bluez/hci1/dev_AA_BB_CC_DD_EE_01"] if adapter == "hci2" else []
+
+    monkeypatch.setattr(ble, "_connections_elsewhere", elsewhere)
+    adv = advertisement_from(ble_device(), adv_data())
+    with pytest.raises(NotFound, match="busy: already connected through /org/bluez/hci1/"):
+        await BleakCentral(adapter="hci2").connect(adv, timeout=2.0)
+    assert fake.clients == []
+    conn = await BleakCentral(adapter="hci1").connect(adv, timeout=2.0)  # its own adapter's link: fine
+    await conn.disconnect()
+
+
+async def test_a_client_left_stuck_connected_is_replaced_by_a_fresh_one() -> None:
+    """tests/ble_vm: after BlueZ never signalled Connected=True, bleak-retry-connector's own retries failed at once
+    with "Client is already connected"; a new connector call (a new client) is what works."""
+    from bleak_retry_connector import BleakConnectionError
+
+    from key_client.radio.ble import advertisement_from
+
+    from .fakes_ble import FakeConnector
+
+    class StuckOnce(FakeConnector):
+        async def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            self.error = None if self.calls else BleakConnectionError(
+                "car - AA: Failed to connect after 3 attempt(s): Client is already connected")
+            return await super().__call__(*args, **kwargs)
+
+    connector = StuckOnce()
+    c = BleakCentral(scanner_factory=FakeScanner, connector=connector, client_class=FakeClient)
+    conn = await c.connect(advertisement_from(ble_device(), adv_data()), timeout=2.0)
+    assert len(connector.calls) == 2 and len(connector.clients) == 1
+    await conn.disconnect()
+
+
+async def test_other_connect_failures_are_not_retried_here() -> None:
+    from bleak_retry_connector import BleakConnectionError
+
+    from key_client.radio.ble import advertisement_from
+    from key_server.radio.base import RadioError
+
+    from .fakes_ble import FakeConnector
+
+    connector = FakeConnector(error=BleakConnectionError("car - AA: le-connection-abort-by-local"))
+    c = BleakCentral(scanner_factory=FakeScanner, connector=connector, client_class=FakeClient)
+    with pytest.raises(RadioError):
+        await c.connect(advertisement_from(ble_device(), adv_data()), timeout=2.0)
+    assert len(connector.calls) == 1
