@@ -163,6 +163,16 @@ class ClientRun:
         return len(self.err_times(r"^key-client: connect to .* failed"))
 
     @property
+    def fresh_clients(self) -> int:
+        """Connects redone with a new bleak client after one was left stuck "already connected"."""
+        return len(self.err_times(r"retrying with a fresh client"))
+
+    @property
+    def busy_elsewhere(self) -> int:
+        """Connects refused because the vehicle was connected through another adapter of this machine."""
+        return len(self.err_times(r"is busy: already connected through"))
+
+    @property
     def blind_windows(self) -> int:
         return len(self.err_times(r"^key-client: scan window \d+ saw nothing"))
 
@@ -188,7 +198,8 @@ class ClientRun:
 
     def record(self) -> dict[str, Any]:
         return {"label": self.label, "argv": self.argv, "rc": self.rc, "cycles": self.cycles,
-                "failed_connects": self.failed_connects, "blind_windows": self.blind_windows,
+                "failed_connects": self.failed_connects, "fresh_clients": self.fresh_clients,
+                "busy_elsewhere": self.busy_elsewhere, "blind_windows": self.blind_windows,
                 "race_fix": self.race_fix, "seconds": round(self.result.lines[-1][0] - self.result.started, 2)
                 if self.result.lines else None}
 
@@ -249,27 +260,32 @@ _CHRC = re.compile(r"discover_chrcs_cb\(\) start: 0x[0-9a-f]{4}, end: 0x[0-9a-f]
                    r"props: 0x[0-9a-f]{2}, uuid: ([0-9a-f-]{36})")
 _WRITE = re.compile(r"gatt-server\.c:write_cb\(\) Write (Req|Cmd) - handle: 0x([0-9a-f]{4})")
 ATT_OPCODES = {
-    0x01: "error_rsp", 0x02: "mtu_req", 0x03: "mtu_rsp", 0x04: "find_info_req", 0x05: "find_info_rsp",
-    0x08: "read_by_type_req", 0x09: "read_by_type_rsp", 0x0A: "read_req", 0x0B: "read_rsp",
-    0x10: "read_by_group_req", 0x11: "read_by_group_rsp", 0x12: "write_req", 0x13: "write_rsp",
-    0x1B: "notification", 0x1D: "indication", 0x1E: "confirmation", 0x23: "multi_notification",
-    0x52: "write_cmd",
+    0x02: "mtu_req", 0x04: "find_info_req", 0x08: "read_by_type_req", 0x0A: "read_req", 0x10: "read_by_group_req",
+    0x12: "write_req", 0x16: "prep_write_req", 0x18: "exec_write_req", 0x1B: "notification", 0x1D: "indication",
+    0x23: "multi_notification", 0x52: "write_cmd",
 }
+# bluetoothd 5.66 logs "ATT PDU received" for requests, commands, notifications and indications, not for
+# responses; every request gets exactly one response (or an error response), every indication a confirmation.
+_REQUESTS = {0x02, 0x04, 0x06, 0x08, 0x0A, 0x0C, 0x0E, 0x10, 0x12, 0x16, 0x18, 0x20}
+_NOTIFICATIONS = {0x1B, 0x23}
 
 
 def att_summary(text: str) -> dict[str, Any]:
-    """Counts of the ATT traffic in a bluetoothd log slice: every PDU by type, and the key service's own share
-    (writes to RX, CCC writes, notifications sent by the vehicle)."""
+    """Counts of the ATT traffic in a bluetoothd log slice: every PDU by type, the total both ways, and the key
+    service's own share (the write to RX, the CCC enable, the vehicle's notifications)."""
     by_op = Counter(int(m.group(1), 16) for m in _PDU.finditer(text))
     rx_handles = {m.group(1) for m in _CHRC.finditer(text) if m.group(2) == RX_UUID}
     rx_writes = sum(1 for m in _WRITE.finditer(text) if m.group(2) in rx_handles)
+    requests = sum(n for op, n in by_op.items() if op in _REQUESTS)
+    notification_pdus = sum(n for op, n in by_op.items() if op in _NOTIFICATIONS)
     return {
-        "att_pdus_total": sum(by_op.values()),
-        "by_type": {ATT_OPCODES.get(op, f"0x{op:02x}"): n for op, n in sorted(by_op.items())},
+        "att_pdus_both_ways": 2 * requests + notification_pdus + 2 * by_op.get(0x1D, 0) + by_op.get(0x52, 0),
+        "requests": requests,
+        "notification_pdus": notification_pdus,
+        "logged_by_type": {ATT_OPCODES.get(op, f"0x{op:02x}"): n for op, n in sorted(by_op.items())},
         "rx_writes": rx_writes,
         "ccc_enables": text.count("External CCC write received with value: 0x0001"),
         "notifications_sent": text.count("GATT server sending notification"),
-        "notifications_received": by_op.get(0x1B, 0) + by_op.get(0x23, 0),
         "connections": len(re.findall(r"connected_callback\(\) hci0 device ", text)),
     }
 

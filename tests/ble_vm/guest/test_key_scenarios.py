@@ -338,23 +338,28 @@ def _write_figures(samples: list[dict[str, Any]], out: Path) -> None:
     med = {p: statistics.median(s["phases"][p] for s in samples) for p in phases}
     lo = {p: min(s["phases"][p] for s in samples) for p in phases}
     hi = {p: max(s["phases"][p] for s in samples) for p in phases}
-    att_keys = ["att_pdus_total", "rx_writes", "ccc_enables", "notifications_sent", "notifications_received"]
+    att_keys = ["att_pdus_both_ways", "requests", "notification_pdus", "rx_writes", "ccc_enables",
+                "notifications_sent"]
     att_med = {k: statistics.median(s["att"][k] for s in samples) for k in att_keys}
     retried = sum(1 for s in samples if s["cycles"] > 1)
     blind = sum(s["blind_windows"] for s in samples)
     report = {"runs": len(samples), "median_s": med, "min_s": lo, "max_s": hi, "att_median": att_med,
-              "att_by_type_first": samples[0]["att"]["by_type"], "runs_with_cycle_retry": retried,
+              "att_by_type_first": samples[0]["att"]["logged_by_type"], "runs_with_cycle_retry": retried,
               "failed_connects": sum(s["failed_connects"] for s in samples), "blind_scan_windows": blind,
               "product_race_fix": PRODUCT_RACE_FIX, "samples": samples}
     (out / "figures.json").write_text(json.dumps(report, indent=1))
     lines = [f"unlock over the VM link, {len(samples)} runs in one boot (key-client start -> actuator energised):"]
     for p in phases:
         lines.append(f"  {p:18s} median {med[p]:6.2f} s   min {lo[p]:6.2f}   max {hi[p]:6.2f}")
-    lines.append("  ATT per unlock (median, both directions, from bluetoothd -d): "
-                 + ", ".join(f"{k} {att_med[k]:g}" for k in att_keys))
-    lines.append(f"  ATT PDUs by type (first run): {samples[0]['att']['by_type']}")
+    lines.append(f"  ATT per unlock (median, from bluetoothd -d): {att_med['att_pdus_both_ways']:g} PDUs both ways = "
+                 f"{att_med['requests']:g} requests + their responses + {att_med['notification_pdus']:g} "
+                 f"notification PDUs; the key service's own: {att_med['rx_writes']:g} write to RX, "
+                 f"{att_med['ccc_enables']:g} CCC enable, {att_med['notifications_sent']:g} notifications sent; "
+                 "the rest is MTU exchange and GATT discovery in both directions (Cache = no)")
+    lines.append(f"  requests and notifications by type (first run): {samples[0]['att']['logged_by_type']}")
     lines.append(f"  runs needing a whole-cycle retry: {retried}/{len(samples)}; failed connects: "
-                 f"{report['failed_connects']}; blind scan windows: {blind}; "
+                 f"{report['failed_connects']}; connects redone with a fresh client: "
+                 f"{sum(s['fresh_clients'] for s in samples)}; blind scan windows: {blind}; "
                  f"product CLI with the harness bleak patch: {PRODUCT_RACE_FIX}")
     (out / "figures.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
