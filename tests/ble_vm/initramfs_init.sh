@@ -6,17 +6,21 @@
 # Kernel command line parameters (set by run.sh):
 #   blevm.out=DIR   host path of the writable output dir (shared as mount tag "outshare")
 #   blevm.main=FILE host path of the script to run inside the chroot
+#   blevm.repo=DIR  host path of the repo (also shared as mount tag "reposhare", read-only): mounted at its own
+#                   path only when the tmpfs mounts below hide it, e.g. a CI clone under /tmp
 export PATH=/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 OUT=''
 MAIN=''
+REPO=''
 # shellcheck disable=SC2013  # the command line is one line of blank-separated words
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         blevm.out=*) OUT=${arg#blevm.out=} ;;
         blevm.main=*) MAIN=${arg#blevm.main=} ;;
+        blevm.repo=*) REPO=${arg#blevm.repo=} ;;
     esac
 done
 # modules.list is in dependency order (built by setup.sh), so plain insmod is enough.
@@ -27,8 +31,6 @@ halt() { echo "init: $*"; sync; poweroff -f; }
 # imports several times faster over 9p. out/ is not cached so the host sees every write at once.
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /host \
     || halt "cannot mount the host root over 9p"
-mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=262144 outshare "/host$OUT" \
-    || halt "cannot mount the out/ share at $OUT"
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev
@@ -40,6 +42,15 @@ mount -t tmpfs tmpfs /host/dev/shm
 for d in /run /tmp /var/tmp /var/lib/bluetooth; do
     [ -d "/host$d" ] && mount -t tmpfs tmpfs "/host$d"
 done
+# A repo under one of those (CI clones into mktemp -d, i.e. /tmp) is hidden now: mount its own share there.
+if [ -n "$REPO" ] && [ ! -d "/host$REPO/tests/ble_vm" ]; then
+    mkdir -p "/host$REPO" \
+        && mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 reposhare "/host$REPO" \
+        || halt "cannot mount the repo share at $REPO"
+fi
+# out/ last, on top of whatever now shows its path.
+mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=262144 outshare "/host$OUT" \
+    || halt "cannot mount the out/ share at $OUT"
 echo "init: mounts done at $(cut -d' ' -f1 /proc/uptime)s"
 chroot /host /bin/bash "$MAIN" "$OUT"
 echo "init: guest main exited $? at $(cut -d' ' -f1 /proc/uptime)s"

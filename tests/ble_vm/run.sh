@@ -53,7 +53,8 @@ ACCEL=(${BLE_VM_ACCEL:--accel tcg,thread=multi -cpu max})
 log "booting kernel $KV (timeout ${TIMEOUT}s); guest output in $OUT"
 t0=$(date +%s%N)
 # The host root goes to the guest read-only (it runs the host's bluez, python and our venv);
-# out/ is the only writable share. -serial stdio with stdin from /dev/null: the console streams
+# out/ is the only writable share; the repo is shared once more on its own, for a repo under /tmp (a CI
+# clone) that the guest's tmpfs on /tmp would hide. -serial stdio with stdin from /dev/null: the console streams
 # to our stdout and qemu never touches the terminal. panic=-1 + -no-reboot: a guest panic ends
 # qemu at once instead of waiting for the timeout. --kill-after: qemu ignoring SIGTERM.
 set +e
@@ -61,11 +62,13 @@ timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 \
     "${ACCEL[@]}" -smp "${BLE_VM_CPUS:-2}" -m "${BLE_VM_MEM:-1024}" \
     -machine q35 -display none -monitor none -serial stdio -no-reboot -net none \
     -kernel "$KERNEL" -initrd "$WORK/initramfs.cpio.gz" \
-    -append "console=ttyS0 quiet loglevel=4 panic=-1 blevm.out=$OUT blevm.main=$BLE_VM_DIR/guest_main.sh" \
+    -append "console=ttyS0 quiet loglevel=4 panic=-1 blevm.out=$OUT blevm.main=$BLE_VM_DIR/guest_main.sh blevm.repo=$REPO" \
     -fsdev "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap" \
     -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
     -fsdev "local,id=outshare,path=$OUT,security_model=none" \
     -device virtio-9p-pci,fsdev=outshare,mount_tag=outshare \
+    -fsdev "local,id=reposhare,path=$REPO,security_model=none,readonly=on,multidevs=remap" \
+    -device virtio-9p-pci,fsdev=reposhare,mount_tag=reposhare \
     -device virtio-rng-pci \
     < /dev/null 2>&1 | tee "$OUT/console.log"
 qemu_rc=${PIPESTATUS[0]}
