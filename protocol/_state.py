@@ -10,6 +10,7 @@ the diagrams drawn from these tables.
 from __future__ import annotations
 
 import enum
+from typing import Generic, TypeVar
 
 from ._errors import LocalProtocolError, RemoteProtocolError
 
@@ -146,35 +147,39 @@ DEVICE_LOCAL_INPUTS = frozenset(
 )
 
 
-class VehicleStateMachine:
+S = TypeVar("S", bound=enum.Enum)
+In = TypeVar("In", bound=enum.Enum)
+
+
+class _TableMachine(Generic[S, In]):
+    """A state advanced only through its table; any pair not in it moves to ERROR and raises."""
+
+    def __init__(self, start: S, error: S, table: dict[tuple[S, In], S], local_inputs: frozenset[In]) -> None:
+        self.state = start
+        self._error = error
+        self._table = table
+        self._local = local_inputs
+
+    def advance(self, event: In) -> S:
+        """Move by the table, or to ERROR raising Local/RemoteProtocolError if the pair is not in it."""
+        nxt = self._table.get((self.state, event))
+        if nxt is None:
+            was, self.state = self.state, self._error
+            err = LocalProtocolError if event in self._local else RemoteProtocolError
+            raise err(f"{event.value} is not allowed in state {was.value}")
+        self.state = nxt
+        return nxt
+
+
+class VehicleStateMachine(_TableMachine[VState, VInput]):
     """The vehicle-side state, advanced only through VEHICLE_TABLE."""
 
     def __init__(self) -> None:
-        self.state = VState.READY
-
-    def advance(self, event: VInput) -> VState:
-        """Move by the table, or to ERROR raising Local/RemoteProtocolError if the pair is not in it."""
-        nxt = VEHICLE_TABLE.get((self.state, event))
-        if nxt is None:
-            was, self.state = self.state, VState.ERROR
-            err = LocalProtocolError if event in VEHICLE_APP_INPUTS else RemoteProtocolError
-            raise err(f"{event.value} is not allowed in state {was.value}")
-        self.state = nxt
-        return nxt
+        super().__init__(VState.READY, VState.ERROR, VEHICLE_TABLE, VEHICLE_APP_INPUTS)
 
 
-class DeviceStateMachine:
+class DeviceStateMachine(_TableMachine[DState, DInput]):
     """The device-side state, advanced only through DEVICE_TABLE."""
 
     def __init__(self) -> None:
-        self.state = DState.WAIT_CHALLENGE
-
-    def advance(self, event: DInput) -> DState:
-        """Move by the table, or to ERROR raising Local/RemoteProtocolError if the pair is not in it."""
-        nxt = DEVICE_TABLE.get((self.state, event))
-        if nxt is None:
-            was, self.state = self.state, DState.ERROR
-            err = LocalProtocolError if event in DEVICE_LOCAL_INPUTS else RemoteProtocolError
-            raise err(f"{event.value} is not allowed in state {was.value}")
-        self.state = nxt
-        return nxt
+        super().__init__(DState.WAIT_CHALLENGE, DState.ERROR, DEVICE_TABLE, DEVICE_LOCAL_INPUTS)
