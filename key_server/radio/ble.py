@@ -20,6 +20,11 @@ LIBRARIES.md). Three hooks close the gap, all running in the event loop thread (
   on_subscribe(None): the service pushes a challenge that every subscriber receives (DESIGN.md §3).
 - Disconnects: org.bluez.Device1 PropertiesChanged(Connected=False) and InterfacesRemoved signals for the device
   paths seen in writes call on_disconnect; so does bluetoothd leaving the bus.
+- bluetoothd restarts: a crash (BlueZ 5.66 has segfaults on reconnects; seen in tests/ble_vm) or a restart takes
+  the registered service and advertisement with it. When org.bluez gets an owner again, the peripheral waits for
+  an adapter to be powered and registers everything anew on a fresh bless server (a new bus connection; the old
+  one stays open until the new one is up, so the NameOwnerChanged watch never lapses), retrying with backoff
+  until it works or stop() is called. The car thus opens again without a restart of key-server.
 Characteristics carry no readable value (bless ignores the read offset, so long reads are broken).
 """
 
@@ -181,7 +186,12 @@ class BlessPeripheral:
         self._links: dict[str, int] = {}  # device object path -> ATT MTU reported when first seen
         self._bluez_owner: str | None = None  # unique bus name of bluetoothd: only it may end our links
         self._rx: Any = None  # bless's BlueZGattCharacteristic for RX, whose WriteValue calls _on_method_call answers
+        self._recovery: asyncio.Task[None] | None = None  # re-registration after bluetoothd came back
+        self._recover_again = False  # bluetoothd changed owner again while a re-registration was under way
         self.subscriptions = 0  # StartNotify calls seen (CCC enables of any central)
+        self.registrations = 0  # successful registrations with bluetoothd (1 + re-registrations after restarts)
+        self.recovery_backoff = (0.5, 10.0)  # first and longest pause between re-registration attempts, s
+        self.power_wait = 10.0  # how long a re-registration waits for a powered adapter before trying anyway, s
 
     @property
     def links(self) -> tuple[str, ...]:
@@ -200,24 +210,34 @@ class BlessPeripheral:
             raise RadioError(f"ble peripheral {self.name} already started")
         if not re.sub("[^A-Za-z0-9_]", "", self.name):  # bless builds its D-Bus object paths from the name
             raise RadioError(f"peripheral name {self.name!r} needs at least one ASCII letter, digit or '_'")
-        bless, characteristic_class = _import_bless()
+        _, characteristic_class = _import_bless()
         install_write_hook(characteristic_class)
         where = self.adapter or "the default adapter"
         self._handler = handler
+        try:
+            server = await self._new_server()
+        except BaseException as exc:
+            self._handler = None
+            if not isinstance(exc, Exception):
+                raise
+            raise RadioError(f"could not start the BLE peripheral on {where}: {exc or type(exc).__name__}") from exc
+        self._server = server
+        self.registrations += 1
+        log.info("ble peripheral %r advertising %s on %s", self.name, SERVICE_UUID, where)
+
+    async def _new_server(self) -> Any:
+        """A bless server with our service registered and advertised; on any failure its bus is closed again."""
+        bless, _ = _import_bless()
         server: Any = None
         try:
             kwargs = {"adapter": self.adapter} if self.adapter else {}
             # BlessServer schedules its D-Bus setup on the loop in __init__: create it inside the running loop.
             server = bless.BlessServer(name=self.name, loop=self._loop or asyncio.get_running_loop(), **kwargs)
             await self._build(server, bless)
-        except BaseException as exc:  # cancelled too: never leave a half-registered application behind
-            self._handler = None
+        except BaseException:  # cancelled too: never leave a half-registered application behind
             await self._close_bus(server)
-            if not isinstance(exc, Exception):
-                raise
-            raise RadioError(f"could not start the BLE peripheral on {where}: {exc or type(exc).__name__}") from exc
-        self._server = server
-        log.info("ble peripheral %r advertising %s on %s", self.name, SERVICE_UUID, where)
+            raise
+        return server
 
     async def _build(self, server: Any, bless: Any) -> None:
         server.read_request_func = _read_nothing
@@ -243,6 +263,11 @@ class BlessPeripheral:
         if server is None:
             return
         self._server = None
+        recovery, self._recovery = self._recovery, None
+        if recovery is not None and not recovery.done():
+            recovery.cancel()
+            with contextlib.suppress(BaseException):
+                await recovery
         links = [link for link in self._links if link.startswith("/")]
         if links:
             await asyncio.gather(*(self._call_disconnect(server, link) for link in links))
@@ -399,11 +424,70 @@ class BlessPeripheral:
                 old, new = body[1], body[2]
                 self._bluez_owner = new or None
                 if old:
-                    log.error("ble peripheral %r: bluetoothd left the system bus; the service is gone until a "
-                              "restart of key-server", self.name)
+                    log.error("ble peripheral %r: bluetoothd left the system bus; the key service is gone until it "
+                              "is back", self.name)
                     for link in list(self._links):
                         self._forget(link)
+                if new and old != new:
+                    self._start_recovery()
         return None
+
+    # ------------------------------------------------------------------ bluetoothd restarts
+
+    def _start_recovery(self) -> None:
+        """bluetoothd (re)appeared on the bus: register the service again, once, in the background."""
+        if self._server is None:
+            return
+        self._recover_again = True
+        if self._recovery is not None and not self._recovery.done():
+            return  # the running task sees the flag and registers once more with the newest bluetoothd
+        log.warning("ble peripheral %r: bluetoothd is on the system bus again; registering the key service anew",
+                    self.name)
+        self._recovery = asyncio.get_running_loop().create_task(self._reregister(), name="ble-reregister")
+
+    async def _reregister(self) -> None:
+        """Until it works (or stop() cancels): wait for a powered adapter, build a new server, swap it in."""
+        pause, longest = self.recovery_backoff
+        attempt = 0
+        while self._server is not None and self._bluez_owner is not None:  # gone again: its return restarts us
+            attempt += 1
+            self._recover_again = False
+            old = self._server
+            await self._wait_powered(old.bus)
+            try:
+                server = await self._new_server()
+            except Exception as exc:  # noqa: BLE001 - bluetoothd may still be coming up; try again
+                log.warning("ble peripheral %r: registering again failed (attempt %d): %s; next try in %.1f s",
+                            self.name, attempt, exc or type(exc).__name__, pause)
+                await asyncio.sleep(pause)
+                pause = min(longest, pause * 2)
+                continue
+            if self._server is not old:  # stopped meanwhile (stop() cancels us, but be sure)
+                await self._close_bus(server)
+                return
+            self._server = server
+            await self._close_bus(old)  # its objects died with the old bluetoothd
+            self.registrations += 1
+            log.warning("ble peripheral %r: advertising %s again after bluetoothd restarted", self.name,
+                        SERVICE_UUID)
+            if not self._recover_again:
+                return
+
+    async def _wait_powered(self, bus: Any) -> None:
+        """Return once BlueZ shows our adapter (any, if none is named) powered, or after `power_wait` s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.power_wait
+        while loop.time() < deadline:
+            try:
+                async with asyncio.timeout(self._call_timeout):
+                    objects = await _managed_objects(bus)
+            except Exception as exc:  # noqa: BLE001 - bluetoothd still starting; poll again
+                log.debug("ble peripheral: waiting for a powered adapter: %s", exc or type(exc).__name__)
+            else:
+                for adapter in _adapters(objects):
+                    if adapter["powered"] and (self.adapter is None or adapter["name"] == self.adapter):
+                        return
+            await asyncio.sleep(0.25)
 
     # ------------------------------------------------------------------ helpers
 
@@ -452,6 +536,19 @@ async def _disconnect_bus(bus: Any, timeout: float) -> None:
         for name in ("_stream", "_sock"):
             with contextlib.suppress(Exception):
                 getattr(bus, name).close()
+
+
+async def _managed_objects(bus: Any) -> Mapping[str, Mapping[str, Mapping[str, Any]]]:
+    """BlueZ's object tree (org.bluez GetManagedObjects at "/"); RadioError if bluetoothd does not answer."""
+    from dbus_next.constants import MessageType
+    from dbus_next.message import Message
+
+    reply = await bus.call(Message(destination=BLUEZ, path="/", interface=OBJECT_MANAGER_IFACE,
+                                   member="GetManagedObjects"))
+    if reply is None or reply.message_type is MessageType.ERROR:
+        raise RadioError(f"GetManagedObjects: {reply.error_name if reply else 'no reply'}")
+    objects: Mapping[str, Mapping[str, Mapping[str, Any]]] = reply.body[0]
+    return objects
 
 
 def _read_nothing(characteristic: Any, **_kwargs: Any) -> bytearray:
@@ -542,12 +639,12 @@ async def probe_bluez(timeout: float = 3.0) -> dict[str, Any]:
                 report["error"] = "bluetoothd is not running (nobody owns org.bluez on the system bus)"
                 return report
             report["bluez"] = True
-            reply = await bus.call(Message(destination=BLUEZ, path="/", interface=OBJECT_MANAGER_IFACE,
-                                           member="GetManagedObjects"))
-            if reply.message_type is MessageType.ERROR:
-                report["error"] = f"BlueZ refused GetManagedObjects: {reply.error_name} {reply.body}"
+            try:
+                objects = await _managed_objects(bus)
+            except RadioError as exc:
+                report["error"] = f"BlueZ refused {exc}"
                 return report
-            report["adapters"] = _adapters(reply.body[0])
+            report["adapters"] = _adapters(objects)
             if not report["adapters"]:
                 report["error"] = "BlueZ reports no Bluetooth adapter"
     except Exception as exc:  # noqa: BLE001 - a diagnosis, not an operation: report whatever went wrong

@@ -552,3 +552,53 @@ async def test_probe_without_bluetoothd_says_so(bus_address: str) -> None:
     report = await probe_bluez(timeout=3.0)
     assert report["system_bus"] is True and report["bluez"] is False
     assert "bluetoothd is not running" in report["error"]
+
+
+@needs_dbus
+async def test_a_restarted_bluetoothd_gets_the_service_and_advertisement_again(
+    car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ, bus_address: str
+) -> None:
+    p, rec = car
+    p.recovery_backoff = (0.05, 0.2)
+    dev = bluez.add_device()
+    await bluez.write(dev, b"before")
+    await bluez.stop()  # bluetoothd crashes: its bus connection closes, org.bluez loses its owner
+    await wait_until(lambda: rec.of("disconnect") == [("disconnect", dev)])
+    assert p.registrations == 1
+    again = await FakeBlueZ(bus_address, adapters=("hci0", "hci1")).start()
+    try:
+        await wait_until(lambda: p.registrations == 2, timeout=10.0)
+        assert p.started and again.app is not None and len(again.advertisements) == 1
+        (adv,) = again.advertisements.values()
+        assert adv["LocalName"] == "car" and SERVICE_UUID in adv["ServiceUUIDs"]
+        assert set(again.chars) == {RX_CHAR_UUID, TX_CHAR_UUID}
+        dev2 = again.add_device("dev_AA_BB_CC_DD_EE_02")
+        assert await again.write(dev2, b"after") is None
+        assert rec.of("write")[-1] == ("write", dev2, b"after")
+        await p.notify(b"pushed")
+        await wait_until(lambda: again.notifications == [b"pushed"])
+        old_names = await _bus_names(again)
+        assert len([n for n in old_names if n.startswith(":")]) == 2  # the new bluez and one bless bus: old one closed
+    finally:
+        await p.stop()
+        await again.stop()
+    assert again.unregistered_apps and again.advertisements == {}
+
+
+@needs_dbus
+async def test_stop_while_waiting_for_bluetoothd_ends_the_recovery(
+    car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ, bus_address: str
+) -> None:
+    p, _ = car
+    p.recovery_backoff = (0.05, 0.1)
+    await bluez.stop()
+    again = await FakeBlueZ(bus_address, adapters=("hci0", "hci1")).start()
+    again.fail_advertising = "Failed to register advertisement"  # bluetoothd up, but not ready to advertise yet
+    try:
+        await wait_until(lambda: p._recovery is not None, timeout=5.0)
+        await asyncio.sleep(0.3)  # a few failing attempts
+        assert p.registrations == 1
+        await p.stop()
+        assert p._recovery is None and not p.started
+    finally:
+        await again.stop()
