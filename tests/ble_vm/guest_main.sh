@@ -38,9 +38,35 @@ if [ "$BTMON" = 1 ]; then
     btmon -w "$OUT/btmon.snoop" > /dev/null 2>&1 &
 fi
 
+# bluetoothd under a supervisor that restarts it when it dies, as systemd does with Restart=on-failure
+# (docs/DEPLOY.md has the drop-in for a Pi; Debian ships it commented out). BlueZ 5.66 has crashed
+# mid-run here (a CI run lost it during a reconnect), and a car must open again after that without
+# anybody restarting key-server: test_bluetoothd_crash_under_a_running_server checks exactly that.
+# Every exit is recorded in $OUT/bluetoothd.exits (run.sh prints it); all runs log to one file.
 # -n: stay in the foreground (we own its lifetime); -d: debug log, the best record of what the
 # stack did when a test fails; -f: our config, not the host's /etc/bluetooth/main.conf.
-bluetoothd -n -d -f "$BLE_VM_DIR/bluetoothd.conf" > "$OUT/bluetoothd.log" 2>&1 &
+BLUETOOTHD_PID=/run/bluetoothd.pid  # the running daemon's pid, for the crash test
+BLUETOOTHD_STOP=/run/bluetoothd.stop  # present: the next exit is ours, do not restart
+BLUETOOTHD_HOLD=/run/bluetoothd.hold  # present: a test keeps bluetoothd down; restart once it is removed
+supervise_bluetoothd() {
+    local n=0 pid rc how
+    while [ ! -e "$BLUETOOTHD_STOP" ]; do
+        n=$((n + 1))
+        echo "===== bluetoothd run $n, started at $(up)s" >> "$OUT/bluetoothd.log"
+        bluetoothd -n -d -f "$BLE_VM_DIR/bluetoothd.conf" >> "$OUT/bluetoothd.log" 2>&1 &
+        pid=$!
+        echo "$pid" > "$BLUETOOTHD_PID"
+        wait "$pid"
+        rc=$?
+        [ -e "$BLUETOOTHD_STOP" ] && break
+        how="exit status $rc"
+        if [ "$rc" -gt 128 ]; then how="signal $((rc - 128)) ($(kill -l $((rc - 128)) 2>/dev/null || echo '?'))"; fi
+        echo "bluetoothd run $n (pid $pid) ended by $how at $(up)s; restarting it in 1 s" | tee -a "$OUT/bluetoothd.exits"
+        sleep 1
+        while [ -e "$BLUETOOTHD_HOLD" ] && [ ! -e "$BLUETOOTHD_STOP" ]; do sleep 0.2; done
+    done
+}
+supervise_bluetoothd &
 dbus_get() {  # dbus_get OBJECT INTERFACE PROPERTY -> prints the reply, fails if there is none
     dbus-send --system --print-reply --dest=org.bluez "$1" org.freedesktop.DBus.Properties.Get \
         "string:$2" "string:$3" 2>/dev/null
@@ -59,7 +85,8 @@ stage bluetoothd-ready
 
 cd "$REPO" || fail "no repo at $REPO"
 # What the guest tests can rely on (see tests/ble_vm/README.md).
-export BLE_VM=1 BLE_VM_OUT=$OUT BLE_VM_ADAPTERS=$ADAPTERS
+export BLE_VM=1 BLE_VM_OUT=$OUT BLE_VM_ADAPTERS=$ADAPTERS BLE_VM_BLUETOOTHD_PID=$BLUETOOTHD_PID \
+    BLE_VM_BLUETOOTHD_HOLD=$BLUETOOTHD_HOLD
 # The host root is read-only: no .pyc files, no .pytest_cache (-p no:cacheprovider), and
 # hypothesis must keep its example database in /tmp: when it cannot write .hypothesis/ it warns,
 # which filterwarnings=error turns into a crash at start-up.
@@ -76,6 +103,8 @@ stage pytest-end
 echo "$rc" > "$OUT/pytest.rc"
 
 # Stop the daemons gently so btmon flushes its capture and bluetoothd logs its shutdown.
+touch "$BLUETOOTHD_STOP"
+kill "$(cat "$BLUETOOTHD_PID" 2>/dev/null)" 2>/dev/null
 pkill_jobs() { local p; for p in $(jobs -p); do kill "$p" 2>/dev/null; done; }
 pkill_jobs
 sleep 0.5

@@ -92,6 +92,12 @@ if [ -f "$OUT/timings" ]; then
 fi
 log "VM wall time ${wall}s, pytest exit code $rc"
 # Figures measured by the guest tests (test_key_scenarios.py::test_unlock_figures), pass or fail.
+# bluetoothd deaths (the guest's supervisor restarts it): printed pass or fail, since a test that got through
+# one is evidence too. test_bluetoothd_crash_under_a_running_server causes one on purpose (SIGSEGV).
+if [ -s "$OUT/bluetoothd.exits" ]; then
+    echo "===== bluetoothd.exits ($(wc -l < "$OUT/bluetoothd.exits") restart(s); one is the crash test's own)"
+    cat "$OUT/bluetoothd.exits"
+fi
 for f in "$OUT"/figures.txt "$OUT"/key_client_runs.txt; do
     if [ -s "$f" ]; then echo "===== $(basename "$f")"; cat "$f"; fi
 done

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import pytest
+from dkey_rig import bluez_ready
 
 if TYPE_CHECKING:  # bleak is imported lazily: this module must import on a host without it
     from bleak.backends.device import BLEDevice
@@ -162,7 +163,14 @@ def forget_devices(adapter: str | None = None) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _forget_devices_before_each_test() -> None:
-    """Each test starts with BlueZ knowing no remote devices (see forget_devices)."""
+    """Each test starts with bluetoothd up and knowing no remote devices (see forget_devices).
+
+    guest_main.sh restarts bluetoothd when it dies (recorded in $BLE_VM_OUT/bluetoothd.exits); a test that
+    follows such a death waits for the new daemon to power the adapters instead of failing on its absence."""
+    adapters = os.environ.get("BLE_VM_ADAPTERS", "").split()
+    deadline = time.monotonic() + 30
+    while adapters and not bluez_ready(adapters) and time.monotonic() < deadline:
+        time.sleep(0.25)
     forget_devices()
 
 

@@ -312,6 +312,16 @@ def adapter_address(adapter: str) -> str:
     return out.stdout.split('"')[1]
 
 
+def bluez_ready(adapters: list[str]) -> bool:
+    """bluetoothd owns org.bluez and shows every adapter in `adapters` powered (busctl; blocking)."""
+    for adapter in adapters:
+        out = subprocess.run(["busctl", "--system", "get-property", "org.bluez", f"/org/bluez/{adapter}",
+                              "org.bluez.Adapter1", "Powered"], capture_output=True, text=True, timeout=15)
+        if out.returncode != 0 or out.stdout.strip() != "b true":
+            return False
+    return True
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

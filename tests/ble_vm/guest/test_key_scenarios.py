@@ -3,7 +3,8 @@ the real `key-client --radio ble` on hci1 (the owner's watch) and hci2 (a second
 
 The tests share one vehicle and one paired owner (module fixtures) and run in file order: scan, pair, the four
 fast-path commands, the owner's key list, two clients at once, revocation, a garbage-writing central, the unlock
-figures, and a server restart last. Each test still works alone (`-k revoke`): the fixtures pair what it needs.
+figures, a bluetoothd crash under the running server, and a server restart last. Each test still works alone
+(`-k revoke`): the fixtures pair what it needs.
 
 The product's CLI runs WITHOUT the test-only bleak patch (harness/bleak_race_fix.py) unless
 BLE_VM_PRODUCT_RACE_FIX=1: these tests check that the product itself gets through BlueZ's transient faults
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +41,9 @@ from dkey_rig import (
     Vehicle,
     adapter_address,
     att_summary,
+    bluez_ready,
     max_concurrent_links,
+    wait_until,
 )
 
 # Per test, fixtures included (pytest-timeout): a key-client run takes 8-20 s under TCG, a retried one up to ~60 s.
@@ -363,6 +367,37 @@ def _write_figures(samples: list[dict[str, Any]], out: Path) -> None:
                  f"product CLI with the harness bleak patch: {PRODUCT_RACE_FIX}")
     (out / "figures.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def test_bluetoothd_crash_under_a_running_server(vehicle: Vehicle, owner: Device, ble_out_dir: Path) -> None:
+    """bluetoothd dies of SIGSEGV (as BlueZ 5.66 did once in CI, mid-reconnect) under a running key-server; the
+    guest's supervisor restarts it a second later, as systemd's Restart=on-failure would. The same key-server
+    process registers its service and advertisement with the new daemon, and the next unlock works, although the
+    client starts while bluetoothd may still be coming up."""
+    pidfile = Path(os.environ["BLE_VM_BLUETOOTHD_PID"])
+    exits = ble_out_dir / "bluetoothd.exits"
+
+    def exit_count() -> int:
+        return len(exits.read_text().splitlines()) if exits.exists() else 0
+
+    before = exit_count()
+    server_pid = vehicle.proc.popen.pid
+    crashed = int(pidfile.read_text())
+    log_mark = len(vehicle.output())
+    os.kill(crashed, signal.SIGSEGV)
+    assert wait_until(lambda: exit_count() > before, 10), "the guest's supervisor saw no bluetoothd exit"
+    assert "signal 11" in exits.read_text().splitlines()[-1]
+
+    t = time.time()
+    run = owner.run("unlock", label="unlock-after-bluetoothd-crash")
+    assert run.rc == OK, run.result.stderr
+    assert _wait_moved(vehicle, t, "unlock energised")
+    assert vehicle.running and vehicle.proc.popen.pid == server_pid, "key-server was restarted or died"
+    out = vehicle.output()[log_mark:]
+    assert "bluetoothd left the system bus" in out, out
+    assert "again after bluetoothd restarted" in out, out
+    assert int(pidfile.read_text()) != crashed
+    assert wait_until(lambda: bluez_ready(["hci0", "hci1", "hci2"]), 30)
 
 
 def test_server_restart_between_two_unlocks(vehicle: Vehicle, owner: Device) -> None:
