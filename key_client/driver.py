@@ -300,19 +300,23 @@ async def connect_vehicle(
     """Scan, connect and subscribe until our vehicle's challenge arrives; retries whole cycles on radio faults.
 
     The vehicle is recognised by the id in its challenge (checked against the pinned key by every signed
-    answer), never by its address; `prefer_address` only orders the candidates.
+    answer), never by its address; `prefer_address` only orders the candidates. RadioError if no scan could run.
     """
     say = on_progress or (lambda _msg: None)
     last_error: Exception | None = None
     seen_any = False
+    scanned = False
     for attempt in range(1, attempts + 1):
         say(f"scanning for vehicles ({scan_time:.0f} s)" + (f", attempt {attempt}" if attempt > 1 else ""))
         try:
             found = await central.scan(scan_time)
         except RadioError as exc:
+            # Not a fast spin: a scan that fails because bluetoothd is away has already waited for it.
             last_error = exc
+            log.info("scan failed: %s", exc)
             await asyncio.sleep(0.5 * attempt)
             continue
+        scanned = True
         if prefer_address:
             found.sort(key=lambda a: a.address != prefer_address)
         seen_any |= bool(found)
@@ -327,6 +331,11 @@ async def connect_vehicle(
                 log.info("connect to %s failed: %s", adv.address, exc)
         if found and attempt < attempts:
             await asyncio.sleep(0.3 * attempt)  # the vehicle may be busy with another central
+    if not scanned and last_error is not None:
+        # No scan could run: the radio is unavailable (exit code 1, like `key-client scan`), and its own words
+        # (e.g. "bluetoothd is not running: start it") say what to fix; "no vehicle found" would send the user
+        # looking for the vehicle instead.
+        raise RadioError(f"no scan could run ({attempts} attempts): {last_error}") from last_error
     if not seen_any:
         raise VehicleNotFound(
             f"no vehicle found in {scan_time:g} s: is key-server running and in range?")

@@ -19,6 +19,26 @@
   always 23 on BlueZ), capped at 512, the longest attribute value ATT allows.
 - errors: an ATT error answer -> AttError(code); anything else during a write or subscription -> LinkLost (the
   write may or may not have reached the vehicle); connect failures -> NotFound or RadioError.
+- bluetoothd restarts (BlueZ 5.66 segfaults on reconnects; systemd with the Restart= drop-in of docs/DEPLOY.md,
+  the user or the ble_vm guest's supervisor start it again within seconds): while org.bluez has no owner on the
+  system bus, every BlueZ call fails with a D-Bus error (bluez_is_gone). A scan whose start fails that way waits
+  for bluetoothd (bluez_ready: org.bluez owned and the adapter powered, polled every 0.25 s over a short-lived
+  system bus connection) for up to `bluez_wait` s but not past the scan's own timeout, so callers keep their time
+  budget (after such a wait the scan still listens for one window); watch() has no timeout and waits the whole
+  `bluez_wait`. Not back in time -> RadioError saying to start it. A connect that fails that way -> RadioError
+  saying bluetoothd went away; the driver's next cycle scans, and so waits. watch() also asks every `bluez_check`
+  s who owns org.bluez: a new bluetoothd knows nothing of the old one's discovery session, so without a new scan
+  watch() would hear nothing.
+- bleak's process-global BlueZManager (manager.py in bleak 3.1) outlives a bluetoothd restart half-right: it
+  takes the new daemon's InterfacesAdded (its match rules name no sender), so adapters and re-found devices are
+  fresh, but nothing tells it the old daemon's objects are gone (a dead process sends no InterfacesRemoved; the
+  manager resets only when its own bus connection drops, and does not watch NameOwnerChanged). Devices that were
+  connected stay Connected=True in its cache (establish_connection then swaps in such a device on another
+  adapter, and `_connections_elsewhere` calls the vehicle busy), with the GATT objects of the cut link. So when
+  we see a restart (a scan that waited for bluetoothd, a connect that lost it, a watch that saw a new owner) we
+  close that manager's bus connection (_refresh_bleak_bluez_state): bleak's own recovery drops the cache,
+  reports those links disconnected, and re-reads BlueZ on its next call. It reaches into bleak's private
+  `_global_instances` and `_bus`, and does nothing if those change.
 bleak is imported inside the methods, so this module imports on machines without it.
 """
 
@@ -28,7 +48,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from key_server.radio.base import (
@@ -43,7 +64,17 @@ from key_server.radio.base import (
     RadioError,
 )
 
-__all__ = ["MAX_ATTRIBUTE_SIZE", "RSSI_UNKNOWN", "BleakCentral", "BleakConnection", "advertisement_from"]
+__all__ = [
+    "BLUEZ_NOT_RUNNING",
+    "MAX_ATTRIBUTE_SIZE",
+    "RSSI_UNKNOWN",
+    "BleakCentral",
+    "BleakConnection",
+    "advertisement_from",
+    "bluez_is_gone",
+    "bluez_owner",
+    "bluez_ready",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +84,23 @@ _DEFAULT_WRITE_SIZE = 20  # bleak's value until the MTU is known (and forever on
 _ATT_ERROR_TEXT = re.compile(r"ATT error: 0x([0-9a-fA-F]{1,2})")
 _STUCK_CLIENT = "Client is already connected"  # bleak's BleakError when connect() is called on a 'connected' client
 _FRESH_CLIENTS = 2  # extra connector calls, each with a new client, after a connect that left its client stuck
+
+BLUEZ_NOT_RUNNING = ("BlueZ (bluetoothd) is not running on this machine: start it (sudo systemctl start bluetooth) "
+                     "and try again")
+_BLUEZ = "org.bluez"
+_ADAPTER_IFACE = "org.bluez.Adapter1"
+# What dbus-daemon answers for a call to org.bluez while nobody owns that name: ServiceUnknown / NameHasNoOwner, or
+# Spawn.* (ChildExited, ExecFailed, ...) when it tried to start bluetoothd through D-Bus activation and failed.
+_BLUEZ_GONE_ERRORS = (
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.Spawn.",
+)
+# org.freedesktop.DBus.Error.NoReply with this text: bluetoothd left the bus (died) while our call was pending.
+# A NoReply without it is a plain timeout of a daemon that is still there.
+_DIED_DURING_CALL = "disconnected from message bus without replying"
+_BLUEZ_POLL = 0.25  # s between bluez_ready probes while waiting for bluetoothd
+_PROBE_TIMEOUT = 2.0  # s for one probe (connect, ask, close); a system bus slower than that counts as "not ready"
 
 
 def _att_code(exc: BaseException) -> int | None:
@@ -74,6 +122,117 @@ def _link_error(exc: BaseException, what: str) -> RadioError:
     if code is not None:
         return AttError(code, f"{what}: ATT error 0x{code:02x} ({exc})")
     return LinkLost(f"{what} failed: {exc or type(exc).__name__}")
+
+
+def bluez_is_gone(exc: BaseException) -> bool:
+    """True if `exc`, or an exception it was raised from, says bluetoothd (org.bluez) is not on the system bus.
+
+    Looks at BleakDBusError.dbus_error and at the text (bleak-retry-connector wraps the D-Bus error in its own
+    message), through __cause__ and __context__: ServiceUnknown, NameHasNoOwner and Spawn.* mean nobody owns
+    org.bluez; NoReply "... disconnected from message bus without replying" means bluetoothd died during the call.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        text = f"{getattr(e, 'dbus_error', '') or ''} {e}"
+        if any(name in text for name in _BLUEZ_GONE_ERRORS) or _DIED_DURING_CALL in text.lower():
+            return True
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return False
+
+
+@contextlib.asynccontextmanager
+async def _system_bus() -> AsyncIterator[Any]:
+    """A dbus_fast connection to the system bus, closed (socket included) on exit."""
+    from dbus_fast import BusType
+    from dbus_fast.aio import MessageBus
+
+    bus: Any = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    try:
+        yield bus
+    finally:
+        bus.disconnect()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(bus.wait_for_disconnect(), 1.0)
+
+
+async def _ask(bus: Any, destination: str, path: str, interface: str, member: str, signature: str = "",
+               body: list[Any] | None = None) -> list[Any] | None:
+    """The body of a method call's reply, or None if it was an error; never starts a service (NO_AUTOSTART)."""
+    from dbus_fast import Message, MessageFlag, MessageType
+
+    # NO_AUTOSTART: a probe must not make dbus-daemon try to launch bluetoothd (that is how Spawn.* errors come).
+    reply = await bus.call(Message(destination=destination, path=path, interface=interface, member=member,
+                                   signature=signature, body=body or [], flags=MessageFlag.NO_AUTOSTART))
+    if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+        return None
+    return list(reply.body)
+
+
+async def _owner(bus: Any) -> str | None:
+    body = await _ask(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetNameOwner",
+                      "s", [_BLUEZ])
+    return str(body[0]) if body else None
+
+
+async def bluez_owner() -> str | None:
+    """The unique bus name of the process owning org.bluez on the system bus; None if none, or if the bus can't tell."""
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT), _system_bus() as bus:
+            return await _owner(bus)
+    except Exception as exc:  # noqa: BLE001 - a probe answers "unknown", it never fails its caller
+        log.debug("asking the system bus who owns org.bluez: %r", exc)
+        return None
+
+
+_default_owner = bluez_owner  # BleakCentral.__init__ has a parameter of that name
+
+
+async def bluez_ready(adapter: str | None = None) -> bool:
+    """True if bluetoothd owns org.bluez and `adapter` (any adapter if None) is powered; False, never raising, if not.
+
+    One short-lived system bus connection, closed before returning."""
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT), _system_bus() as bus:
+            if await _owner(bus) is None:
+                return False
+            if adapter:
+                body = await _ask(bus, _BLUEZ, f"/org/bluez/{adapter}", "org.freedesktop.DBus.Properties", "Get",
+                                  "ss", [_ADAPTER_IFACE, "Powered"])
+                return body is not None and len(body) == 1 and getattr(body[0], "value", None) is True
+            body = await _ask(bus, _BLUEZ, "/", "org.freedesktop.DBus.ObjectManager", "GetManagedObjects")
+            objects: dict[str, dict[str, dict[str, Any]]] = body[0] if body else {}
+            return any(getattr(ifaces.get(_ADAPTER_IFACE, {}).get("Powered"), "value", False) is True
+                       for ifaces in objects.values())
+    except Exception as exc:  # noqa: BLE001 - a probe answers "not ready", it never fails its caller
+        log.debug("probing bluetoothd: %r", exc)
+        return False
+
+
+async def _refresh_bleak_bluez_state() -> None:
+    """Make bleak's BlueZ manager of this loop forget the previous bluetoothd (see the module docstring)."""
+    if sys.platform != "linux":
+        return
+    try:
+        from bleak.backends.bluezdbus import manager as bluez_manager
+
+        instances = getattr(bluez_manager, "_global_instances", None)
+        instance = instances.get(asyncio.get_running_loop()) if isinstance(instances, dict) else None
+        bus = getattr(instance, "_bus", None)
+        if bus is None or not bus.connected:
+            return  # never initialised (bluetoothd was away at its first call), or already being rebuilt
+        log.debug("bluetoothd restarted: making bleak re-read BlueZ's objects")
+        # bleak's bus watcher then clears the cache and marks the old links disconnected; its next call connects a
+        # new bus and reads GetManagedObjects from the new bluetoothd. Wait for the disconnect to complete: until
+        # then bleak still sees the bus as connected and would send its next call down the closed socket.
+        bus.disconnect()
+        await asyncio.wait_for(bus.wait_for_disconnect(), 2.0)
+    except Exception as exc:  # noqa: BLE001 - best effort: without it only stale entries remain, as before
+        log.debug("could not reset bleak's BlueZ state: %r", exc)
 
 
 def advertisement_from(device: Any, adv: Any) -> Advertisement:
@@ -183,16 +342,30 @@ class BleakCentral:
         scanner_factory: Callable[..., Any] | None = None,
         connector: Callable[..., Awaitable[Any]] | None = None,
         client_class: type | None = None,
+        bluez_wait: float = 15.0,
+        bluez_check: float = 5.0,
+        bluez_ready: Callable[[], Awaitable[bool]] | None = None,
+        bluez_owner: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
-        """`adapter` (e.g. "hci1") is BlueZ-only; the factories default to bleak and bleak-retry-connector."""
+        """`adapter` (e.g. "hci1") is BlueZ-only; the factories default to bleak and bleak-retry-connector.
+
+        `bluez_wait`: how long a scan may wait for bluetoothd to come back to the system bus; `bluez_ready` (default:
+        the module's bluez_ready for `adapter`) says when it is. `bluez_owner` (default: the module's bluez_owner,
+        but only with bleak's own scanner, so fakes never touch the real system bus) is asked every `bluez_check` s
+        during watch() to notice a restarted bluetoothd.
+        """
         self.adapter = adapter
         self.scan_settle = scan_settle
         self.scan_window = scan_window
         self.connect_attempts = connect_attempts
         self.mtu_wait = mtu_wait
+        self.bluez_wait = bluez_wait
+        self.bluez_check = bluez_check
         self._scanner_factory = scanner_factory
         self._connector = connector
         self._client_class = client_class
+        self._bluez_ready = bluez_ready
+        self._bluez_owner = bluez_owner if bluez_owner is not None or scanner_factory is not None else _default_owner
         self._connections: set[BleakConnection] = set()
         self._closed = False
 
@@ -211,15 +384,56 @@ class BleakCentral:
             factory = BleakScanner
         return factory(callback, service_uuids=[service_uuid], **self._bluez())
 
-    async def _start(self, scanner: Any) -> None:
-        try:
-            await scanner.start()
-        except Exception as exc:
-            where = f" on {self.adapter}" if self.adapter else ""
-            if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
-                raise RadioError(f"Bluetooth is not available{where}: no system D-Bus or BlueZ (is bluetoothd "
-                                 "running? on a machine without Bluetooth use --radio sim)") from exc
-            raise RadioError(f"cannot scan{where}: {exc or type(exc).__name__}") from exc
+    def _scan_error(self, exc: BaseException) -> RadioError:
+        where = f" on {self.adapter}" if self.adapter else ""
+        if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+            return RadioError(f"Bluetooth is not available{where}: no system D-Bus or BlueZ (is bluetoothd "
+                              "running? on a machine without Bluetooth use --radio sim)")
+        return RadioError(f"cannot scan{where}: {exc or type(exc).__name__}")
+
+    async def _start(self, callback: Callable[[Any, Any], None], service_uuid: str,
+                     until: float | None = None) -> tuple[Any, bool]:
+        """A started scanner, and whether it had to wait for bluetoothd; RadioError if it cannot scan.
+
+        If bluetoothd is not on the system bus (bluez_is_gone), waits for it up to `bluez_wait` s and not past
+        `until` (loop time; None: no limit but `bluez_wait`), then tries again with a new scanner."""
+        loop = asyncio.get_running_loop()
+        wait_end: float | None = None
+        waited_from = loop.time()
+        while True:
+            scanner = self._scanner(callback, service_uuid)
+            try:
+                await scanner.start()
+            except Exception as exc:
+                if not bluez_is_gone(exc):
+                    raise self._scan_error(exc) from exc
+                error: Exception = exc
+            else:
+                return scanner, wait_end is not None
+            now = loop.time()
+            if wait_end is None:
+                wait_end = now + max(0.0, self.bluez_wait if until is None else min(self.bluez_wait, until - now))
+                waited_from = now
+                log.info("bluetoothd is not on the system bus; waiting up to %.3g s for it", wait_end - now)
+            if not await self._wait_for_bluez(wait_end):
+                log.debug("bluetoothd did not come back; the last scan error: %s", error)
+                what = f" with {self.adapter} powered" if self.adapter else ""
+                raise RadioError(f"{BLUEZ_NOT_RUNNING} (waited {round(loop.time() - waited_from, 1):g} s for it "
+                                 f"to come back{what})") from error
+            # bleak's manager may still hold the previous bluetoothd's objects: make it read the new one's
+            await _refresh_bleak_bluez_state()
+
+    async def _wait_for_bluez(self, until: float) -> bool:
+        """Poll bluez_ready every 0.25 s until it says True (-> True) or `until` (loop time) passes (-> False)."""
+        ready = self._bluez_ready or (lambda: bluez_ready(self.adapter))
+        loop = asyncio.get_running_loop()
+        while True:
+            if await ready():
+                return True
+            left = until - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(_BLUEZ_POLL, left))
 
     @staticmethod
     async def _stop(scanner: Any) -> None:
@@ -233,7 +447,8 @@ class BleakCentral:
     async def scan(self, timeout: float, service_uuid: str = SERVICE_UUID) -> list[Advertisement]:
         """Advertisers of `service_uuid`, strongest first; returns `scan_settle` s after the first, else at timeout.
 
-        Scans in fresh windows of `scan_window` seconds (see the module docstring) until something is seen."""
+        Scans in fresh windows of `scan_window` seconds (see the module docstring) until something is seen. If
+        bluetoothd is away, waits for it within the timeout (module docstring), RadioError if it does not return."""
         self._check_open()
         wanted = service_uuid.lower()
         seen: dict[str, Advertisement] = {}
@@ -250,8 +465,11 @@ class BleakCentral:
         window = 0
         while True:
             window += 1
-            scanner = self._scanner(on_detection, wanted)
-            await self._start(scanner)
+            scanner, waited = await self._start(on_detection, wanted, until=deadline)
+            if waited:
+                # The wait for bluetoothd ate into the timeout: listen for one window anyway (at most
+                # `scan_window` s past the caller's timeout) rather than return at once with nothing heard.
+                deadline = max(deadline, loop.time() + min(self.scan_window, max(0.0, timeout)))
             try:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(min(deadline, loop.time() + max(0.1, self.scan_window))):
@@ -268,7 +486,9 @@ class BleakCentral:
         return sorted(seen.values(), key=lambda a: a.rssi, reverse=True)
 
     async def watch(self, service_uuid: str, on_adv: Callable[[Advertisement], None]) -> None:
-        """Scan until cancelled, calling `on_adv` (synchronously) for every advertisement of `service_uuid`."""
+        """Scan until cancelled, calling `on_adv` (synchronously) for every advertisement of `service_uuid`.
+
+        Starts a new scan when bluetoothd restarts; RadioError if it is away longer than `bluez_wait` s."""
         self._check_open()
         wanted = service_uuid.lower()
 
@@ -280,12 +500,35 @@ class BleakCentral:
                 except Exception:
                     log.exception("watch: on_adv raised")
 
-        scanner = self._scanner(on_detection, wanted)
-        await self._start(scanner)
+        probe = self._bluez_owner
+        scanner: Any = None
         try:
-            await asyncio.Event().wait()  # until cancelled
+            # Who owns org.bluez is asked before the scan starts: a restart in between then shows as a change.
+            owner = await probe() if probe is not None else None
+            scanner, _ = await self._start(on_detection, wanted)
+            if probe is None:
+                await asyncio.Event().wait()  # until cancelled
+                return
+            while True:
+                await asyncio.sleep(self.bluez_check)
+                now = await probe()
+                if owner is None:
+                    owner = now  # the probe could not tell before: learn the owner now
+                    continue
+                if now == owner:
+                    continue
+                # bluetoothd left the bus (now None), or a new one took its place: either way the discovery session
+                # we started lives no more, and the scanner would stay silent. Start a new one (waits if needed).
+                log.info("bluetoothd %s; starting a new scan", "left the system bus" if now is None else "restarted")
+                await self._stop(scanner)
+                scanner = None
+                if now is not None:
+                    await _refresh_bleak_bluez_state()  # else _start does it once bluetoothd is back
+                owner = now  # None: the next probe learns the owner _start found
+                scanner, _ = await self._start(on_detection, wanted)
         finally:
-            await self._stop(scanner)
+            if scanner is not None:
+                await self._stop(scanner)
 
     async def connect(self, adv: Advertisement, timeout: float = 10.0) -> BleakConnection:
         """Connect (retrying transient errors) and find the key service; NotFound or RadioError on failure."""
@@ -334,6 +577,12 @@ class BleakCentral:
         except TimeoutError as exc:
             raise NotFound(f"{label}: not connectable within {timeout:g} s") from exc
         except Exception as exc:
+            if bluez_is_gone(exc):
+                # Plain words instead of dbus-daemon's "Launch helper exited ...". The driver's next cycle scans,
+                # which waits for bluetoothd; make bleak forget the dead daemon's objects before that.
+                await _refresh_bleak_bluez_state()
+                raise RadioError(f"could not connect to {label}: bluetoothd (the Bluetooth service) went away "
+                                 "during the connect") from exc
             if _is_not_found(exc):
                 raise NotFound(f"{label}: {exc}") from exc
             raise RadioError(f"could not connect to {label}: {exc or type(exc).__name__}") from exc
