@@ -4,7 +4,7 @@
 #   bash tests/ble_vm/run.sh [extra pytest args, e.g. -k smoke -x]
 # Environment:
 #   BLE_VM_WORK     work dir (default .ble-vm/): kernel, initramfs, out/ with the guest's logs
-#   BLE_VM_TIMEOUT  hard limit for the whole VM in seconds (default 480)
+#   BLE_VM_TIMEOUT  hard limit for the whole VM in seconds (default 540)
 #   BLE_VM_BTMON=1  also capture HCI traffic to out/btmon.snoop
 #   BLE_VM_PRODUCT_RACE_FIX=1  run the product's CLIs with the test-only bleak patch too (default: without)
 #   BLE_VM_CPUS, BLE_VM_MEM (MiB), BLE_VM_ACCEL (default TCG: this host's /dev/kvm cannot boot
@@ -14,7 +14,7 @@ set -euo pipefail
 # shellcheck source=tests/ble_vm/common.sh
 . "$(dirname "$(readlink -f "$0")")/common.sh"
 
-TIMEOUT=${BLE_VM_TIMEOUT:-480}
+TIMEOUT=${BLE_VM_TIMEOUT:-540}
 LOG_LINES=${BLE_VM_LOG_LINES:-200}
 OUT=$WORK/out
 
@@ -93,9 +93,10 @@ fi
 log "VM wall time ${wall}s, pytest exit code $rc"
 # Figures measured by the guest tests (test_key_scenarios.py::test_unlock_figures), pass or fail.
 # bluetoothd deaths (the guest's supervisor restarts it): printed pass or fail, since a test that got through
-# one is evidence too. test_bluetoothd_crash_under_a_running_server causes one on purpose (SIGSEGV).
+# one is evidence too. test_bluetoothd_crash_under_a_running_server (SIGSEGV) and
+# test_a_client_started_while_bluetoothd_is_down (SIGKILL) cause one each on purpose.
 if [ -s "$OUT/bluetoothd.exits" ]; then
-    echo "===== bluetoothd.exits ($(wc -l < "$OUT/bluetoothd.exits") restart(s); one is the crash test's own)"
+    echo "===== bluetoothd.exits ($(wc -l < "$OUT/bluetoothd.exits") restart(s); the two bluetoothd tests cause one each)"
     cat "$OUT/bluetoothd.exits"
 fi
 for f in "$OUT"/figures.txt "$OUT"/key_client_runs.txt; do

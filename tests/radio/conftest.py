@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from .fakes_ble import FakeClient, FakeScanner, dbus_daemon_available, private_bus
 from .radio_helpers import RadioKit
 
 
@@ -34,3 +35,23 @@ async def kit(request: pytest.FixtureRequest, air_dir: Path) -> AsyncIterator[Ra
         yield k
     finally:
         await k.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset_ble_fakes() -> Iterator[None]:
+    """The bleak fakes keep scripts and failures in class attributes: every test starts and ends clean."""
+    FakeScanner.reset()
+    FakeClient.services_to_offer = None
+    yield
+    FakeScanner.reset()
+    FakeClient.services_to_offer = None
+
+
+@pytest.fixture
+def bus_address(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private dbus-daemon that bless, dbus_fast and bleak take for the system bus; skipped without one."""
+    if not dbus_daemon_available():
+        pytest.skip("needs dbus-daemon")
+    with private_bus() as address:
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
+        yield address

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError, BleakGATTProtocolError
@@ -26,15 +25,6 @@ from .fakes_ble import FakeClient, FakeConnector, FakeScanner, adv_data, ble_dev
 from .radio_helpers import wait_until
 
 OTHER_SERVICE = "0000180f-0000-1000-8000-00805f9b34fb"
-
-
-@pytest.fixture(autouse=True)
-def _reset_fakes() -> Iterator[None]:
-    FakeScanner.reset()
-    FakeClient.services_to_offer = None
-    yield
-    FakeScanner.reset()
-    FakeClient.services_to_offer = None
 
 
 def central(connector: FakeConnector | None = None, **kwargs: object) -> BleakCentral:

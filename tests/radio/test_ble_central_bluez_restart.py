@@ -8,7 +8,7 @@ manager against a private dbus-daemon with FakeBlueZ standing in for bluetoothd.
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -36,11 +36,11 @@ from .fakes_ble import (
     FakeClient,
     FakeConnector,
     FakeScanner,
+    _Adapter1,
+    _Root,
     adv_data,
     ble_device,
     close_bus,
-    dbus_daemon_available,
-    private_bus,
 )
 from .radio_helpers import wait_until
 
@@ -52,15 +52,6 @@ CAR = "AA:BB:CC:DD:EE:01"
 def spawn_error() -> BleakDBusError:
     """What bleak raised in CI once bluetoothd had crashed: dbus-daemon failed to auto-start org.bluez."""
     return BleakDBusError(CHILD_EXITED, [LAUNCH_HELPER])
-
-
-@pytest.fixture(autouse=True)
-def _reset_fakes() -> Iterator[None]:
-    FakeScanner.reset()
-    FakeClient.services_to_offer = None
-    yield
-    FakeScanner.reset()
-    FakeClient.services_to_offer = None
 
 
 class Bluetoothd:
@@ -310,16 +301,6 @@ async def test_driver_reports_the_plain_words_when_no_scan_could_run() -> None:
 # ---------------------------------------------------------------- the real probes on a private bus
 
 
-@pytest.fixture
-def system_bus(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A private dbus-daemon that dbus_fast (and bleak) take for the system bus."""
-    if not dbus_daemon_available():
-        pytest.skip("needs dbus-daemon")
-    with private_bus() as address:
-        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
-        yield address
-
-
 async def _eventually_no_owner(timeout: float = 3.0) -> bool:
     """True once bluez_owner() says nobody owns org.bluez (dbus-daemon drops the name when the socket closes)."""
     deadline = time.monotonic() + timeout
@@ -339,11 +320,11 @@ class _UnpoweredAdapter(ServiceInterface):
         return False
 
 
-async def test_probes_follow_bluetoothd_on_the_system_bus(system_bus: str) -> None:
+async def test_probes_follow_bluetoothd_on_the_system_bus(bus_address: str) -> None:
     assert await bluez_ready("hci0") is False
     assert await bluez_ready() is False
     assert await bluez_owner() is None
-    bz = await FakeBlueZ(system_bus, adapters=("hci0",)).start()
+    bz = await FakeBlueZ(bus_address, adapters=("hci0",)).start()
     try:
         assert await bluez_ready("hci0") is True
         assert await bluez_ready() is True
@@ -355,9 +336,9 @@ async def test_probes_follow_bluetoothd_on_the_system_bus(system_bus: str) -> No
     assert await bluez_ready("hci0") is False
 
 
-async def test_probe_needs_the_adapter_powered(system_bus: str) -> None:
+async def test_probe_needs_the_adapter_powered(bus_address: str) -> None:
     """bluetoothd back on the bus but its adapter not powered yet (AutoEnable pending): not ready."""
-    bus = await MessageBus(bus_address=system_bus).connect()
+    bus = await MessageBus(bus_address=bus_address).connect()
     try:
         bus.export("/org/bluez/hci0", _UnpoweredAdapter())
         await bus.request_name("org.bluez")
@@ -374,7 +355,7 @@ async def test_probes_never_raise_without_a_system_bus(monkeypatch: pytest.Monke
     assert await bluez_owner() is None
 
 
-async def test_scan_with_the_real_probe_waits_until_bluetoothd_owns_the_bus(system_bus: str) -> None:
+async def test_scan_with_the_real_probe_waits_until_bluetoothd_owns_the_bus(bus_address: str) -> None:
     FakeScanner.script = [(0.01, ble_device(CAR), adv_data())]
     FakeScanner.fail_start = spawn_error()
     started: list[FakeBlueZ] = []
@@ -382,7 +363,7 @@ async def test_scan_with_the_real_probe_waits_until_bluetoothd_owns_the_bus(syst
     async def restart_bluetoothd() -> None:
         await asyncio.sleep(0.5)
         FakeScanner.fail_start = None
-        started.append(await FakeBlueZ(system_bus, adapters=("hci1",)).start())
+        started.append(await FakeBlueZ(bus_address, adapters=("hci1",)).start())
 
     helper = asyncio.create_task(restart_bluetoothd())
     c = BleakCentral(adapter="hci1", scanner_factory=FakeScanner, connector=FakeConnector(), client_class=FakeClient,
@@ -434,7 +415,7 @@ def _path(adapter: str) -> str:
 
 
 @pytest.fixture
-async def bleak_manager_cleanup(system_bus: str) -> AsyncIterator[None]:
+async def bleak_manager_cleanup(bus_address: str) -> AsyncIterator[None]:
     """Close and forget the bleak manager this test's loop created (it must not outlive the private bus)."""
     yield
     from bleak.backends.bluezdbus import manager as bluez_manager
@@ -448,19 +429,19 @@ async def bleak_manager_cleanup(system_bus: str) -> AsyncIterator[None]:
 
 
 async def test_bleak_manager_keeps_the_dead_daemons_devices_until_we_refresh_it(
-        system_bus: str, bleak_manager_cleanup: None) -> None:
+        bus_address: str, bleak_manager_cleanup: None) -> None:
     """The evidence behind _refresh_bleak_bluez_state (module docstring): bleak 3.1 takes the new bluetoothd's
     InterfacesAdded but never drops what the crashed one exported, so a link that another adapter held at the
     crash stays Connected=True, and bleak-retry-connector would swap that dead device in for ours."""
     from bleak.backends.bluezdbus.manager import get_global_bluez_manager
     from bleak_retry_connector.bluez import get_connected_devices
 
-    old = await FakeBlueZ(system_bus, adapters=("hci1", "hci2")).start()
+    old = await FakeBlueZ(bus_address, adapters=("hci1", "hci2")).start()
     old.bus.export(_path("hci2"), _Device1("hci2", connected=True))  # another central's link to the car
     manager = await get_global_bluez_manager()
     assert _path("hci2") in manager._properties
     await old.stop()  # the crash: no InterfacesRemoved from a dead process
-    new = await FakeBlueZ(system_bus, adapters=("hci1", "hci2")).start()
+    new = await FakeBlueZ(bus_address, adapters=("hci1", "hci2")).start()
     try:
         new.bus.export(_path("hci1"), _Device1("hci1", connected=False))  # our scan found the car again
         ours = ble_device(CAR)  # details path /org/bluez/hci1/dev_...
@@ -489,25 +470,13 @@ async def test_refresh_without_a_bleak_manager_does_nothing() -> None:
 # ---------------------------------------------------------------- real bleak scanning across bluetoothd restarts
 
 
-class _ScanningAdapter(ServiceInterface):
+class _ScanningAdapter(_Adapter1):
     """Adapter1 with what bleak's scanner calls (discovery filter, start, stop); counts discovery sessions."""
 
     def __init__(self) -> None:
-        super().__init__("org.bluez.Adapter1")
+        super().__init__("00:00:00:00:00:01")
         self.starts = 0
         self.active = 0
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Address(self) -> "s":
-        return "00:00:00:00:00:01"
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Powered(self) -> "b":
-        return True
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Roles(self) -> "as":
-        return ["central", "peripheral"]
 
     @method()
     def SetDiscoveryFilter(self, properties: "a{sv}"):
@@ -527,11 +496,6 @@ class _AdvertisingCar(_Device1):
     @dbus_property(access=PropertyAccess.READ)
     def RSSI(self) -> "n":
         return -50
-
-
-class _Root(ServiceInterface):
-    def __init__(self) -> None:
-        super().__init__("org.bluez.AgentManager1")
 
 
 class _ScanningBlueZ:
@@ -558,14 +522,14 @@ class _ScanningBlueZ:
 
 
 async def test_real_bleak_scan_and_watch_across_bluetoothd_restarts(
-        system_bus: str, bleak_manager_cleanup: None) -> None:
+        bus_address: str, bleak_manager_cleanup: None) -> None:
     """bleak's own scanner and manager: a fresh process meets no bluetoothd (ServiceUnknown on this private bus,
     Spawn.ChildExited on a real one) and waits; a watch notices a crash and restart, and scans on the new daemon."""
     daemons: list[_ScanningBlueZ] = []
 
     async def bluetoothd_starts(after: float) -> None:
         await asyncio.sleep(after)
-        daemons.append(await _ScanningBlueZ(system_bus).start())
+        daemons.append(await _ScanningBlueZ(bus_address).start())
         await asyncio.sleep(0.1)
         daemons[-1].show_car()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from key_server.radio import ble
 from key_server.radio.base import RX_CHAR_UUID, SERVICE_UUID, TX_CHAR_UUID, AttError, AttErrorCode, RadioError
 from key_server.radio.ble import UNKNOWN_LINK, BlessPeripheral, dbus_error_for, install_write_hook, probe_bluez
 
-from .fakes_ble import FakeBlueZ, dbus_daemon_available, private_bus
+from .fakes_ble import FakeBlueZ, dbus_daemon_available
 from .radio_helpers import Recorder, wait_until
 
 DEV = "/org/bluez/hci0/dev_AA_BB_CC_DD_EE_01"
@@ -313,16 +313,6 @@ async def test_probe_without_a_system_bus_reports_why(monkeypatch: pytest.Monkey
 # ---------------------------------------------------------------- real bless on a private bus with a fake bluetoothd
 
 needs_dbus = pytest.mark.skipif(not dbus_daemon_available(), reason="needs dbus-daemon")
-
-
-@pytest.fixture
-def bus_address(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A private dbus-daemon that bless (and probe_bluez) take for the system bus."""
-    if not dbus_daemon_available():
-        pytest.skip("needs dbus-daemon")
-    with private_bus() as address:
-        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
-        yield address
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from key_server.radio.base import AttError, AttErrorCode
 
 from .fakes_ble import FakeBlueZ
-from .test_ble_peripheral import bluez, bus_address, car, needs_dbus  # noqa: F401 - fixtures
+from .test_ble_peripheral import bluez, car, needs_dbus  # noqa: F401 - fixtures (bus_address: conftest)
 
 
 @needs_dbus

@@ -3,8 +3,8 @@ the real `key-client --radio ble` on hci1 (the owner's watch) and hci2 (a second
 
 The tests share one vehicle and one paired owner (module fixtures) and run in file order: scan, pair, the four
 fast-path commands, the owner's key list, two clients at once, revocation, a garbage-writing central, the unlock
-figures, a bluetoothd crash under the running server, and a server restart last. Each test still works alone
-(`-k revoke`): the fixtures pair what it needs.
+figures, a bluetoothd crash under the running server, a client started while bluetoothd is down, and a server
+restart last. Each test still works alone (`-k revoke`): the fixtures pair what it needs.
 
 The product's CLI runs WITHOUT the test-only bleak patch (harness/bleak_race_fix.py) unless
 BLE_VM_PRODUCT_RACE_FIX=1: these tests check that the product itself gets through BlueZ's transient faults
@@ -397,6 +397,37 @@ def test_bluetoothd_crash_under_a_running_server(vehicle: Vehicle, owner: Device
     assert "bluetoothd left the system bus" in out, out
     assert "again after bluetoothd restarted" in out, out
     assert int(pidfile.read_text()) != crashed
+    assert wait_until(lambda: bluez_ready(["hci0", "hci1", "hci2"]), 30)
+
+
+def test_a_client_started_while_bluetoothd_is_down_waits_for_it(vehicle: Vehicle, owner: Device,
+                                                                  ble_out_dir: Path) -> None:
+    """bluetoothd is dead when `key-client unlock` starts (the hold file keeps the guest's supervisor from
+    restarting it for a few seconds): the client says it is waiting for bluetoothd instead of failing, and unlocks
+    once the daemon is back and key-server has registered again."""
+    pidfile = Path(os.environ["BLE_VM_BLUETOOTHD_PID"])
+    hold = Path(os.environ["BLE_VM_BLUETOOTHD_HOLD"])
+    exits = ble_out_dir / "bluetoothd.exits"
+
+    def exit_count() -> int:
+        return len(exits.read_text().splitlines()) if exits.exists() else 0
+
+    before = exit_count()
+    hold.touch()
+    try:
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        assert wait_until(lambda: exit_count() > before, 10), "the guest's supervisor saw no bluetoothd exit"
+        t = time.time()
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(owner.run, "unlock", label="unlock-while-bluetoothd-down")
+            time.sleep(6.0)  # the client starts (~3 s under TCG) and finds nobody on org.bluez
+            hold.unlink()
+            run = pending.result()
+    finally:
+        hold.unlink(missing_ok=True)
+    assert run.rc == OK, run.result.stderr
+    assert "waiting up to" in run.result.stderr and "bluetoothd" in run.result.stderr, run.result.stderr
+    assert _wait_moved(vehicle, t, "unlock energised")
     assert wait_until(lambda: bluez_ready(["hci0", "hci1", "hci2"]), 30)
 
 
