@@ -3,7 +3,7 @@ the real `key-client --radio ble` on hci1 (the owner's watch) and hci2 (a second
 
 The tests share one vehicle and one paired owner (module fixtures) and run in file order: scan, pair, the four
 fast-path commands, the owner's key list, two clients at once, revocation, a garbage-writing central, the unlock
-figures, a bluetoothd crash under the running server, a client started while bluetoothd is down, and a server
+figures, a bluetoothd crash while a client connects, a client started while bluetoothd is down, and a server
 restart last. Each test still works alone (`-k revoke`): the fixtures pair what it needs.
 
 The product's CLI runs WITHOUT the test-only bleak patch (harness/bleak_race_fix.py) unless
@@ -369,11 +369,13 @@ def _write_figures(samples: list[dict[str, Any]], out: Path) -> None:
     print("\n".join(lines))
 
 
-def test_bluetoothd_crash_under_a_running_server(vehicle: Vehicle, owner: Device, ble_out_dir: Path) -> None:
-    """bluetoothd dies of SIGSEGV (as BlueZ 5.66 did once in CI, mid-reconnect) under a running key-server; the
-    guest's supervisor restarts it a second later, as systemd's Restart=on-failure would. The same key-server
-    process registers its service and advertisement with the new daemon, and the next unlock works, although the
-    client starts while bluetoothd may still be coming up."""
+def test_bluetoothd_crash_under_a_running_server(vehicle: Vehicle, owner: Device, btlog: BluetoothdLog,
+                                                 ble_out_dir: Path) -> None:
+    """What one CI run met: bluetoothd died (SIGSEGV in BlueZ 5.66) while key-client was connecting. Here it is
+    killed with SIGSEGV the moment bluetoothd logs the client's LE connection attempt; the guest's supervisor
+    restarts it a second later, as systemd's Restart=on-failure would. Nothing was sent yet, so the client's
+    next scan+connect cycle waits for the new bluetoothd and unlocks; meanwhile the same key-server process
+    registers its service and advertisement with the new daemon."""
     pidfile = Path(os.environ["BLE_VM_BLUETOOTHD_PID"])
     exits = ble_out_dir / "bluetoothd.exits"
 
@@ -384,12 +386,19 @@ def test_bluetoothd_crash_under_a_running_server(vehicle: Vehicle, owner: Device
     server_pid = vehicle.proc.popen.pid
     crashed = int(pidfile.read_text())
     log_mark = len(vehicle.output())
-    os.kill(crashed, signal.SIGSEGV)
-    assert wait_until(lambda: exit_count() > before, 10), "the guest's supervisor saw no bluetoothd exit"
-    assert "signal 11" in exits.read_text().splitlines()[-1]
-
+    mark = btlog.mark()
     t = time.time()
-    run = owner.run("unlock", label="unlock-after-bluetoothd-crash")
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(owner.run, "unlock", label="unlock-through-a-bluetoothd-crash")
+        connecting = wait_until(lambda: "device_connect_le() Connection attempt" in btlog.text(mark), 60,
+                                interval=0.05)
+        if connecting:
+            os.kill(crashed, signal.SIGSEGV)
+        run = pending.result()
+    assert connecting, "bluetoothd never logged the client's connection attempt"
+    assert wait_until(lambda: exit_count() > before, 10), "the guest's supervisor saw no bluetoothd exit"
+    assert "signal 11" in exits.read_text().splitlines()[before]
+
     assert run.rc == OK, run.result.stderr
     assert _wait_moved(vehicle, t, "unlock energised")
     assert vehicle.running and vehicle.proc.popen.pid == server_pid, "key-server was restarted or died"
