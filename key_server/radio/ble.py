@@ -51,7 +51,7 @@ from .base import (
     RadioError,
 )
 
-__all__ = ["UNKNOWN_LINK", "BlessPeripheral", "dbus_error_for", "install_write_hook", "probe_bluez"]
+__all__ = ["APP_PATH_PREFIX", "UNKNOWN_LINK", "BlessPeripheral", "dbus_error_for", "install_write_hook", "probe_bluez"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,9 @@ ADV_MANAGER_IFACE = "org.bluez.LEAdvertisingManager1"
 PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
 OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
 DBUS = "org.freedesktop.DBus"
+
+APP_PATH_PREFIX = "/dkey/"
+"""Where our GATT application, service, characteristics and advertisement live on D-Bus (+ the sanitised name)."""
 
 UNKNOWN_LINK = "bluez:unknown-device"
 """Link id of writes whose options name no device (BlueZ has sent `device` since 5.4x; kept for safety)."""
@@ -242,7 +245,12 @@ class BlessPeripheral:
     async def _build(self, server: Any, bless: Any) -> None:
         server.read_request_func = _read_nothing
         server.write_request_func = _write_bypassed_hook
-        await server.add_new_service(SERVICE_UUID)  # waits for bless's setup: system bus, adapter lookup
+        await server.setup_task  # bless's D-Bus setup: system bus, application object, adapter lookup
+        # bless exports under /org/bluez/<name>, bluetoothd's namespace. A bleak central on the same machine
+        # (bleak 3.1 matches InterfacesAdded by arg0path=/org/bluez/ from any sender) then takes our GATT
+        # service for a remote one and logs a KeyError traceback (no "Device" property). Ours is our own.
+        server.app.base_path = APP_PATH_PREFIX + re.sub("[^A-Za-z0-9_]", "", self.name)
+        await server.add_new_service(SERVICE_UUID)
         app = server.app
         setattr(app, _HOOK_ATTR, self._on_write_value)
         app.StartNotify = self._on_start_notify  # bless's setup installed a no-op; it is called with None

@@ -346,6 +346,9 @@ async def test_registers_one_service_with_rx_and_tx_and_advertises_it(
     [adv] = bluez.advertisements.values()
     assert adv["LocalName"] == "car" and adv["ServiceUUIDs"] == [SERVICE_UUID] and adv["Type"] == "peripheral"
     assert bluez.adapters["hci0"].aliases == ["car"]
+    # outside bluetoothd's /org/bluez namespace, where a bleak central on this machine would mistake them for its own
+    paths = [bluez.services[SERVICE_UUID][0], *(path for path, _ in bluez.chars.values()), *bluez.advertisements]
+    assert all(path.startswith("/dkey/car/") for path in paths), paths
 
 
 @needs_dbus
