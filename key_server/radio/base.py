@@ -8,6 +8,7 @@ connects, subscribes to TX and writes to RX. See docs/PROTOCOL.md §1 for the UU
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -138,3 +139,14 @@ class Central(Protocol):
 
     async def aclose(self) -> None:
         """Release the adapter; idempotent."""
+
+
+def call_handler(logger: logging.Logger, where: str, handler: PeripheralHandler | None, method: str,
+                 *args: object) -> None:
+    """Run handler.method(*args) if there is a handler; a handler bug is logged, never raised into the radio."""
+    if handler is None:
+        return
+    try:
+        getattr(handler, method)(*args)
+    except Exception:
+        logger.exception("%s: handler.%s raised", where, method)

@@ -49,6 +49,7 @@ from .base import (
     AttErrorCode,
     PeripheralHandler,
     RadioError,
+    call_handler,
 )
 
 __all__ = ["APP_PATH_PREFIX", "UNKNOWN_LINK", "BlessPeripheral", "dbus_error_for", "install_write_hook", "probe_bluez"]
@@ -525,13 +526,7 @@ class BlessPeripheral:
 
     def _call(self, method: str, *args: object) -> None:
         """Run a handler callback; a handler bug must not break bluetoothd's call into us."""
-        handler = self._handler
-        if handler is None:
-            return
-        try:
-            getattr(handler, method)(*args)
-        except Exception:
-            log.exception("ble peripheral %r: handler.%s raised", self.name, method)
+        call_handler(log, f"ble peripheral {self.name!r}", self._handler, method, *args)
 
 
 async def _disconnect_bus(bus: Any, timeout: float) -> None:

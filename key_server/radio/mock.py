@@ -45,6 +45,7 @@ from .base import (
     NotFound,
     PeripheralHandler,
     RadioError,
+    call_handler,
 )
 
 __all__ = ["MAX_ATT_MTU", "MockAir", "MockCentral", "MockConnection", "MockPeripheral"]
@@ -345,13 +346,7 @@ class MockPeripheral:
 
     def _call(self, method: str, *args: object) -> None:
         """Run a handler callback; a handler bug must not take the radio down with it."""
-        handler = self._handler
-        if handler is None:
-            return
-        try:
-            getattr(handler, method)(*args)
-        except Exception:
-            log.exception("mock peripheral %s: handler.%s raised", self.name, method)
+        call_handler(log, f"mock peripheral {self.name}", self._handler, method, *args)
 
     async def start(self, handler: PeripheralHandler) -> None:
         """Start advertising and deliver events to `handler`."""

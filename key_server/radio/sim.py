@@ -42,6 +42,7 @@ from .base import (
     NotFound,
     PeripheralHandler,
     RadioError,
+    call_handler,
 )
 
 __all__ = [
@@ -226,16 +227,6 @@ def _socket_answers(path: Path) -> bool:
             log.debug("probing %s: %s", path, exc)
             return True
         return True
-
-
-def _call(handler: PeripheralHandler | None, where: str, method: str, *args: object) -> None:
-    """Run a handler callback; a handler bug must not take the radio down with it."""
-    if handler is None:
-        return
-    try:
-        getattr(handler, method)(*args)
-    except Exception:
-        log.exception("%s: handler.%s raised", where, method)
 
 
 async def _close_writer(writer: asyncio.StreamWriter) -> None:
@@ -433,7 +424,7 @@ class SimPeripheral:
             link.writer.close()
         link.closed = True
         self._links.pop(link.id, None)
-        _call(self._handler, self.name, "on_disconnect", link.id)
+        call_handler(log, self.name, self._handler, "on_disconnect", link.id)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One accepted socket: an advertisement probe or a connection, until either side leaves."""
@@ -493,7 +484,7 @@ class SimPeripheral:
         self._links[link.id] = link
         link.send(Op.CONNECT_RSP, struct.pack(">BBH", PROTOCOL_VERSION, CONNECT_OK, self.mtu))
         log.debug("sim peripheral %s: %s connected, mtu %d", self.name, link.id, link.mtu)
-        _call(self._handler, self.name, "on_connect", link.id, link.mtu)
+        call_handler(log, self.name, self._handler, "on_connect", link.id, link.mtu)
         return link
 
     async def _run_link(self, reader: asyncio.StreamReader, link: _PeerLink) -> None:
@@ -510,7 +501,7 @@ class SimPeripheral:
                 # Record the subscription before on_subscribe so a notification sent in reaction reaches
                 # this central, as BlueZ does (it stores the CCC value right after calling StartNotify).
                 link.subscribed = True
-                _call(self._handler, self.name, "on_subscribe", link.id)
+                call_handler(log, self.name, self._handler, "on_subscribe", link.id)
                 self._send(link, Op.SUBSCRIBE_RSP, b"\x00")
             elif op is Op.DISCONNECT:
                 return

@@ -22,13 +22,6 @@ from . import Cli
 
 
 @pytest.fixture
-async def h(tmp_path):
-    harness = await Harness(tmp_path).start()
-    yield harness
-    await harness.stop()
-
-
-@pytest.fixture
 def run(h: Harness, tmp_path, capsys):
     with mock_air(h.air):
         yield Cli(tmp_path / "kc", capsys)

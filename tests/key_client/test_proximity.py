@@ -227,11 +227,6 @@ async def test_runner_uses_watch_when_the_central_has_it() -> None:
 # ---------------------------------------------------------------------- `key-client auto` end to end
 
 
-@pytest.fixture
-async def h(tmp_path):
-    harness = await Harness(tmp_path).start()
-    yield harness
-    await harness.stop()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,6 @@ NOW = 1_800_000_000
 KID = b"\x01\x02\x03\x04"
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "keys.db"
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[KeyStore]:
-    with KeyStore.open(db_path) as s:
-        yield s
 
 
 @pytest.fixture

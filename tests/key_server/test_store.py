@@ -6,7 +6,6 @@ import hashlib
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,15 +87,6 @@ def new_pairing(store: KeyStore, *, role: Role = Role.GUEST, name: str = "bro", 
     )
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "keys.db"
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[KeyStore]:
-    with KeyStore.open(db_path) as s:
-        yield s
 
 
 def raw(path: Path) -> sqlite3.Connection:
