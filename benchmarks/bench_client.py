@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dkey_link.sim import SimCentral  # noqa: E402
 from key_client.driver import Target, connect_vehicle  # noqa: E402
 from key_client.keychain import Keychain  # noqa: E402
-from key_server.radio.sim import SimCentral  # noqa: E402
 from protocol import Cmd  # noqa: E402
 
 RUNS = 20

@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dkey_link.mock import MockAir  # noqa: E402
 from hardware import ActuatorConfig, SimulatedLock  # noqa: E402
 from key_client.driver import Target, connect_vehicle  # noqa: E402
 from key_server.audit import AuditLog  # noqa: E402
 from key_server.clock import GuardedClock  # noqa: E402
-from key_server.radio.mock import MockAir  # noqa: E402
 from key_server.service import KeyService, ServiceConfig  # noqa: E402
 from key_server.store import KeyRecord, KeyStore, Role  # noqa: E402
 from protocol import Cmd, KeyPair, split  # noqa: E402

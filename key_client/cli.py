@@ -21,8 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from key_server.pairing import parse_code
-from key_server.radio.base import Advertisement, Central, RadioError
+from dkey_link.contract import Advertisement, Central, RadioError
 from protocol import (
     AuditRecord,
     Cmd,
@@ -34,6 +33,7 @@ from protocol import (
     decode_audit_page,
     decode_key_page,
     list_keys_args,
+    parse_code,
     read_audit_args,
     revoke_args,
 )

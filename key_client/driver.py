@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from key_server.radio.base import Advertisement, AttError, AttErrorCode, Central, Connection, LinkLost, RadioError
+from dkey_link.contract import Advertisement, AttError, AttErrorCode, Central, Connection, LinkLost, RadioError
 from protocol import (
     ChallengeReceived,
     Cmd,

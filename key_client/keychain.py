@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from key_server.secretfile import SecretFileError, read_secret, write_secret
+from dkey_link.secretfile import SecretFileError, read_secret, write_secret
 from protocol import KeyPair, Paired, key_id, load_private_key, serialize_private_key
 
 from .errors import KeychainError

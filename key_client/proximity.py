@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from key_server.radio.base import SERVICE_UUID, Advertisement, Central
+from dkey_link.contract import SERVICE_UUID, Advertisement, Central
 
 log = logging.getLogger("key_client.proximity")
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from key_server.radio.base import Central
-from key_server.radio.mock import MockAir
+from dkey_link.contract import Central
+from dkey_link.mock import MockAir
 
 from .errors import ClientError
 
@@ -50,7 +50,7 @@ def make_central(kind: str, *, adapter: str | None = None, sim_dir: Path | None 
         central: Central = BleakCentral(adapter=adapter)
         return central
     if kind == "sim":
-        from key_server.radio.sim import SimCentral
+        from dkey_link.sim import SimCentral
 
         return SimCentral(air_dir=sim_dir, name="key-client")
     if kind == "mock":

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from dkey_link.secretfile import InsecureSecretFile
 from hardware import ActuatorError, actuate_test, build_lock, install_signal_failsafe
 
 from .audit import AuditEvent, AuditLog
@@ -26,7 +27,6 @@ from .config import SAMPLE_CONFIG, Config, ConfigError, load_config
 from .identity import IdentityExists, create_identity, load_identity
 from .pairing import PairingTicket, issue_code
 from .policy import parse_schedule, parse_when
-from .secretfile import InsecureSecretFile
 from .store import KeyRecord, KeyStore, LastOwnerError, NoFreeSlot, Role, StoreError, UnknownKey
 
 log = logging.getLogger("key_server")

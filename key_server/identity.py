@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dkey_link.secretfile import read_secret, write_secret
 from protocol import KeyPair, generate_private_key, load_private_key, serialize_private_key
-
-from .secretfile import read_secret, write_secret
 
 
 class IdentityExists(FileExistsError):

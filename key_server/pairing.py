@@ -5,17 +5,11 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote, urlparse
 
-from protocol import pairing_prs
+from protocol import SECRET_DIGITS, pairing_prs, pairing_uri
 
 if TYPE_CHECKING:
     from .store import KeyStore, PendingPairing
-
-CODE_DIGITS = 8
-SECRET_DIGITS = 6  # 10^6 codes per slot, and the slot dies after a few wrong tries
-QR_SCHEME = "dkey"
-
 
 @dataclass(frozen=True, slots=True)
 class PairingTicket:
@@ -37,7 +31,7 @@ class PairingTicket:
 
     def uri(self) -> str:
         """The QR payload: dkey://pair?code=...&vehicle=...&name=..."""
-        return f"{QR_SCHEME}://pair?code={self.code}&vehicle={self.vehicle_id.hex()}&name={quote(self.name)}"
+        return pairing_uri(self.code, self.vehicle_id, self.name)
 
 
 def new_code_for_slot(slot: int) -> str:
@@ -66,21 +60,3 @@ def issue_code(store: KeyStore, vehicle_id: bytes, **pairing: Any) -> tuple[str,
 
     pending = store.create_pairing(prs, **pairing)
     return codes[pending.slot], pending
-
-
-def parse_code(text: str) -> tuple[str, bytes | None]:
-    """Accept '4212 3456', '4212-3456' or a dkey://pair QR payload; return (code, vehicle id if given)."""
-    text = text.strip()
-    vehicle: bytes | None = None
-    if text.startswith(f"{QR_SCHEME}://"):
-        query = parse_qs(urlparse(text).query)
-        text = query.get("code", [""])[0]
-        if "vehicle" in query:
-            try:
-                vehicle = bytes.fromhex(query["vehicle"][0])
-            except ValueError:
-                raise ValueError("the QR code's vehicle id is not hex") from None
-    code = "".join(ch for ch in text if ch not in " -")
-    if len(code) != CODE_DIGITS or not code.isdigit():
-        raise ValueError(f"a pairing code is {CODE_DIGITS} digits, like 4212 3456")
-    return code, vehicle

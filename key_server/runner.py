@@ -7,13 +7,13 @@ import logging
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from dkey_link.contract import Peripheral
 from hardware import ActuatorEvent, LockChanged, OutputChanged, build_lock, install_signal_failsafe
 
 from .audit import AuditLog
 from .clock import GuardedClock
 from .config import Config
 from .identity import load_identity
-from .radio.base import Peripheral
 from .ratelimit import FailureLimiter
 from .service import KeyService, ServiceConfig
 from .store import KeyStore
@@ -32,7 +32,7 @@ def _log_actuator(event: ActuatorEvent) -> None:
 def make_peripheral(cfg: Config) -> Peripheral:
     """The configured radio backend (ble imports bless only now)."""
     if cfg.server.radio == "sim":
-        from .radio.sim import SimPeripheral
+        from dkey_link.sim import SimPeripheral
 
         return SimPeripheral(cfg.server.name, air_dir=Path(cfg.server.sim_dir) if cfg.server.sim_dir else None)
     from .radio.ble import BlessPeripheral

@@ -19,6 +19,7 @@ from datetime import datetime, tzinfo
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from dkey_link.contract import AttError, AttErrorCode, Peripheral
 from hardware import (
     ActuatorError,
     ActuatorStatus,
@@ -62,7 +63,6 @@ from protocol import (
 from .audit import AuditEvent, AuditLog
 from .clock import GuardedClock
 from .policy import Command, Refusal, authorize
-from .radio.base import AttError, AttErrorCode, Peripheral
 from .ratelimit import FailureLimiter
 from .store import KeyStore, LastOwnerError, PendingPairing, Role, StoreError, UnknownKey
 

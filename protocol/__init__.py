@@ -37,7 +37,7 @@ from ._events import (
     SessionReady,
     VehicleError,
 )
-from ._framing import Reassembler, chunk_count, chunk_size_for_mtu, split
+from ._framing import MAX_ATT_MTU, MIN_ATT_MTU, Reassembler, chunk_count, chunk_size_for_mtu, split
 from ._keys import (
     KeyPair,
     decode_public_key,
@@ -47,6 +47,7 @@ from ._keys import (
     load_private_key,
     serialize_private_key,
 )
+from ._pairing_code import CODE_DIGITS, QR_SCHEME, SECRET_DIGITS, pairing_uri, parse_code
 from ._pake import PakeError
 from ._payloads import (
     AuditRecord,
@@ -69,8 +70,13 @@ from ._state import DState, VState
 from ._vehicle import VehicleSession
 
 __all__ = [
+    "CODE_DIGITS",
     "FAST_COMMANDS",
+    "MAX_ATT_MTU",
     "MAX_MESSAGE",
+    "MIN_ATT_MTU",
+    "QR_SCHEME",
+    "SECRET_DIGITS",
     "VERSION",
     "AuditRecord",
     "AuthenticationError",
@@ -125,6 +131,8 @@ __all__ = [
     "list_keys_args",
     "load_private_key",
     "pairing_prs",
+    "pairing_uri",
+    "parse_code",
     "parse_list_keys_args",
     "parse_read_audit_args",
     "parse_revoke_args",

@@ -52,7 +52,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from key_server.radio.base import (
+from dkey_link.contract import (
     RX_CHAR_UUID,
     SERVICE_UUID,
     TX_CHAR_UUID,

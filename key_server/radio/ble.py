@@ -40,7 +40,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from .base import (
+from dkey_link.contract import (
     DEFAULT_ATT_MTU,
     RX_CHAR_UUID,
     SERVICE_UUID,

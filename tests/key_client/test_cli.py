@@ -8,12 +8,12 @@ import stat
 
 import pytest
 
+from dkey_link.mock import MockAir
 from hardware import LockChanged, LockState
 from key_client import cli
 from key_client.errors import ExitCode
 from key_client.keychain import KEYS_DIR, Keychain
 from key_client.radios import mock_air, register_mock
-from key_server.radio.mock import MockAir
 from key_server.store import Role
 from protocol import KeyPair
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from dkey_link.mock import MockAir
 from key_client.errors import ExitCode
 from key_client.keychain import Keychain
 from key_client.radios import mock_air
-from key_server.radio.mock import MockAir
 
 from ..key_server.harness import Harness
 from . import Cli

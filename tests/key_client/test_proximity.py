@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dkey_link.contract import SERVICE_UUID, Advertisement
+from dkey_link.mock import MockAir
 from key_client.errors import ExitCode
 from key_client.proximity import Action, Observation, ProximityPolicy, ProximityRunner
 from key_client.radios import mock_air
-from key_server.radio.base import SERVICE_UUID, Advertisement
-from key_server.radio.mock import MockAir
 
 from ..key_server.harness import Harness
 from . import Cli

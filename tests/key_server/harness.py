@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dkey_link.mock import MockAir, MockPeripheral
 from hardware import ActuatorConfig, SimulatedLock
 from key_client.driver import Target, VehicleLink, connect_vehicle
 from key_server.audit import AuditLog
 from key_server.clock import GuardedClock
 from key_server.pairing import issue_code
-from key_server.radio.mock import MockAir, MockPeripheral
 from key_server.ratelimit import FailureLimiter
 from key_server.service import KeyService, ServiceConfig
 from key_server.store import KeyRecord, KeyStore, Role

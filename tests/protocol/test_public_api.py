@@ -3,7 +3,8 @@
 import protocol
 
 EXPECTED = {
-    "AuditRecord", "AuthenticationError", "ChallengeBook", "ChallengeError", "ChallengeReceived", "Cmd",
+    "AuditRecord", "AuthenticationError", "CODE_DIGITS", "MAX_ATT_MTU", "MIN_ATT_MTU", "QR_SCHEME", "SECRET_DIGITS",
+    "pairing_uri", "parse_code", "ChallengeBook", "ChallengeError", "ChallengeReceived", "Cmd",
     "CommandFailed", "CommandRequested", "CommandResult", "DState", "DecodeError", "DeviceSession", "DoorPosition",
     "Event", "FAST_COMMANDS", "FramingError", "KeyInfo", "KeyPair", "KeyProtocolError", "KeyRole",
     "LocalProtocolError", "LockPosition", "MAX_MESSAGE", "Message", "MsgType", "PakeError", "Paired",

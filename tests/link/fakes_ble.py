@@ -31,7 +31,7 @@ from dbus_next.constants import PropertyAccess
 from dbus_next.errors import DBusError
 from dbus_next.service import ServiceInterface, dbus_property, method
 
-from key_server.radio.base import RX_CHAR_UUID, SERVICE_UUID, TX_CHAR_UUID
+from dkey_link.contract import RX_CHAR_UUID, SERVICE_UUID, TX_CHAR_UUID
 
 # ====================================================================== a private D-Bus daemon
 

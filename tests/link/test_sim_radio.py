@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from key_server.radio import sim
-from key_server.radio.base import SERVICE_UUID, Advertisement, AttError, AttErrorCode, LinkLost, NotFound, RadioError
-from key_server.radio.sim import (
+from dkey_link import sim
+from dkey_link.contract import SERVICE_UUID, Advertisement, AttError, AttErrorCode, LinkLost, NotFound, RadioError
+from dkey_link.sim import (
     HEADER,
     PROTOCOL_VERSION,
     FrameError,
@@ -409,8 +409,8 @@ async def test_a_busy_peripheral_is_invisible_until_the_first_central_leaves(
 CHILD = r"""
 import asyncio, sys
 from pathlib import Path
-from key_server.radio.base import AttError, AttErrorCode
-from key_server.radio.sim import SimPeripheral
+from dkey_link.contract import AttError, AttErrorCode
+from dkey_link.sim import SimPeripheral
 
 class Echo:
     def __init__(self, p):

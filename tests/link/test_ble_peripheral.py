@@ -14,8 +14,8 @@ from dbus_next import Message, MessageType, Variant
 from dbus_next.errors import DBusError
 from dbus_next.service import ServiceInterface
 
+from dkey_link.contract import RX_CHAR_UUID, SERVICE_UUID, TX_CHAR_UUID, AttError, AttErrorCode, RadioError
 from key_server.radio import ble
-from key_server.radio.base import RX_CHAR_UUID, SERVICE_UUID, TX_CHAR_UUID, AttError, AttErrorCode, RadioError
 from key_server.radio.ble import UNKNOWN_LINK, BlessPeripheral, dbus_error_for, install_write_hook, probe_bluez
 
 from .fakes_ble import FakeBlueZ, dbus_daemon_available

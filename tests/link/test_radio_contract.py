@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from key_server.radio.base import (
+from dkey_link.contract import (
     SERVICE_UUID,
     AttError,
     AttErrorCode,
@@ -16,8 +16,8 @@ from key_server.radio.base import (
     NotFound,
     Peripheral,
 )
-from key_server.radio.mock import MockCentral, MockConnection, MockPeripheral
-from key_server.radio.sim import SimCentral, SimConnection, SimPeripheral
+from dkey_link.mock import MockCentral, MockConnection, MockPeripheral
+from dkey_link.sim import SimCentral, SimConnection, SimPeripheral
 
 from .radio_helpers import RadioKit, wait_until
 

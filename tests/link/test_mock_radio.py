@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from key_server.radio.base import AttError, LinkLost, NotFound, RadioError
-from key_server.radio.mock import MockAir, MockConnection, MockPeripheral
+from dkey_link.contract import AttError, LinkLost, NotFound, RadioError
+from dkey_link.mock import MockAir, MockConnection, MockPeripheral
 
 from .radio_helpers import Recorder, wait_until
 

@@ -13,12 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from protocol import MAX_ATT_MTU as MAX_ATT_MTU  # re-exported: links and framing share one bound
+from protocol import MIN_ATT_MTU
+
 # Service and characteristic UUIDs (docs/PROTOCOL.md §1).
 SERVICE_UUID = "7d4f0001-5e2a-4c1b-9f3a-6b1c2d3e4f50"
 RX_CHAR_UUID = "7d4f0002-5e2a-4c1b-9f3a-6b1c2d3e4f50"  # central -> vehicle: write, write without response
 TX_CHAR_UUID = "7d4f0003-5e2a-4c1b-9f3a-6b1c2d3e4f50"  # vehicle -> central: notify
 
-DEFAULT_ATT_MTU = 23
+DEFAULT_ATT_MTU = MIN_ATT_MTU  # every link starts here until an MTU exchange raises it (up to MAX_ATT_MTU)
 
 
 class AttErrorCode(enum.IntEnum):

@@ -32,8 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .base import (
+from .contract import (
     DEFAULT_ATT_MTU,
+    MAX_ATT_MTU,
     SERVICE_UUID,
     Advertisement,
     AttError,
@@ -62,7 +63,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
-MAX_ATT_MTU = 517  # largest LE ATT MTU BlueZ negotiates
 MAX_PAYLOAD = 1024  # no frame carries more; bounds what a peer can make us buffer
 HEADER = struct.Struct(">BH")  # opcode, payload length
 SOCKET_SUFFIX = ".sock"

@@ -35,8 +35,9 @@ import logging
 import random
 from collections.abc import Callable, Iterable
 
-from .base import (
+from .contract import (
     DEFAULT_ATT_MTU,
+    MAX_ATT_MTU,
     SERVICE_UUID,
     Advertisement,
     AttError,
@@ -52,7 +53,6 @@ __all__ = ["MAX_ATT_MTU", "MockAir", "MockCentral", "MockConnection", "MockPerip
 
 log = logging.getLogger(__name__)
 
-MAX_ATT_MTU = 517  # largest LE ATT MTU BlueZ negotiates (512-byte attribute + 5); the Core spec allows no more use
 
 
 def _answer(fut: asyncio.Future[int], code: int) -> None:

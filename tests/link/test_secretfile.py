@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from key_server.secretfile import MAX_SECRET_SIZE, InsecureSecretFile, SecretFileError, read_secret, write_secret
+from dkey_link.secretfile import MAX_SECRET_SIZE, InsecureSecretFile, SecretFileError, read_secret, write_secret
 
 SECRET = b"\x01" * 32 + b"not really a key"
 

@@ -8,8 +8,7 @@ import pytest
 from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError, BleakGATTProtocolError
 from bleak_retry_connector import BleakConnectionError, BleakNotFoundError
 
-from key_client.radio.ble import RSSI_UNKNOWN, BleakCentral, BleakConnection, advertisement_from
-from key_server.radio.base import (
+from dkey_link.contract import (
     RX_CHAR_UUID,
     SERVICE_UUID,
     TX_CHAR_UUID,
@@ -20,6 +19,7 @@ from key_server.radio.base import (
     NotFound,
     RadioError,
 )
+from key_client.radio.ble import RSSI_UNKNOWN, BleakCentral, BleakConnection, advertisement_from
 
 from .fakes_ble import FakeClient, FakeConnector, FakeScanner, adv_data, ble_device, gatt
 from .radio_helpers import wait_until

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from key_server.radio.base import AttError, AttErrorCode
+from dkey_link.contract import AttError, AttErrorCode
 
 from .fakes_ble import FakeBlueZ
 from .test_ble_peripheral import bluez, car, needs_dbus  # noqa: F401 - fixtures (bus_address: conftest)

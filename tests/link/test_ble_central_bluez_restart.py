@@ -18,6 +18,7 @@ from dbus_next.aio import MessageBus
 from dbus_next.constants import PropertyAccess
 from dbus_next.service import ServiceInterface, dbus_property, method
 
+from dkey_link.contract import SERVICE_UUID, Advertisement, NotFound, RadioError
 from key_client.driver import Target, connect_vehicle
 from key_client.radio.ble import (
     BLUEZ_NOT_RUNNING,
@@ -28,7 +29,6 @@ from key_client.radio.ble import (
     bluez_owner,
     bluez_ready,
 )
-from key_server.radio.base import SERVICE_UUID, Advertisement, NotFound, RadioError
 from protocol import KeyPair
 
 from .fakes_ble import (

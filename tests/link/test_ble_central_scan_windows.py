@@ -64,9 +64,9 @@ async def test_a_vehicle_connected_through_another_adapter_is_busy_not_shared(mo
     """bleak-retry-connector would swap in hci1's link for a central on hci2: the central reports busy instead."""
     import bleak_retry_connector
 
+    from dkey_link.contract import NotFound
     from key_client.radio import ble
     from key_client.radio.ble import advertisement_from
-    from key_server.radio.base import NotFound
 
     from .fakes_ble import FakeConnector
 
@@ -111,8 +111,8 @@ async def test_a_client_left_stuck_connected_is_replaced_by_a_fresh_one() -> Non
 async def test_other_connect_failures_are_not_retried_here() -> None:
     from bleak_retry_connector import BleakConnectionError
 
+    from dkey_link.contract import RadioError
     from key_client.radio.ble import advertisement_from
-    from key_server.radio.base import RadioError
 
     from .fakes_ble import FakeConnector
 

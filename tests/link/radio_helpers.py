@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from key_server.radio.base import Advertisement, Central, Connection, Peripheral
-from key_server.radio.mock import MockAir
-from key_server.radio.sim import SimCentral, SimPeripheral
+from dkey_link.contract import Advertisement, Central, Connection, Peripheral
+from dkey_link.mock import MockAir
+from dkey_link.sim import SimCentral, SimPeripheral
 
 
 class Recorder:

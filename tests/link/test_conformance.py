@@ -25,7 +25,7 @@ from bless.backends.server import BaseBlessServer
 from dbus_next.aio import MessageBus
 from dbus_next.service import ServiceInterface
 
-from key_server.radio.base import TX_CHAR_UUID
+from dkey_link.contract import TX_CHAR_UUID
 
 from .fakes_ble import FakeClient, FakeConnector, FakeScanner
 
