@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dkey_link.sim import SimCentral  # noqa: E402
 from key_client.driver import Target, connect_vehicle  # noqa: E402
 from key_client.keychain import Keychain  # noqa: E402
-from protocol import Cmd  # noqa: E402
+from protocol import Command  # noqa: E402
 
 RUNS = 20
 
@@ -92,7 +92,7 @@ async def in_process(keychain_dir: Path, air: Path, server_lines: list[str]) -> 
         t0 = time.time()
         link = await connect_vehicle(central, device, Target(entry.vehicle_public_key), scan_time=2, attempts=1)
         t1 = time.perf_counter()
-        await link.command(Cmd.UNLOCK)
+        await link.command(Command.UNLOCK)
         exchange.append(time.perf_counter() - t1)
         stats = dict(link.stats)
         await link.close()

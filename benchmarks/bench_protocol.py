@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 from protocol import (  # noqa: E402
     ChallengeBook,
-    Cmd,
+    Command,
     CommandRequested,
     DeviceSession,
     KeyPair,
@@ -49,7 +49,7 @@ def one_unlock(vkey: KeyPair, dkey: KeyPair, lookup, mtu: int, mtu_known: bool) 
         device.receive_data(ch, now)
     while device.next_event(now):
         pass
-    device.send_command(Cmd.UNLOCK)
+    device.send_command(Command.UNLOCK)
     up = device.data_to_send()
     d_cpu += time.process_time() - t
     t = time.process_time()

@@ -24,9 +24,14 @@ from key_client.driver import Target, connect_vehicle  # noqa: E402
 from key_server.audit import AuditLog  # noqa: E402
 from key_server.clock import GuardedClock  # noqa: E402
 from key_server.service import KeyService, ServiceConfig  # noqa: E402
-from key_server.store import KeyRecord, KeyStore, Role  # noqa: E402
-from protocol import Cmd, KeyPair, split  # noqa: E402
-from protocol._codec import Command  # noqa: E402
+from key_server.store import KeyRecord, KeyStore  # noqa: E402
+from protocol import (  # noqa: E402
+    Command,
+    KeyPair,
+    Role,
+    split,
+)
+from protocol._codec import CommandMessage  # noqa: E402
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -89,7 +94,7 @@ class Bench:
         out = []
         for _ in range(n):
             t = time.perf_counter()
-            await link.command(Cmd.UNLOCK)
+            await link.command(Command.UNLOCK)
             out.append(time.perf_counter() - t)
         await link.close()
         return out
@@ -143,7 +148,8 @@ async def flood_figures(rate: int = 1000, seconds: float = 5.0) -> tuple[list[fl
         attacker = await b.air.central().connect((await b.air.central().scan(1))[0])
         await attacker.subscribe(lambda _d: None)
         intruder = KeyPair.generate()
-        bogus_command = split(Command(intruder.key_id, os.urandom(16), Cmd.UNLOCK, b"", os.urandom(64)).encode(), 244)
+        bogus_command = split(
+            CommandMessage(intruder.key_id, os.urandom(16), Command.UNLOCK, b"", os.urandom(64)).encode(), 244)
         sent = 0
         stop = time.perf_counter() + seconds
 
@@ -168,7 +174,7 @@ async def flood_figures(rate: int = 1000, seconds: float = 5.0) -> tuple[list[fl
             t = time.perf_counter()
             link = await connect_vehicle(b.air.central(), b.device, Target(b.service.identity.public_bytes),
                                          scan_time=1, attempts=1)
-            await link.command(Cmd.UNLOCK)
+            await link.command(Command.UNLOCK)
             await link.close()
             lat.append(time.perf_counter() - t)
             ok += 1

@@ -82,7 +82,7 @@ async def check_hardware(config: ActuatorConfig, *, pin_factory: Any = None) -> 
         status = lock.status()
         checks.append(Check("pins", CheckLevel.OK, "all outputs claimed and de-energised"))
         if config.door_pin is not None:
-            checks.append(Check("door sensor", CheckLevel.OK, f"door reads {status.door.value}"))
+            checks.append(Check("door sensor", CheckLevel.OK, f"door reads {status.door.label}"))
     finally:
         await lock.aclose()
     return checks

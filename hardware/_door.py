@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from protocol import DoorState
+
 from ._backend import BinaryInput
-from ._types import DoorChanged, DoorState
+from ._types import DoorChanged
 
 _logger = logging.getLogger(__name__)
 

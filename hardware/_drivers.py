@@ -24,13 +24,15 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, ClassVar
 
+from protocol import DoorState, LockState
+
 from . import _failsafe
 from ._backend import BinaryInput, Relay
 from ._config import ActuatorConfig, RelayKind
 from ._door import DoorSensor, TimerFactory, thread_timer
 from ._errors import ActuatorError, ActuatorFault, DoorOpenError, LockClosedError, NotConfiguredError
 from ._output import Output
-from ._types import ActuatorEvent, ActuatorStatus, DoorChanged, DoorState, LockChanged, LockState, OutputChanged
+from ._types import ActuatorEvent, ActuatorStatus, DoorChanged, LockChanged, OutputChanged
 
 _logger = logging.getLogger(__name__)
 

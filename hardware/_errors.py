@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._types import DoorState
+from protocol import DoorState
 
 
 class ActuatorError(Exception):

@@ -6,10 +6,12 @@ import threading
 from collections.abc import Mapping
 from types import TracebackType
 
+from protocol import DoorState
+
 from ._backend import FakeInput, FakeRelay
 from ._config import ActuatorConfig
 from ._drivers import DRIVERS, EventListener, RelayLock
-from ._types import ActuatorEvent, ActuatorStatus, DoorState, OutputChanged
+from ._types import ActuatorEvent, ActuatorStatus, OutputChanged
 
 
 class SimulatedLock:

@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-
-class LockState(enum.Enum):
-    """What the actuator believes the lock is doing."""
-
-    LOCKED = "locked"
-    UNLOCKED = "unlocked"
-    # Not known: a two-line car before its first command, a toggling fob/garage button, an interrupted pulse.
-    UNKNOWN = "unknown"
-
-
-class DoorState(enum.Enum):
-    """The debounced door sensor reading; UNKNOWN when no sensor is wired."""
-
-    OPEN = "open"
-    CLOSED = "closed"
-    UNKNOWN = "unknown"
+from protocol import DoorState, LockState
 
 
 @dataclass(frozen=True, slots=True)

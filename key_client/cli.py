@@ -24,10 +24,11 @@ from typing import Any, TextIO
 from dkey_link.contract import Advertisement, Central, RadioError
 from protocol import (
     AuditRecord,
-    Cmd,
+    Command,
     DecodeError,
     KeyInfo,
     KeyPair,
+    Role,
     Status,
     StatusReport,
     decode_audit_page,
@@ -51,7 +52,7 @@ from .errors import (
     TimedOut,
     VehicleNotFound,
 )
-from .keychain import ROLE_NAMES, Keychain, VehicleEntry, default_path, load_config
+from .keychain import Keychain, VehicleEntry, default_path, load_config
 from .proximity import Action, ProximityPolicy, ProximityRunner
 from .radios import KINDS, make_central
 
@@ -367,10 +368,11 @@ def _entry_json(e: VehicleEntry) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- fast-path commands
 
-_DONE = {Cmd.UNLOCK: "unlocked", Cmd.LOCK: "locked", Cmd.START: "start enabled on", Cmd.STATUS: "status of"}
+_DONE = {Command.UNLOCK: "unlocked", Command.LOCK: "locked", Command.START: "start enabled on",
+         Command.STATUS: "status of"}
 
 
-def _report_json(entry: VehicleEntry, cmd: Cmd, rep: StatusReport) -> dict[str, Any]:
+def _report_json(entry: VehicleEntry, cmd: Command, rep: StatusReport) -> dict[str, Any]:
     return {"ok": True, "vehicle": entry.name, "vehicle_id": entry.vehicle_id.hex(), "command": cmd.name.lower(),
             "lock": rep.lock.name.lower(), "door": rep.door.name.lower(), "start_enabled": rep.start_enabled}
 
@@ -381,7 +383,7 @@ def _report_text(rep: StatusReport) -> str:
 
 
 async def _run_command(kc: Keychain, entry: VehicleEntry, args: argparse.Namespace, central: Central,
-                       device: KeyPair, cmd: Cmd) -> tuple[StatusReport, VehicleEntry]:
+                       device: KeyPair, cmd: Command) -> tuple[StatusReport, VehicleEntry]:
     """Connect, run one fast-path command once (never resent if its outcome is unknown), disconnect."""
     link = await _connect(args, central, device, Target(entry.vehicle_public_key, entry.vehicle_id),
                           entry.address_hint)
@@ -398,7 +400,7 @@ async def _run_command(kc: Keychain, entry: VehicleEntry, args: argparse.Namespa
         raise ProtocolViolation(f"the vehicle's signed answer does not parse: {exc}") from exc
 
 
-def _fast(cmd: Cmd) -> Callable[[argparse.Namespace, Output], Awaitable[int]]:
+def _fast(cmd: Command) -> Callable[[argparse.Namespace, Output], Awaitable[int]]:
     async def run(args: argparse.Namespace, out: Output) -> int:
         kc = _keychain(args)
         entry = kc.select(args.vehicle)
@@ -408,7 +410,7 @@ def _fast(cmd: Cmd) -> Callable[[argparse.Namespace, Output], Awaitable[int]]:
             rep, entry = await _run_command(kc, entry, args, central, device, cmd)
         finally:
             await central.aclose()
-        text = f"{entry.name}: {_report_text(rep)}" if cmd is Cmd.STATUS else \
+        text = f"{entry.name}: {_report_text(rep)}" if cmd is Command.STATUS else \
             f"{_DONE[cmd]} {entry.name} ({_report_text(rep)})"
         out.result(_report_json(entry, cmd, rep), text)
         return int(ExitCode.OK)
@@ -450,7 +452,7 @@ async def _owner_session(args: argparse.Namespace, action: Callable[[VehicleLink
 async def _list_keys(link: VehicleLink) -> list[KeyInfo]:
     keys: list[KeyInfo] = []
     while True:
-        total, page = decode_key_page((await link.secure(Cmd.LIST_KEYS, list_keys_args(len(keys), 50))).data)
+        total, page = decode_key_page((await link.secure(Command.LIST_KEYS, list_keys_args(len(keys), 50))).data)
         keys += page
         # A page holds what fits the size cap, so advance by what came, not by what was asked.
         if not page or len(keys) >= total:
@@ -458,7 +460,7 @@ async def _list_keys(link: VehicleLink) -> list[KeyInfo]:
 
 
 def _key_json(k: KeyInfo, mine: bool) -> dict[str, Any]:
-    return {"key_id": k.key_id.hex(), "name": k.name, "role": ROLE_NAMES.get(k.role, str(k.role)),
+    return {"key_id": k.key_id.hex(), "name": k.name, "role": Role.label_of(k.role),
             "created_at": k.created_at, "valid_from": k.valid_from, "valid_until": k.valid_until,
             "last_used_at": k.last_used_at, "revoked_at": k.revoked_at, "this_device": mine}
 
@@ -482,7 +484,7 @@ async def cmd_keys(args: argparse.Namespace, out: Output) -> int:
         for k in keys:
             mine = k.key_id == entry.key_id
             out.result(_key_json(k, mine),
-                       f"  {k.key_id.hex()}  {ROLE_NAMES.get(k.role, '?'):6s}  {_key_state(k, now):24s}  "
+                       f"  {k.key_id.hex()}  {Role.label_of(k.role):6s}  {_key_state(k, now):24s}  "
                        f"last used {_when(k.last_used_at):16s}  {k.name}{'  (this device)' if mine else ''}")
         return int(ExitCode.OK)
 
@@ -515,7 +517,7 @@ async def cmd_revoke(args: argparse.Namespace, out: Output) -> int:
             out.result({**obj, "already_revoked": True}, f"{key.key_id.hex()} ({key.name}) was already revoked")
             return int(ExitCode.OK)
         try:
-            await link.secure(Cmd.REVOKE_KEY, revoke_args(key.key_id, args.force))
+            await link.secure(Command.REVOKE_KEY, revoke_args(key.key_id, args.force))
         except Refused as exc:
             if exc.status is Status.NOT_PERMITTED:
                 raise Refused(exc.status, authenticated=exc.authenticated,
@@ -550,12 +552,12 @@ async def cmd_audit(args: argparse.Namespace, out: Output) -> int:
         after = args.after
         if after is None:
             # The page total is the newest sequence number: one small read tells where "the last N" start.
-            total, _ = decode_audit_page((await link.secure(Cmd.READ_AUDIT, read_audit_args(0, 1))).data)
+            total, _ = decode_audit_page((await link.secure(Command.READ_AUDIT, read_audit_args(0, 1))).data)
             after = max(0, total - limit)
         records: list[AuditRecord] = []
         while len(records) < limit:
             _, page = decode_audit_page(
-                (await link.secure(Cmd.READ_AUDIT, read_audit_args(after, min(100, limit - len(records))))).data)
+                (await link.secure(Command.READ_AUDIT, read_audit_args(after, min(100, limit - len(records))))).data)
             if not page:
                 break
             records += page
@@ -745,7 +747,7 @@ async def cmd_auto(args: argparse.Namespace, out: Output) -> int:
     state = {"entry": entry}
 
     async def act(action: Action) -> bool:
-        cmd = Cmd.UNLOCK if action is Action.UNLOCK else Cmd.LOCK
+        cmd = Command.UNLOCK if action is Action.UNLOCK else Command.LOCK
         try:
             rep, state["entry"] = await _run_command(kc, state["entry"], args, central, device, cmd)
         except OutcomeUnknown as exc:
@@ -779,8 +781,8 @@ async def cmd_auto(args: argparse.Namespace, out: Output) -> int:
             # Advertisements carry no authenticated id: learn the vehicle's address from one verified
             # exchange (a status read), then follow the RSSI of that address.
             out.note(f"finding {entry.name} once to learn its address")
-            rep, state["entry"] = await _run_command(kc, entry, args, central, device, Cmd.STATUS)
-            out.result(_report_json(state["entry"], Cmd.STATUS, rep), f"{entry.name}: {_report_text(rep)}")
+            rep, state["entry"] = await _run_command(kc, entry, args, central, device, Command.STATUS)
+            out.result(_report_json(state["entry"], Command.STATUS, rep), f"{entry.name}: {_report_text(rep)}")
         out.note(f"auto for {entry.name}: unlock at >= {policy.unlock_rssi} dBm held {policy.dwell_s:g} s, "
                  f"lock below {policy.lock_rssi} dBm (or gone) for {policy.lost_s:g} s. Ctrl-C stops.")
         runner = ProximityRunner(central, policy, act, match=lambda adv: adv.address == state["entry"].address_hint,
@@ -798,10 +800,10 @@ async def cmd_auto(args: argparse.Namespace, out: Output) -> int:
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Output], Awaitable[int]]] = {
     "scan": cmd_scan,
     "pair": cmd_pair,
-    "unlock": _fast(Cmd.UNLOCK),
-    "lock": _fast(Cmd.LOCK),
-    "status": _fast(Cmd.STATUS),
-    "start": _fast(Cmd.START),
+    "unlock": _fast(Command.UNLOCK),
+    "lock": _fast(Command.LOCK),
+    "status": _fast(Command.STATUS),
+    "start": _fast(Command.START),
     "keys": cmd_keys,
     "revoke": cmd_revoke,
     "audit": cmd_audit,

@@ -18,7 +18,7 @@ from typing import TypeVar
 from dkey_link.contract import Advertisement, AttError, AttErrorCode, Central, Connection, LinkLost, RadioError
 from protocol import (
     ChallengeReceived,
-    Cmd,
+    Command,
     CommandResult,
     DeviceSession,
     DState,
@@ -196,7 +196,7 @@ class VehicleLink:
         queue()
         return await self._flush()
 
-    async def command(self, cmd: Cmd, args: bytes = b"", *, timeout: float = ANSWER_TIMEOUT) -> CommandResult:
+    async def command(self, cmd: Command, args: bytes = b"", *, timeout: float = ANSWER_TIMEOUT) -> CommandResult:
         """Run a fast-path command; retries once with a fresh challenge if the vehicle says it expired."""
         for attempt in range(2):
             await self.wait_challenge()
@@ -224,7 +224,7 @@ class VehicleLink:
         if isinstance(ev, VehicleError):
             raise Refused(ev.status, authenticated=False)
 
-    async def secure(self, cmd: Cmd, args: bytes = b"", *, timeout: float = ANSWER_TIMEOUT) -> CommandResult:
+    async def secure(self, cmd: Command, args: bytes = b"", *, timeout: float = ANSWER_TIMEOUT) -> CommandResult:
         """Run a command inside the confidential session."""
         sent = await self._send_request(lambda: self.session.send_secure(cmd, args))
         result = _check(await self._await_answer((CommandResult,), timeout, sent))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dkey_link.secretfile import SecretFileError, read_secret, write_secret
-from protocol import KeyPair, Paired, key_id, load_private_key, serialize_private_key
+from protocol import KeyPair, Paired, Role, key_id, load_private_key, serialize_private_key
 
 from .errors import KeychainError
 
@@ -34,7 +34,6 @@ INDEX = "keychain.json"
 KEYS_DIR = "keys"
 CONFIG = "config.toml"
 INDEX_VERSION = 1
-ROLE_NAMES = {1: "owner", 2: "driver", 3: "guest"}  # protocol.KeyRole values, as the vehicle's CLI names them
 _NAME_RE = re.compile(r"[^\w.@+-]+")
 
 
@@ -251,7 +250,7 @@ class Keychain:
                 vehicle_id=paired.vehicle_id,
                 vehicle_public_key=paired.vehicle_public_key,
                 key_id=device.key_id,
-                role=ROLE_NAMES.get(int(paired.role), str(paired.role)),
+                role=Role.label_of(paired.role),
                 valid_from=paired.valid_from,
                 valid_until=paired.valid_until,
                 paired_at=int(now if now is not None else time.time()),

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from dkey_link.secretfile import InsecureSecretFile
 from hardware import ActuatorError, actuate_test, build_lock, install_signal_failsafe
+from protocol import Role
 
 from .audit import AuditEvent, AuditLog
 from .clock import GuardedClock
@@ -27,7 +28,7 @@ from .config import SAMPLE_CONFIG, Config, ConfigError, load_config
 from .identity import IdentityExists, create_identity, load_identity
 from .pairing import PairingTicket, issue_code
 from .policy import parse_schedule, parse_when
-from .store import KeyRecord, KeyStore, LastOwnerError, NoFreeSlot, Role, StoreError, UnknownKey
+from .store import KeyRecord, KeyStore, LastOwnerError, NoFreeSlot, StoreError, UnknownKey
 
 log = logging.getLogger("key_server")
 
@@ -104,7 +105,7 @@ def _when(ts: int | None) -> str:
 
 
 def _key_json(rec: KeyRecord) -> dict[str, Any]:
-    return {"key_id": rec.key_id.hex(), "name": rec.name, "role": rec.role.value, "valid_from": rec.valid_from,
+    return {"key_id": rec.key_id.hex(), "name": rec.name, "role": rec.role.label, "valid_from": rec.valid_from,
             "valid_until": rec.valid_until, "schedule": rec.schedule, "created_at": rec.created_at,
             "last_used_at": rec.last_used_at, "revoked_at": rec.revoked_at}
 
@@ -193,12 +194,12 @@ def _pairings(store: KeyStore, args: argparse.Namespace, now: int) -> int:
         return Exit.OK
     pend = store.list_pairings(now)
     if args.json:
-        print(json.dumps([{"slot": p.slot, "name": p.name, "role": p.role.value, "expires_at": p.expires_at,
+        print(json.dumps([{"slot": p.slot, "name": p.name, "role": p.role.label, "expires_at": p.expires_at,
                            "attempts_left": p.attempts_left} for p in pend]))
     elif not pend:
         print("no pending pairing codes")
     else:
-        _print_table([[f"{p.slot:02d}", p.name, p.role.value, _when(p.expires_at), str(p.attempts_left)]
+        _print_table([[f"{p.slot:02d}", p.name, p.role.label, _when(p.expires_at), str(p.attempts_left)]
                       for p in pend], ["SLOT", "NAME", "ROLE", "EXPIRES", "TRIES"])
     return Exit.OK
 
@@ -215,7 +216,7 @@ def cmd_keys(cfg: Config, args: argparse.Namespace) -> int:
     if not keys:
         print("no keys enrolled: `key-server pair --role owner --name 'my phone'`")
         return Exit.OK
-    _print_table([[k.key_id.hex(), k.name, k.role.value, _when(k.valid_until) if k.valid_until else "never",
+    _print_table([[k.key_id.hex(), k.name, k.role.label, _when(k.valid_until) if k.valid_until else "never",
                    _when(k.last_used_at), "revoked " + _when(k.revoked_at) if k.revoked else "active"]
                   for k in keys], ["KEY ID", "NAME", "ROLE", "EXPIRES", "LAST USED", "STATE"])
     return Exit.OK
@@ -287,7 +288,7 @@ def cmd_actuate(cfg: Config, args: argparse.Namespace) -> int:
             print(f"actuator fault: {exc}", file=sys.stderr)
             return Exit.CHECK_FAILED
         else:
-            print(f"done: lock {status.lock.value}, door {status.door.value}")
+            print(f"done: lock {status.lock.label}, door {status.door.label}")
             return Exit.OK
         finally:
             await lock.aclose()
@@ -345,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("pair", help="print a one-time pairing code (and QR code) for a new device")
-    s.add_argument("--role", choices=[r.value for r in Role], default="driver")
+    s.add_argument("--role", choices=Role.labels(), default="driver")
     s.add_argument("--name", default="new device", help="what to call the device in key lists")
     s.add_argument("--expires", help="key expiry: 2026-12-24, 2026-12-24T18:00, 3d, 12h ...")
     s.add_argument("--valid-from", help="key valid from (same formats)")

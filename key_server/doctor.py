@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from hardware import CheckLevel, check_hardware
+from protocol import Role
 
 from .audit import AuditLog
 from .clock import GuardedClock
@@ -38,7 +39,7 @@ def _files(cfg: Config) -> list[Check]:
         with KeyStore.open(cfg.store_path) as store:
             problems = store.integrity_check()
             keys = store.list_keys()
-            owners = [k for k in keys if k.role.value == "owner" and not k.revoked]
+            owners = [k for k in keys if k.role is Role.OWNER and not k.revoked]
             out.append(("ok" if not problems else "fail", "key store",
                         f"schema {store.schema_version()}, {len(keys)} keys, {len(owners)} active owners"
                         + (f"; integrity: {problems}" if problems else "")))

@@ -25,30 +25,18 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Final
 
-from key_server.store import KeyRecord, Role
+from key_server.store import KeyRecord
+from protocol import SECURE_COMMANDS, Command, Role
 
 __all__ = [
     "MAX_SCHEDULE_LEN",
     "PERMISSIONS",
-    "Command",
     "Refusal",
     "Schedule",
     "authorize",
     "parse_schedule",
     "parse_when",
 ]
-
-
-class Command(enum.StrEnum):
-    """What a key asks the vehicle to do."""
-
-    UNLOCK = "unlock"
-    LOCK = "lock"
-    STATUS = "status"
-    START = "start"
-    LIST_KEYS = "list_keys"
-    REVOKE_KEY = "revoke_key"
-    READ_AUDIT = "read_audit"
 
 
 class Refusal(enum.StrEnum):
@@ -63,7 +51,7 @@ class Refusal(enum.StrEnum):
 
 
 PERMISSIONS: Final[Mapping[Role, frozenset[Command]]] = {
-    Role.OWNER: frozenset(Command),
+    Role.OWNER: SECURE_COMMANDS,
     Role.DRIVER: frozenset({Command.UNLOCK, Command.LOCK, Command.STATUS, Command.START}),
     Role.GUEST: frozenset({Command.UNLOCK, Command.LOCK, Command.STATUS}),
 }

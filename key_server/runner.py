@@ -26,7 +26,7 @@ def _log_actuator(event: ActuatorEvent) -> None:
     if isinstance(event, OutputChanged):
         log.info("actuator: %s %s", event.output, "energised" if event.energised else "off")
     elif isinstance(event, LockChanged):
-        log.info("actuator: lock is now %s", event.lock.value)
+        log.info("actuator: lock is now %s", event.lock.label)
 
 
 def make_peripheral(cfg: Config) -> Peripheral:

@@ -24,25 +24,21 @@ from hardware import (
     ActuatorError,
     ActuatorStatus,
     DoorOpenError,
-    DoorState,
     Lock,
-    LockState,
     NotConfiguredError,
 )
 from protocol import (
     AuditRecord,
     ChallengeBook,
-    Cmd,
+    Command,
     CommandRequested,
     DecodeError,
-    DoorPosition,
     Event,
     FramingError,
     KeyInfo,
     KeyPair,
     KeyProtocolError,
-    KeyRole,
-    LockPosition,
+    LockState,
     PairingFailed,
     PairingKeyReceived,
     PairingRequested,
@@ -62,16 +58,12 @@ from protocol import (
 
 from .audit import AuditEvent, AuditLog
 from .clock import GuardedClock
-from .policy import Command, Refusal, authorize
+from .policy import Refusal, authorize
 from .ratelimit import FailureLimiter
-from .store import KeyStore, LastOwnerError, PendingPairing, Role, StoreError, UnknownKey
+from .store import KeyStore, LastOwnerError, PendingPairing, StoreError, UnknownKey
 
 log = logging.getLogger("key_server.service")
 
-_POLICY_COMMAND = {
-    Cmd.UNLOCK: Command.UNLOCK, Cmd.LOCK: Command.LOCK, Cmd.STATUS: Command.STATUS, Cmd.START: Command.START,
-    Cmd.LIST_KEYS: Command.LIST_KEYS, Cmd.REVOKE_KEY: Command.REVOKE_KEY, Cmd.READ_AUDIT: Command.READ_AUDIT,
-}
 # What the device is told. Unknown and revoked keys get DENIED, exactly like a bad signature.
 _REFUSAL_STATUS = {
     Refusal.UNKNOWN_KEY: Status.DENIED,
@@ -81,9 +73,8 @@ _REFUSAL_STATUS = {
     Refusal.OUTSIDE_SCHEDULE: Status.OUTSIDE_SCHEDULE,
     Refusal.NOT_PERMITTED: Status.NOT_PERMITTED,
 }
-_AUDIT_EVENT = {Cmd.UNLOCK: AuditEvent.UNLOCK, Cmd.LOCK: AuditEvent.LOCK, Cmd.STATUS: AuditEvent.STATUS,
-                Cmd.START: AuditEvent.START}
-_ROLE_CODE = {Role.OWNER: KeyRole.OWNER, Role.DRIVER: KeyRole.DRIVER, Role.GUEST: KeyRole.GUEST}
+_AUDIT_EVENT = {Command.UNLOCK: AuditEvent.UNLOCK, Command.LOCK: AuditEvent.LOCK, Command.STATUS: AuditEvent.STATUS,
+                Command.START: AuditEvent.START}
 
 
 @dataclass(slots=True)
@@ -126,11 +117,8 @@ class _Link:
 
 
 def to_status_report(status: ActuatorStatus) -> StatusReport:
-    """The wire form of an actuator status."""
-    lock = {LockState.LOCKED: LockPosition.LOCKED, LockState.UNLOCKED: LockPosition.UNLOCKED}
-    door = {DoorState.OPEN: DoorPosition.OPEN, DoorState.CLOSED: DoorPosition.CLOSED}
-    return StatusReport(lock.get(status.lock, LockPosition.UNKNOWN), door.get(status.door, DoorPosition.UNKNOWN),
-                        status.start_enabled)
+    """The wire form of an actuator status (the actuator and the wire share one LockState and DoorState)."""
+    return StatusReport(status.lock, status.door, status.start_enabled)
 
 
 class KeyService:
@@ -370,14 +358,14 @@ class KeyService:
             self._audit(AuditEvent.PAIR_FAILED, event.key_id, slot=pairing.slot, reason=str(exc))
             return
         self.stats.pairings += 1
-        lk.session.finish_pairing(_ROLE_CODE[pairing.role], pairing.key_valid_from, pairing.key_valid_until)
-        self._audit(AuditEvent.PAIR, event.key_id, name=pairing.name, role=pairing.role.value)
+        lk.session.finish_pairing(pairing.role, pairing.key_valid_from, pairing.key_valid_until)
+        self._audit(AuditEvent.PAIR, event.key_id, name=pairing.name, role=pairing.role.label)
 
     async def _command(self, lk: _Link, ev: CommandRequested) -> None:
         self.stats.commands += 1
         wall = self.clock.now()
         rec = self.store.get_key(ev.key_id)
-        refusal = authorize(rec, _POLICY_COMMAND[ev.command], wall, self._tz or _local_tz())
+        refusal = authorize(rec, ev.command, wall, self._tz or _local_tz())
         if refusal is not None:
             lk.session.respond(_REFUSAL_STATUS[refusal])
             lk.after.append(lambda: self._audit(AuditEvent.REFUSED, ev.key_id, reason=refusal.value,
@@ -403,36 +391,36 @@ class KeyService:
             if cmd in _AUDIT_EVENT:
                 self.store.mark_used(kid, wall)
                 self._audit(_AUDIT_EVENT[cmd], kid, status=status.name)
-            elif status is not Status.OK or cmd is not Cmd.REVOKE_KEY:
+            elif status is not Status.OK or cmd is not Command.REVOKE_KEY:
                 self._audit(AuditEvent.ADMIN, kid, command=cmd.name.lower(), status=status.name)
 
         lk.after.append(bookkeeping)
 
     async def _execute(self, lk: _Link, ev: CommandRequested, wall: int) -> tuple[Status, bytes]:
         cmd = ev.command
-        if cmd is Cmd.UNLOCK:
-            return Status.OK, (await self._actuate(self.lock.unlock, LockPosition.UNLOCKED, ev.key_id)).encode()
-        if cmd is Cmd.LOCK:
-            return Status.OK, (await self._actuate(self.lock.lock, LockPosition.LOCKED, ev.key_id)).encode()
-        if cmd is Cmd.START:
+        if cmd is Command.UNLOCK:
+            return Status.OK, (await self._actuate(self.lock.unlock, LockState.UNLOCKED, ev.key_id)).encode()
+        if cmd is Command.LOCK:
+            return Status.OK, (await self._actuate(self.lock.lock, LockState.LOCKED, ev.key_id)).encode()
+        if cmd is Command.START:
             return Status.OK, (await self._actuate(self.lock.start_enable, None, ev.key_id)).encode()
-        if cmd is Cmd.STATUS:
+        if cmd is Command.STATUS:
             return Status.OK, to_status_report(self.lock.status()).encode()
-        if cmd is Cmd.LIST_KEYS:
+        if cmd is Command.LIST_KEYS:
             offset, limit = parse_list_keys_args(ev.args)
             keys = self.store.list_keys()
-            page = [KeyInfo(k.key_id, _ROLE_CODE[k.role], k.name, k.created_at, k.valid_from, k.valid_until,
+            page = [KeyInfo(k.key_id, k.role, k.name, k.created_at, k.valid_from, k.valid_until,
                             k.last_used_at, k.revoked_at) for k in keys[offset : offset + limit]]
             data, _ = encode_key_page(page, len(keys))
             return Status.OK, data
-        if cmd is Cmd.READ_AUDIT:
+        if cmd is Command.READ_AUDIT:
             after, limit = parse_read_audit_args(ev.args)
             entries = self.audit.read(after_seq=after, limit=max(1, min(limit, 100)))
             records = [AuditRecord(e.seq, e.ts, str(e.event), _json(dict(e.detail)), e.hash, e.key_id)
                        for e in entries]
             data, _ = encode_audit_page(records, self.audit.head()[0])
             return Status.OK, data
-        if cmd is Cmd.REVOKE_KEY:
+        if cmd is Command.REVOKE_KEY:
             target, force = parse_revoke_args(ev.args)
             try:
                 with self.store.transaction():
@@ -447,7 +435,7 @@ class KeyService:
             return Status.OK, b""
         return Status.NOT_SUPPORTED, b""
 
-    async def _actuate(self, op: Callable[[], Awaitable[ActuatorStatus]], commanded: LockPosition | None,
+    async def _actuate(self, op: Callable[[], Awaitable[ActuatorStatus]], commanded: LockState | None,
                        key_id: bytes) -> StatusReport:
         """Drive the actuator; answer once it is done or, for a long pulse, once it has been driving a while.
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import os
 import secrets
 import sqlite3
@@ -29,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from protocol import KEY_ID_LEN, PUBLIC_KEY_LEN, Role
+
 __all__ = [
     "CHANGE_COUNTER_KEY",
-    "KEY_ID_LEN",
     "MIGRATIONS",
     "PAIRING_SLOTS",
     "PRS_LEN",
-    "PUBLIC_KEY_LEN",
     "SCHEMA_VERSION",
     "DuplicateKey",
     "KeyRecord",
@@ -45,27 +44,16 @@ __all__ = [
     "NoFreeSlot",
     "PairingMismatch",
     "PendingPairing",
-    "Role",
     "StoreError",
     "UnknownKey",
     "UnknownPairing",
 ]
 
-KEY_ID_LEN: Final = 4  # short ids keep an unlock inside one ATT write (DESIGN.md §3, fast path)
-PUBLIC_KEY_LEN: Final = 65  # uncompressed SEC1 P-256 point: 0x04 || X || Y
 PRS_LEN: Final = 32
 PAIRING_SLOTS: Final = 100  # slot numbers 0..99 are part of the printed pairing code
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
 CHANGE_COUNTER_KEY: Final = "change_counter"
 MAX_NAME_LEN: Final = 64
-
-
-class Role(enum.StrEnum):
-    """What a key may do; see key_server.policy for the exact permissions."""
-
-    OWNER = "owner"
-    DRIVER = "driver"
-    GUEST = "guest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,7 +424,7 @@ class KeyStore:
                     rec.key_id,
                     rec.public_key,
                     rec.name,
-                    rec.role.value,
+                    rec.role.label,
                     rec.valid_from,
                     rec.valid_until,
                     rec.schedule,
@@ -571,7 +559,7 @@ class KeyStore:
                 (
                     slot,
                     prs,
-                    role.value,
+                    role.label,
                     name,
                     expires_at,
                     key_valid_from,

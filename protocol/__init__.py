@@ -21,13 +21,10 @@ from ._errors import (
     Status,
 )
 from ._events import (
-    FAST_COMMANDS,
     ChallengeReceived,
-    Cmd,
     CommandRequested,
     CommandResult,
     Event,
-    KeyRole,
     Paired,
     PairingFailed,
     PairingKeyReceived,
@@ -39,6 +36,9 @@ from ._events import (
 )
 from ._framing import MAX_ATT_MTU, MIN_ATT_MTU, Reassembler, chunk_count, chunk_size_for_mtu, split
 from ._keys import (
+    KEY_ID_LEN,
+    PUBLIC_KEY_LEN,
+    SIGNATURE_LEN,
     KeyPair,
     decode_public_key,
     encode_public_key,
@@ -51,9 +51,7 @@ from ._pairing_code import CODE_DIGITS, QR_SCHEME, SECRET_DIGITS, pairing_uri, p
 from ._pake import PakeError
 from ._payloads import (
     AuditRecord,
-    DoorPosition,
     KeyInfo,
-    LockPosition,
     StatusReport,
     decode_audit_page,
     decode_key_page,
@@ -68,8 +66,14 @@ from ._payloads import (
 )
 from ._state import DState, VState
 from ._vehicle import VehicleSession
+from ._vocab import ACTUATING_COMMANDS, FAST_COMMANDS, SECURE_COMMANDS, Command, DoorState, LockState, Role
 
 __all__ = [
+    "KEY_ID_LEN",
+    "PUBLIC_KEY_LEN",
+    "SIGNATURE_LEN",
+    "ACTUATING_COMMANDS",
+    "SECURE_COMMANDS",
     "CODE_DIGITS",
     "FAST_COMMANDS",
     "MAX_ATT_MTU",
@@ -83,22 +87,22 @@ __all__ = [
     "ChallengeBook",
     "ChallengeError",
     "ChallengeReceived",
-    "Cmd",
+    "Command",
     "CommandFailed",
     "CommandRequested",
     "CommandResult",
     "DState",
     "DecodeError",
     "DeviceSession",
-    "DoorPosition",
+    "DoorState",
     "Event",
     "FramingError",
     "KeyInfo",
     "KeyPair",
     "KeyProtocolError",
-    "KeyRole",
+    "Role",
     "LocalProtocolError",
-    "LockPosition",
+    "LockState",
     "Message",
     "MsgType",
     "Paired",

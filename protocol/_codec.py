@@ -133,7 +133,7 @@ class ChallengeRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Command(Message):
+class CommandMessage(Message):
     """A fast-path command (unlock, lock, status, start), signed by the device key (PROTOCOL.md §5)."""
 
     key_id: bytes
@@ -328,7 +328,7 @@ class Error(Message):
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        ChallengeRequest, Command, PairStart, PairConfirm, SessionOpen, SecureRequest,
+        ChallengeRequest, CommandMessage, PairStart, PairConfirm, SessionOpen, SecureRequest,
         Challenge, Result, PairReply, PairDone, SessionAccept, SecureResponse, Error,
     )
 }

@@ -18,7 +18,7 @@ from ._codec import (
     MAX_MESSAGE,
     Challenge,
     ChallengeRequest,
-    Command,
+    CommandMessage,
     Error,
     Message,
     PairConfirm,
@@ -35,10 +35,8 @@ from ._codec import (
 from ._errors import AuthenticationError, DecodeError, LocalProtocolError, RemoteProtocolError, Status
 from ._events import (
     ChallengeReceived,
-    Cmd,
     CommandResult,
     Event,
-    KeyRole,
     Paired,
     SessionReady,
     VehicleError,
@@ -48,8 +46,9 @@ from ._keys import PUBLIC_KEY_LEN, KeyPair, decode_public_key, encode_public_key
 from ._pake import CPace, PakeError
 from ._state import DeviceStateMachine, DInput, DState
 from ._vehicle import _secure_aad, ephemeral_from_rng
+from ._vocab import Command, Role
 
-_KNOWN_CMDS = frozenset(int(x) for x in Cmd)
+_KNOWN_CMDS = frozenset(int(x) for x in Command)
 _TERMS_LEN = 17  # role(1) || valid_from(8) || valid_until(8)
 
 
@@ -150,7 +149,7 @@ class DeviceSession:
         challenge, self.challenge = self.challenge, None
         return challenge
 
-    def send_command(self, command: Cmd, args: bytes = b"") -> None:
+    def send_command(self, command: Command, args: bytes = b"") -> None:
         """Queue a signed fast-path command bound to the current challenge."""
         if self._vehicle_key is None or self.vehicle_id is None:
             raise LocalProtocolError("no pinned vehicle key")
@@ -159,7 +158,8 @@ class DeviceSession:
         sig = self.device.sign(c.transcript(c.LABEL_COMMAND, self.vehicle_id, self.device.key_id, challenge,
                                             bytes((command,)), args))
         self._in_flight = (challenge, command, args)
-        request = Command(key_id=self.device.key_id, challenge=challenge, command=command, args=args, signature=sig)
+        request = CommandMessage(key_id=self.device.key_id, challenge=challenge, command=command, args=args,
+                                 signature=sig)
         self._request = request.encode()
         self._send(request)
 
@@ -173,12 +173,12 @@ class DeviceSession:
         eph = encode_public_key(self._ephemeral.public_key())
         sig = self.device.sign(c.transcript(c.LABEL_SESSION_OPEN, self.vehicle_id, self.device.key_id,
                                             challenge, eph))
-        self._in_flight = (challenge, Cmd.SESSION, eph)
+        self._in_flight = (challenge, Command.SESSION, eph)
         request = SessionOpen(key_id=self.device.key_id, challenge=challenge, ephemeral=eph, signature=sig)
         self._request = request.encode()
         self._send(request)
 
-    def send_secure(self, command: Cmd | int, args: bytes = b"") -> None:
+    def send_secure(self, command: Command | int, args: bytes = b"") -> None:
         """Queue a command sealed under the open confidential session."""
         self._sm.advance(DInput.SEND_SECURE)
         assert self._session is not None
@@ -265,11 +265,11 @@ class DeviceSession:
             self.ignored_forgeries += 1
             return None
         self._in_flight = None
-        if command == Cmd.SESSION:
+        if command == Command.SESSION:
             self._ephemeral = None
         self._sm.advance(DInput.RESULT)
         self._restore_challenge()
-        return CommandResult(command=Cmd(command), status=_status(msg.status), data=msg.data, secure=False)
+        return CommandResult(command=Command(command), status=_status(msg.status), data=msg.data, secure=False)
 
     def _restore_challenge(self) -> None:
         # A challenge that arrived while we waited is still unspent: go straight back to READY.
@@ -320,7 +320,7 @@ class DeviceSession:
             raise self._fail(exc) from None
         self._sm.advance(DInput.SECURE_RESPONSE_VERIFIED)
         self._secure_command = None
-        command = Cmd(plain[0]) if plain[0] in _KNOWN_CMDS else plain[0]
+        command = Command(plain[0]) if plain[0] in _KNOWN_CMDS else plain[0]
         return CommandResult(command=command, status=_status(plain[1]), data=plain[2:], secure=True)
 
     def _on_pair_reply(self, msg: PairReply) -> Event | None:
@@ -368,7 +368,7 @@ class DeviceSession:
                 raise AuthenticationError("vehicle key does not match the vehicle id it announced")
             verify(decode_public_key(vpub), sig, c.transcript(
                 c.LABEL_PAIR_VEHICLE_KEY, vid, challenge, share, vshare, self.device.public_bytes, vpub, terms))
-            role = KeyRole(terms[0])
+            role = Role(terms[0])
         except ValueError as exc:  # DecodeError, and an unknown role byte
             raise self._fail(DecodeError(str(exc))) from None
         except RemoteProtocolError as exc:

@@ -2,35 +2,10 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 from ._errors import CommandFailed, Status
-
-
-class Cmd(enum.IntEnum):
-    """Command codes (PROTOCOL.md §5.3)."""
-
-    SESSION = 0x00  # not a command: marks the answer to a refused SESSION_OPEN
-    UNLOCK = 0x01
-    LOCK = 0x02
-    STATUS = 0x03
-    START = 0x04
-    LIST_KEYS = 0x10
-    REVOKE_KEY = 0x11
-    READ_AUDIT = 0x12
-
-
-FAST_COMMANDS = frozenset({Cmd.UNLOCK, Cmd.LOCK, Cmd.STATUS, Cmd.START})
-SECURE_COMMANDS = frozenset(Cmd) - {Cmd.SESSION}
-
-
-class KeyRole(enum.IntEnum):
-    """A key's role as carried in PAIR_DONE (PROTOCOL.md §6.4)."""
-
-    OWNER = 1
-    DRIVER = 2
-    GUEST = 3
+from ._vocab import Command, Role
 
 
 class Event:
@@ -45,7 +20,7 @@ class CommandRequested(Event):
     """An authenticated command; answer it with `VehicleSession.respond`."""
 
     key_id: bytes
-    command: Cmd
+    command: Command
     args: bytes
     secure: bool
 
@@ -106,7 +81,7 @@ class ChallengeReceived(Event):
 class CommandResult(Event):
     """The vehicle's authenticated answer to our command."""
 
-    command: Cmd | int  # an int only for a code this implementation does not know
+    command: Command | int  # an int only for a code this implementation does not know
     status: Status
     data: bytes
     secure: bool
@@ -143,6 +118,6 @@ class Paired(Event):
     vehicle_public_key: bytes
     vehicle_id: bytes
     key_id: bytes
-    role: KeyRole
+    role: Role
     valid_from: int | None
     valid_until: int | None

@@ -6,30 +6,14 @@ Lists are a sequence of records, each a `record_tag || length || record-TLV`.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ._errors import DecodeError
+from ._vocab import DoorState, LockState
 
 MAX_DATA = 1800  # result data cap so a sealed response stays under the message cap
 MAX_DETAIL = 512  # audit detail JSON bytes per record
-
-
-class LockPosition(enum.IntEnum):
-    """Lock position as reported in a status record."""
-
-    UNKNOWN = 0
-    LOCKED = 1
-    UNLOCKED = 2
-
-
-class DoorPosition(enum.IntEnum):
-    """Door position (reed switch) as reported in a status record."""
-
-    UNKNOWN = 0
-    CLOSED = 1
-    OPEN = 2
 
 
 def _len(n: int) -> bytes:
@@ -103,8 +87,8 @@ def _text(raw: bytes) -> str:
 class StatusReport:
     """What the vehicle reports after a fast-path command: lock, door and start-enable output."""
 
-    lock: LockPosition
-    door: DoorPosition
+    lock: LockState
+    door: DoorState
     start_enabled: bool
 
     def encode(self) -> bytes:
@@ -116,7 +100,7 @@ class StatusReport:
         """Parse result data; DecodeError if malformed."""
         f = decode_fields(data, {0x30: (1, 1), 0x31: (1, 1), 0x32: (1, 1)})
         try:
-            return cls(LockPosition(_int(f, 0x30) or 0), DoorPosition(_int(f, 0x31) or 0), bool(_int(f, 0x32)))
+            return cls(LockState(_int(f, 0x30) or 0), DoorState(_int(f, 0x31) or 0), bool(_int(f, 0x32)))
         except ValueError as exc:
             raise DecodeError(str(exc)) from exc
 
@@ -129,7 +113,7 @@ class KeyInfo:
     """One enrolled key as an owner sees it over the confidential session."""
 
     key_id: bytes
-    role: int  # KeyRole
+    role: int  # Role
     name: str
     created_at: int
     valid_from: int | None = None

@@ -21,7 +21,7 @@ from ._codec import (
     SESSION_ID_LEN,
     Challenge,
     ChallengeRequest,
-    Command,
+    CommandMessage,
     Error,
     Message,
     PairConfirm,
@@ -45,12 +45,8 @@ from ._errors import (
     Status,
 )
 from ._events import (
-    FAST_COMMANDS,
-    SECURE_COMMANDS,
-    Cmd,
     CommandRequested,
     Event,
-    KeyRole,
     PairingFailed,
     PairingKeyReceived,
     PairingRequested,
@@ -61,6 +57,7 @@ from ._framing import DEFAULT_PARTIAL_TIMEOUT, MAX_ATT_MTU, Reassembler, split
 from ._keys import PUBLIC_KEY_LEN, KeyPair, decode_public_key, encode_public_key, key_id, verify
 from ._pake import CPace, PakeError
 from ._state import VEHICLE_WAITING_FOR_APP, VehicleStateMachine, VInput, VState
+from ._vocab import FAST_COMMANDS, SECURE_COMMANDS, Command, Role
 
 KeyLookup = Callable[[bytes], ec.EllipticCurvePublicKey | None]
 _SECURE_CODES = frozenset(int(x) for x in SECURE_COMMANDS)
@@ -259,7 +256,7 @@ class VehicleSession:
         return Refused(status, kid, reason)
 
     def _on_command(self, msg: Message, now: float) -> Event | None:
-        assert isinstance(msg, Command)
+        assert isinstance(msg, CommandMessage)
         if self._sm.state is VState.SECURE:
             raise self._fail(Status.MALFORMED, RemoteProtocolError("fast-path command inside a secure session"))
         if msg.command not in FAST_COMMANDS:
@@ -273,7 +270,7 @@ class VehicleSession:
         if reason is not None:
             return self._refuse(VInput.COMMAND_REFUSED, msg.key_id, msg.challenge, msg.command, msg.args, reason)
         self._sm.advance(VInput.COMMAND_VERIFIED)
-        cmd = Cmd(msg.command)
+        cmd = Command(msg.command)
         self._pending = _Pending(msg.key_id, cmd, msg.args, msg.challenge, self._raw)
         return CommandRequested(key_id=msg.key_id, command=cmd, args=msg.args, secure=False)
 
@@ -287,7 +284,7 @@ class VehicleSession:
             except DecodeError:
                 reason = "bad ephemeral key"
         if reason is not None:
-            return self._refuse(VInput.SESSION_OPEN_REFUSED, msg.key_id, msg.challenge, Cmd.SESSION, msg.ephemeral,
+            return self._refuse(VInput.SESSION_OPEN_REFUSED, msg.key_id, msg.challenge, Command.SESSION, msg.ephemeral,
                                 reason)
         self._sm.advance(VInput.SESSION_OPEN_VERIFIED)
         vehicle_eph = ephemeral_from_rng(self._rng)
@@ -322,7 +319,7 @@ class VehicleSession:
             self._pending = _Pending(sec.key_id, max(command, 0), b"", b"")
             self.respond(Status.NOT_SUPPORTED)
             return Refused(Status.NOT_SUPPORTED, sec.key_id, f"secure command {command} unknown")
-        cmd = Cmd(command)
+        cmd = Command(command)
         self._pending = _Pending(sec.key_id, cmd, plain[1:], b"")
         return CommandRequested(key_id=sec.key_id, command=cmd, args=plain[1:], secure=True)
 
@@ -413,7 +410,7 @@ class VehicleSession:
         self._pairing = None
         self._send(Error(status=status, challenge=p.challenge if p else b""))
 
-    def finish_pairing(self, role: KeyRole, valid_from: int | None = None, valid_until: int | None = None) -> None:
+    def finish_pairing(self, role: Role, valid_from: int | None = None, valid_until: int | None = None) -> None:
         """The key is stored: send the vehicle key, the key's role and validity, sealed and signed."""
         p = self._pairing
         self._sm.advance(VInput.APP_FINISH_PAIRING)
@@ -434,7 +431,7 @@ def _secure_aad(msg: SecureRequest | SecureResponse) -> bytes:
 
 _HANDLERS: dict[type[Message], Callable[[VehicleSession, Message, float], Event | None]] = {
     ChallengeRequest: VehicleSession._on_challenge_request,
-    Command: VehicleSession._on_command,
+    CommandMessage: VehicleSession._on_command,
     SessionOpen: VehicleSession._on_session_open,
     SecureRequest: VehicleSession._on_secure_request,
     PairStart: VehicleSession._on_pair_start,

@@ -11,6 +11,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 import hardware
+import protocol
 from hardware import (
     ActuatorConfig,
     ActuatorError,
@@ -69,8 +70,10 @@ def test_public_api_is_pinned() -> None:
 
 
 def test_values_the_server_relies_on() -> None:
-    assert [s.value for s in LockState] == ["locked", "unlocked", "unknown"]
-    assert [s.value for s in DoorState] == ["open", "closed", "unknown"]
+    # One vocabulary: the actuator's states are the protocol's (wire codes and text names).
+    assert LockState is protocol.LockState and DoorState is protocol.DoorState
+    assert {s.label for s in LockState} == {"locked", "unlocked", "unknown"}
+    assert {s.label for s in DoorState} == {"open", "closed", "unknown"}
     status = ActuatorStatus(LockState.LOCKED, DoorState.CLOSED, start_enabled=False)
     with pytest.raises(AttributeError):
         status.lock = LockState.UNLOCKED  # type: ignore[misc]

@@ -14,8 +14,7 @@ from key_client import cli
 from key_client.errors import ExitCode
 from key_client.keychain import KEYS_DIR, Keychain
 from key_client.radios import mock_air, register_mock
-from key_server.store import Role
-from protocol import KeyPair
+from protocol import KeyPair, Role
 
 from ..key_server.harness import Harness
 from . import Cli

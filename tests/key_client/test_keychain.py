@@ -10,10 +10,10 @@ import pytest
 
 from key_client.errors import ExitCode, KeychainError
 from key_client.keychain import INDEX, KEYS_DIR, Keychain, default_path
-from protocol import KeyPair, KeyRole, Paired
+from protocol import KeyPair, Paired, Role
 
 
-def paired_with(vehicle: KeyPair, device: KeyPair, role: KeyRole = KeyRole.OWNER,
+def paired_with(vehicle: KeyPair, device: KeyPair, role: Role = Role.OWNER,
                 valid_until: int | None = None) -> Paired:
     """What the vehicle's PAIR_DONE would tell us."""
     return Paired(vehicle_public_key=vehicle.public_bytes, vehicle_id=vehicle.key_id, key_id=device.key_id,
@@ -39,7 +39,7 @@ def test_open_creates_private_directories(tmp_path) -> None:
 
 def test_pairing_result_round_trips_through_the_index(tmp_path) -> None:
     kc = Keychain.open(tmp_path / "kc")
-    entry, device, vehicle = add_vehicle(kc, role=KeyRole.GUEST, valid_until=1_900_000_000)
+    entry, device, vehicle = add_vehicle(kc, role=Role.GUEST, valid_until=1_900_000_000)
     assert mode(kc.path / KEYS_DIR / entry.key_file) == 0o600
     again = Keychain.open(tmp_path / "kc")
     (got,) = again.vehicles()

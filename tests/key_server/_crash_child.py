@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from key_server.audit import AuditEvent, AuditLog
-from key_server.store import DuplicateKey, KeyStore, Role
+from key_server.store import DuplicateKey, KeyStore
+from protocol import Role
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ from key_server.clock import GuardedClock
 from key_server.pairing import issue_code
 from key_server.ratelimit import FailureLimiter
 from key_server.service import KeyService, ServiceConfig
-from key_server.store import KeyRecord, KeyStore, Role
-from protocol import KeyPair
+from key_server.store import KeyRecord, KeyStore
+from protocol import KeyPair, Role
 
 T0 = 1_800_000_000  # a fixed "now" (2027-01-15) for validity windows
 

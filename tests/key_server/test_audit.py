@@ -20,7 +20,8 @@ from key_server.audit import (
     AuditLog,
     entry_hash,
 )
-from key_server.store import KeyRecord, KeyStore, Role, StoreError
+from key_server.store import KeyRecord, KeyStore, StoreError
+from protocol import Role
 
 NOW = 1_800_000_000
 KID = b"\x01\x02\x03\x04"

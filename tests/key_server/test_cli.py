@@ -10,8 +10,8 @@ import time
 import pytest
 
 from key_server.cli import Exit, main
-from key_server.store import KeyRecord, KeyStore, Role
-from protocol import KeyPair
+from key_server.store import KeyRecord, KeyStore
+from protocol import KeyPair, Role
 
 
 @pytest.fixture

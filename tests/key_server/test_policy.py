@@ -22,7 +22,8 @@ from key_server.policy import (
     parse_schedule,
     parse_when,
 )
-from key_server.store import KeyRecord, KeyStore, Role
+from key_server.store import KeyRecord, KeyStore
+from protocol import Role
 
 BERLIN = ZoneInfo("Europe/Berlin")
 # Monday 2026-03-02 12:00 UTC (13:00 in Berlin).
@@ -56,7 +57,7 @@ def at(year: int, month: int, day: int, hour: int, minute: int = 0, tz: tzinfo =
 # ---- roles x commands ---------------------------------------------------------------------------------------
 
 ALLOWED = {
-    Role.OWNER: set(Command),
+    Role.OWNER: set(Command) - {Command.SESSION},  # SESSION marks a refused SESSION_OPEN; never a command
     Role.DRIVER: {Command.UNLOCK, Command.LOCK, Command.STATUS, Command.START},
     Role.GUEST: {Command.UNLOCK, Command.LOCK, Command.STATUS},
 }

@@ -8,11 +8,11 @@ import pytest
 
 from key_client.errors import OutcomeUnknown, Refused
 from key_server.ratelimit import FailureLimiter
-from key_server.store import Role
 from protocol import (
-    Cmd,
+    Command,
     KeyPair,
-    LockPosition,
+    LockState,
+    Role,
     StatusReport,
     decode_key_page,
     list_keys_args,
@@ -31,7 +31,7 @@ async def h(tmp_path):
     await harness.stop()
 
 
-async def unlock(h: Harness, device: KeyPair, cmd: Cmd = Cmd.UNLOCK, **kw) -> StatusReport:
+async def unlock(h: Harness, device: KeyPair, cmd: Command = Command.UNLOCK, **kw) -> StatusReport:
     link = await h.connect(device, **kw)
     try:
         return StatusReport.decode((await link.command(cmd)).data)
@@ -42,8 +42,8 @@ async def unlock(h: Harness, device: KeyPair, cmd: Cmd = Cmd.UNLOCK, **kw) -> St
 @pytest.mark.parametrize("mtu", [23, 247])
 async def test_unlock_and_lock(h: Harness, mtu: int) -> None:
     phone = h.enroll()
-    assert (await unlock(h, phone, mtu=mtu)).lock is LockPosition.UNLOCKED
-    assert (await unlock(h, phone, Cmd.LOCK, mtu=mtu)).lock is LockPosition.LOCKED
+    assert (await unlock(h, phone, mtu=mtu)).lock is LockState.UNLOCKED
+    assert (await unlock(h, phone, Command.LOCK, mtu=mtu)).lock is LockState.LOCKED
     assert [e.event for e in h.audit.read()][-2:] == ["unlock", "lock"]
     assert h.store.get_key(phone.key_id).last_used_at == h.wall
 
@@ -57,7 +57,7 @@ async def test_pairing_with_a_one_time_code(h: Harness) -> None:
     assert paired.vehicle_public_key == h.identity.public_bytes
     rec = h.store.get_key(watch.key_id)
     assert rec is not None and rec.role is Role.DRIVER and rec.name == "Maya's watch"
-    assert (await unlock(h, watch)).lock is LockPosition.UNLOCKED
+    assert (await unlock(h, watch)).lock is LockState.UNLOCKED
 
 
 async def test_pairing_code_cannot_be_reused(h: Harness) -> None:
@@ -100,12 +100,12 @@ async def test_expired_pairing_code_is_refused(h: Harness) -> None:
 
 async def test_revoked_device_is_refused_and_others_still_work(h: Harness) -> None:
     owner, stolen = h.enroll(Role.OWNER, "laptop"), h.enroll(Role.DRIVER, "phone")
-    assert (await unlock(h, stolen)).lock is LockPosition.UNLOCKED
+    assert (await unlock(h, stolen)).lock is LockState.UNLOCKED
     h.store.revoke_key(stolen.key_id, int(h.wall))  # what `key-server revoke` does, from another process
     with pytest.raises(Refused) as info:
         await unlock(h, stolen)
     assert info.value.status is S.DENIED and info.value.authenticated and not info.value.may_have_succeeded
-    assert (await unlock(h, owner)).lock is LockPosition.UNLOCKED
+    assert (await unlock(h, owner)).lock is LockState.UNLOCKED
 
 
 async def test_owner_revokes_over_confidential_session_and_open_session_ends(h: Harness) -> None:
@@ -114,14 +114,14 @@ async def test_owner_revokes_over_confidential_session_and_open_session_ends(h: 
     await victim.open_secure()
     admin = await h.connect(owner)
     await admin.open_secure()
-    await admin.secure(Cmd.REVOKE_KEY, revoke_args(phone.key_id))
+    await admin.secure(Command.REVOKE_KEY, revoke_args(phone.key_id))
     assert h.store.get_key(phone.key_id).revoked  # committed before the answer came back
     for _ in range(50):
         if not victim.conn.is_connected:
             break
         await asyncio.sleep(0.01)
     assert not victim.conn.is_connected, "the revoked key's open session must end at once"
-    total, keys = decode_key_page((await admin.secure(Cmd.LIST_KEYS, list_keys_args())).data)
+    total, keys = decode_key_page((await admin.secure(Command.LIST_KEYS, list_keys_args())).data)
     assert total == 2 and {k.name for k in keys if k.revoked_at} == {"phone"}
     await admin.close()
     await victim.close()
@@ -145,7 +145,7 @@ async def test_last_owner_cannot_revoke_itself_without_force(h: Harness) -> None
     link = await h.connect(owner)
     await link.open_secure()
     with pytest.raises(Refused) as info:
-        await link.secure(Cmd.REVOKE_KEY, revoke_args(owner.key_id))
+        await link.secure(Command.REVOKE_KEY, revoke_args(owner.key_id))
     assert info.value.status is S.NOT_PERMITTED
     await link.close()
 
@@ -156,7 +156,7 @@ async def test_guest_outside_window_and_schedule(h: Harness) -> None:
         await unlock(h, weekend)
     assert info.value.status is S.KEY_NOT_YET_VALID and info.value.temporary
     h.wall += 3600
-    assert (await unlock(h, weekend)).lock is LockPosition.UNLOCKED
+    assert (await unlock(h, weekend)).lock is LockState.UNLOCKED
     h.wall += 3600
     with pytest.raises(Refused) as info:
         await unlock(h, weekend)
@@ -166,14 +166,14 @@ async def test_guest_outside_window_and_schedule(h: Harness) -> None:
 async def test_guest_may_not_start_or_read_keys(h: Harness) -> None:
     guest = h.enroll(Role.GUEST, "guest")
     with pytest.raises(Refused) as info:
-        await unlock(h, guest, Cmd.START)
+        await unlock(h, guest, Command.START)
     assert info.value.status is S.NOT_PERMITTED
     link = await h.connect(guest)
     await link.open_secure()
     with pytest.raises(Refused):
-        await link.secure(Cmd.LIST_KEYS, list_keys_args())
+        await link.secure(Command.LIST_KEYS, list_keys_args())
     with pytest.raises(Refused):
-        await link.secure(Cmd.READ_AUDIT, read_audit_args())
+        await link.secure(Command.READ_AUDIT, read_audit_args())
     await link.close()
 
 
@@ -191,7 +191,7 @@ async def test_clock_set_back_does_not_revive_an_expired_key(h: Harness) -> None
 @pytest.mark.parametrize("n", [2, 20])
 async def test_many_centrals_at_once(h: Harness, n: int) -> None:
     devices = [h.enroll(Role.DRIVER, f"d{i}") for i in range(n)]
-    reports = await asyncio.gather(*(unlock(h, d, Cmd.STATUS) for d in devices))
+    reports = await asyncio.gather(*(unlock(h, d, Command.STATUS) for d in devices))
     assert len(reports) == n
     assert h.service.stats.commands == n
 
@@ -201,7 +201,7 @@ async def test_many_centrals_on_a_broadcasting_backend(tmp_path) -> None:
     h = await Harness(tmp_path, broadcast=True).start()
     try:
         devices = [h.enroll(Role.DRIVER, f"d{i}") for i in range(5)]
-        reports = await asyncio.gather(*(unlock(h, d, Cmd.STATUS) for d in devices))
+        reports = await asyncio.gather(*(unlock(h, d, Command.STATUS) for d in devices))
         assert len(reports) == 5
     finally:
         await h.stop()
@@ -212,14 +212,14 @@ async def test_disconnect_mid_command_leaves_outcome_unknown(h: Harness) -> None
     link = await h.connect(phone, mtu=23)
     h.air.disconnect_after_writes(6)  # the 6th (last) chunk of the unlock arrives, then the link drops
     with pytest.raises(OutcomeUnknown) as info:
-        await link.command(Cmd.UNLOCK, timeout=0.5)
+        await link.command(Command.UNLOCK, timeout=0.5)
     assert info.value.may_have_succeeded
     await link.close()
     await asyncio.sleep(0.05)
     # Whether the vehicle acted on the orphaned command or dropped it with the link, the audit log says so.
     moved = any(energised for _, out, energised in h.lock.output_history() if out == "unlock")
     assert moved == ("unlock" in [e.event for e in h.audit.read()])
-    assert (await unlock(h, phone)).lock is LockPosition.UNLOCKED  # the server is fine afterwards
+    assert (await unlock(h, phone)).lock is LockState.UNLOCKED  # the server is fine afterwards
 
 
 async def test_garbage_frames_do_not_crash_the_server(h: Harness) -> None:
@@ -234,7 +234,7 @@ async def test_garbage_frames_do_not_crash_the_server(h: Harness) -> None:
         except Exception:
             pass
     await conn.disconnect()
-    assert (await unlock(h, phone)).lock is LockPosition.UNLOCKED
+    assert (await unlock(h, phone)).lock is LockState.UNLOCKED
 
 
 async def test_flood_of_failed_attempts_trips_the_limit_and_honest_clients_still_get_in(tmp_path) -> None:
@@ -247,14 +247,14 @@ async def test_flood_of_failed_attempts_trips_the_limit_and_honest_clients_still
         refusals = busy = 0
         for _ in range(10):
             try:
-                await link.command(Cmd.UNLOCK, timeout=0.5)
+                await link.command(Command.UNLOCK, timeout=0.5)
             except Refused as exc:
                 refusals += exc.status is S.DENIED
                 busy += exc.status is S.BUSY
         await link.close()
         assert refusals == 3 and busy >= 1, (refusals, busy)
         assert h.service.stats.rate_limited >= 1
-        assert (await unlock(h, phone)).lock is LockPosition.UNLOCKED  # a link that never failed gets in
+        assert (await unlock(h, phone)).lock is LockState.UNLOCKED  # a link that never failed gets in
     finally:
         await h.stop()
 
@@ -266,7 +266,7 @@ async def test_owner_reads_audit_over_confidential_session(h: Harness) -> None:
     await unlock(h, owner)
     link = await h.connect(owner)
     await link.open_secure()
-    total, records = decode_audit_page((await link.secure(Cmd.READ_AUDIT, read_audit_args(0, 50))).data)
+    total, records = decode_audit_page((await link.secure(Command.READ_AUDIT, read_audit_args(0, 50))).data)
     await link.close()
     assert total >= 2 and "unlock" in [r.event for r in records]
     assert h.audit.verify().ok
@@ -284,7 +284,7 @@ async def test_long_pulse_is_answered_while_the_relay_is_still_energised(tmp_pat
     try:
         phone = h.enroll()
         report = await unlock(h, phone)
-        assert report.lock is LockPosition.UNLOCKED
+        assert report.lock is LockState.UNLOCKED
         assert any(r.energised for r in h.lock.relays.values()), "answered after the pulse had ended"
     finally:
         await h.stop()
@@ -300,7 +300,7 @@ async def test_link_lost_during_the_pulse_is_still_audited(tmp_path) -> None:
     try:
         phone = h.enroll()
         link = await h.connect(phone)
-        task = asyncio.create_task(link.command(Cmd.UNLOCK, timeout=2.0))
+        task = asyncio.create_task(link.command(Command.UNLOCK, timeout=2.0))
         for _ in range(200):
             if any(r.energised for r in h.lock.relays.values()):
                 break

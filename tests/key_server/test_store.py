@@ -23,11 +23,11 @@ from key_server.store import (
     NoFreeSlot,
     PairingMismatch,
     PendingPairing,
-    Role,
     StoreError,
     UnknownKey,
     UnknownPairing,
 )
+from protocol import Role
 
 NOW = 1_800_000_000
 

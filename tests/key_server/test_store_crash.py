@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from key_server.audit import AuditLog
-from key_server.store import KeyRecord, KeyStore, Role
+from key_server.store import KeyRecord, KeyStore
+from protocol import Role
 
 CHILD = Path(__file__).with_name("_crash_child.py")
 REPO = Path(__file__).resolve().parents[2]

@@ -9,15 +9,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from protocol import (
     ChallengeBook,
-    Cmd,
+    Command,
     CommandRequested,
     CommandResult,
     DeviceSession,
     Event,
     KeyPair,
-    KeyRole,
     PairingKeyReceived,
     PairingRequested,
+    Role,
     Status,
     VehicleSession,
     decode_public_key,
@@ -91,7 +91,8 @@ class Pair:
         self.vehicle_events += events
         return events
 
-    def command(self, cmd: Cmd, args: bytes = b"", *, status: Status = Status.OK, data: bytes = b"") -> CommandResult:
+    def command(self, cmd: Command, args: bytes = b"", *, status: Status = Status.OK,
+                data: bytes = b"") -> CommandResult:
         """Run one fast-path command end to end with the vehicle answering `status`."""
         self.device.send_command(cmd, args)
         events = self.flush_up()
@@ -121,7 +122,7 @@ def make_pair(*, chunk_size: int = 20, device: KeyPair | None = None, enrolled: 
     return Pair(v, d, keys)
 
 
-def run_pairing(p: Pair, code: str, *, vehicle_code: str | None = None, role: KeyRole = KeyRole.OWNER) -> list[Event]:
+def run_pairing(p: Pair, code: str, *, vehicle_code: str | None = None, role: Role = Role.OWNER) -> list[Event]:
     """Pair p.device with p.vehicle; the vehicle's slot holds `vehicle_code` (default: the same code)."""
     slot = int(code[:2])
     p.subscribe()

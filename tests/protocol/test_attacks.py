@@ -6,7 +6,7 @@ import pytest
 
 from protocol import (
     AuthenticationError,
-    Cmd,
+    Command,
     CommandFailed,
     CommandRequested,
     DeviceSession,
@@ -39,13 +39,13 @@ def _replay(p, chunks: list[bytes]) -> list:
 def _recorded_unlock():
     p = make_pair()
     p.subscribe()
-    p.command(Cmd.UNLOCK)
+    p.command(Command.UNLOCK)
     return p
 
 
 def test_honest_unlock_goes_through() -> None:
     p = _recorded_unlock()
-    assert any(isinstance(e, CommandRequested) and e.command is Cmd.UNLOCK for e in p.vehicle_events)
+    assert any(isinstance(e, CommandRequested) and e.command is Command.UNLOCK for e in p.vehicle_events)
 
 
 def test_rejects_replayed_unlock_in_same_session() -> None:
@@ -66,7 +66,7 @@ def test_rejects_expired_challenge() -> None:
     p = make_pair()
     p.subscribe()
     p.now += 5.01
-    p.device.send_command(Cmd.UNLOCK)
+    p.device.send_command(Command.UNLOCK)
     [ev] = p.flush_up()
     assert isinstance(ev, Refused) and ev.status is Status.CHALLENGE_INVALID and ev.reason == "expired"
     [res] = p.flush_down()
@@ -80,7 +80,7 @@ def test_challenge_just_inside_ttl_is_accepted() -> None:
     p = make_pair()
     p.subscribe()
     p.now += 4.99
-    assert p.command(Cmd.UNLOCK).status is Status.OK
+    assert p.command(Command.UNLOCK).status is Status.OK
 
 
 def test_rejects_wrong_device_key() -> None:
@@ -89,7 +89,7 @@ def test_rejects_wrong_device_key() -> None:
     impostor = DeviceSession(fixed_key(OTHER_SCALAR), vehicle_public_key=p.vehicle.identity.public_bytes)
     p.device = impostor
     p.subscribe()
-    p.device.send_command(Cmd.UNLOCK)
+    p.device.send_command(Command.UNLOCK)
     [ev] = p.flush_up()
     assert isinstance(ev, Refused) and ev.status is Status.DENIED
 
@@ -98,11 +98,11 @@ def test_unknown_key_and_bad_signature_look_the_same_on_the_wire() -> None:
     unknown = make_pair(device=fixed_key(OTHER_SCALAR), enrolled=False)
     unknown.device = DeviceSession(fixed_key(OTHER_SCALAR), vehicle_public_key=unknown.vehicle.identity.public_bytes)
     unknown.subscribe()
-    unknown.device.send_command(Cmd.UNLOCK)
+    unknown.device.send_command(Command.UNLOCK)
     [a] = unknown.flush_up()
     forged = make_pair()
     forged.subscribe()
-    forged.device.send_command(Cmd.UNLOCK)
+    forged.device.send_command(Command.UNLOCK)
     chunks = forged.device.data_to_send()
     chunks[-1] = chunks[-1][:-1] + bytes([chunks[-1][-1] ^ 1])  # break the signature
     [b] = _replay(forged, chunks)
@@ -126,7 +126,7 @@ def test_rejects_message_for_another_vehicle() -> None:
     p.subscribe()
     # The device signs for its own vehicle; delivered to another vehicle with the same key enrolled.
     p.device.challenge = other.device.challenge  # even with the other vehicle's live challenge
-    p.device.send_command(Cmd.UNLOCK)
+    p.device.send_command(Command.UNLOCK)
     [ev] = _replay(other, p.device.data_to_send())
     assert isinstance(ev, Refused) and ev.status is Status.DENIED
 
@@ -155,7 +155,7 @@ def _deliver(p, message) -> list:
 def test_ignores_result_forged_for_the_device_then_accepts_the_genuine_one() -> None:
     p = make_pair()
     p.subscribe()
-    p.device.send_command(Cmd.UNLOCK)
+    p.device.send_command(Command.UNLOCK)
     p.flush_up()
     p.vehicle.respond(Status.OK)
     genuine_chunks = p.vehicle.data_to_send()
@@ -174,7 +174,7 @@ def test_ignores_result_forged_for_the_device_then_accepts_the_genuine_one() -> 
 def test_ignores_result_with_status_changed() -> None:
     p = make_pair()
     p.subscribe()
-    p.device.send_command(Cmd.UNLOCK)
+    p.device.send_command(Command.UNLOCK)
     p.flush_up()
     p.vehicle.respond(Status.DENIED)
     genuine = decode_result(p.vehicle.data_to_send())
@@ -187,13 +187,13 @@ def test_signed_refusal_of_an_injected_request_cannot_hide_the_real_unlock() -> 
     DENIED answers the attacker's request, not the device's, which still gets its genuine OK."""
     p = make_pair()
     p.subscribe()
-    p.device.send_command(Cmd.UNLOCK)
+    p.device.send_command(Command.UNLOCK)
     honest = p.device.data_to_send()
     from protocol import split
-    from protocol._codec import Command
+    from protocol._codec import CommandMessage
 
     real = decode(b"".join(ch[3:] if i == 0 else ch[1:] for i, ch in enumerate(honest)))
-    bogus = Command(real.key_id, real.challenge, real.command, b"", bytes(64))
+    bogus = CommandMessage(real.key_id, real.challenge, real.command, b"", bytes(64))
     [refused] = _replay(p, split(bogus.encode(), 20))
     assert isinstance(refused, Refused) and refused.status is Status.DENIED
     for ch in p.vehicle.data_to_send():  # the signed DENIED reaches the device too (bless broadcasts)
@@ -215,9 +215,9 @@ def test_two_keys_may_share_a_broadcast_challenge_but_not_replay_it() -> None:
     for ch in p.downlink:  # both centrals heard the same pushed challenge
         second.receive_data(ch, p.now)
     second.next_event(p.now)
-    second.send_command(Cmd.UNLOCK)
+    second.send_command(Command.UNLOCK)
     second_chunks = second.data_to_send()
-    assert p.command(Cmd.UNLOCK).status is Status.OK
+    assert p.command(Command.UNLOCK).status is Status.OK
     [ev] = _replay(p, second_chunks)
     assert isinstance(ev, CommandRequested) and ev.key_id == other.key_id
     p.vehicle.respond(Status.OK)
@@ -258,7 +258,7 @@ def test_every_bit_flip_of_a_recorded_unlock_is_rejected() -> None:
     """Flip each bit of each uplink chunk of a recorded unlock: the vehicle never acts on it."""
     base = make_pair()
     base.subscribe()
-    base.device.send_command(Cmd.UNLOCK)
+    base.device.send_command(Command.UNLOCK)
     chunks = base.device.data_to_send()
     flips = 0
     for ci, chunk in enumerate(chunks):
@@ -291,7 +291,7 @@ def test_every_bit_flip_of_a_recorded_unlock_is_rejected() -> None:
 def test_every_bit_flip_of_the_vehicle_result_is_rejected_by_the_device() -> None:
     base = make_pair()
     base.subscribe()
-    base.device.send_command(Cmd.UNLOCK)
+    base.device.send_command(Command.UNLOCK)
     base.flush_up()
     base.vehicle.respond(Status.OK)
     chunks = base.vehicle.data_to_send()
@@ -299,7 +299,7 @@ def test_every_bit_flip_of_the_vehicle_result_is_rejected_by_the_device() -> Non
         for bit in range(len(chunk) * 8):
             p = make_pair()
             p.subscribe()
-            p.device.send_command(Cmd.UNLOCK)
+            p.device.send_command(Command.UNLOCK)
             p.device.data_to_send()
             bad = bytearray(chunk)
             bad[bit // 8] ^= 1 << (bit % 8)
@@ -320,7 +320,7 @@ def test_every_bit_flip_of_the_vehicle_result_is_rejected_by_the_device() -> Non
 def test_truncation_at_every_length_is_rejected() -> None:
     base = make_pair(chunk_size=244)
     base.subscribe()
-    base.device.send_command(Cmd.UNLOCK)
+    base.device.send_command(Command.UNLOCK)
     [chunk] = base.device.data_to_send()
     for n in range(len(chunk)):
         p = make_pair()
@@ -338,7 +338,7 @@ def test_truncation_at_every_length_is_rejected() -> None:
 def test_truncated_message_with_fixed_length_header_is_malformed() -> None:
     base = make_pair(chunk_size=244)
     base.subscribe()
-    base.device.send_command(Cmd.UNLOCK)
+    base.device.send_command(Command.UNLOCK)
     [chunk] = base.device.data_to_send()
     message = chunk[3:]
     for n in range(2, len(message)):
@@ -353,12 +353,12 @@ def test_truncated_message_with_fixed_length_header_is_malformed() -> None:
 def test_revoked_key_is_refused_like_an_unknown_one() -> None:
     p = make_pair()
     p.subscribe()
-    assert p.command(Cmd.UNLOCK).status is Status.OK
+    assert p.command(Command.UNLOCK).status is Status.OK
     p.keys.clear()  # revoked: the lookup no longer returns it
     p.device.request_challenge()
     p.flush_up()
     p.flush_down()
-    p.device.send_command(Cmd.UNLOCK)
+    p.device.send_command(Command.UNLOCK)
     [ev] = p.flush_up()
     assert isinstance(ev, Refused) and ev.status is Status.DENIED
 
@@ -369,7 +369,7 @@ def test_secure_session_rejects_replayed_request() -> None:
     p.device.open_session()
     p.flush_up()
     p.flush_down()
-    p.device.send_secure(Cmd.LIST_KEYS)
+    p.device.send_secure(Command.LIST_KEYS)
     before = len(p.uplink)
     p.flush_up()
     recorded = p.uplink[before:]
@@ -386,7 +386,7 @@ def test_secure_session_rejects_tampered_ciphertext() -> None:
     p.device.open_session()
     p.flush_up()
     p.flush_down()
-    p.device.send_secure(Cmd.REVOKE_KEY, b"\x00\x00\x00\x00\x00")
+    p.device.send_secure(Command.REVOKE_KEY, b"\x00\x00\x00\x00\x00")
     [chunk] = p.device.data_to_send()
     bad = chunk[:-1] + bytes([chunk[-1] ^ 0x80])
     with pytest.raises(AuthenticationError):
@@ -447,4 +447,4 @@ def test_garbage_chunk_then_honest_unlock() -> None:
     for junk in (b"", b"\x05garbage", b"\x80\xff\xff", b"\x80\x00"):
         with pytest.raises(FramingError):
             p.vehicle.receive_data(junk, p.now)
-    assert p.command(Cmd.UNLOCK).status is Status.OK
+    assert p.command(Command.UNLOCK).status is Status.OK

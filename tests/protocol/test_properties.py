@@ -130,7 +130,7 @@ def test_vehicle_session_survives_arbitrary_writes(chunks: list[bytes]) -> None:
 def test_device_session_survives_arbitrary_notifications(chunks: list[bytes]) -> None:
     p = make_pair()
     p.subscribe()
-    p.device.send_command(protocol.Cmd.UNLOCK)
+    p.device.send_command(protocol.Command.UNLOCK)
     for ch in chunks:
         try:
             p.device.receive_data(ch, p.now)

@@ -3,17 +3,18 @@
 import protocol
 
 EXPECTED = {
-    "AuditRecord", "AuthenticationError", "CODE_DIGITS", "MAX_ATT_MTU", "MIN_ATT_MTU", "QR_SCHEME", "SECRET_DIGITS",
-    "pairing_uri", "parse_code", "ChallengeBook", "ChallengeError", "ChallengeReceived", "Cmd",
-    "CommandFailed", "CommandRequested", "CommandResult", "DState", "DecodeError", "DeviceSession", "DoorPosition",
-    "Event", "FAST_COMMANDS", "FramingError", "KeyInfo", "KeyPair", "KeyProtocolError", "KeyRole",
-    "LocalProtocolError", "LockPosition", "MAX_MESSAGE", "Message", "MsgType", "PakeError", "Paired",
-    "PairingFailed", "PairingKeyReceived", "PairingRequested", "Reassembler", "Refused", "RemoteProtocolError",
-    "ReplayError", "SessionOpened", "SessionReady", "Status", "StatusReport", "VERSION", "VState", "VehicleError",
-    "VehicleSession", "chunk_count", "chunk_size_for_mtu", "decode", "decode_audit_page", "decode_key_page",
-    "decode_public_key", "encode_audit_page", "encode_key_page", "encode_public_key", "generate_private_key",
-    "key_id", "list_keys_args", "load_private_key", "pairing_prs", "parse_list_keys_args", "parse_read_audit_args",
-    "parse_revoke_args", "read_audit_args", "revoke_args", "serialize_private_key", "split",
+    "ACTUATING_COMMANDS", "AuditRecord", "AuthenticationError", "CODE_DIGITS", "ChallengeBook", "ChallengeError",
+    "ChallengeReceived", "Command", "CommandFailed", "CommandRequested", "CommandResult", "DState", "DecodeError",
+    "DeviceSession", "DoorState", "Event", "FAST_COMMANDS", "FramingError", "KEY_ID_LEN", "KeyInfo", "KeyPair",
+    "KeyProtocolError", "LocalProtocolError", "LockState", "MAX_ATT_MTU", "MAX_MESSAGE", "MIN_ATT_MTU", "Message",
+    "MsgType", "PUBLIC_KEY_LEN", "Paired", "PairingFailed", "PairingKeyReceived", "PairingRequested", "PakeError",
+    "QR_SCHEME", "Reassembler", "Refused", "RemoteProtocolError", "ReplayError", "Role", "SECRET_DIGITS",
+    "SECURE_COMMANDS", "SIGNATURE_LEN", "SessionOpened", "SessionReady", "Status", "StatusReport", "VERSION",
+    "VState", "VehicleError", "VehicleSession", "chunk_count", "chunk_size_for_mtu", "decode", "decode_audit_page",
+    "decode_key_page", "decode_public_key", "encode_audit_page", "encode_key_page", "encode_public_key",
+    "generate_private_key", "key_id", "list_keys_args", "load_private_key", "pairing_prs", "pairing_uri",
+    "parse_code", "parse_list_keys_args", "parse_read_audit_args", "parse_revoke_args", "read_audit_args",
+    "revoke_args", "serialize_private_key", "split",
 }
 
 

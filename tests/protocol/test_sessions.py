@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import Cmd, CommandResult, DState, Paired, SessionOpened, SessionReady, Status, VState, split
+from protocol import Command, CommandResult, DState, Paired, SessionOpened, SessionReady, Status, VState, split
 from protocol._codec import decode
 
 from .helpers import make_pair, run_pairing
@@ -24,12 +24,12 @@ def test_pairing_then_unlock(mtu: int) -> None:
     from protocol import DeviceSession
     p.device = DeviceSession(p.device.device, vehicle_public_key=paired[0].vehicle_public_key, chunk_size=mtu - 3)
     p.subscribe()
-    assert p.command(Cmd.UNLOCK).status is Status.OK
+    assert p.command(Command.UNLOCK).status is Status.OK
 
 
 @pytest.mark.parametrize("mtu", MTUS)
-@pytest.mark.parametrize("cmd", [Cmd.UNLOCK, Cmd.LOCK, Cmd.STATUS, Cmd.START])
-def test_fast_commands(mtu: int, cmd: Cmd) -> None:
+@pytest.mark.parametrize("cmd", [Command.UNLOCK, Command.LOCK, Command.STATUS, Command.START])
+def test_fast_commands(mtu: int, cmd: Command) -> None:
     p = make_pair(chunk_size=mtu - 3)
     p.subscribe()
     assert p.device.state is DState.READY
@@ -48,9 +48,9 @@ def test_confidential_session(mtu: int) -> None:
     [ready] = p.flush_down()
     assert isinstance(ready, SessionReady) and ready.session_id == opened.session_id
     for i in range(3):
-        p.device.send_secure(Cmd.LIST_KEYS, bytes([i]))
+        p.device.send_secure(Command.LIST_KEYS, bytes([i]))
         [req] = p.flush_up()
-        assert req.command is Cmd.LIST_KEYS and req.args == bytes([i]) and req.secure
+        assert req.command is Command.LIST_KEYS and req.args == bytes([i]) and req.secure
         p.vehicle.respond(Status.OK, b"secret key list " * 20)
         [res] = p.flush_down()
         assert res.status is Status.OK and res.data == b"secret key list " * 20 and res.secure
@@ -61,7 +61,7 @@ def test_confidential_session(mtu: int) -> None:
 def test_unlock_fits_one_write_at_mtu_185() -> None:
     p = make_pair(chunk_size=185 - 3)
     p.subscribe()
-    p.device.send_command(Cmd.UNLOCK)
+    p.device.send_command(Command.UNLOCK)
     assert len(p.device.data_to_send()) == 1
 
 
@@ -69,24 +69,24 @@ def test_vehicle_replies_in_chunks_as_large_as_the_device_writes() -> None:
     p = make_pair(chunk_size=244)
     p.subscribe()  # before any write the vehicle can only assume MTU 23
     assert all(len(c) <= 20 for c in p.downlink)
-    p.command(Cmd.STATUS)
+    p.command(Command.STATUS)
     assert max(len(c) for c in p.downlink) == len(p.uplink[0]) > 20
 
 
 def test_lock_after_unlock_in_one_connection_with_a_requested_challenge() -> None:
     p = make_pair()
     p.subscribe()
-    p.command(Cmd.UNLOCK)
+    p.command(Command.UNLOCK)
     p.device.request_challenge()
     p.flush_up()
     p.flush_down()
-    assert p.command(Cmd.LOCK).status is Status.OK
+    assert p.command(Command.LOCK).status is Status.OK
 
 
 def test_refusal_status_comes_back_authenticated() -> None:
     p = make_pair()
     p.subscribe()
-    result = p.command(Cmd.START, status=Status.NOT_PERMITTED)
+    result = p.command(Command.START, status=Status.NOT_PERMITTED)
     assert result.status is Status.NOT_PERMITTED
     with pytest.raises(Exception) as info:
         result.raise_for_status()
@@ -98,7 +98,7 @@ def test_device_ignores_results_meant_for_another_central() -> None:
     b = make_pair(rng_seed=b"b")
     a.subscribe()
     b.subscribe()
-    a.device.send_command(Cmd.UNLOCK)
+    a.device.send_command(Command.UNLOCK)
     a.flush_up()
     a.vehicle.respond(Status.OK)
     foreign = a.vehicle.data_to_send()
@@ -111,7 +111,7 @@ def test_device_ignores_results_meant_for_another_central() -> None:
 def test_frames_decode_strictly() -> None:
     p = make_pair()
     p.subscribe()
-    p.device.send_command(Cmd.UNLOCK)
+    p.device.send_command(Command.UNLOCK)
     raw = b"".join(c[3:] if i == 0 else c[1:] for i, c in enumerate(p.device.data_to_send()))
     assert decode(raw).encode() == raw
     assert split(raw, 20)[0][0] == 0x80

@@ -10,17 +10,17 @@ import pytest
 
 from protocol import (
     ChallengeBook,
-    Cmd,
+    Command,
     CommandRequested,
     CommandResult,
     DeviceSession,
     KeyPair,
-    KeyRole,
     Paired,
     PairingKeyReceived,
     PairingRequested,
     Refused,
     RemoteProtocolError,
+    Role,
     SessionOpened,
     SessionReady,
     Status,
@@ -88,15 +88,15 @@ def test_unlock_vector_through_public_api(name: str) -> None:
     vehicle.push_challenge(now)
     assert vehicle.data_to_send() == _chunks(challenge)
     assert _feed(device, challenge, now)[0].ours
-    device.send_command(Cmd.UNLOCK)
+    device.send_command(Command.UNLOCK)
     assert device.data_to_send() == _chunks(command)
     [req] = _feed(vehicle, command, now)
-    assert isinstance(req, CommandRequested) and req.command is Cmd.UNLOCK
+    assert isinstance(req, CommandRequested) and req.command is Command.UNLOCK
     data = bytes.fromhex("300102310101320100")
     vehicle.respond(Status.OK, data)
     assert vehicle.data_to_send() == _chunks(result)
     [res] = _feed(device, result, now)
-    assert res == CommandResult(Cmd.UNLOCK, Status.OK, data, secure=False)
+    assert res == CommandResult(Command.UNLOCK, Status.OK, data, secure=False)
 
 
 def test_confidential_vector_through_public_api() -> None:
@@ -112,7 +112,7 @@ def test_confidential_vector_through_public_api() -> None:
     assert isinstance(_feed(vehicle, open_, now)[0], SessionOpened)
     assert vehicle.data_to_send() == _chunks(accept)
     assert isinstance(_feed(device, accept, now)[0], SessionReady)
-    device.send_secure(Cmd.LIST_KEYS, bytes.fromhex("000032"))
+    device.send_secure(Command.LIST_KEYS, bytes.fromhex("000032"))
     assert device.data_to_send() == _chunks(request)
     [req] = _feed(vehicle, request, now)
     assert req.secure and req.args == bytes.fromhex("000032")
@@ -141,7 +141,7 @@ def test_pairing_vector_through_public_api() -> None:
     assert device.data_to_send() == _chunks(confirm)
     [ev] = _feed(vehicle, confirm, now)
     assert isinstance(ev, PairingKeyReceived) and ev.public_key.hex() == v["inputs"]["device_public_key"]
-    vehicle.finish_pairing(KeyRole.OWNER)
+    vehicle.finish_pairing(Role.OWNER)
     assert vehicle.data_to_send() == _chunks(done)
     [paired] = _feed(device, done, now)
     assert isinstance(paired, Paired) and paired.vehicle_public_key.hex() == v["inputs"]["vehicle_public_key"]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protocol import Cmd, KeyInfo, KeyRole, Paired, Status, chunk_size_for_mtu, decode, encode_key_page
+from protocol import Command, KeyInfo, Paired, Role, Status, chunk_size_for_mtu, decode, encode_key_page
 from protocol._keys import encode_public_key
 from tests.protocol.helpers import DEVICE_SCALAR, OTHER_SCALAR, VEHICLE_SCALAR, Pair, fixed_key, make_pair
 
@@ -95,7 +95,7 @@ def unlock(mtu: int) -> dict[str, Any]:
     r = Recorder(p)
     p.vehicle.push_challenge(p.now)
     r.down()
-    p.device.send_command(Cmd.UNLOCK)
+    p.device.send_command(Command.UNLOCK)
     r.up()
     p.vehicle.respond(Status.OK, bytes.fromhex("300102310101320100"))
     r.down()
@@ -112,7 +112,7 @@ def confidential(mtu: int = 247) -> dict[str, Any]:
     p.device.open_session()
     r.up()
     r.down()
-    p.device.send_secure(Cmd.LIST_KEYS, bytes.fromhex("000032"))
+    p.device.send_secure(Command.LIST_KEYS, bytes.fromhex("000032"))
     r.up()
     p.vehicle.respond(Status.OK, SAMPLE_KEY_PAGE)
     r.down()
@@ -134,7 +134,7 @@ def pairing(mtu: int = 247) -> dict[str, Any]:
     p.vehicle.accept_pairing(pairing_prs(CODE, vehicle_id=p.vehicle.vehicle_id, slot=42))
     r.down()
     r.up()
-    p.vehicle.finish_pairing(KeyRole.OWNER, None, None)
+    p.vehicle.finish_pairing(Role.OWNER, None, None)
     events = r.down()
     assert any(isinstance(e, Paired) for e in events)
     return {"description": "pairing with a one-time code", "inputs": _inputs(mtu, seed, code=CODE, slot=42),
@@ -163,7 +163,7 @@ def negative() -> dict[str, Any]:
     for ch in challenge_chunks:
         p.device.receive_data(ch, p.now)
     p.device.next_event(p.now)
-    p.device.send_command(Cmd.UNLOCK)
+    p.device.send_command(Command.UNLOCK)
     [honest] = p.device.data_to_send()
     tampered_challenge = bytearray(honest)
     tampered_challenge[3 + 12] ^= 0x01  # message offset 12: inside the challenge field
@@ -175,7 +175,7 @@ def negative() -> dict[str, Any]:
     for ch in challenge_chunks:
         wrong_key.device.receive_data(ch, p.now)
     wrong_key.device.next_event(p.now)
-    wrong_key.device.send_command(Cmd.UNLOCK)
+    wrong_key.device.send_command(Command.UNLOCK)
     [wrong] = wrong_key.device.data_to_send()
     return {
         "description": "writes a vehicle must refuse after pushing the challenge of the first step",

@@ -258,7 +258,7 @@ class BluetoothdLog:
 _PDU = re.compile(r"ATT PDU received: 0x([0-9a-f]{2})")
 _CHRC = re.compile(r"discover_chrcs_cb\(\) start: 0x[0-9a-f]{4}, end: 0x[0-9a-f]{4}, value: 0x([0-9a-f]{4}), "
                    r"props: 0x[0-9a-f]{2}, uuid: ([0-9a-f-]{36})")
-_WRITE = re.compile(r"gatt-server\.c:write_cb\(\) Write (Req|Cmd) - handle: 0x([0-9a-f]{4})")
+_WRITE = re.compile(r"gatt-server\.c:write_cb\(\) Write (Req|Command) - handle: 0x([0-9a-f]{4})")
 ATT_OPCODES = {
     0x02: "mtu_req", 0x04: "find_info_req", 0x08: "read_by_type_req", 0x0A: "read_req", 0x10: "read_by_group_req",
     0x12: "write_req", 0x16: "prep_write_req", 0x18: "exec_write_req", 0x1B: "notification", 0x1D: "indication",
