@@ -7,6 +7,8 @@ hard maximum on-time enforced by a watchdog thread, and is de-energised on error
 SIGINT (``install_signal_failsafe``) and at exit. Wiring and safety: docs/HARDWARE.md.
 """
 
+from protocol import DoorState, LockState
+
 from ._backend import BinaryInput, FakeInput, FakeRelay, Relay
 from ._build import Check, CheckLevel, actuate_test, build_lock, check_hardware
 from ._config import ActuatorConfig
@@ -26,10 +28,8 @@ from ._types import (
     ActuatorEvent,
     ActuatorStatus,
     DoorChanged,
-    DoorState,
     Lock,
     LockChanged,
-    LockState,
     OutputChanged,
 )
 

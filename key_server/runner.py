@@ -54,7 +54,11 @@ async def serve(cfg: Config) -> int:
     stop = asyncio.Event()
     # De-energise synchronously inside the signal handler (works even if the loop is stuck), then ask the
     # loop to shut down cleanly.
-    restore = install_signal_failsafe(lock, on_signal=lambda _s: loop.call_soon_threadsafe(stop.set))
+
+    def on_signal(_signum: int) -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    restore = install_signal_failsafe(lock, on_signal=on_signal)
     rl = cfg.rate_limit
     service = KeyService(
         identity=identity, store=store, audit=AuditLog(store), clock=clock, lock=lock,

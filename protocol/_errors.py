@@ -24,6 +24,16 @@ class Status(enum.IntEnum):
     MALFORMED = 0x0D  # the message did not decode or was not expected now
     INTERNAL_ERROR = 0x0E
 
+    @property
+    def may_have_acted(self) -> bool:
+        """True if, after this status, the vehicle may have moved the lock (PROTOCOL.md §8)."""
+        return self in _MAY_HAVE_ACTED
+
+    @property
+    def temporary(self) -> bool:
+        """True if a retry (with a fresh challenge, or a little later) can cure this status."""
+        return self in _TEMPORARY
+
 
 # Statuses after which the vehicle may have moved the lock; everything else means it did nothing.
 _MAY_HAVE_ACTED = frozenset({Status.OK, Status.ACTUATOR_FAILED, Status.INTERNAL_ERROR})
