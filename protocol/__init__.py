@@ -4,7 +4,7 @@ Nothing in this package does I/O, reads a clock or sleeps: callers pass bytes in
 pass the current monotonic time where expiry matters. See docs/PROTOCOL.md for the wire specification.
 """
 
-from ._challenge import ChallengeBook
+from ._challenge import DEFAULT_CHALLENGE_TTL, ChallengeBook
 from ._codec import MAX_MESSAGE, VERSION, Message, MsgType, decode
 from ._crypto import pairing_prs
 from ._device import DeviceSession
@@ -69,6 +69,7 @@ from ._vehicle import VehicleSession
 from ._vocab import ACTUATING_COMMANDS, FAST_COMMANDS, SECURE_COMMANDS, Command, DoorState, LockState, Role
 
 __all__ = [
+    "DEFAULT_CHALLENGE_TTL",
     "KEY_ID_LEN",
     "PUBLIC_KEY_LEN",
     "SIGNATURE_LEN",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ._codec import CHALLENGE_LEN
 from ._errors import ChallengeError
 
-DEFAULT_TTL = 5.0  # seconds; short enough that recorded challenges are useless, long enough for a watch
+DEFAULT_CHALLENGE_TTL = 5.0  # seconds; short enough that recorded challenges are useless, long enough for a watch
 DEFAULT_CAPACITY = 256  # outstanding challenges kept; the oldest is forgotten first
 PAIRING = b"pairing"  # the redeemer name pairing uses: one pairing attempt per challenge
 
@@ -29,7 +29,7 @@ class _Entry:
 class ChallengeBook:
     """Issues challenges and redeems each at most once per key, before it expires; pure, time is passed in."""
 
-    def __init__(self, ttl: float = DEFAULT_TTL, capacity: int = DEFAULT_CAPACITY,
+    def __init__(self, ttl: float = DEFAULT_CHALLENGE_TTL, capacity: int = DEFAULT_CAPACITY,
                  rng: Callable[[int], bytes] = os.urandom) -> None:
         self.ttl = ttl
         self.capacity = capacity

@@ -3,6 +3,7 @@
 import protocol
 
 EXPECTED = {
+    "DEFAULT_CHALLENGE_TTL",
     "ACTUATING_COMMANDS", "AuditRecord", "AuthenticationError", "CODE_DIGITS", "ChallengeBook", "ChallengeError",
     "ChallengeReceived", "Command", "CommandFailed", "CommandRequested", "CommandResult", "DState", "DecodeError",
     "DeviceSession", "DoorState", "Event", "FAST_COMMANDS", "FramingError", "KEY_ID_LEN", "KeyInfo", "KeyPair",
