@@ -14,9 +14,9 @@ from ._build import Check, CheckLevel, actuate_test, build_lock, check_hardware
 from ._config import ActuatorConfig
 from ._drivers import LatchedLock, PulseLock, RelayLock, TwoLineLock
 from ._errors import (
+    ActuatorConfigError,
     ActuatorError,
     ActuatorFault,
-    ConfigError,
     DoorOpenError,
     HardwareUnavailableError,
     LockClosedError,
@@ -35,6 +35,7 @@ from ._types import (
 
 __all__ = [
     "ActuatorConfig",
+    "ActuatorConfigError",
     "ActuatorError",
     "ActuatorEvent",
     "ActuatorFault",
@@ -42,7 +43,6 @@ __all__ = [
     "BinaryInput",
     "Check",
     "CheckLevel",
-    "ConfigError",
     "DoorChanged",
     "DoorOpenError",
     "DoorState",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from ._errors import ConfigError
+from ._errors import ActuatorConfigError
 
 Kind = Literal["sim", "pulse", "two-line", "latched"]
 RelayKind = Literal["pulse", "two-line", "latched"]
@@ -57,16 +58,16 @@ class ActuatorConfig:
     refuse_lock_when_open: bool = False  # lock() raises DoorOpenError while the door is open
 
     def __post_init__(self) -> None:
-        """Reject anything invalid or unsafe with a ConfigError that names the field."""
+        """Reject anything invalid or unsafe with an ActuatorConfigError that names the option and its value."""
         _check_choice("kind", self.kind, get_args(Kind))
         _check_choice("simulate", self.simulate, get_args(RelayKind))
         _check_choice("door_pull", self.door_pull, get_args(DoorPull))
         for name in ("active_high", "pulse_relatches", "door_open_is_high", "refuse_lock_when_open"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false")
+                raise ActuatorConfigError(name, getattr(self, name), "not true or false", "true or false")
         for name in ("unlock_pin", "lock_pin", "start_pin", "door_pin"):
             _check_pin(name, getattr(self, name))
-        _check_number("pulse_ms", self.pulse_ms, low=1)
+        _check_number("pulse_ms", self.pulse_ms, low=1, high=MAX_ON_CEILING_S * 1000)
         if self.max_on_ms is not None:
             _check_number("max_on_ms", self.max_on_ms, low=1, high=MAX_ON_CEILING_S * 1000)
         _check_number("start_on_s", self.start_on_s, low=0.001, high=MAX_ON_CEILING_S)
@@ -80,28 +81,40 @@ class ActuatorConfig:
         kind = self.relay_kind
         max_on_ms = self.max_on_s * 1000
         if kind in ("pulse", "two-line") and self.pulse_ms > max_on_ms:
-            raise ConfigError(f"pulse_ms ({self.pulse_ms}) exceeds max_on_ms ({max_on_ms:g})")
+            raise ActuatorConfigError("pulse_ms", self.pulse_ms, f"exceeds max_on_ms ({_plain(max_on_ms)})",
+                                      f"at most max_on_ms ({_plain(max_on_ms)}); raise max_on_ms for a longer pulse")
         if kind == "pulse" and self.relock_after_s is not None:
-            raise ConfigError("relock_after_s does not apply to a pulse relay (it has nothing to re-lock)")
+            raise ActuatorConfigError("relock_after_s", self.relock_after_s,
+                                      "does not apply to a pulse relay (it has nothing to re-lock)",
+                                      "leave it out for a pulse relay")
         if kind == "latched" and self.relock_after_s is not None and self.relock_after_s * 1000 > max_on_ms:
-            raise ConfigError(
-                f"relock_after_s ({self.relock_after_s:g} s) exceeds max_on_ms ({max_on_ms:g} ms): "
-                "a latched relay is energised while unlocked, so raise max_on_ms too"
-            )
+            raise ActuatorConfigError(
+                "relock_after_s", self.relock_after_s,
+                f"exceeds max_on_ms ({_plain(max_on_ms)} ms): a latched relay is energised while unlocked, "
+                "so raise max_on_ms too", f"at most {_plain(max_on_ms / 1000)} s, or a larger max_on_ms")
         if self.kind == "sim":
             return  # a simulated lock has every output and a door sensor; pins are ignored
         if self.unlock_pin is None:
-            raise ConfigError(f"a {kind} relay needs unlock_pin")
+            raise ActuatorConfigError("unlock_pin", None, f"a {kind} relay needs unlock_pin", _PIN_ALLOWED)
         if kind == "two-line" and self.lock_pin is None:
-            raise ConfigError("a two-line relay needs lock_pin")
+            raise ActuatorConfigError("lock_pin", None, "a two-line relay needs lock_pin", _PIN_ALLOWED)
         if kind != "two-line" and self.lock_pin is not None:
-            raise ConfigError(f"lock_pin is only used by a two-line relay, not {kind}")
+            raise ActuatorConfigError("lock_pin", self.lock_pin, f"only used by a two-line relay, not {kind}",
+                                      'leave it out unless kind = "two-line"')
         if self.refuse_lock_when_open and self.door_pin is None:
-            raise ConfigError("refuse_lock_when_open needs door_pin")
-        pins = [p for p in (self.unlock_pin, self.lock_pin, self.start_pin, self.door_pin) if p is not None]
-        keys = [bcm_number(p) if bcm_number(p) is not None else str(p).upper() for p in pins]
-        if len(set(keys)) != len(keys):
-            raise ConfigError(f"the same pin is used twice: {pins}")
+            raise ActuatorConfigError("refuse_lock_when_open", True, "needs door_pin",
+                                      "false, or set door_pin to the door sensor's pin")
+        seen: dict[object, str] = {}
+        for name in ("unlock_pin", "lock_pin", "start_pin", "door_pin"):
+            pin: Pin | None = getattr(self, name)
+            if pin is None:
+                continue
+            number = bcm_number(pin)
+            same = number if number is not None else str(pin).strip().upper()  # 17 == "GPIO17" == "BCM17"
+            if same in seen:
+                raise ActuatorConfigError(name, pin, f"the same pin as {seen[same]}",
+                                          "a pin no other actuator option uses")
+            seen[same] = name
 
     @property
     def relay_kind(self) -> RelayKind:
@@ -118,16 +131,15 @@ class ActuatorConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, object]) -> ActuatorConfig:
-        """Build from a TOML table (``-`` or ``_`` in keys); unknown keys are a ConfigError, not ignored."""
-        fields = {f.name for f in dataclasses.fields(cls)}
+        """Build from a TOML table (``-`` or ``_`` in keys); unknown keys are an ActuatorConfigError, not ignored."""
+        names = [f.name for f in dataclasses.fields(cls)]
         values = {str(k).replace("-", "_"): v for k, v in data.items()}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ConfigError(f"unknown actuator option(s): {', '.join(unknown)}")
-        try:
-            return cls(**values)  # type: ignore[arg-type]  # each value is checked in __post_init__
-        except TypeError as exc:  # e.g. a comparison between str and int on a wrongly typed value
-            raise ConfigError(str(exc)) from exc
+        for key, value in values.items():
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ActuatorConfigError(key, value, f"unknown actuator option{hint}", ", ".join(names))
+        return cls(**values)  # type: ignore[arg-type]  # each value is checked in __post_init__
 
     def describe(self) -> str:
         """One line for logs and ``key-server doctor``: kind, pins, polarity and timings."""
@@ -149,25 +161,37 @@ class ActuatorConfig:
         return ", ".join(parts)
 
 
+_PIN_ALLOWED = 'a BCM pin number (17) or a pin name ("GPIO17", "BOARD11")'
+
+
 def _check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, not {value!r}")
+        raise ActuatorConfigError(name, value, "not one of the choices",
+                                  "one of " + ", ".join(f'"{c}"' for c in choices))
 
 
 def _check_pin(name: str, value: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ConfigError(f"{name} must be a BCM pin number or a pin name, not {value!r}")
+        raise ActuatorConfigError(name, value, "not a pin", _PIN_ALLOWED)
     if isinstance(value, int) and value < 0:
-        raise ConfigError(f"{name} must not be negative")
+        raise ActuatorConfigError(name, value, "negative", _PIN_ALLOWED)
     if isinstance(value, str) and not value.strip():
-        raise ConfigError(f"{name} must not be empty")
+        raise ActuatorConfigError(name, value, "empty", _PIN_ALLOWED)
 
 
-def _check_number(name: str, value: object, *, low: float, high: float | None = None) -> None:
+def _plain(number: float) -> str:
+    """3600000 rather than 3.6e+06: a person copies the bound into the config file."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+def _check_number(name: str, value: object, *, low: float, high: float) -> None:
+    allowed = f"a number from {_plain(low)} to {_plain(high)}"
+    # bool is an int subclass: `true` must not pass as 1 ms; NaN compares false with everything.
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a number, not {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-        raise ConfigError(f"{name} must be {bound}, not {value!r}")
+        raise ActuatorConfigError(name, value, "not a finite number", allowed)
+    if value < low:
+        raise ActuatorConfigError(name, value, "too small", allowed)
+    if value > high:
+        raise ActuatorConfigError(name, value, "too large", allowed)

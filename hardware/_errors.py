@@ -12,8 +12,21 @@ class ActuatorError(Exception):
     may_have_acted: bool = False
 
 
-class ConfigError(ActuatorError, ValueError):
-    """An ActuatorConfig that is invalid or unsafe; raised before any pin is touched."""
+class ActuatorConfigError(ActuatorError, ValueError):
+    """An ActuatorConfig that is invalid or unsafe; raised before any pin is touched.
+
+    ``key`` is the option at fault (None if no one option is), ``value`` what it was given (None: not set),
+    ``problem`` what is wrong and ``allowed`` what would be accepted, so a caller that knows the config file
+    can name it too (key_server.config does). str() is one line: ``pulse_ms = 0: too small (allowed: ...)``.
+    """
+
+    def __init__(self, key: str | None, value: object, problem: str, allowed: str) -> None:
+        self.key = key
+        self.value = value
+        self.problem = problem
+        self.allowed = allowed
+        where = "actuator" if key is None else (f"{key} (not set)" if value is None else f"{key} = {value!r}")
+        super().__init__(f"{where}: {problem} (allowed: {allowed})")
 
 
 class HardwareUnavailableError(ActuatorError):

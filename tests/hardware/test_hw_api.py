@@ -14,10 +14,10 @@ import hardware
 import protocol
 from hardware import (
     ActuatorConfig,
+    ActuatorConfigError,
     ActuatorError,
     ActuatorStatus,
     CheckLevel,
-    ConfigError,
     DoorState,
     HardwareUnavailableError,
     Lock,
@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_public_api_is_pinned() -> None:
     assert sorted(hardware.__all__) == [
         "ActuatorConfig",
+        "ActuatorConfigError",
         "ActuatorError",
         "ActuatorEvent",
         "ActuatorFault",
@@ -40,7 +41,6 @@ def test_public_api_is_pinned() -> None:
         "BinaryInput",
         "Check",
         "CheckLevel",
-        "ConfigError",
         "DoorChanged",
         "DoorOpenError",
         "DoorState",
@@ -77,9 +77,9 @@ def test_values_the_server_relies_on() -> None:
     status = ActuatorStatus(LockState.LOCKED, DoorState.CLOSED, start_enabled=False)
     with pytest.raises(AttributeError):
         status.lock = LockState.UNLOCKED  # type: ignore[misc]
-    for error in (hardware.DoorOpenError, hardware.NotConfiguredError, hardware.ActuatorFault, ConfigError):
+    for error in (hardware.DoorOpenError, hardware.NotConfiguredError, hardware.ActuatorFault, ActuatorConfigError):
         assert issubclass(error, ActuatorError)
-    assert issubclass(ConfigError, ValueError)
+    assert issubclass(ActuatorConfigError, ValueError)
     assert hardware.ActuatorFault("x").may_have_acted and not hardware.DoorOpenError().may_have_acted
 
 
@@ -149,17 +149,49 @@ def test_defaults_are_a_safe_simulation() -> None:
     ],
 )
 def test_invalid_configs_are_refused(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ActuatorConfigError, match=message):
         ActuatorConfig(**options)
 
 
 def test_from_mapping_reads_a_toml_table_and_rejects_unknown_keys() -> None:
     config = ActuatorConfig.from_mapping({"kind": "two-line", "unlock-pin": 17, "lock_pin": 27, "relock-after-s": 30})
     assert (config.unlock_pin, config.lock_pin, config.relock_after_s) == (17, 27, 30)
-    with pytest.raises(ConfigError, match="unlock_pn"):
+    with pytest.raises(ActuatorConfigError, match="unlock_pn"):
         ActuatorConfig.from_mapping({"unlock_pn": 17})
-    with pytest.raises(ConfigError):
+    with pytest.raises(ActuatorConfigError):
         ActuatorConfig.from_mapping({"pulse_ms": "500"})
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "value", "problem", "allowed"),
+    [
+        ({"unlock_pn": 17}, "unlock_pn", 17, "unknown actuator option; did you mean unlock_pin?", "kind, simulate"),
+        ({"pulse_ms": "500"}, "pulse_ms", "500", "not a finite number", "a number from 1 to 3600000"),
+        ({"pulse_ms": True}, "pulse_ms", True, "not a finite number", "a number from 1 to 3600000"),
+        ({"kind": "relay"}, "kind", "relay", "not one of the choices", '"sim", "pulse", "two-line", "latched"'),
+        ({"kind": "pulse"}, "unlock_pin", None, "a pulse relay needs unlock_pin", "a BCM pin number"),
+        ({"kind": "pulse", "unlock_pin": -1}, "unlock_pin", -1, "negative", "a BCM pin number"),
+        ({"kind": "pulse", "unlock_pin": " "}, "unlock_pin", " ", "empty", "a BCM pin number"),
+        ({"kind": "two-line", "unlock_pin": 17, "lock_pin": "BCM17"}, "lock_pin", "BCM17",
+         "the same pin as unlock_pin", "no other"),
+        ({"debounce_ms": 10_001}, "debounce_ms", 10_001, "too large", "from 0 to 10000"),
+    ],
+)
+def test_config_errors_name_the_option_value_and_what_is_allowed(
+    options: dict[str, Any], key: str, value: object, problem: str, allowed: str
+) -> None:
+    with pytest.raises(ActuatorConfigError) as info:
+        ActuatorConfig.from_mapping(options)
+    err = info.value
+    assert (err.key, err.value, err.problem) == (key, value, problem)
+    assert allowed in err.allowed
+    assert "\n" not in str(err) and str(err).startswith(key)
+
+
+def test_honest_wiring_passes_the_same_checks() -> None:
+    config = ActuatorConfig.from_mapping({"kind": "two-line", "unlock_pin": "GPIO17", "lock_pin": 27,
+                                          "door_pin": 16, "refuse_lock_when_open": True, "debounce_ms": 10_000})
+    assert config.unlock_pin == "GPIO17" and config.refuse_lock_when_open
 
 
 def test_describe_names_the_wiring() -> None:

@@ -326,7 +326,7 @@ async def test_a_stuck_event_loop_cannot_hold_a_latched_relay(build: Build, fact
 
 
 def test_a_pulse_longer_than_max_on_is_refused_before_any_pin_is_touched(factory: MockFactory) -> None:
-    with pytest.raises(hardware.ConfigError, match="max_on_ms"):
+    with pytest.raises(hardware.ActuatorConfigError, match="max_on_ms"):
         ActuatorConfig(**pulse(pulse_ms=3000))  # default cap 2000 ms
     assert UNLOCK not in {p.number for p in factory.pins}
 
