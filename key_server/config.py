@@ -1,23 +1,64 @@
-"""key-server configuration: a TOML file with every option, defaults that suit a Pi service and a laptop user."""
+"""key-server configuration: one TOML file, every option typed and bounded, checked when it is read.
+
+The schema below is the one description of every option: each field's ``help`` (and the rules beside it) is
+what the sample config (`key-server config`, SAMPLE_CONFIG) prints, so the two cannot drift. The [actuator]
+table is hardware's ActuatorConfig (validated there, since hardware may not import dkey_link); its errors
+are turned into the same ConfigError form. A ConfigError's str() is one line naming the file, the key
+(section.key), the bad value and what is allowed; key-server exits with ExitCode.CONFIG on it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from hardware import ActuatorConfig
+from dkey_link.settings import MISSING, SettingsError, check_keys, describe, load_table, parse_duration, setting
+from hardware import ActuatorConfig, ActuatorConfigError
+from protocol import DEFAULT_CHALLENGE_TTL
+
+from .ratelimit import GLOBAL_BURST, GLOBAL_RATE, LINK_BURST, LINK_RATE
 
 SYSTEM_STATE_DIR = Path("/var/lib/dkey")  # the systemd unit's StateDirectory=dkey
 SYSTEM_CONFIG = Path("/etc/dkey/config.toml")
 IDENTITY_FILE = "vehicle_key.pem"
 STORE_FILE = "keys.db"
 
+DEFAULT_LINK_IDLE_TIMEOUT: Final = 30.0  # seconds: connect, act, disconnect; an idle link only holds a slot
+
+# The advertised name. One rule for every place it goes:
+# - the sim radio's socket file `<air_dir>/<name>.sock` (dkey_link.sim.NAME_RE: [A-Za-z0-9][A-Za-z0-9._-]{0,63});
+# - bless's D-Bus object paths (built from its [A-Za-z0-9_] characters: the first character guarantees one);
+# - the BLE advertisement: a legacy scan response is 31 bytes, 2 of which are the Complete Local Name's AD
+#   header, so 29 ASCII characters is the longest name a scanner receives whole (longer ones are shortened);
+# - the adapter alias bless sets (BlueZ takes up to 248 bytes: no tighter limit there).
+# No spaces or '/': a shell, a file name and a D-Bus path all take the name as it is.
+NAME_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,28}"
+# AF_UNIX paths are at most 107 bytes; `/<name>.sock` takes up to 35 of them.
+SIM_DIR_MAX: Final = 70
+
 
 class ConfigError(ValueError):
-    """The configuration file or an option is wrong; the message says which and how to fix it."""
+    """The config file or an option is wrong; str() is one line naming the file, the key, the value and the fix."""
+
+    def __init__(self, message: str, *, file: str | Path | None = None, key: str | None = None,
+                 value: object = MISSING, allowed: str | None = None) -> None:
+        super().__init__(_one_line(message))
+        self.file = None if file is None else str(file)
+        self.key = key  # "section.key", a table name, or None for a whole-file problem
+        self.value = value  # the bad value as read, or MISSING
+        self.allowed = allowed
+
+    @classmethod
+    def from_settings(cls, err: SettingsError) -> ConfigError:
+        """The same error, as the type key-server's callers catch."""
+        return cls(str(err), file=err.file, key=err.key, value=err.value, allowed=err.allowed)
 
 
 def default_state_dir() -> Path:
@@ -31,36 +72,95 @@ def default_state_dir() -> Path:
     return Path(base) / "dkey"
 
 
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _absolute_path(value: str) -> None:
+    """A path the service finds whatever its working directory (systemd starts it in /)."""
+    if "\0" in value:
+        raise ValueError("contains a NUL character")
+    if not value.startswith("/"):
+        raise ValueError("not an absolute path")
+
+
+def _known_zone(value: str) -> None:
+    """A zone zoneinfo can load now, so guest schedules never meet an unknown zone at unlock time."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # ValueError: "../x", "" and other non-keys
+        raise ValueError("not a known time zone") from None
+
+
+# ---------------------------------------------------------------------------------------------- schema
+
+
+@dataclass(slots=True)
+class TopLevel:
+    """Keys outside any table."""
+
+    state_dir: str | None = setting(
+        None, help="where the vehicle key, key store and config live (default: /var/lib/dkey for root)",
+        min=1, check=_absolute_path, allowed="an absolute path")
+
+
 @dataclass(slots=True)
 class ServerOptions:
     """The [server] table."""
 
-    name: str = "dkey"  # advertised BLE name (bless also sets the adapter alias to it)
-    radio: str = "ble"  # ble | sim
-    adapter: str | None = None  # e.g. "hci0"; None = BlueZ's default adapter
-    sim_dir: str | None = None  # sim radio only: the air directory ($DKEY_SIM_DIR or /tmp/dkey-sim-<uid>)
-    challenge_ttl: float = 5.0  # seconds a challenge stays valid; lower it for stronger relay resistance
-    link_idle_timeout: float = 30.0  # drop a central that stays idle this long (frees the connection slot)
-    timezone: str | None = None  # for guest schedules; None = the system's local zone
-    log_level: str = "info"
+    name: str = setting(
+        "dkey", help="advertised BLE name (bless also sets the adapter alias to it)", pattern=NAME_PATTERN,
+        allowed="1 to 29 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit")
+    radio: str = setting("ble", help="the radio: ble is BlueZ via bless, sim a local simulated radio",
+                         choices=("ble", "sim"))
+    adapter: str | None = setting(None, help="BlueZ adapter; default: BlueZ's default adapter",
+                                  pattern=r"hci[0-9]{1,3}", allowed="an adapter name like hci0")
+    sim_dir: str | None = setting(
+        None, help="sim radio only: the air directory (default: $DKEY_SIM_DIR or /tmp/dkey-sim-<uid>)",
+        max=SIM_DIR_MAX, check=_absolute_path, allowed=f"an absolute path of at most {SIM_DIR_MAX} characters")
+    challenge_ttl: float = setting(
+        DEFAULT_CHALLENGE_TTL, help="seconds a challenge stays valid; lower = stronger against relayed commands",
+        min=0.5, max=60.0)
+    link_idle_timeout: float = setting(
+        DEFAULT_LINK_IDLE_TIMEOUT, help="seconds before an idle central is dropped (at least challenge_ttl)",
+        min=5.0, max=600.0)
+    timezone: str | None = setting(None, help="for guest schedules; default: the system's local time zone",
+                                   min=1, check=_known_zone, allowed="an IANA time zone such as Europe/Berlin or UTC")
+    log_level: str = setting("info", help="how much key-server logs (-v means debug)",
+                             choices=("debug", "info", "warning", "error"))
 
 
 @dataclass(slots=True)
 class PairingOptions:
     """The [pairing] table."""
 
-    code_ttl: str = "10m"  # how long a one-time code lives
-    attempts: int = 5  # wrong tries before a code dies
+    # Minutes and up only: `key-server pair` reads this with the same parser as --code-ttl (policy.parse_when).
+    code_ttl: str = setting(
+        "10m", help="lifetime of a one-time pairing code", duration=True, min=60, max=86_400,
+        pattern=r"(?:[0-9]+[mhdw])+", allowed="a duration in m, h, d or w (10m, 2h, 1d) from 1m to 1d")
+    # Each wrong try is a guess at the code: more than a few tens would weaken it for no honest gain.
+    attempts: int = setting(5, help="wrong tries before the code dies", min=1, max=20)
+
+    @property
+    def code_ttl_s(self) -> int:
+        """code_ttl in seconds."""
+        return parse_duration(self.code_ttl)
 
 
 @dataclass(slots=True)
 class RateLimitOptions:
     """The [rate_limit] table: failed attempts (see key_server/ratelimit.py)."""
 
-    link_burst: float = 5
-    link_rate: float = 0.5
-    global_burst: float = 30
-    global_rate: float = 5.0
+    # A burst below 1 would refuse every link after its first failure; rates bound CPU spent on bad signatures.
+    link_burst: float = setting(LINK_BURST, help="failures a connected central may burst", min=1, max=1_000)
+    link_rate: float = setting(LINK_RATE, help="failures per second afterwards, per central", min=0.01, max=100)
+    global_burst: float = setting(GLOBAL_BURST, help="failures all centrals together may burst", min=1, max=10_000)
+    global_rate: float = setting(GLOBAL_RATE, help="failures per second afterwards, all centrals", min=0.01,
+                                 max=1_000)
+
+
+TABLES: Final[Mapping[str, type]] = {"server": ServerOptions, "pairing": PairingOptions,
+                                     "rate_limit": RateLimitOptions}
+ACTUATOR_TABLE: Final = "actuator"
 
 
 @dataclass(slots=True)
@@ -85,72 +185,141 @@ class Config:
         return self.state_dir / STORE_FILE
 
 
-def _table(cls: type, data: dict[str, Any], where: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ConfigError(f"unknown option(s) in [{where}]: {', '.join(sorted(unknown))}; "
-                          f"known: {', '.join(sorted(known))}")
-    try:
-        return cls(**data)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"[{where}]: {exc}") from exc
+# ---------------------------------------------------------------------------------------------- loading
 
 
 def load_config(path: Path | None, state_dir: Path | None = None) -> Config:
-    """Read `path` (or <state_dir>/config.toml, or /etc/dkey/config.toml, whichever exists) over the defaults."""
+    """Read `path` (or <state_dir>/config.toml, or /etc/dkey/config.toml, whichever exists) over the defaults.
+
+    Every key is checked here, so a bad file stops the program at start with one ConfigError line.
+    """
     sd = state_dir or default_state_dir()
-    candidates = [path] if path else [sd / "config.toml", SYSTEM_CONFIG]
+    if path is not None and not path.exists():
+        raise ConfigError(f"{path}: no such config file", file=path)
+    source = path if path is not None else next((c for c in (sd / "config.toml", SYSTEM_CONFIG) if c.exists()), None)
     data: dict[str, Any] = {}
-    source = None
-    for cand in candidates:
-        if cand is not None and cand.exists():
-            try:
-                data = tomllib.loads(cand.read_text())
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"{cand}: not valid TOML: {exc}") from exc
-            source = cand
-            break
-        if path is not None:
-            raise ConfigError(f"config file {path} does not exist")
-    known = {"state_dir", "server", "pairing", "rate_limit", "actuator"}
-    if set(data) - known:
-        raise ConfigError(f"unknown table(s) in {source}: {', '.join(sorted(set(data) - known))}")
-    cfg = Config(
-        state_dir=state_dir or Path(data.get("state_dir", sd)),
-        server=_table(ServerOptions, data.get("server", {}), "server"),
-        pairing=_table(PairingOptions, data.get("pairing", {}), "pairing"),
-        rate_limit=_table(RateLimitOptions, data.get("rate_limit", {}), "rate_limit"),
-        actuator=_table(ActuatorConfig, data.get("actuator", {}), "actuator"),
-        source=source,
-    )
-    if cfg.server.radio not in ("ble", "sim"):
-        raise ConfigError(f"[server] radio must be 'ble' or 'sim', not {cfg.server.radio!r}")
+    if source is not None:
+        try:
+            with source.open("rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc} (see https://toml.io)", file=source) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: cannot read the config file: {exc}", file=source) from None
+    cfg = parse_config(data, file=source or "(defaults)", state_dir=state_dir)
+    cfg.source = source
     return cfg
 
 
-SAMPLE_CONFIG = """\
-# key-server configuration (TOML). Every option is shown with its default.
-# state_dir = "/var/lib/dkey"
+def parse_config(data: Mapping[str, object], *, file: str | Path, state_dir: Path | None = None) -> Config:
+    """A Config from a parsed TOML document; ConfigError (naming `file`) on the first unknown or bad key."""
+    try:
+        known = ["state_dir", *TABLES, ACTUATOR_TABLE]
+        check_keys({k: v for k, v in data.items() if isinstance(v, Mapping)}, known, file=file, what="table")
+        check_keys({k: v for k, v in data.items() if not isinstance(v, Mapping)}, known, file=file)
+        top = load_table(TopLevel, {k: v for k, v in data.items() if k not in known[1:]}, file=file, section="")
+        tables: dict[str, Any] = {name: load_table(schema, data.get(name, {}), file=file, section=name)
+                  for name, schema in TABLES.items()}
+    except SettingsError as exc:
+        raise ConfigError.from_settings(exc) from None
+    cfg = Config(
+        state_dir=state_dir or (Path(top.state_dir) if top.state_dir else default_state_dir()),
+        server=tables["server"], pairing=tables["pairing"], rate_limit=tables["rate_limit"],
+        actuator=_actuator(data.get(ACTUATOR_TABLE, {}), file=file),
+    )
+    _check_across(cfg, file=file)
+    return cfg
 
-[server]
-name = "dkey"                 # advertised BLE name
-radio = "ble"                 # ble (BlueZ via bless) | sim (local simulated radio)
-# adapter = "hci0"            # BlueZ adapter; default: BlueZ's default
-challenge_ttl = 5.0           # seconds; lower = stronger against relayed or delayed commands
-link_idle_timeout = 30.0      # seconds before an idle central is dropped
-# timezone = "Europe/Berlin"  # guest schedules; default: system local time
-log_level = "info"
 
-[pairing]
-code_ttl = "10m"              # lifetime of a one-time pairing code
-attempts = 5                  # wrong tries before the code dies
+def override(cfg: Config, section: str, values: Mapping[str, object], *, origin: str = "command line") -> None:
+    """Apply command-line values to one table of `cfg`, through the same checks as the file (None = not given)."""
+    given = {k: v for k, v in values.items() if v is not None}
+    if section == ACTUATOR_TABLE:
+        cfg.actuator = _actuator({**_current(cfg.actuator), **given}, file=origin)
+    elif section in TABLES:
+        try:
+            table: object = load_table(TABLES[section], {**_current(getattr(cfg, section)), **given}, file=origin,
+                               section=section)
+        except SettingsError as exc:
+            raise ConfigError.from_settings(exc) from None
+        setattr(cfg, section, table)
+    else:
+        raise ValueError(f"no config table [{section}]")
+    _check_across(cfg, file=origin)
 
-[rate_limit]                  # failed attempts (bad signatures, stale challenges, garbage)
-link_burst = 5
-link_rate = 0.5               # per second, per connected central
-global_burst = 30
-global_rate = 5.0
+
+def validate(cfg: Config) -> None:
+    """Check an in-memory Config again (after code changed it) exactly as a file is checked; ConfigError if bad."""
+    origin = cfg.source or "(in memory)"
+    for name in TABLES:
+        override(cfg, name, {}, origin=str(origin))
+    override(cfg, ACTUATOR_TABLE, {}, origin=str(origin))
+
+
+def _current(table: object) -> dict[str, object]:
+    """The set (non-None) values of a table instance, as a TOML table would give them."""
+    return {f.name: getattr(table, f.name) for f in dataclasses.fields(table)  # type: ignore[arg-type]
+            if getattr(table, f.name) is not None}
+
+
+def _actuator(data: object, *, file: str | Path) -> ActuatorConfig:
+    """hardware's ActuatorConfig from the [actuator] table, its errors in the ConfigError form."""
+    if not isinstance(data, Mapping):
+        raise ConfigError.from_settings(SettingsError(file, ACTUATOR_TABLE, data, "not a table", "an [actuator] table"))
+    try:
+        return ActuatorConfig.from_mapping(data)
+    except ActuatorConfigError as exc:
+        key = ACTUATOR_TABLE if exc.key is None else f"{ACTUATOR_TABLE}.{exc.key}"
+        value = MISSING if exc.value is None else exc.value  # hardware's None is "not set": TOML has no null
+        raise ConfigError.from_settings(SettingsError(file, key, value, exc.problem, exc.allowed)) from None
+
+
+def _check_across(cfg: Config, *, file: str | Path) -> None:
+    """Rules that tie two options together."""
+    server = cfg.server
+    if server.link_idle_timeout < server.challenge_ttl:
+        # A device that fetched a challenge must keep its link for the challenge's whole lifetime.
+        raise ConfigError.from_settings(SettingsError(
+            file, "server.link_idle_timeout", server.link_idle_timeout,
+            f"shorter than server.challenge_ttl ({server.challenge_ttl:g})",
+            f"a number from {max(5.0, server.challenge_ttl):g} to 600"))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _one_line(text: str) -> str:
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+# ---------------------------------------------------------------------------------------------- sample
+
+
+_EXAMPLES: Final[Mapping[str, str]] = {  # shown, commented out, for the options whose default is "not set"
+    "state_dir": '"/var/lib/dkey"', "adapter": '"hci0"', "sim_dir": '"/run/dkey-sim"', "timezone": '"Europe/Berlin"',
+}
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def _sample_table(schema: type, header: str | None) -> list[str]:
+    """TOML lines for one schema table: every option with its default, help and what is allowed."""
+    lines = [] if header is None else ["", f"[{header}]"]
+    for key, allowed, default, help_text in describe(schema):
+        lines.append(f"# {help_text}. Allowed: {allowed}.")
+        lines.append(f"# {key} = {_EXAMPLES[key]}" if default is None else f"{key} = {_toml_value(default)}")
+    return lines
+
+
+# hardware's ActuatorConfig describes itself in docs/HARDWARE.md; tests/key_server/test_config.py checks
+# that every key here is one of its fields and that the sample loads.
+_ACTUATOR_SAMPLE = """\
 
 [actuator]
 kind = "sim"                  # sim | pulse | two-line | latched   (see docs/HARDWARE.md)
@@ -165,3 +334,13 @@ kind = "sim"                  # sim | pulse | two-line | latched   (see docs/HAR
 # door_pin = 16
 # refuse_lock_when_open = false
 """
+
+SAMPLE_CONFIG: Final = "\n".join([
+    "# key-server configuration (TOML). Every option is shown with its default; `key-server config` prints this.",
+    *_sample_table(TopLevel, None),
+    *_sample_table(ServerOptions, "server"),
+    *_sample_table(PairingOptions, "pairing"),
+    "",
+    "# Failed attempts (bad signatures, stale challenges, garbage) are rate-limited by token buckets.",
+    *_sample_table(RateLimitOptions, "rate_limit")[1:],
+]) + "\n" + _ACTUATOR_SAMPLE
