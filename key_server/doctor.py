@@ -8,96 +8,134 @@ import stat
 import subprocess
 import time
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 from hardware import CheckLevel, check_hardware
 from protocol import Role
 
 from .audit import AuditLog
 from .clock import GuardedClock
-from .config import Config
+from .config import Config, ConfigError, load_config, validate
 from .identity import load_identity
 from .store import KeyStore
 
-Check = tuple[str, str, str]  # (ok|warn|fail, name, detail)
+Level = Literal["ok", "warn", "fail"]
 
 
-def _files(cfg: Config) -> list[Check]:
-    out: list[Check] = []
+class DoctorCheck(NamedTuple):
+    """One line of the report; a tuple (level, name, detail), so callers may unpack it.
+
+    Not hardware.Check: that one is the GPIO side's (name, CheckLevel, detail) and run_checks converts it.
+    """
+
+    level: Level
+    name: str
+    detail: str
+
+
+def check_config(cfg: Config) -> DoctorCheck:
+    """The config passes every rule key-server applies at start (again: the command line may have changed it)."""
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        return config_failure(exc)
+    return DoctorCheck("ok", "config", f"{cfg.source or 'no config file: defaults'}: every option is valid")
+
+
+def config_failure(exc: ConfigError) -> DoctorCheck:
+    """The failing check for a config that did not load: the same one-line message key-server exits with."""
+    return DoctorCheck("fail", "config", str(exc))
+
+
+async def run_checks_from(path: Path | None, state_dir: Path | None = None) -> tuple[Config | None, list[DoctorCheck]]:
+    """Load the config and run every check; a config that does not load is one failing check, not a crash."""
+    try:
+        cfg = load_config(path, state_dir)
+    except ConfigError as exc:
+        return None, [config_failure(exc), DoctorCheck("warn", "other checks", "skipped: fix the config first")]
+    return cfg, await run_checks(cfg)
+
+
+def _files(cfg: Config) -> list[DoctorCheck]:
+    out: list[DoctorCheck] = []
     if not cfg.state_dir.exists():
-        return [("fail", "state dir", f"{cfg.state_dir} missing: run `key-server init`")]
+        return [DoctorCheck("fail", "state dir", f"{cfg.state_dir} missing: run `key-server init`")]
     mode = stat.S_IMODE(cfg.state_dir.stat().st_mode)
-    out.append(("ok" if not mode & 0o077 else "warn", "state dir",
+    out.append(DoctorCheck("ok" if not mode & 0o077 else "warn", "state dir",
                 f"{cfg.state_dir} mode {mode:o}" + ("" if not mode & 0o077 else f": chmod 700 {cfg.state_dir}")))
     try:
         ident = load_identity(cfg.identity_path)
-        out.append(("ok", "vehicle key", f"{cfg.identity_path} (0600), vehicle id {ident.key_id.hex()}"))
+        out.append(DoctorCheck("ok", "vehicle key", f"{cfg.identity_path} (0600), vehicle id {ident.key_id.hex()}"))
     except FileNotFoundError:
-        out.append(("fail", "vehicle key", f"{cfg.identity_path} missing: run `key-server init`"))
+        out.append(DoctorCheck("fail", "vehicle key", f"{cfg.identity_path} missing: run `key-server init`"))
     except (PermissionError, ValueError) as exc:
-        out.append(("fail", "vehicle key", str(exc)))
+        out.append(DoctorCheck("fail", "vehicle key", str(exc)))
     if cfg.store_path.exists():
         with KeyStore.open(cfg.store_path) as store:
             problems = store.integrity_check()
             keys = store.list_keys()
             owners = [k for k in keys if k.role is Role.OWNER and not k.revoked]
-            out.append(("ok" if not problems else "fail", "key store",
+            out.append(DoctorCheck("ok" if not problems else "fail", "key store",
                         f"schema {store.schema_version()}, {len(keys)} keys, {len(owners)} active owners"
                         + (f"; integrity: {problems}" if problems else "")))
             if not owners:
-                out.append(("warn", "owner key", "no active owner: `key-server pair --role owner --name 'my phone'`"))
+                out.append(DoctorCheck("warn", "owner key",
+                                       "no active owner: `key-server pair --role owner --name 'my phone'`"))
             verdict = AuditLog(store).verify()
-            out.append(("ok" if verdict.ok else "fail", "audit log",
+            out.append(DoctorCheck("ok" if verdict.ok else "fail", "audit log",
                         f"{verdict.entries} entries, chain intact" if verdict.ok else verdict.reason))
             clock = GuardedClock(store)
             behind = clock.source_behind_by()
-            out.append(("ok" if behind < 60 else "warn", "clock",
+            out.append(DoctorCheck("ok" if behind < 60 else "warn", "clock",
                         "system time is current" if behind < 60 else
                         f"system time is {behind} s behind the last time seen: no RTC/NTP yet? expiry uses the later"))
             clock.close()
     else:
-        out.append(("fail", "key store", f"{cfg.store_path} missing: run `key-server init`"))
+        out.append(DoctorCheck("fail", "key store", f"{cfg.store_path} missing: run `key-server init`"))
     return out
 
 
-def _bluetooth(cfg: Config) -> list[Check]:
+def _bluetooth(cfg: Config) -> list[DoctorCheck]:
     if cfg.server.radio == "sim":
-        return [("ok", "radio", "sim radio selected: no Bluetooth needed")]
-    out: list[Check] = []
+        return [DoctorCheck("ok", "radio", "sim radio selected: no Bluetooth needed")]
+    out: list[DoctorCheck] = []
     adapters = sorted(p.name for p in Path("/sys/class/bluetooth").glob("hci*")) if Path(
         "/sys/class/bluetooth").exists() else []
     want = cfg.server.adapter
     if not adapters:
-        out.append(("fail", "adapter", "no Bluetooth adapter (no /sys/class/bluetooth/hci*): is the kernel module "
-                                       "loaded and the adapter enabled (`rfkill unblock bluetooth`)?"))
+        out.append(DoctorCheck("fail", "adapter",
+                               "no Bluetooth adapter (no /sys/class/bluetooth/hci*): is the kernel module "
+                               "loaded and the adapter enabled (`rfkill unblock bluetooth`)?"))
     elif want and want not in adapters:
-        out.append(("fail", "adapter", f"{want} not found; present: {', '.join(adapters)}"))
+        out.append(DoctorCheck("fail", "adapter", f"{want} not found; present: {', '.join(adapters)}"))
     else:
-        out.append(("ok", "adapter", ", ".join(adapters)))
+        out.append(DoctorCheck("ok", "adapter", ", ".join(adapters)))
     bluetoothd = shutil.which("bluetoothd") or next(
         (p for p in ("/usr/libexec/bluetooth/bluetoothd", "/usr/lib/bluetooth/bluetoothd") if Path(p).exists()), None)
     if bluetoothd is None:
-        out.append(("fail", "BlueZ", "bluetoothd not installed: apt install bluez"))
+        out.append(DoctorCheck("fail", "BlueZ", "bluetoothd not installed: apt install bluez"))
     else:
         try:
             version = subprocess.run([bluetoothd, "--version"], capture_output=True, text=True, timeout=5,  # noqa: S603
                                      check=False).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             version = "unknown"
-        out.append(("ok", "BlueZ", f"bluetoothd {version}; BlueZ >= 5.62 recommended (LIBRARIES.md)"))
+        out.append(DoctorCheck("ok", "BlueZ", f"bluetoothd {version}; BlueZ >= 5.62 recommended (docs/DEPLOY.md)"))
     bus = Path("/run/dbus/system_bus_socket")
-    out.append(("ok" if bus.exists() else "fail", "D-Bus",
+    out.append(DoctorCheck("ok" if bus.exists() else "fail", "D-Bus",
                 "system bus socket present" if bus.exists() else "no system D-Bus: is dbus running?"))
     if os.geteuid() != 0:
         import grp
 
         groups = {grp.getgrgid(g).gr_name for g in os.getgroups()}
-        out.append(("ok" if "bluetooth" in groups else "warn", "permissions",
+        out.append(DoctorCheck("ok" if "bluetooth" in groups else "warn", "permissions",
                     "in group bluetooth" if "bluetooth" in groups else
                     "not root and not in group 'bluetooth': BlueZ may refuse to register the GATT application"))
     release = os.uname().release
     if release.startswith(("6.12.", "6.18.")) and "rpi" in release:
-        out.append(("warn", "kernel", f"{release}: some Pi kernels fail LE advertising with 'Invalid Parameters "
-                                      "(0x0d)' (raspberrypi/linux#7473); see docs/DEPLOY.md"))
+        out.append(DoctorCheck("warn", "kernel",
+                               f"{release}: some Pi kernels fail LE advertising with 'Invalid Parameters "
+                               "(0x0d)' (raspberrypi/linux#7473); see docs/DEPLOY.md"))
     return out
 
 
@@ -105,7 +143,7 @@ def _system_bus_present() -> bool:
     return Path("/run/dbus/system_bus_socket").exists() or bool(os.environ.get("DBUS_SYSTEM_BUS_ADDRESS"))
 
 
-async def _bluez_over_dbus(cfg: Config) -> list[Check]:
+async def _bluez_over_dbus(cfg: Config) -> list[DoctorCheck]:
     """Ask BlueZ itself (over D-Bus) whether it runs and which adapters can advertise and serve GATT."""
     if cfg.server.radio == "sim":
         return []
@@ -115,27 +153,32 @@ async def _bluez_over_dbus(cfg: Config) -> list[Check]:
         return []  # _bluetooth already said there is no system bus; probing would only leak a socket
     report = await probe_bluez()
     if not report["bluez"]:
-        return [("fail", "BlueZ over D-Bus", report["error"] or "org.bluez not reachable")]
-    out: list[Check] = []
+        return [DoctorCheck("fail", "BlueZ over D-Bus", report["error"] or "org.bluez not reachable")]
+    out: list[DoctorCheck] = []
     for ad in report["adapters"]:
         if cfg.server.adapter and ad.get("name") != cfg.server.adapter:
             continue
         ok = ad.get("powered") and ad.get("gatt_server") and ad.get("advertising")
-        out.append(("ok" if ok else "fail", f"adapter {ad.get('name')}",
+        out.append(DoctorCheck("ok" if ok else "fail", f"adapter {ad.get('name')}",
                     f"{ad.get('address')} powered={ad.get('powered')} gatt={ad.get('gatt_server')} "
                     f"advertising={ad.get('advertising')} slots={ad.get('supported_advertisements')}"
                     + ("" if ok else ": power it on (`bluetoothctl power on`) and check LE support")))
-    return out or [("fail", "BlueZ over D-Bus", "BlueZ runs but reports no usable adapter")]
+    return out or [DoctorCheck("fail", "BlueZ over D-Bus", "BlueZ runs but reports no usable adapter")]
 
 
-async def run_checks(cfg: Config) -> list[Check]:
+_GPIO_LEVEL: dict[CheckLevel, Level] = {CheckLevel.OK: "ok", CheckLevel.WARN: "warn", CheckLevel.FAIL: "fail"}
+
+
+async def run_checks(cfg: Config) -> list[DoctorCheck]:
     """All checks, in the order a person should fix them."""
-    checks = _files(cfg) + _bluetooth(cfg) + await _bluez_over_dbus(cfg)
+    checks = [check_config(cfg)]
+    if checks[0].level == "fail":
+        return [*checks, DoctorCheck("warn", "other checks", "skipped: fix the config first")]
+    checks += _files(cfg) + _bluetooth(cfg) + await _bluez_over_dbus(cfg)
     try:
         for c in await check_hardware(cfg.actuator):
-            level = {CheckLevel.OK: "ok", CheckLevel.WARN: "warn", CheckLevel.FAIL: "fail"}.get(c.level, "warn")
-            checks.append((level, f"gpio: {c.name}", c.detail))
+            checks.append(DoctorCheck(_GPIO_LEVEL.get(c.level, "warn"), f"gpio: {c.name}", c.detail))
     except Exception as exc:  # noqa: BLE001 - doctor reports, it does not crash
-        checks.append(("fail", "gpio", str(exc)))
-    checks.append(("ok", "checked at", time.strftime("%Y-%m-%d %H:%M:%S")))
+        checks.append(DoctorCheck("fail", "gpio", str(exc)))
+    checks.append(DoctorCheck("ok", "checked at", time.strftime("%Y-%m-%d %H:%M:%S")))
     return checks
