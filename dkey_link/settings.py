@@ -34,6 +34,7 @@ __all__ = [
     "format_duration",
     "load_table",
     "parse_duration",
+    "sample_table",
     "setting",
 ]
 
@@ -159,6 +160,24 @@ def describe(schema: type[Any]) -> list[tuple[str, str, object, str]]:
             for f in dataclasses.fields(schema)]
 
 
+def sample_table(schema: type[Any], section: str | None, *, examples: Mapping[str, str] | None = None) -> list[str]:
+    """TOML lines for a sample config: each option's help and rule as a comment, then ``key = default``.
+
+    An option whose default is None is shown commented out with its TOML text from `examples` (required then),
+    so a sample built from the schema can never list an option that does not exist or miss one that does.
+    """
+    lines = [] if section is None else [f"[{section}]"]
+    for key, allowed, default, help_text in describe(schema):
+        lines.append(f"# {help_text}. Allowed: {allowed}.")
+        if default is None or default is dataclasses.MISSING:
+            if examples is None or key not in examples:
+                raise TypeError(f"{schema.__name__}.{key} has no default: give sample_table an example for it")
+            lines.append(f"# {key} = {examples[key]}")
+        else:
+            lines.append(f"{key} = {_toml(default)}")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------- internals
 
 
@@ -276,9 +295,10 @@ def _range(low: str | None, high: str | None) -> str:
 def _did_you_mean(word: object, candidates: Iterable[object]) -> str:
     import difflib  # only on the error path: client start-up does not pay for it
 
-    names = [str(c) for c in candidates]
-    close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
+    # Case-blind, so "DEBUG" or "Radio" still finds its key.
+    names = {str(c).lower(): str(c) for c in candidates}
+    close = difflib.get_close_matches(str(word).lower(), list(names), n=1, cutoff=0.6)
+    return f"; did you mean {names[close[0]]}?" if close else ""
 
 
 def _join(section: str, key: str) -> str:
@@ -307,7 +327,7 @@ def _shown(key: str, value: object) -> str:
     return f"{key} = {text}"
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # everything str.splitlines() breaks at
 
 
 def _one_line(text: str) -> str:

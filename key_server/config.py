@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from dkey_link.settings import MISSING, SettingsError, check_keys, describe, load_table, parse_duration, setting
+from dkey_link.settings import (
+    MISSING,
+    SettingsError,
+    check_keys,
+    load_table,
+    parse_duration,
+    sample_table,
+    setting,
+)
 from hardware import ActuatorConfig, ActuatorConfigError
 from protocol import DEFAULT_CHALLENGE_TTL
 
@@ -285,7 +293,7 @@ def _check_across(cfg: Config, *, file: str | Path) -> None:
             f"a number from {max(5.0, server.challenge_ttl):g} to 600"))
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # everything str.splitlines() breaks at
 
 
 def _one_line(text: str) -> str:
@@ -298,23 +306,6 @@ def _one_line(text: str) -> str:
 _EXAMPLES: Final[Mapping[str, str]] = {  # shown, commented out, for the options whose default is "not set"
     "state_dir": '"/var/lib/dkey"', "adapter": '"hci0"', "sim_dir": '"/run/dkey-sim"', "timezone": '"Europe/Berlin"',
 }
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return repr(value)
-
-
-def _sample_table(schema: type, header: str | None) -> list[str]:
-    """TOML lines for one schema table: every option with its default, help and what is allowed."""
-    lines = [] if header is None else ["", f"[{header}]"]
-    for key, allowed, default, help_text in describe(schema):
-        lines.append(f"# {help_text}. Allowed: {allowed}.")
-        lines.append(f"# {key} = {_EXAMPLES[key]}" if default is None else f"{key} = {_toml_value(default)}")
-    return lines
 
 
 # hardware's ActuatorConfig describes itself in docs/HARDWARE.md; tests/key_server/test_config.py checks
@@ -337,10 +328,12 @@ kind = "sim"                  # sim | pulse | two-line | latched   (see docs/HAR
 
 SAMPLE_CONFIG: Final = "\n".join([
     "# key-server configuration (TOML). Every option is shown with its default; `key-server config` prints this.",
-    *_sample_table(TopLevel, None),
-    *_sample_table(ServerOptions, "server"),
-    *_sample_table(PairingOptions, "pairing"),
+    *sample_table(TopLevel, None, examples=_EXAMPLES),
+    "",
+    *sample_table(ServerOptions, "server", examples=_EXAMPLES),
+    "",
+    *sample_table(PairingOptions, "pairing", examples=_EXAMPLES),
     "",
     "# Failed attempts (bad signatures, stale challenges, garbage) are rate-limited by token buckets.",
-    *_sample_table(RateLimitOptions, "rate_limit")[1:],
+    *sample_table(RateLimitOptions, "rate_limit", examples=_EXAMPLES),
 ]) + "\n" + _ACTUATOR_SAMPLE

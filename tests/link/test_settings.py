@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dkey_link.settings import (
     MISSING,
@@ -15,6 +17,7 @@ from dkey_link.settings import (
     format_duration,
     load_table,
     parse_duration,
+    sample_table,
     setting,
 )
 
@@ -229,3 +232,29 @@ def test_schema_bugs_are_type_errors() -> None:
 
     with pytest.raises(TypeError, match="str, int, float or bool"):
         load_table(BadType, {}, file=FILE, section="s")
+
+
+def test_suggestions_are_case_blind() -> None:
+    assert refused({"level": "DEBUG"}).problem.endswith("did you mean debug?")
+    assert refused({"Count": 3}).problem.endswith("did you mean count?")
+
+
+def test_sample_table_is_built_from_the_schema() -> None:
+    import tomllib
+
+    lines = sample_table(Demo, "demo", examples={"path": '"a-b"'})
+    assert lines[:3] == ["[demo]", "# an integer with bounds. Allowed: an integer from 1 to 20.", "count = 5"]
+    assert "# path = \"a-b\"" in lines
+    parsed = tomllib.loads("\n".join(lines))["demo"]
+    assert load(parsed) == Demo()
+    with pytest.raises(TypeError, match="example"):
+        sample_table(Demo, "demo")
+
+
+@given(st.text(max_size=200))
+def test_any_string_is_either_taken_or_refused_on_one_line(text: str) -> None:
+    for key in ("code", "level", "ttl", "path", "count"):
+        try:
+            load({key: text})
+        except SettingsError as err:
+            assert len(str(err).splitlines()) == 1
