@@ -226,8 +226,9 @@ def parse_config(data: Mapping[str, object], *, file: str | Path, state_dir: Pat
         check_keys({k: v for k, v in data.items() if isinstance(v, Mapping)}, known, file=file, what="table")
         check_keys({k: v for k, v in data.items() if not isinstance(v, Mapping)}, known, file=file)
         top = load_table(TopLevel, {k: v for k, v in data.items() if k not in known[1:]}, file=file, section="")
-        tables: dict[str, Any] = {name: load_table(schema, data.get(name, {}), file=file, section=name)
-                  for name, schema in TABLES.items()}
+        tables: dict[str, Any] = {
+            name: load_table(schema, data.get(name, {}), file=file, section=name) for name, schema in TABLES.items()
+        }
     except SettingsError as exc:
         raise ConfigError.from_settings(exc) from None
     cfg = Config(
@@ -240,20 +241,25 @@ def parse_config(data: Mapping[str, object], *, file: str | Path, state_dir: Pat
 
 
 def override(cfg: Config, section: str, values: Mapping[str, object], *, origin: str = "command line") -> None:
-    """Apply command-line values to one table of `cfg`, through the same checks as the file (None = not given)."""
+    """Apply command-line values to one table of `cfg`, through the same checks as the file (None = not given).
+
+    All or nothing: on ConfigError `cfg` is left as it was.
+    """
     given = {k: v for k, v in values.items() if v is not None}
+    table: object
     if section == ACTUATOR_TABLE:
-        cfg.actuator = _actuator({**_current(cfg.actuator), **given}, file=origin)
+        table = _actuator({**_current(cfg.actuator), **given}, file=origin)
     elif section in TABLES:
         try:
-            table: object = load_table(TABLES[section], {**_current(getattr(cfg, section)), **given}, file=origin,
+            table = load_table(TABLES[section], {**_current(getattr(cfg, section)), **given}, file=origin,
                                section=section)
         except SettingsError as exc:
             raise ConfigError.from_settings(exc) from None
-        setattr(cfg, section, table)
     else:
         raise ValueError(f"no config table [{section}]")
-    _check_across(cfg, file=origin)
+    changes: dict[str, Any] = {section: table}
+    _check_across(dataclasses.replace(cfg, **changes), file=origin)
+    setattr(cfg, section, table)
 
 
 def validate(cfg: Config) -> None:

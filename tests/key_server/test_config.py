@@ -246,6 +246,10 @@ def test_command_line_overrides_pass_the_same_checks() -> None:
     assert str(info.value).startswith("command line: server.challenge_ttl = 1000.0: too large")
     with pytest.raises(ConfigError, match="actuator.unlock_pin"):
         override(cfg, "actuator", {"kind": "pulse"})
+    before = dataclasses.replace(cfg.server)
+    with pytest.raises(ConfigError, match="shorter than server.challenge_ttl"):
+        override(cfg, "server", {"challenge_ttl": 50.0})  # valid alone, not with link_idle_timeout = 30
+    assert cfg.server == before  # all or nothing
     override(cfg, "actuator", {"kind": "sim"})
     with pytest.raises(ValueError, match="no config table"):
         override(cfg, "nope", {})
