@@ -12,12 +12,14 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from ._errors import DecodeError
+from ._keys import KEY_ID_LEN, PUBLIC_KEY_LEN, SIGNATURE_LEN
 from ._tlv import decode_fields, encode_fields
 
 VERSION = 1
 MAX_MESSAGE = 2048  # bytes; a cap so a peer can never make us buffer more (PROTOCOL.md §2)
 CHALLENGE_LEN = 16
 SESSION_ID_LEN = 8
+COUNTER_LEN = 4  # u32: the secure messages' counter, on the wire and in their AAD
 
 
 class MsgType(enum.IntEnum):
@@ -141,11 +143,11 @@ class CommandMessage(Message):
     signature: bytes
     TYPE: ClassVar[MsgType] = MsgType.COMMAND
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
-        key_id=_b(Tag.KEY_ID, 4),
+        key_id=_b(Tag.KEY_ID, KEY_ID_LEN),
         challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
         command=_u(Tag.COMMAND, 1),
         args=_b(Tag.ARGS, 0, 64, optional=True),
-        signature=_b(Tag.SIGNATURE, 64),
+        signature=_b(Tag.SIGNATURE, SIGNATURE_LEN),
     )
 
 
@@ -189,10 +191,10 @@ class SessionOpen(Message):
     signature: bytes
     TYPE: ClassVar[MsgType] = MsgType.SESSION_OPEN
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
-        key_id=_b(Tag.KEY_ID, 4),
+        key_id=_b(Tag.KEY_ID, KEY_ID_LEN),
         challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
-        ephemeral=_b(Tag.EPHEMERAL, 65),
-        signature=_b(Tag.SIGNATURE, 64),
+        ephemeral=_b(Tag.EPHEMERAL, PUBLIC_KEY_LEN),
+        signature=_b(Tag.SIGNATURE, SIGNATURE_LEN),
     )
 
 
@@ -206,7 +208,7 @@ class SecureRequest(Message):
     TYPE: ClassVar[MsgType] = MsgType.SECURE_REQUEST
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
         session_id=_b(Tag.SESSION_ID, SESSION_ID_LEN),
-        counter=_u(Tag.COUNTER, 4),
+        counter=_u(Tag.COUNTER, COUNTER_LEN),
         ciphertext=_b(Tag.CIPHERTEXT, 16, _BODY),
     )
 
@@ -224,7 +226,7 @@ class Challenge(Message):
     TYPE: ClassVar[MsgType] = MsgType.CHALLENGE
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
         challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
-        vehicle_id=_b(Tag.VEHICLE_ID, 4),
+        vehicle_id=_b(Tag.VEHICLE_ID, KEY_ID_LEN),
         ttl_ms=_u(Tag.TTL_MS, 2),
     )
 
@@ -241,12 +243,12 @@ class Result(Message):
     signature: bytes
     TYPE: ClassVar[MsgType] = MsgType.RESULT
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
-        key_id=_b(Tag.KEY_ID, 4),
+        key_id=_b(Tag.KEY_ID, KEY_ID_LEN),
         challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
         command=_u(Tag.COMMAND, 1),
         status=_u(Tag.STATUS, 1),
         data=_b(Tag.DATA, 0, 256, optional=True),
-        signature=_b(Tag.SIGNATURE, 64),
+        signature=_b(Tag.SIGNATURE, SIGNATURE_LEN),
     )
 
 
@@ -289,9 +291,9 @@ class SessionAccept(Message):
     TYPE: ClassVar[MsgType] = MsgType.SESSION_ACCEPT
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
         challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
-        ephemeral=_b(Tag.EPHEMERAL, 65),
+        ephemeral=_b(Tag.EPHEMERAL, PUBLIC_KEY_LEN),
         session_id=_b(Tag.SESSION_ID, SESSION_ID_LEN),
-        signature=_b(Tag.SIGNATURE, 64),
+        signature=_b(Tag.SIGNATURE, SIGNATURE_LEN),
     )
 
 
@@ -305,7 +307,7 @@ class SecureResponse(Message):
     TYPE: ClassVar[MsgType] = MsgType.SECURE_RESPONSE
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
         session_id=_b(Tag.SESSION_ID, SESSION_ID_LEN),
-        counter=_u(Tag.COUNTER, 4),
+        counter=_u(Tag.COUNTER, COUNTER_LEN),
         ciphertext=_b(Tag.CIPHERTEXT, 16, _BODY),
     )
 
@@ -362,6 +364,11 @@ def decode(data: bytes) -> Message:
             value = b""
         values[name] = int.from_bytes(value, "big") if spec.int_width else value
     return cls(**values)
+
+
+def secure_aad(msg: SecureRequest | SecureResponse) -> bytes:
+    """AAD of a secure message: version, type, session id and counter, their wire bytes without tag/length (§4.3)."""
+    return bytes((VERSION, msg.TYPE)) + msg.session_id + msg.counter.to_bytes(COUNTER_LEN, "big")
 
 
 def field_names(cls: type[Message]) -> tuple[str, ...]:
