@@ -18,6 +18,9 @@ from ._errors import ChallengeError
 DEFAULT_CHALLENGE_TTL = 5.0  # seconds; short enough that recorded challenges are useless, long enough for a watch
 DEFAULT_CAPACITY = 256  # outstanding challenges kept; the oldest is forgotten first
 PAIRING = b"pairing"  # the redeemer name pairing uses: one pairing attempt per challenge
+EXPIRED = "expired"  # ChallengeError reasons: the vehicle answers both with CHALLENGE_INVALID (PROTOCOL.md §8.4)
+UNKNOWN_OR_USED = "unknown or already used"
+CHALLENGE_REASONS = frozenset({EXPIRED, UNKNOWN_OR_USED})
 
 
 @dataclass(slots=True)
@@ -52,12 +55,12 @@ class ChallengeBook:
         """Raise ChallengeError unless `challenge` is outstanding, unexpired and unused by `key_id`."""
         entry = self._issued.get(challenge)
         if entry is None:
-            raise ChallengeError("unknown or already used")
+            raise ChallengeError(UNKNOWN_OR_USED)
         if now > entry.expiry:
             del self._issued[challenge]
-            raise ChallengeError("expired")
+            raise ChallengeError(EXPIRED)
         if key_id in entry.used_by:
-            raise ChallengeError("unknown or already used")
+            raise ChallengeError(UNKNOWN_OR_USED)
 
     def redeem(self, challenge: bytes, now: float, key_id: bytes) -> None:
         """Check `challenge` and mark it used by `key_id`, so that key can never redeem it again."""

@@ -1,9 +1,8 @@
-"""Messages and their strict, versioned TLV codec (PROTOCOL.md §3).
+"""Messages and their strict, versioned encoding (PROTOCOL.md §3).
 
-Every message is `version(1) || type(1) || fields`, each field `tag(1) || length(1 or 2) || value`, in
-strictly ascending tag order, each tag at most once. Decoding is strict: an unknown version, type or tag,
-a missing required field, a length outside the field's bounds, a non-minimal length or trailing bytes all
-raise DecodeError, and nothing else is ever raised for any input.
+Every message is `version(1) || type(1) || fields`, the fields following the TLV rules of §3.1 (`_tlv`).
+Decoding is strict: an unknown version, type or tag, a missing required field, a length outside the field's
+bounds, a non-minimal length or trailing bytes all raise DecodeError, and nothing else is ever raised for any input.
 """
 
 from __future__ import annotations
@@ -13,11 +12,14 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from ._errors import DecodeError
+from ._keys import KEY_ID_LEN, PUBLIC_KEY_LEN, SIGNATURE_LEN
+from ._tlv import decode_fields, encode_fields
 
 VERSION = 1
 MAX_MESSAGE = 2048  # bytes; a cap so a peer can never make us buffer more (PROTOCOL.md §2)
 CHALLENGE_LEN = 16
 SESSION_ID_LEN = 8
+COUNTER_LEN = 4  # u32: the secure messages' counter, on the wire and in their AAD
 
 
 class MsgType(enum.IntEnum):
@@ -70,6 +72,11 @@ class _Field:
     int_width: int = 0  # > 0: an unsigned big-endian integer of exactly this many bytes
     optional: bool = False  # optional fields are bytes defaulting to b"" and are omitted when empty
 
+    @property
+    def decode_bounds(self) -> tuple[int, int]:
+        """The (min, max) length accepted on the wire: an optional field present but empty is refused (§3.1)."""
+        return (max(self.min_len, 1) if self.optional else self.min_len), self.max_len
+
 
 def _b(tag: Tag, lo: int, hi: int | None = None, *, optional: bool = False) -> _Field:
     return _Field(tag, lo, lo if hi is None else hi, optional=optional)
@@ -90,7 +97,7 @@ class Message:
 
     def encode(self) -> bytes:
         """The message's wire encoding (version, type, TLV fields)."""
-        out = bytearray((VERSION, self.TYPE))
+        pairs: list[tuple[int, bytes]] = []
         for name, spec in self.SCHEMA.items():
             value = getattr(self, name)
             if spec.int_width:
@@ -101,18 +108,11 @@ class Message:
                     continue
             if not spec.min_len <= len(raw) <= spec.max_len:
                 raise ValueError(f"{type(self).__name__}.{name}: {len(raw)} bytes, not {spec.min_len}..{spec.max_len}")
-            out.append(spec.tag)
-            out += _encode_len(len(raw))
-            out += raw
+            pairs.append((spec.tag, raw))
+        out = bytes((VERSION, self.TYPE)) + encode_fields(pairs)
         if len(out) > MAX_MESSAGE:
             raise ValueError(f"{type(self).__name__} is {len(out)} bytes, over the {MAX_MESSAGE}-byte cap")
-        return bytes(out)
-
-
-def _encode_len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    return bytes((0x80 | (n >> 8), n & 0xFF))
+        return out
 
 
 def _schema(**spec: _Field) -> dict[str, _Field]:
@@ -143,11 +143,11 @@ class CommandMessage(Message):
     signature: bytes
     TYPE: ClassVar[MsgType] = MsgType.COMMAND
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
-        key_id=_b(Tag.KEY_ID, 4),
+        key_id=_b(Tag.KEY_ID, KEY_ID_LEN),
         challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
         command=_u(Tag.COMMAND, 1),
         args=_b(Tag.ARGS, 0, 64, optional=True),
-        signature=_b(Tag.SIGNATURE, 64),
+        signature=_b(Tag.SIGNATURE, SIGNATURE_LEN),
     )
 
 
@@ -191,10 +191,10 @@ class SessionOpen(Message):
     signature: bytes
     TYPE: ClassVar[MsgType] = MsgType.SESSION_OPEN
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
-        key_id=_b(Tag.KEY_ID, 4),
+        key_id=_b(Tag.KEY_ID, KEY_ID_LEN),
         challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
-        ephemeral=_b(Tag.EPHEMERAL, 65),
-        signature=_b(Tag.SIGNATURE, 64),
+        ephemeral=_b(Tag.EPHEMERAL, PUBLIC_KEY_LEN),
+        signature=_b(Tag.SIGNATURE, SIGNATURE_LEN),
     )
 
 
@@ -208,7 +208,7 @@ class SecureRequest(Message):
     TYPE: ClassVar[MsgType] = MsgType.SECURE_REQUEST
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
         session_id=_b(Tag.SESSION_ID, SESSION_ID_LEN),
-        counter=_u(Tag.COUNTER, 4),
+        counter=_u(Tag.COUNTER, COUNTER_LEN),
         ciphertext=_b(Tag.CIPHERTEXT, 16, _BODY),
     )
 
@@ -226,7 +226,7 @@ class Challenge(Message):
     TYPE: ClassVar[MsgType] = MsgType.CHALLENGE
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
         challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
-        vehicle_id=_b(Tag.VEHICLE_ID, 4),
+        vehicle_id=_b(Tag.VEHICLE_ID, KEY_ID_LEN),
         ttl_ms=_u(Tag.TTL_MS, 2),
     )
 
@@ -243,12 +243,12 @@ class Result(Message):
     signature: bytes
     TYPE: ClassVar[MsgType] = MsgType.RESULT
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
-        key_id=_b(Tag.KEY_ID, 4),
+        key_id=_b(Tag.KEY_ID, KEY_ID_LEN),
         challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
         command=_u(Tag.COMMAND, 1),
         status=_u(Tag.STATUS, 1),
         data=_b(Tag.DATA, 0, 256, optional=True),
-        signature=_b(Tag.SIGNATURE, 64),
+        signature=_b(Tag.SIGNATURE, SIGNATURE_LEN),
     )
 
 
@@ -291,9 +291,9 @@ class SessionAccept(Message):
     TYPE: ClassVar[MsgType] = MsgType.SESSION_ACCEPT
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
         challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
-        ephemeral=_b(Tag.EPHEMERAL, 65),
+        ephemeral=_b(Tag.EPHEMERAL, PUBLIC_KEY_LEN),
         session_id=_b(Tag.SESSION_ID, SESSION_ID_LEN),
-        signature=_b(Tag.SIGNATURE, 64),
+        signature=_b(Tag.SIGNATURE, SIGNATURE_LEN),
     )
 
 
@@ -307,7 +307,7 @@ class SecureResponse(Message):
     TYPE: ClassVar[MsgType] = MsgType.SECURE_RESPONSE
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
         session_id=_b(Tag.SESSION_ID, SESSION_ID_LEN),
-        counter=_u(Tag.COUNTER, 4),
+        counter=_u(Tag.COUNTER, COUNTER_LEN),
         ciphertext=_b(Tag.CIPHERTEXT, 16, _BODY),
     )
 
@@ -334,6 +334,12 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
 }
 
 
+# Per message type, each tag's (min, max) wire length: the decoder's view of the schemas, built once.
+_BOUNDS: dict[int, dict[int, tuple[int, int]]] = {
+    t: {spec.tag: spec.decode_bounds for spec in cls.SCHEMA.values()} for t, cls in MESSAGE_TYPES.items()
+}
+
+
 def decode(data: bytes) -> Message:
     """Parse one message strictly; DecodeError (and nothing else) for any malformed input."""
     if len(data) < 2:
@@ -345,45 +351,24 @@ def decode(data: bytes) -> Message:
     cls = MESSAGE_TYPES.get(data[1])
     if cls is None:
         raise DecodeError(f"unknown message type 0x{data[1]:02x}")
-    by_tag: dict[int, tuple[str, _Field]] = {spec.tag: (name, spec) for name, spec in cls.SCHEMA.items()}
+    try:
+        raw = decode_fields(data[2:], _BOUNDS[cls.TYPE])
+    except DecodeError as exc:
+        raise DecodeError(f"{cls.__name__}: {exc}") from None
     values: dict[str, Any] = {}
-    pos, last_tag = 2, -1
-    while pos < len(data):
-        tag = data[pos]
-        if tag <= last_tag:
-            raise DecodeError(f"field 0x{tag:02x} out of order or repeated")
-        if tag not in by_tag:
-            raise DecodeError(f"unknown field 0x{tag:02x} in {cls.__name__}")
-        length, pos = _decode_len(data, pos + 1)
-        if pos + length > len(data):
-            raise DecodeError(f"field 0x{tag:02x} runs past the end of the message")
-        name, spec = by_tag[tag]
-        if not spec.min_len <= length <= spec.max_len or (spec.optional and length == 0):
-            raise DecodeError(f"field {name} has length {length}, not {spec.min_len}..{spec.max_len}")
-        raw = data[pos : pos + length]
-        values[name] = int.from_bytes(raw, "big") if spec.int_width else bytes(raw)
-        pos += length
-        last_tag = tag
     for name, spec in cls.SCHEMA.items():
-        if name not in values:
+        value = raw.get(spec.tag)
+        if value is None:
             if not spec.optional:
                 raise DecodeError(f"{cls.__name__} lacks its {name} field")
-            values[name] = b""
+            value = b""
+        values[name] = int.from_bytes(value, "big") if spec.int_width else value
     return cls(**values)
 
 
-def _decode_len(data: bytes, pos: int) -> tuple[int, int]:
-    if pos >= len(data):
-        raise DecodeError("field length missing")
-    first = data[pos]
-    if first < 0x80:
-        return first, pos + 1
-    if pos + 1 >= len(data):
-        raise DecodeError("two-byte field length truncated")
-    n = ((first & 0x7F) << 8) | data[pos + 1]
-    if n < 0x80:
-        raise DecodeError("non-minimal field length")
-    return n, pos + 2
+def secure_aad(msg: SecureRequest | SecureResponse) -> bytes:
+    """AAD of a secure message: version, type, session id and counter, their wire bytes without tag/length (§4.3)."""
+    return bytes((VERSION, msg.TYPE)) + msg.session_id + msg.counter.to_bytes(COUNTER_LEN, "big")
 
 
 def field_names(cls: type[Message]) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from ._codec import (
     SessionAccept,
     SessionOpen,
     decode,
+    secure_aad,
 )
 from ._errors import AuthenticationError, DecodeError, LocalProtocolError, RemoteProtocolError, Status
 from ._events import (
@@ -42,10 +43,18 @@ from ._events import (
     VehicleError,
 )
 from ._framing import DEFAULT_PARTIAL_TIMEOUT, Reassembler, split
-from ._keys import PUBLIC_KEY_LEN, KeyPair, decode_public_key, encode_public_key, key_id, verify
+from ._keys import (
+    PUBLIC_KEY_LEN,
+    SIGNATURE_LEN,
+    KeyPair,
+    decode_public_key,
+    encode_public_key,
+    ephemeral_from_rng,
+    key_id,
+    verify,
+)
 from ._pake import CPace, PakeError
 from ._state import DeviceStateMachine, DInput, DState
-from ._vehicle import _secure_aad, ephemeral_from_rng
 from ._vocab import Command, Role
 
 _KNOWN_CMDS = frozenset(int(x) for x in Command)
@@ -185,7 +194,7 @@ class DeviceSession:
         session_id, keys = self._session
         self._tx_counter += 1
         header = SecureRequest(session_id=session_id, counter=self._tx_counter, ciphertext=bytes(16))
-        ct = c.seal(keys.d2v, c.DIR_D2V, self._tx_counter, bytes((command,)) + args, _secure_aad(header))
+        ct = c.seal(keys.d2v, c.DIR_D2V, self._tx_counter, bytes((command,)) + args, secure_aad(header))
         self._secure_command = command
         self._send(SecureRequest(session_id=session_id, counter=self._tx_counter, ciphertext=ct))
 
@@ -313,7 +322,7 @@ class DeviceSession:
         _, keys = self._session
         try:
             self._rx_counter = c.update_window(self._rx_counter, msg.counter)
-            plain = c.open_sealed(keys.v2d, c.DIR_V2D, msg.counter, msg.ciphertext, _secure_aad(msg))
+            plain = c.open_sealed(keys.v2d, c.DIR_V2D, msg.counter, msg.ciphertext, secure_aad(msg))
             if len(plain) < 2 or plain[0] != self._secure_command:
                 raise DecodeError("secure response does not answer our command")
         except RemoteProtocolError as exc:
@@ -361,9 +370,9 @@ class DeviceSession:
         assert isinstance(share, bytes) and isinstance(vshare, bytes)
         try:
             plain = c.open_sealed(keys.seal_v2d, c.DIR_V2D, 1, msg.sealed, challenge)
-            if len(plain) != PUBLIC_KEY_LEN + _TERMS_LEN + 64:
+            if len(plain) != PUBLIC_KEY_LEN + _TERMS_LEN + SIGNATURE_LEN:
                 raise DecodeError("sealed pairing result has the wrong length")
-            vpub, terms, sig = plain[:PUBLIC_KEY_LEN], plain[PUBLIC_KEY_LEN:-64], plain[-64:]
+            vpub, terms, sig = plain[:PUBLIC_KEY_LEN], plain[PUBLIC_KEY_LEN:-SIGNATURE_LEN], plain[-SIGNATURE_LEN:]
             if key_id(vpub) != vid:
                 raise AuthenticationError("vehicle key does not match the vehicle id it announced")
             verify(decode_public_key(vpub), sig, c.transcript(

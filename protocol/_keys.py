@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -13,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from ._errors import AuthenticationError, DecodeError
 
 CURVE = ec.SECP256R1()
+ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # n, P-256's group order (SEC 2 §2.4.2)
+SCALAR_RNG_BYTES = 48  # random bytes per scalar: 128 bits beyond n's 256, so the reduction's bias is ~2^-128
 KEY_ID_LEN = 4
 PUBLIC_KEY_LEN = 65  # uncompressed SEC1: 0x04 || X || Y
 SIGNATURE_LEN = 64  # raw r || s, 32 bytes each, big-endian
@@ -20,12 +23,24 @@ _KEY_ID_LABEL = b"dkey/1 key id\x00"
 # RFC 6979 deterministic ECDSA: no RNG failure can leak the key, and test vectors are reproducible.
 _SIGN = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
 _VERIFY = ec.ECDSA(hashes.SHA256())
-_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
 def generate_private_key() -> ec.EllipticCurvePrivateKey:
     """A fresh P-256 private key from the OS's CSPRNG."""
     return ec.generate_private_key(CURVE)
+
+
+def random_scalar(rng: Callable[[int], bytes]) -> int:
+    """A scalar in [1, n-1] from one rng(48) call: (OS2IP(r) mod (n - 1)) + 1 (PROTOCOL.md §6.2, §10.2)."""
+    raw = rng(SCALAR_RNG_BYTES)
+    if len(raw) != SCALAR_RNG_BYTES:
+        raise ValueError(f"rng({SCALAR_RNG_BYTES}) returned {len(raw)} bytes")
+    return int.from_bytes(raw, "big") % (ORDER - 1) + 1
+
+
+def ephemeral_from_rng(rng: Callable[[int], bytes]) -> ec.EllipticCurvePrivateKey:
+    """An ephemeral P-256 key whose scalar comes from `rng` (see random_scalar)."""
+    return ec.derive_private_key(random_scalar(rng), CURVE)
 
 
 def private_key_from_scalar(scalar: int) -> ec.EllipticCurvePrivateKey:
@@ -87,7 +102,7 @@ def verify(public_key: ec.EllipticCurvePublicKey, signature: bytes, message: byt
         raise AuthenticationError("signature has the wrong length")
     r = int.from_bytes(signature[:32], "big")
     s = int.from_bytes(signature[32:], "big")
-    if not (0 < r < _ORDER and 0 < s < _ORDER):
+    if not (0 < r < ORDER and 0 < s < ORDER):
         raise AuthenticationError("signature out of range")
     try:
         public_key.verify(encode_dss_signature(r, s), message, _VERIFY)

@@ -47,7 +47,8 @@ reduced, so ``y`` is in ``[1, n-1]`` at statistical distance about 2^-128 from u
 "extra random bits" method of FIPS 186-4 B.4.1, with 128 rather than 64 extra bits).  The draft
 (8.4.3) requires sampling indistinguishable from uniform on ``[1, n-1]`` and recommends rejection
 sampling; the reduction meets the requirement, makes exactly one ``rng(48)`` call per side (simple
-test vectors), and is easy to reproduce in Kotlin/Swift.
+test vectors), and is easy to reproduce in Kotlin/Swift. It is ``_keys.random_scalar``, which the
+session's ephemeral ECDH keys use too.
 """
 
 from __future__ import annotations
@@ -59,11 +60,14 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ._keys import CURVE as _CURVE
+from ._keys import random_scalar
+
 __all__ = ["CPace", "PakeError", "expand_message_xmd", "hash_to_curve_p256"]
 
 # --- NIST P-256 (SEC 2 2.4.2 / FIPS 186-4 D.1.2.3) -----------------------------------------------
+# The group order n and the curve object are _keys.ORDER and _keys.CURVE.
 _P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
-_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _A = _P - 3
 _B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
 
@@ -80,11 +84,7 @@ _SHA256_OUT = 32  # b_in_bytes
 # --- CPace parameters -----------------------------------------------------------------------------
 DSI = b"CPaceP256_XMD:SHA-256_SSWU_RO_"
 DST = DSI + b"_DST"
-_ISK_LABEL = DSI + b"_ISK"
-_SCALAR_BYTES = 48
 _FIELD_BYTES = 32
-
-_CURVE = ec.SECP256R1()
 
 
 class PakeError(ValueError):
@@ -217,13 +217,6 @@ def _public_key(x: int, y: int) -> ec.EllipticCurvePublicKey:
     return ec.EllipticCurvePublicKey.from_encoded_point(_CURVE, encoded)
 
 
-def _sample_scalar(rng: Callable[[int], bytes]) -> int:
-    raw = rng(_SCALAR_BYTES)
-    if len(raw) != _SCALAR_BYTES:
-        raise ValueError(f"rng({_SCALAR_BYTES}) returned {len(raw)} bytes")
-    return int.from_bytes(raw, "big") % (_N - 1) + 1
-
-
 def _x_only_scalar_mult_vfy(key: ec.EllipticCurvePrivateKey, peer_x: bytes) -> bytes:
     """``scalar_mult_vfy`` on an x-only share: the 32-byte x of ``key * (0x02 || peer_x)``."""
     if len(peer_x) != _FIELD_BYTES:
@@ -267,7 +260,7 @@ class CPace:
     ) -> None:
         gx, gy = _calculate_generator(prs, ci, sid)
         generator = _public_key(gx, gy)
-        self._key: ec.EllipticCurvePrivateKey | None = ec.derive_private_key(_sample_scalar(rng), _CURVE)
+        self._key: ec.EllipticCurvePrivateKey | None = ec.derive_private_key(random_scalar(rng), _CURVE)
         self._message = self._key.exchange(ec.ECDH(), generator)
         self._sid = sid
         self._ad = ad

@@ -1,61 +1,21 @@
 """Command arguments and result data: small strict TLV records inside RESULT / secure messages (PROTOCOL.md §5.4).
 
-Fields use the message codec's TLV rules (ascending tags, each once, minimal lengths, no trailing bytes).
-Lists are a sequence of records, each a `record_tag || length || record-TLV`.
+Records are field records of the shared TLV codec (`_tlv`, PROTOCOL.md §3.1). Unlike a message's optional
+fields, a record's 0-length fields (an empty key name or audit detail) are sent, not omitted. A page is a
+`TOTAL` field followed by fields that all carry one record tag, each a `record_tag || length || record`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._errors import DecodeError
+from ._tlv import decode_fields, encode_field, encode_fields, iter_fields
 from ._vocab import DoorState, LockState
 
 MAX_DATA = 1800  # result data cap so a sealed response stays under the message cap
 MAX_DETAIL = 512  # audit detail JSON bytes per record
-
-
-def _len(n: int) -> bytes:
-    return bytes((n,)) if n < 0x80 else bytes((0x80 | (n >> 8), n & 0xFF))
-
-
-def encode_fields(fields: Iterable[tuple[int, bytes]]) -> bytes:
-    """TLV-encode (tag, value) pairs given in ascending tag order."""
-    out = bytearray()
-    last = -1
-    for tag, value in fields:
-        if tag <= last or len(value) > 0x7FFF:
-            raise ValueError("tags must ascend and values stay under 32 KiB")
-        out += bytes((tag,)) + _len(len(value)) + value
-        last = tag
-    return bytes(out)
-
-
-def decode_fields(data: bytes, allowed: dict[int, tuple[int, int]]) -> dict[int, bytes]:
-    """Strictly TLV-decode `data`; `allowed` maps tag -> (min, max) length; DecodeError otherwise."""
-    out: dict[int, bytes] = {}
-    pos, last = 0, -1
-    while pos < len(data):
-        tag = data[pos]
-        if tag <= last or tag not in allowed:
-            raise DecodeError(f"unexpected field 0x{tag:02x}")
-        if pos + 1 >= len(data):
-            raise DecodeError("field length missing")
-        n, pos = data[pos + 1], pos + 2
-        if n >= 0x80:
-            if pos >= len(data):
-                raise DecodeError("two-byte length truncated")
-            n, pos = ((n & 0x7F) << 8) | data[pos], pos + 1
-            if n < 0x80:
-                raise DecodeError("non-minimal length")
-        lo, hi = allowed[tag]
-        if not lo <= n <= hi or pos + n > len(data):
-            raise DecodeError(f"field 0x{tag:02x} has a bad length {n}")
-        out[tag] = bytes(data[pos : pos + n])
-        pos += n
-        last = tag
-    return out
 
 
 def _u(value: int, width: int) -> bytes:
@@ -185,10 +145,12 @@ _TOTAL = 0x3F
 
 def encode_page(records: Sequence[bytes], total: int, record_tag: int) -> tuple[bytes, int]:
     """A page `TOTAL(u32) || records...` that fits MAX_DATA; returns (bytes, how many records fit)."""
-    out = bytearray(bytes((_TOTAL, 4)) + _u(total, 4))
+    out = bytearray(encode_field(_TOTAL, _u(total, 4)))
     fitted = 0
     for rec in records:
-        item = bytes((record_tag,)) + _len(len(rec)) + rec
+        if len(out) + len(rec) > MAX_DATA:  # cannot fit with any header (and may be too long to encode at all)
+            break
+        item = encode_field(record_tag, rec)
         if len(out) + len(item) > MAX_DATA:
             break
         out += item
@@ -197,25 +159,17 @@ def encode_page(records: Sequence[bytes], total: int, record_tag: int) -> tuple[
 
 
 def decode_page(data: bytes, record_tag: int) -> tuple[int, list[bytes]]:
-    """Parse a page into (total, raw records)."""
-    if len(data) < 6 or data[0] != _TOTAL or data[1] != 4:
+    """Parse a page into (total, raw records); DecodeError if malformed."""
+    fields = iter_fields(data)
+    first = next(fields, None)
+    if first is None or first[0] != _TOTAL or len(first[1]) != 4:
         raise DecodeError("page lacks its total")
-    total, pos, records = int.from_bytes(data[2:6], "big"), 6, []
-    while pos < len(data):
-        if data[pos] != record_tag or pos + 1 >= len(data):
-            raise DecodeError("bad record in page")
-        n, pos = data[pos + 1], pos + 2
-        if n >= 0x80:
-            if pos >= len(data):
-                raise DecodeError("bad record length")
-            n, pos = ((n & 0x7F) << 8) | data[pos], pos + 1
-            if n < 0x80:
-                raise DecodeError("non-minimal record length")
-        if pos + n > len(data):
-            raise DecodeError("record runs past the page")
-        records.append(bytes(data[pos : pos + n]))
-        pos += n
-    return total, records
+    records = []
+    for tag, rec in fields:
+        if tag != record_tag:
+            raise DecodeError(f"field 0x{tag:02x} in a page of 0x{record_tag:02x} records")
+        records.append(rec)
+    return int.from_bytes(first[1], "big"), records
 
 
 def encode_key_page(keys: Sequence[KeyInfo], total: int) -> tuple[bytes, int]:

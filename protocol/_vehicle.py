@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import _crypto as c
-from ._challenge import PAIRING, ChallengeBook
+from ._challenge import CHALLENGE_REASONS, PAIRING, ChallengeBook
 from ._codec import (
     MAX_MESSAGE,
     SESSION_ID_LEN,
@@ -34,6 +34,7 @@ from ._codec import (
     SessionAccept,
     SessionOpen,
     decode,
+    secure_aad,
 )
 from ._errors import (
     AuthenticationError,
@@ -54,21 +55,22 @@ from ._events import (
     SessionOpened,
 )
 from ._framing import DEFAULT_PARTIAL_TIMEOUT, MAX_ATT_MTU, Reassembler, split
-from ._keys import PUBLIC_KEY_LEN, KeyPair, decode_public_key, encode_public_key, key_id, verify
+from ._keys import (
+    PUBLIC_KEY_LEN,
+    SIGNATURE_LEN,
+    KeyPair,
+    decode_public_key,
+    encode_public_key,
+    ephemeral_from_rng,
+    key_id,
+    verify,
+)
 from ._pake import CPace, PakeError
 from ._state import VEHICLE_WAITING_FOR_APP, VehicleStateMachine, VInput, VState
 from ._vocab import FAST_COMMANDS, SECURE_COMMANDS, Command, Role
 
 KeyLookup = Callable[[bytes], ec.EllipticCurvePublicKey | None]
 _SECURE_CODES = frozenset(int(x) for x in SECURE_COMMANDS)
-_CHALLENGE_REASONS = frozenset({"expired", "unknown or already used"})  # ChallengeError reasons
-_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-
-
-def ephemeral_from_rng(rng: Callable[[int], bytes]) -> ec.EllipticCurvePrivateKey:
-    """An ephemeral P-256 key whose scalar comes from `rng` (48 bytes reduced, so the bias is negligible)."""
-    scalar = int.from_bytes(rng(48), "big") % (_ORDER - 1) + 1
-    return ec.derive_private_key(scalar, ec.SECP256R1())
 
 
 @dataclass(slots=True)
@@ -137,7 +139,7 @@ class VehicleSession:
         self._pairing: _Pairing | None = None
         self._secure: _Secure | None = None
         # A fixed key to verify against when the key id is unknown, so an unknown key and a bad
-        # signature cost the same time (no oracle, DESIGN.md §3.9).
+        # signature cost the same time (no oracle, PROTOCOL.md §8.4).
         self._decoy = encode_public_key(ephemeral_from_rng(os.urandom).public_key())
 
     # ------------------------------------------------------------------ plumbing
@@ -251,7 +253,7 @@ class VehicleSession:
     def _refuse(self, how: VInput, kid: bytes, challenge: bytes, command: int, args: bytes, reason: str) -> Refused:
         """Answer a request that failed its checks with a signed, uniform refusal (§8.4)."""
         self._sm.advance(how)
-        status = Status.CHALLENGE_INVALID if reason in _CHALLENGE_REASONS else Status.DENIED
+        status = Status.CHALLENGE_INVALID if reason in CHALLENGE_REASONS else Status.DENIED
         self._send(self._signed_result(kid, challenge, command, args, status, self._raw))
         return Refused(status, kid, reason)
 
@@ -308,7 +310,7 @@ class VehicleSession:
             raise self._fail(Status.MALFORMED, RemoteProtocolError("secure request outside its session"))
         try:
             counter = c.update_window(sec.rx_counter, msg.counter)
-            plain = c.open_sealed(sec.keys.d2v, c.DIR_D2V, msg.counter, msg.ciphertext, _secure_aad(msg))
+            plain = c.open_sealed(sec.keys.d2v, c.DIR_D2V, msg.counter, msg.ciphertext, secure_aad(msg))
         except (ReplayError, AuthenticationError) as exc:
             raise self._fail(Status.MALFORMED, exc) from None
         sec.rx_counter = counter
@@ -352,7 +354,7 @@ class VehicleSession:
             return PairingFailed(slot=p.slot, reason="wrong code")
         try:
             plain = c.open_sealed(p.keys.seal_d2v, c.DIR_D2V, 1, msg.sealed, p.challenge + msg.confirm)
-            if len(plain) != PUBLIC_KEY_LEN + 64:
+            if len(plain) != PUBLIC_KEY_LEN + SIGNATURE_LEN:
                 raise DecodeError("sealed device key has the wrong length")
             device_pub, proof = plain[:PUBLIC_KEY_LEN], plain[PUBLIC_KEY_LEN:]
             verify(decode_public_key(device_pub), proof, c.transcript(
@@ -376,7 +378,7 @@ class VehicleSession:
             sec.tx_counter += 1
             header = SecureResponse(session_id=sec.session_id, counter=sec.tx_counter, ciphertext=bytes(16))
             plain = bytes((pending.command, status)) + data
-            ct = c.seal(sec.keys.v2d, c.DIR_V2D, sec.tx_counter, plain, _secure_aad(header))
+            ct = c.seal(sec.keys.v2d, c.DIR_V2D, sec.tx_counter, plain, secure_aad(header))
             self._send(SecureResponse(session_id=sec.session_id, counter=sec.tx_counter, ciphertext=ct))
         else:
             self._send(self._signed_result(pending.key_id, pending.challenge, pending.command, pending.args,
@@ -422,11 +424,6 @@ class VehicleSession:
             p.device_public, self.identity.public_bytes, terms))
         sealed = c.seal(p.keys.seal_v2d, c.DIR_V2D, 1, self.identity.public_bytes + terms + sig, p.challenge)
         self._send(PairDone(challenge=p.challenge, sealed=sealed))
-
-
-def _secure_aad(msg: SecureRequest | SecureResponse) -> bytes:
-    """AAD of a secure message: version, type, session id and counter, as encoded on the wire."""
-    return bytes((1, msg.TYPE)) + msg.session_id + msg.counter.to_bytes(4, "big")
 
 
 _HANDLERS: dict[type[Message], Callable[[VehicleSession, Message, float], Event | None]] = {
