@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from key_server.cli import Exit, main
+from dkey_link.exit_codes import ExitCode
+from key_server.cli import main
 from key_server.store import KeyRecord, KeyStore
 from protocol import KeyPair, Role
 
@@ -17,7 +18,7 @@ from protocol import KeyPair, Role
 @pytest.fixture
 def state(tmp_path):
     d = tmp_path / "state"
-    assert main(["--state-dir", str(d), "init"]) == Exit.OK
+    assert main(["--state-dir", str(d), "init"]) == ExitCode.OK
     return d
 
 
@@ -36,25 +37,25 @@ def test_init_creates_private_files_and_refuses_to_overwrite(state) -> None:
     assert oct(os.stat(state / "vehicle_key.pem").st_mode & 0o777) == "0o600"
     assert oct(os.stat(state).st_mode & 0o777) == "0o700"
     before = (state / "vehicle_key.pem").read_bytes()
-    assert run(state, "init") == Exit.ALREADY_EXISTS
+    assert run(state, "init") == ExitCode.ALREADY_EXISTS
     assert (state / "vehicle_key.pem").read_bytes() == before
 
 
 def test_world_readable_vehicle_key_is_refused(state, capsys) -> None:
     os.chmod(state / "vehicle_key.pem", 0o644)
-    assert run(state, "pair", "--json") == Exit.INSECURE_FILE
+    assert run(state, "pair", "--json") == ExitCode.KEYS
     assert "chmod 600" in capsys.readouterr().err
     os.chmod(state / "vehicle_key.pem", 0o600)
-    assert run(state, "pair", "--json") == Exit.OK
+    assert run(state, "pair", "--json") == ExitCode.OK
 
 
 def test_commands_before_init_say_what_to_do(tmp_path, capsys) -> None:
-    assert main(["--state-dir", str(tmp_path / "none"), "keys"]) == Exit.NOT_INITIALISED
+    assert main(["--state-dir", str(tmp_path / "none"), "keys"]) == ExitCode.NOT_INITIALISED
     assert "init` first" in capsys.readouterr().err
 
 
 def test_pair_prints_a_code_with_its_slot(state, capsys) -> None:
-    assert run(state, "pair", "--role", "guest", "--name", "Tom", "--expires", "3d", "--json") == Exit.OK
+    assert run(state, "pair", "--role", "guest", "--name", "Tom", "--expires", "3d", "--json") == ExitCode.OK
     out = json.loads(capsys.readouterr().out)
     assert len(out["code"]) == 8 and out["code"].isdigit() and int(out["code"][:2]) == out["slot"]
     assert out["uri"].startswith("dkey://pair?code=")
@@ -64,58 +65,58 @@ def test_pair_prints_a_code_with_its_slot(state, capsys) -> None:
 
 
 def test_pair_rejects_a_bad_schedule(state, capsys) -> None:
-    assert run(state, "pair", "--schedule", "Caturday 25:00-26:00") == Exit.USAGE
+    assert run(state, "pair", "--schedule", "Caturday 25:00-26:00") == ExitCode.USAGE
 
 
 def test_keys_and_revoke_by_name(state, capsys) -> None:
     enroll(state, Role.OWNER, "laptop")
     phone = enroll(state, Role.DRIVER, "phone")
-    assert run(state, "revoke", "phone") == Exit.OK
+    assert run(state, "revoke", "phone") == ExitCode.OK
     capsys.readouterr()
-    assert run(state, "keys", "--json", "--all") == Exit.OK
+    assert run(state, "keys", "--json", "--all") == ExitCode.OK
     keys = {k["name"]: k for k in json.loads(capsys.readouterr().out)}
     assert keys["phone"]["revoked_at"] is not None and keys["phone"]["key_id"] == phone.key_id.hex()
-    assert run(state, "keys", "--json") == Exit.OK
+    assert run(state, "keys", "--json") == ExitCode.OK
     assert [k["name"] for k in json.loads(capsys.readouterr().out)] == ["laptop"]
 
 
 def test_revoking_the_last_owner_needs_force(state) -> None:
     owner = enroll(state, Role.OWNER, "laptop")
-    assert run(state, "revoke", owner.key_id.hex()[:6]) == Exit.REFUSED
-    assert run(state, "revoke", "laptop", "--force") == Exit.OK
+    assert run(state, "revoke", owner.key_id.hex()[:6]) == ExitCode.DENIED
+    assert run(state, "revoke", "laptop", "--force") == ExitCode.OK
 
 
 def test_revoke_unknown_key(state) -> None:
-    assert run(state, "revoke", "nobody") == Exit.NO_SUCH_KEY
+    assert run(state, "revoke", "nobody") == ExitCode.NOT_FOUND
 
 
 def test_audit_verify_detects_an_edited_entry(state, capsys) -> None:
     enroll(state)
-    assert run(state, "revoke", "phone", "--force") == Exit.OK
-    assert run(state, "audit", "--verify") == Exit.OK
+    assert run(state, "revoke", "phone", "--force") == ExitCode.OK
+    assert run(state, "audit", "--verify") == ExitCode.OK
     db = sqlite3.connect(state / "keys.db")
     db.execute("UPDATE audit SET event = 'admin' WHERE event = 'revoke'")
     db.commit()
     db.close()
-    assert run(state, "audit", "--verify") == Exit.AUDIT_TAMPERED
+    assert run(state, "audit", "--verify") == ExitCode.AUDIT_TAMPERED
     assert "TAMPERED" in capsys.readouterr().out
 
 
-def test_bad_config_is_a_usage_error(state, capsys) -> None:
+def test_bad_config_is_a_config_error(state, capsys) -> None:
     (state / "config.toml").write_text("[server]\nradoi = 'sim'\n")
-    assert run(state, "keys") == Exit.USAGE
+    assert run(state, "keys") == ExitCode.CONFIG
     assert "radoi" in capsys.readouterr().err
 
 
 def test_sample_config_loads(state, capsys, tmp_path) -> None:
-    assert run(state, "config") == Exit.OK
+    assert run(state, "config") == ExitCode.OK
     sample = tmp_path / "c.toml"
     sample.write_text(capsys.readouterr().out)
-    assert main(["--state-dir", str(state), "--config", str(sample), "keys"]) == Exit.OK
+    assert main(["--state-dir", str(state), "--config", str(sample), "keys"]) == ExitCode.OK
 
 
 def test_actuate_test_pulses_the_simulated_lock(state, capsys) -> None:
-    assert run(state, "actuate", "--test", "--hold", "0.01") == Exit.OK
+    assert run(state, "actuate", "--test", "--hold", "0.01") == ExitCode.OK
     assert "done: lock locked" in capsys.readouterr().out
 
 
@@ -124,4 +125,4 @@ def test_doctor_reports_and_fails_without_bluetooth(state, capsys) -> None:
     checks = json.loads(capsys.readouterr().out)
     names = {c["check"]: c["level"] for c in checks}
     assert names["vehicle key"] == "ok" and names["audit log"] == "ok"
-    assert code in (Exit.OK, Exit.CHECK_FAILED)
+    assert code in (ExitCode.OK, ExitCode.CHECK_FAILED)
