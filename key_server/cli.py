@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from dkey_link.exit_codes import ExitCode, help_table
 from hardware import ActuatorError, actuate_test, build_lock, install_signal_failsafe
@@ -298,6 +298,14 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (the usage itself is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `message` as one line and exit with ExitCode.USAGE."""
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def _ranged(kind: Callable[[str], Any], low: float, high: float, *, low_open: bool = False) -> Callable[[str], Any]:
     """An argparse type: `kind(text)` within [low, high] ((low, high] with low_open)."""
 
@@ -323,8 +331,8 @@ def _name(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
-    p = argparse.ArgumentParser(prog="key-server", description="The vehicle side of the wearable digital key.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="key-server", description="The vehicle side of the wearable digital key.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--state-dir", type=Path, help="where the vehicle key, key store and config live")
     p.add_argument("--config", type=Path,
                    help="config file (default: <state-dir>/config.toml, else /etc/dkey/config.toml)")

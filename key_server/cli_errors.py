@@ -18,9 +18,7 @@ from .config import ConfigError
 from .identity import UnusableIdentity
 from .store import StoreError
 
-__all__ = ["SERVER_INSTALL", "CliError", "explain"]
-
-SERVER_INSTALL = "pip install 'wearable-dkey[server]'"  # the vehicle's install (bless, the BLE peripheral)
+__all__ = ["CliError", "explain", "one_line"]
 
 
 class CliError(Exception):

@@ -32,6 +32,7 @@ def load_identity(path: Path) -> KeyPair:
     try:
         return KeyPair.from_private_key(load_private_key(data))
     except (ValueError, TypeError) as exc:  # cryptography's parse errors; TypeError: a key of another kind
-        raise UnusableIdentity(f"{path} does not hold a usable vehicle key ({type(exc).__name__}): restore it "
+        reason = str(exc).split(". ")[0]  # cryptography appends a FAQ link and an internal error name
+        raise UnusableIdentity(f"{path} does not hold a usable vehicle key ({reason}): restore it "
                                "from a backup, or start over with a new state directory and pair every device "
                                "again") from None

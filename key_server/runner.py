@@ -14,7 +14,7 @@ from hardware import ActuatorEvent, LockChanged, OutputChanged, build_lock, inst
 from protocol import KeyPair
 
 from .audit import AuditLog
-from .cli_errors import SERVER_INSTALL, CliError
+from .cli_errors import CliError
 from .clock import GuardedClock
 from .config import Config
 from .identity import load_identity
@@ -63,20 +63,17 @@ def make_peripheral(cfg: Config) -> Peripheral:
             from dkey_link.sim import SimPeripheral
 
             return SimPeripheral(cfg.server.name, air_dir=Path(cfg.server.sim_dir) if cfg.server.sim_dir else None)
-        if not _bless_installed():
-            raise CliError(f"the ble radio needs bless, which is not installed: the vehicle install is "
-                           f"{SERVER_INSTALL} (or try --radio sim)")
+        try:
+            import bless  # noqa: F401 - only to say now, in one line, that the vehicle install is missing
+        except ImportError as exc:
+            from .radio.ble import bless_missing
+
+            raise CliError(bless_missing(exc)) from None
         from .radio.ble import BlessPeripheral
 
         return BlessPeripheral(cfg.server.name, adapter=cfg.server.adapter)
     except (ValueError, RadioError) as exc:
         raise CliError(f"cannot set up the {cfg.server.radio} radio: {exc}") from None
-
-
-def _bless_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("bless") is not None
 
 
 def load_vehicle(cfg: Config) -> KeyPair:
