@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from dkey_link.exit_codes import ExitCode
-from key_server.cli import main
+from dkey_link.exit_codes import MEANING, ExitCode, help_table
+from key_server.cli import SERVER_EXIT_CODES, _apply_overrides, build_parser, main
+from key_server.config import Config
 from key_server.store import KeyRecord, KeyStore
 from protocol import KeyPair, Role
 
@@ -126,3 +127,33 @@ def test_doctor_reports_and_fails_without_bluetooth(state, capsys) -> None:
     names = {c["check"]: c["level"] for c in checks}
     assert names["vehicle key"] == "ok" and names["audit log"] == "ok"
     assert code in (ExitCode.OK, ExitCode.CHECK_FAILED)
+
+
+def test_help_lists_the_exit_codes_and_the_environment(capsys) -> None:
+    assert main(["--help"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert help_table(SERVER_EXIT_CODES) in out
+    for code in (ExitCode.TIMED_OUT, ExitCode.OUTCOME_UNKNOWN, ExitCode.BUSY):  # client-only meanings
+        assert MEANING[code] not in out
+    for var in ("DKEY_STATE_DIR", "DKEY_RADIO", "DKEY_SIM_DIR"):
+        assert f"  {var}  " in out
+
+
+@pytest.mark.parametrize(("flag", "env", "config", "want"), [
+    (None, None, "ble", "ble"), (None, None, "sim", "sim"), (None, "sim", "ble", "sim"),
+    ("ble", "sim", "sim", "ble"), ("sim", "ble", "ble", "sim"),
+])
+def test_radio_is_flag_then_environment_then_config(monkeypatch, tmp_path, flag, env, config, want) -> None:
+    if env is None:
+        monkeypatch.delenv("DKEY_RADIO", raising=False)
+    else:
+        monkeypatch.setenv("DKEY_RADIO", env)
+    monkeypatch.setenv("DKEY_SIM_DIR", str(tmp_path / "env-air"))
+    cfg = Config(state_dir=tmp_path)
+    cfg.server.radio, cfg.server.sim_dir = config, str(tmp_path / "config-air")
+    args = build_parser().parse_args(["run"] + (["--radio", flag] if flag else []))
+    _apply_overrides(cfg, args)
+    assert cfg.server.radio == want
+    assert cfg.server.sim_dir == str(tmp_path / "env-air")  # the same order for the sim air directory
+    _apply_overrides(cfg, build_parser().parse_args(["run", "--sim-dir", "/flag-air"]))
+    assert cfg.server.sim_dir == "/flag-air"
