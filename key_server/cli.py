@@ -33,7 +33,9 @@ from .identity import IdentityExists, create_identity
 from .keyadmin import KeyAdmin
 from .pairing import PairingTicket
 from .policy import parse_schedule, parse_when
-from .runner import check_name, load_vehicle, schedule_zone
+from .radio import check_advertised_name
+from .runner import load_vehicle, schedule_zone
+from .service import MAX_CHALLENGE_TTL
 from .store import PAIRING_SLOTS, KeyRecord, KeyStore, LastOwnerError, NoFreeSlot, StoreError, UnknownKey
 from .timezone import local_zone
 
@@ -41,7 +43,6 @@ log = logging.getLogger("key_server")
 
 RADIOS: Final = ("ble", "sim")
 MAX_HOLD_S: Final = 60.0  # actuate --test: longer than any sane strike hold, short enough to notice a typo
-MAX_CHALLENGE_TTL: Final = 300.0  # a challenge valid for minutes is already a gift to a relay attacker
 
 # The part of the shared table key-server can return (never TIMED_OUT, OUTCOME_UNKNOWN or BUSY: no radio peer).
 SERVER_EXIT_CODES: Final = (
@@ -110,7 +111,7 @@ def cmd_init(cfg: Config, args: argparse.Namespace) -> int:
         AuditLog(store).append(AuditEvent.ADMIN, ts=GuardedClock(store).now(), detail={"action": "init"})
     config_file = cfg.state_dir / "config.toml"
     if not config_file.exists():
-        # args.name passed check_name: it cannot break out of the TOML string.
+        # args.name passed check_advertised_name: it cannot break out of the TOML string.
         text = SAMPLE_CONFIG if args.name is None else SAMPLE_CONFIG.replace('name = "dkey"', f'name = "{args.name}"')
         config_file.write_text(text)
     print(f"vehicle id {identity.key_id.hex()}  (state in {cfg.state_dir})")
@@ -324,7 +325,7 @@ def _ranged(kind: Callable[[str], Any], low: float, high: float, *, low_open: bo
 
 def _name(text: str) -> str:
     try:
-        return check_name(text)
+        return check_advertised_name(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

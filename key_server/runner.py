@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from datetime import tzinfo
 from pathlib import Path
 
@@ -18,25 +17,13 @@ from .cli_errors import CliError
 from .clock import GuardedClock
 from .config import Config
 from .identity import load_identity
+from .radio import check_advertised_name
 from .ratelimit import FailureLimiter
 from .service import KeyService, ServiceConfig
 from .store import KeyStore
 from .timezone import named_zone
 
 log = logging.getLogger("key_server.run")
-
-# One rule for both radios, so a name that works on the sim radio works on the Pi: the sim radio's file-name
-# rule (dkey_link.sim.NAME_RE), and at most 29 bytes, what a BLE scan response holds after its 2-byte header.
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,28}")
-
-
-def check_name(name: str) -> str:
-    """`name` if it can be advertised on either radio; ValueError saying what is allowed otherwise."""
-    if not _NAME_RE.fullmatch(name):
-        raise ValueError(f"advertised name {name!r} is not allowed: use 1 to 29 ASCII letters, digits, '.', '_' "
-                         "or '-', starting with a letter or digit")
-    return name
-
 
 def _log_actuator(event: ActuatorEvent) -> None:
     """One log line per actuator change, so a person (and the demo) can see the lock move."""
@@ -77,7 +64,7 @@ def make_peripheral(cfg: Config) -> Peripheral:
 
 
 def load_vehicle(cfg: Config) -> KeyPair:
-    """The vehicle identity; CliError(NOT_INITIALISED) before `init`, CliError(KEYS) for an unusable key file."""
+    """The vehicle identity; CliError(NOT_INITIALISED) before `init`; load_identity's errors for a bad key file."""
     if not cfg.identity_path.exists() or not cfg.store_path.exists():
         raise CliError(f"{cfg.state_dir} is not initialised: run `key-server init` first", ExitCode.NOT_INITIALISED)
     return load_identity(cfg.identity_path)
@@ -86,7 +73,7 @@ def load_vehicle(cfg: Config) -> KeyPair:
 async def serve(cfg: Config) -> int:
     """Run until SIGTERM/SIGINT; the actuator is de-energised on the way out, whatever happens."""
     try:
-        check_name(cfg.server.name)
+        check_advertised_name(cfg.server.name)
     except ValueError as exc:
         raise CliError(f"configuration error: [server] name: {exc}", ExitCode.CONFIG) from None
     identity = load_vehicle(cfg)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import tzinfo
+from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -50,6 +51,8 @@ from .ratelimit import FailureLimiter
 from .store import KeyStore, PendingPairing
 
 log = logging.getLogger("key_server.service")
+
+MAX_CHALLENGE_TTL: Final = 300.0  # upper bound for challenge_ttl: minutes-old challenges are a gift to relays
 
 
 @dataclass(slots=True)
