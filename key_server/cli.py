@@ -423,6 +423,10 @@ def _setup_logging(cfg: Config, args: argparse.Namespace) -> None:
     verbose = args.verbose or args.debug
     level = logging.DEBUG if verbose else getattr(logging, cfg.server.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Library warnings (gpiozero's pin-factory fallbacks: four two-line warnings on any machine without GPIO)
+    # go to the log, shown with -v: the line that matters is the error they lead to, if any.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -253,6 +253,14 @@ def test_a_name_no_radio_can_advertise(vehicle: Vehicle) -> None:
     fails_cleanly(vehicle.run("run", "--radio", "sim"), ExitCode.CONFIG, "a b/c")
 
 
+@pytest.mark.parametrize("argv", [["actuate", "--test", "--hold", "0"], ["run", "--radio", "sim"]], ids=" ".join)
+def test_gpio_actuator_without_gpio(vehicle: Vehicle, argv: list[str]) -> None:
+    # An unknown pin factory fails the same way on a laptop and on a Pi, and never drives a real pin.
+    vehicle.config.write_text(vehicle.config.read_text().replace('kind = "sim"', 'kind = "pulse"')
+                              .replace("# unlock_pin = 5", "unlock_pin = 5"))
+    fails_cleanly(vehicle.run(*argv, GPIOZERO_PIN_FACTORY="no-such-factory"), ExitCode.ERROR, "actuator unavailable")
+
+
 # ---------------------------------------------------------------------------------------------- missing radio
 
 def test_ble_radio_without_a_system_bus(vehicle: Vehicle) -> None:

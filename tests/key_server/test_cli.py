@@ -157,3 +157,26 @@ def test_radio_is_flag_then_environment_then_config(monkeypatch, tmp_path, flag,
     assert cfg.server.sim_dir == str(tmp_path / "env-air")  # the same order for the sim air directory
     _apply_overrides(cfg, build_parser().parse_args(["run", "--sim-dir", "/flag-air"]))
     assert cfg.server.sim_dir == "/flag-air"
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(state, capsys, monkeypatch) -> None:
+    def boom(store):
+        raise RuntimeError("wires crossed")
+
+    monkeypatch.setattr("key_server.cli._admin", boom)
+    assert run(state, "keys") == ExitCode.ERROR
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["key-server: unexpected error: RuntimeError('wires crossed') "
+                                "(run with --debug for the traceback)"]
+    assert main(["--debug", "--state-dir", str(state), "keys"]) == ExitCode.ERROR
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "wires crossed" in err.splitlines()[-1]
+
+
+def test_ctrl_c_in_a_command_is_interrupted(state, capsys, monkeypatch) -> None:
+    def interrupted(store):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("key_server.cli._admin", interrupted)
+    assert run(state, "revoke", "x") == ExitCode.INTERRUPTED
+    assert capsys.readouterr().err == "key-server: interrupted\n"
