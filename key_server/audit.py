@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import logging
 import re
 import types
 from collections.abc import Mapping
@@ -42,6 +43,8 @@ __all__ = [
     "DetailValue",
     "entry_hash",
 ]
+
+log = logging.getLogger(__name__)
 
 AUDIT_HEAD_KEY: Final = "audit_head"
 GENESIS_HASH: Final = bytes(32)
@@ -157,6 +160,26 @@ class AuditLog:
                 (AUDIT_HEAD_KEY, f"{seq}:{digest.hex()}"),
             )
         return AuditEntry(seq, ts, event, key_id, types.MappingProxyType(clean), digest, head_hash)
+
+    def record(
+        self,
+        event: str,
+        *,
+        ts: int,
+        key_id: bytes | None = None,
+        detail: Mapping[str, DetailValue] | None = None,
+    ) -> AuditEntry | None:
+        """append(), but a store failure is logged and swallowed: None then.
+
+        For what a live server notes after the fact (refusals, uses, pairing failures): a full disk must not kill
+        a session that has already been answered. Changes that must not happen unaudited (a revocation) use
+        append() inside their own transaction instead.
+        """
+        try:
+            return self.append(event, ts=ts, key_id=key_id, detail=detail)
+        except StoreError:
+            log.exception("could not write the audit log")
+            return None
 
     def read(self, after_seq: int = 0, limit: int = 100) -> list[AuditEntry]:
         """Entries with seq > after_seq, oldest first, at most `limit` (<= MAX_READ)."""

@@ -12,6 +12,10 @@ class IdentityExists(FileExistsError):
     """`init` found an identity already and will not overwrite it."""
 
 
+class UnusableIdentity(ValueError):
+    """The vehicle key file is there and private, but holds no usable P-256 private key."""
+
+
 def create_identity(path: Path) -> KeyPair:
     """Generate the vehicle key and write it to `path` (0600); IdentityExists if the file is there."""
     if path.exists():
@@ -22,5 +26,13 @@ def create_identity(path: Path) -> KeyPair:
 
 
 def load_identity(path: Path) -> KeyPair:
-    """Load the vehicle key; InsecureSecretFile if group/world-readable, FileNotFoundError if missing."""
-    return KeyPair.from_private_key(load_private_key(read_secret(path)))
+    """Load the vehicle key; InsecureSecretFile if group/world-readable, FileNotFoundError if missing,
+    UnusableIdentity if the file holds something else."""
+    data = read_secret(path)
+    try:
+        return KeyPair.from_private_key(load_private_key(data))
+    except (ValueError, TypeError) as exc:  # cryptography's parse errors; TypeError: a key of another kind
+        reason = str(exc).split(". ")[0]  # cryptography appends a FAQ link and an internal error name
+        raise UnusableIdentity(f"{path} does not hold a usable vehicle key ({reason}): restore it "
+                               "from a backup, or start over with a new state directory and pair every device "
+                               "again") from None

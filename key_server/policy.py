@@ -40,7 +40,7 @@ __all__ = [
 
 
 class Refusal(enum.StrEnum):
-    """Why a command was refused (for the audit log; peers see a uniform refusal, DESIGN.md §3.9)."""
+    """Why a command was refused (for the audit log; peers see a uniform refusal, docs/PROTOCOL.md §8.4)."""
 
     UNKNOWN_KEY = "unknown_key"
     REVOKED = "revoked"

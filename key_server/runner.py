@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import tzinfo
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
-from dkey_link.contract import Peripheral
+from dkey_link.contract import Peripheral, RadioError
+from dkey_link.exit_codes import ExitCode
 from hardware import ActuatorEvent, LockChanged, OutputChanged, build_lock, install_signal_failsafe
+from protocol import KeyPair
 
 from .audit import AuditLog
+from .cli_errors import CliError
 from .clock import GuardedClock
 from .config import Config
 from .identity import load_identity
+from .radio import check_advertised_name
 from .ratelimit import FailureLimiter
 from .service import KeyService, ServiceConfig
 from .store import KeyStore
+from .timezone import named_zone
 
 log = logging.getLogger("key_server.run")
-
 
 def _log_actuator(event: ActuatorEvent) -> None:
     """One log line per actuator change, so a person (and the demo) can see the lock move."""
@@ -29,27 +33,59 @@ def _log_actuator(event: ActuatorEvent) -> None:
         log.info("actuator: lock is now %s", event.lock.label)
 
 
+def schedule_zone(cfg: Config) -> tzinfo | None:
+    """The configured zone for guest schedules (None: local); CliError(CONFIG) if the system does not know it."""
+    if not cfg.server.timezone:
+        return None
+    try:
+        return named_zone(cfg.server.timezone)
+    except ValueError as exc:
+        raise CliError(f"configuration error: {exc}", ExitCode.CONFIG) from None
+
+
 def make_peripheral(cfg: Config) -> Peripheral:
-    """The configured radio backend (ble imports bless only now)."""
-    if cfg.server.radio == "sim":
-        from dkey_link.sim import SimPeripheral
+    """The configured radio backend (ble imports bless only now); CliError if it cannot be built."""
+    try:
+        if cfg.server.radio == "sim":
+            from dkey_link.sim import SimPeripheral
 
-        return SimPeripheral(cfg.server.name, air_dir=Path(cfg.server.sim_dir) if cfg.server.sim_dir else None)
-    from .radio.ble import BlessPeripheral
+            return SimPeripheral(cfg.server.name, air_dir=Path(cfg.server.sim_dir) if cfg.server.sim_dir else None)
+        try:
+            import bless  # noqa: F401 - only to say now, in one line, that the vehicle install is missing
+        except ImportError as exc:
+            from .radio.ble import bless_missing
 
-    return BlessPeripheral(cfg.server.name, adapter=cfg.server.adapter)
+            raise CliError(bless_missing(exc)) from None
+        from .radio.ble import BlessPeripheral
+
+        return BlessPeripheral(cfg.server.name, adapter=cfg.server.adapter)
+    except (ValueError, RadioError) as exc:
+        raise CliError(f"cannot set up the {cfg.server.radio} radio: {exc}") from None
+
+
+def load_vehicle(cfg: Config) -> KeyPair:
+    """The vehicle identity; CliError(NOT_INITIALISED) before `init`; load_identity's errors for a bad key file."""
+    if not cfg.identity_path.exists() or not cfg.store_path.exists():
+        raise CliError(f"{cfg.state_dir} is not initialised: run `key-server init` first", ExitCode.NOT_INITIALISED)
+    return load_identity(cfg.identity_path)
 
 
 async def serve(cfg: Config) -> int:
     """Run until SIGTERM/SIGINT; the actuator is de-energised on the way out, whatever happens."""
-    from .cli import CliError, Exit
-
-    if not cfg.identity_path.exists() or not cfg.store_path.exists():
-        raise CliError(f"{cfg.state_dir} is not initialised: run `key-server init` first", Exit.NOT_INITIALISED)
-    identity = load_identity(cfg.identity_path)
+    try:
+        check_advertised_name(cfg.server.name)
+    except ValueError as exc:
+        raise CliError(f"configuration error: [server] name: {exc}", ExitCode.CONFIG) from None
+    identity = load_vehicle(cfg)
+    tz = schedule_zone(cfg)
+    peripheral = make_peripheral(cfg)
     store = KeyStore.open(cfg.store_path)
-    clock = GuardedClock(store)
-    lock = build_lock(cfg.actuator, on_change=_log_actuator)
+    try:
+        clock = GuardedClock(store)
+        lock = build_lock(cfg.actuator, on_change=_log_actuator)
+    except BaseException:
+        store.close()
+        raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # De-energise synchronously inside the signal handler (works even if the loop is stuck), then ask the
@@ -61,11 +97,9 @@ async def serve(cfg: Config) -> int:
     restore = install_signal_failsafe(lock, on_signal=on_signal)
     rl = cfg.rate_limit
     service = KeyService(
-        identity=identity, store=store, audit=AuditLog(store), clock=clock, lock=lock,
-        peripheral=make_peripheral(cfg),
+        identity=identity, store=store, audit=AuditLog(store), clock=clock, lock=lock, peripheral=peripheral,
         config=ServiceConfig(
-            challenge_ttl=cfg.server.challenge_ttl, link_idle_timeout=cfg.server.link_idle_timeout,
-            tz=ZoneInfo(cfg.server.timezone) if cfg.server.timezone else None,
+            challenge_ttl=cfg.server.challenge_ttl, link_idle_timeout=cfg.server.link_idle_timeout, tz=tz,
             limiter=FailureLimiter(rl.link_burst, rl.link_rate, rl.global_burst, rl.global_rate)),
     )
     try:
@@ -74,7 +108,7 @@ async def serve(cfg: Config) -> int:
               flush=True)
         await stop.wait()
         log.info("stopping")
-        return 0
+        return ExitCode.OK
     finally:
         try:
             await service.stop()

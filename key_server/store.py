@@ -1,6 +1,6 @@
 """The vehicle's key store: enrolled device keys, pending pairings and small metadata in one SQLite file.
 
-Durability and sharing (DESIGN.md §3.6, §6):
+Durability and sharing (docs/PROTOCOL.md §11 property 6, docs/DEPLOY.md §5):
 - WAL journal + ``synchronous=FULL``: every committed change (a revocation above all) is fsynced to the WAL
   before the call returns, so an acknowledged change survives a crash or a power cut.
 - The running server and the CLI are separate processes on the same file. Every change runs in one

@@ -1,7 +1,8 @@
 """BLE peripheral on bless 0.3.0 (BlueZ over D-Bus): the vehicle side of `--radio ble`; moves bytes, decides nothing.
 
-bless hands its callbacks no client identity, MTU or offset, and notifies every subscriber (DESIGN.md §4,
-LIBRARIES.md). Three hooks close the gap, all running in the event loop thread (dbus-next is asyncio):
+bless (https://github.com/kevincar/bless) hands its callbacks no client identity, MTU or offset, and notifies
+every subscriber (docs/PROTOCOL.md §1.3). Three hooks close the gap, all running in the event loop thread
+(dbus-next is asyncio):
 - WriteValue: bluetoothd calls GattCharacteristic1.WriteValue(value, options) with options {device, mtu, link,
   type, offset}; bless's method drops the options. Calls to RX are answered by our bus message handler
   (_on_method_call) before dbus-next dispatches them to any method: when a dbus-next 0.2.3 *method* raises a
@@ -17,7 +18,7 @@ LIBRARIES.md). Three hooks close the gap, all running in the event loop thread (
   dropped, and logged at DEBUG).
 - StartNotify: bluetoothd calls the application's StartNotify for every central's CCC enable (BlueZ 5.66
   gatt-database.c), without identity; bless sets app.StartNotify to a no-op lambda in its setup. Ours calls
-  on_subscribe(None): the service pushes a challenge that every subscriber receives (DESIGN.md §3).
+  on_subscribe(None): the service pushes a challenge that every subscriber receives (docs/PROTOCOL.md §1.3, §5.1).
 - Disconnects: org.bluez.Device1 PropertiesChanged(Connected=False) and InterfacesRemoved signals for the device
   paths seen in writes call on_disconnect; so does bluetoothd leaving the bus.
 - bluetoothd restarts: a crash (BlueZ 5.66 has segfaults on reconnects; seen in tests/ble_vm) or a restart takes
@@ -52,7 +53,17 @@ from dkey_link.contract import (
     call_handler,
 )
 
-__all__ = ["APP_PATH_PREFIX", "UNKNOWN_LINK", "BlessPeripheral", "dbus_error_for", "install_write_hook", "probe_bluez"]
+from . import SERVER_INSTALL
+
+__all__ = [
+    "APP_PATH_PREFIX",
+    "UNKNOWN_LINK",
+    "BlessPeripheral",
+    "bless_missing",
+    "dbus_error_for",
+    "install_write_hook",
+    "probe_bluez",
+]
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +175,15 @@ def _import_bless() -> tuple[Any, type]:
         import bless
         from bless.backends.bluezdbus.dbus.characteristic import BlueZGattCharacteristic
     except ImportError as exc:
-        raise RadioError(f"bless is not installed or broken: {exc}") from exc
+        raise RadioError(bless_missing(exc)) from exc
     return bless, BlueZGattCharacteristic
+
+
+def bless_missing(exc: ImportError) -> str:
+    """What to tell a person whose bless import failed: install the vehicle side, or what is broken."""
+    if exc.name == "bless":
+        return f"the ble radio needs bless, which is not installed: the vehicle install is {SERVER_INSTALL}"
+    return f"bless is installed but does not import ({exc}): reinstall the vehicle side with {SERVER_INSTALL}"
 
 
 class BlessPeripheral:

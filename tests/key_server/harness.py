@@ -28,17 +28,19 @@ class Harness:
     limiter: FailureLimiter = field(default_factory=FailureLimiter)
     wall: float = T0
     air: MockAir = field(default_factory=MockAir)
+    lock: SimulatedLock = field(default_factory=lambda: SimulatedLock(ActuatorConfig(kind="sim", pulse_ms=5)))
+    reply_after: float = 0.1  # ServiceConfig.reply_after: answer a pulse still running after this long
 
     def __post_init__(self) -> None:
         self.store = KeyStore.open(self.tmp / "keys.db")
         self.audit = AuditLog(self.store)
         self.clock = GuardedClock(self.store, source=lambda: self.wall)
         self.identity = KeyPair.generate()
-        self.lock = SimulatedLock(ActuatorConfig(kind="sim", pulse_ms=5))
         self.peripheral: MockPeripheral = self.air.peripheral("test-car", broadcast_notify=self.broadcast)
         self.service = KeyService(identity=self.identity, store=self.store, audit=self.audit, clock=self.clock,
                                   lock=self.lock, peripheral=self.peripheral,
-                                  config=ServiceConfig(limiter=self.limiter, poll_interval=0.05))
+                                  config=ServiceConfig(limiter=self.limiter, poll_interval=0.05,
+                                                              reply_after=self.reply_after))
 
     async def start(self) -> Harness:
         await self.service.start()

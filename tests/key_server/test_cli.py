@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from key_server.cli import Exit, main
+from dkey_link.exit_codes import MEANING, ExitCode, help_table
+from key_server.cli import SERVER_EXIT_CODES, _apply_overrides, build_parser, main
+from key_server.config import Config
 from key_server.store import KeyRecord, KeyStore
 from protocol import KeyPair, Role
 
@@ -17,7 +19,7 @@ from protocol import KeyPair, Role
 @pytest.fixture
 def state(tmp_path):
     d = tmp_path / "state"
-    assert main(["--state-dir", str(d), "init"]) == Exit.OK
+    assert main(["--state-dir", str(d), "init"]) == ExitCode.OK
     return d
 
 
@@ -36,25 +38,25 @@ def test_init_creates_private_files_and_refuses_to_overwrite(state) -> None:
     assert oct(os.stat(state / "vehicle_key.pem").st_mode & 0o777) == "0o600"
     assert oct(os.stat(state).st_mode & 0o777) == "0o700"
     before = (state / "vehicle_key.pem").read_bytes()
-    assert run(state, "init") == Exit.ALREADY_EXISTS
+    assert run(state, "init") == ExitCode.ALREADY_EXISTS
     assert (state / "vehicle_key.pem").read_bytes() == before
 
 
 def test_world_readable_vehicle_key_is_refused(state, capsys) -> None:
     os.chmod(state / "vehicle_key.pem", 0o644)
-    assert run(state, "pair", "--json") == Exit.INSECURE_FILE
+    assert run(state, "pair", "--json") == ExitCode.KEYS
     assert "chmod 600" in capsys.readouterr().err
     os.chmod(state / "vehicle_key.pem", 0o600)
-    assert run(state, "pair", "--json") == Exit.OK
+    assert run(state, "pair", "--json") == ExitCode.OK
 
 
 def test_commands_before_init_say_what_to_do(tmp_path, capsys) -> None:
-    assert main(["--state-dir", str(tmp_path / "none"), "keys"]) == Exit.NOT_INITIALISED
+    assert main(["--state-dir", str(tmp_path / "none"), "keys"]) == ExitCode.NOT_INITIALISED
     assert "init` first" in capsys.readouterr().err
 
 
 def test_pair_prints_a_code_with_its_slot(state, capsys) -> None:
-    assert run(state, "pair", "--role", "guest", "--name", "Tom", "--expires", "3d", "--json") == Exit.OK
+    assert run(state, "pair", "--role", "guest", "--name", "Tom", "--expires", "3d", "--json") == ExitCode.OK
     out = json.loads(capsys.readouterr().out)
     assert len(out["code"]) == 8 and out["code"].isdigit() and int(out["code"][:2]) == out["slot"]
     assert out["uri"].startswith("dkey://pair?code=")
@@ -64,58 +66,58 @@ def test_pair_prints_a_code_with_its_slot(state, capsys) -> None:
 
 
 def test_pair_rejects_a_bad_schedule(state, capsys) -> None:
-    assert run(state, "pair", "--schedule", "Caturday 25:00-26:00") == Exit.USAGE
+    assert run(state, "pair", "--schedule", "Caturday 25:00-26:00") == ExitCode.USAGE
 
 
 def test_keys_and_revoke_by_name(state, capsys) -> None:
     enroll(state, Role.OWNER, "laptop")
     phone = enroll(state, Role.DRIVER, "phone")
-    assert run(state, "revoke", "phone") == Exit.OK
+    assert run(state, "revoke", "phone") == ExitCode.OK
     capsys.readouterr()
-    assert run(state, "keys", "--json", "--all") == Exit.OK
+    assert run(state, "keys", "--json", "--all") == ExitCode.OK
     keys = {k["name"]: k for k in json.loads(capsys.readouterr().out)}
     assert keys["phone"]["revoked_at"] is not None and keys["phone"]["key_id"] == phone.key_id.hex()
-    assert run(state, "keys", "--json") == Exit.OK
+    assert run(state, "keys", "--json") == ExitCode.OK
     assert [k["name"] for k in json.loads(capsys.readouterr().out)] == ["laptop"]
 
 
 def test_revoking_the_last_owner_needs_force(state) -> None:
     owner = enroll(state, Role.OWNER, "laptop")
-    assert run(state, "revoke", owner.key_id.hex()[:6]) == Exit.REFUSED
-    assert run(state, "revoke", "laptop", "--force") == Exit.OK
+    assert run(state, "revoke", owner.key_id.hex()[:6]) == ExitCode.DENIED
+    assert run(state, "revoke", "laptop", "--force") == ExitCode.OK
 
 
 def test_revoke_unknown_key(state) -> None:
-    assert run(state, "revoke", "nobody") == Exit.NO_SUCH_KEY
+    assert run(state, "revoke", "nobody") == ExitCode.NOT_FOUND
 
 
 def test_audit_verify_detects_an_edited_entry(state, capsys) -> None:
     enroll(state)
-    assert run(state, "revoke", "phone", "--force") == Exit.OK
-    assert run(state, "audit", "--verify") == Exit.OK
+    assert run(state, "revoke", "phone", "--force") == ExitCode.OK
+    assert run(state, "audit", "--verify") == ExitCode.OK
     db = sqlite3.connect(state / "keys.db")
     db.execute("UPDATE audit SET event = 'admin' WHERE event = 'revoke'")
     db.commit()
     db.close()
-    assert run(state, "audit", "--verify") == Exit.AUDIT_TAMPERED
+    assert run(state, "audit", "--verify") == ExitCode.AUDIT_TAMPERED
     assert "TAMPERED" in capsys.readouterr().out
 
 
-def test_bad_config_is_a_usage_error(state, capsys) -> None:
+def test_bad_config_is_a_config_error(state, capsys) -> None:
     (state / "config.toml").write_text("[server]\nradoi = 'sim'\n")
-    assert run(state, "keys") == Exit.USAGE
+    assert run(state, "keys") == ExitCode.CONFIG
     assert "radoi" in capsys.readouterr().err
 
 
 def test_sample_config_loads(state, capsys, tmp_path) -> None:
-    assert run(state, "config") == Exit.OK
+    assert run(state, "config") == ExitCode.OK
     sample = tmp_path / "c.toml"
     sample.write_text(capsys.readouterr().out)
-    assert main(["--state-dir", str(state), "--config", str(sample), "keys"]) == Exit.OK
+    assert main(["--state-dir", str(state), "--config", str(sample), "keys"]) == ExitCode.OK
 
 
 def test_actuate_test_pulses_the_simulated_lock(state, capsys) -> None:
-    assert run(state, "actuate", "--test", "--hold", "0.01") == Exit.OK
+    assert run(state, "actuate", "--test", "--hold", "0.01") == ExitCode.OK
     assert "done: lock locked" in capsys.readouterr().out
 
 
@@ -124,4 +126,57 @@ def test_doctor_reports_and_fails_without_bluetooth(state, capsys) -> None:
     checks = json.loads(capsys.readouterr().out)
     names = {c["check"]: c["level"] for c in checks}
     assert names["vehicle key"] == "ok" and names["audit log"] == "ok"
-    assert code in (Exit.OK, Exit.CHECK_FAILED)
+    assert code in (ExitCode.OK, ExitCode.CHECK_FAILED)
+
+
+def test_help_lists_the_exit_codes_and_the_environment(capsys) -> None:
+    assert main(["--help"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert help_table(SERVER_EXIT_CODES) in out
+    for code in (ExitCode.TIMED_OUT, ExitCode.OUTCOME_UNKNOWN, ExitCode.BUSY):  # client-only meanings
+        assert MEANING[code] not in out
+    for var in ("DKEY_STATE_DIR", "DKEY_RADIO", "DKEY_SIM_DIR"):
+        assert f"  {var}  " in out
+
+
+@pytest.mark.parametrize(("flag", "env", "config", "want"), [
+    (None, None, "ble", "ble"), (None, None, "sim", "sim"), (None, "sim", "ble", "sim"),
+    ("ble", "sim", "sim", "ble"), ("sim", "ble", "ble", "sim"),
+])
+def test_radio_is_flag_then_environment_then_config(monkeypatch, tmp_path, flag, env, config, want) -> None:
+    if env is None:
+        monkeypatch.delenv("DKEY_RADIO", raising=False)
+    else:
+        monkeypatch.setenv("DKEY_RADIO", env)
+    monkeypatch.setenv("DKEY_SIM_DIR", str(tmp_path / "env-air"))
+    cfg = Config(state_dir=tmp_path)
+    cfg.server.radio, cfg.server.sim_dir = config, str(tmp_path / "config-air")
+    args = build_parser().parse_args(["run"] + (["--radio", flag] if flag else []))
+    _apply_overrides(cfg, args)
+    assert cfg.server.radio == want
+    assert cfg.server.sim_dir == str(tmp_path / "env-air")  # the same order for the sim air directory
+    _apply_overrides(cfg, build_parser().parse_args(["run", "--sim-dir", "/flag-air"]))
+    assert cfg.server.sim_dir == "/flag-air"
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(state, capsys, monkeypatch) -> None:
+    def boom(store):
+        raise RuntimeError("wires crossed")
+
+    monkeypatch.setattr("key_server.cli._admin", boom)
+    assert run(state, "keys") == ExitCode.ERROR
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["key-server: unexpected error: RuntimeError('wires crossed') "
+                                "(run with --debug for the traceback)"]
+    assert main(["--debug", "--state-dir", str(state), "keys"]) == ExitCode.ERROR
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "wires crossed" in err.splitlines()[-1]
+
+
+def test_ctrl_c_in_a_command_is_interrupted(state, capsys, monkeypatch) -> None:
+    def interrupted(store):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("key_server.cli._admin", interrupted)
+    assert run(state, "revoke", "x") == ExitCode.INTERRUPTED
+    assert capsys.readouterr().err == "key-server: interrupted\n"

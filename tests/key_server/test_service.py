@@ -276,10 +276,8 @@ async def test_long_pulse_is_answered_while_the_relay_is_still_energised(tmp_pat
     """A door strike held for seconds must not make the phone time out: the answer comes while it is held."""
     from hardware import ActuatorConfig, SimulatedLock
 
-    h = Harness(tmp_path)
-    h.lock = h.service.lock = SimulatedLock(ActuatorConfig(kind="sim", simulate="pulse", unlock_pin=None,
-                                                           pulse_ms=1500, max_on_ms=2000))
-    h.service.config.reply_after = 0.05
+    h = Harness(tmp_path, lock=SimulatedLock(ActuatorConfig(kind="sim", simulate="pulse", unlock_pin=None,
+                                                            pulse_ms=1500, max_on_ms=2000)), reply_after=0.05)
     await h.start()
     try:
         phone = h.enroll()
@@ -293,9 +291,8 @@ async def test_long_pulse_is_answered_while_the_relay_is_still_energised(tmp_pat
 async def test_link_lost_during_the_pulse_is_still_audited(tmp_path) -> None:
     from hardware import ActuatorConfig, SimulatedLock
 
-    h = Harness(tmp_path)
-    h.lock = h.service.lock = SimulatedLock(ActuatorConfig(kind="sim", pulse_ms=300))
-    h.service.config.reply_after = 5.0  # answer only when the pulse ends
+    # reply_after 5 s: answer only when the pulse ends
+    h = Harness(tmp_path, lock=SimulatedLock(ActuatorConfig(kind="sim", pulse_ms=300)), reply_after=5.0)
     await h.start()
     try:
         phone = h.enroll()

@@ -1,0 +1,204 @@
+"""What an authenticated key asks of the vehicle, and what the vehicle does about it.
+
+authorize, then act: drive the lock (unlock, lock, start), report its status, or serve an owner's admin command
+(list keys, read the audit log, revoke) through KeyAdmin, the same code `key-server` runs on the Pi. The result
+is a protocol Status and payload; the session service only carries them. What is written afterwards (last use,
+the audit entry) is split out into record(), which the service runs once the answer is on its way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import tzinfo
+from typing import Final
+
+from hardware import ActuatorError, ActuatorStatus, DoorOpenError, Lock, NotConfiguredError
+from protocol import (
+    AuditRecord,
+    Command,
+    DecodeError,
+    KeyInfo,
+    LockState,
+    Status,
+    StatusReport,
+    encode_audit_page,
+    encode_key_page,
+    parse_list_keys_args,
+    parse_read_audit_args,
+    parse_revoke_args,
+)
+
+from .audit import AuditEvent
+from .keyadmin import KeyAdmin
+from .policy import Refusal, authorize
+from .store import LastOwnerError, UnknownKey
+from .timezone import local_zone
+
+__all__ = ["REFUSAL_STATUS", "KeyCommands", "Outcome", "to_status_report"]
+
+log = logging.getLogger("key_server.commands")
+
+# What the device is told. Unknown and revoked keys get DENIED, exactly like a bad signature (docs/PROTOCOL.md §8.4).
+REFUSAL_STATUS: Final[dict[Refusal, Status]] = {
+    Refusal.UNKNOWN_KEY: Status.DENIED,
+    Refusal.REVOKED: Status.DENIED,
+    Refusal.NOT_YET_VALID: Status.KEY_NOT_YET_VALID,
+    Refusal.EXPIRED: Status.KEY_EXPIRED,
+    Refusal.OUTSIDE_SCHEDULE: Status.OUTSIDE_SCHEDULE,
+    Refusal.NOT_PERMITTED: Status.NOT_PERMITTED,
+}
+# Commands that use the vehicle (recorded as their own event and as the key's last use); the rest are admin.
+_USE_EVENT: Final[dict[Command, AuditEvent]] = {
+    Command.UNLOCK: AuditEvent.UNLOCK,
+    Command.LOCK: AuditEvent.LOCK,
+    Command.STATUS: AuditEvent.STATUS,
+    Command.START: AuditEvent.START,
+}
+AUDIT_PAGE_MAX: Final = 100  # entries per READ_AUDIT answer: keeps one confidential message small
+
+
+def to_status_report(status: ActuatorStatus) -> StatusReport:
+    """The wire form of an actuator status (the actuator and the wire share one LockState and DoorState)."""
+    return StatusReport(status.lock, status.door, status.start_enabled)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The answer to one command, and what record() needs to account for it."""
+
+    key_id: bytes
+    command: Command
+    at: int  # guarded wall time the command was decided at
+    status: Status
+    data: bytes = b""
+    refusal: Refusal | None = None  # why policy refused (audit log only: the device sees `status`)
+    revoked: bytes | None = None  # a key this command revoked: its open sessions must end
+
+
+class KeyCommands:
+    """Authorize and carry out commands of enrolled keys."""
+
+    def __init__(self, admin: KeyAdmin, lock: Lock, *, tz: tzinfo | None = None, reply_after: float = 0.1) -> None:
+        """Act on `lock`; `tz` reads guest schedules (None: the local zone); see run() for `reply_after`."""
+        self.admin = admin
+        self.lock = lock
+        self.tz = tz
+        self.reply_after = reply_after
+        self._pulses: set[asyncio.Task[ActuatorStatus]] = set()  # answered actuations still driving the lock
+
+    async def run(self, key_id: bytes, command: Command, args: bytes) -> Outcome:
+        """Authorize `command` for `key_id` and carry it out; a refusal or failure is a status, never an exception.
+
+        Long actuations are answered once they have been driving for `reply_after` seconds (their relay is
+        energised by then); a revocation is committed and audited before this returns.
+        """
+        store, wall = self.admin.store, self.admin.clock.now()
+        refusal = authorize(store.get_key(key_id), command, wall, self.tz or local_zone())
+        if refusal is not None:
+            return Outcome(key_id, command, wall, REFUSAL_STATUS[refusal], refusal=refusal)
+        revoked: bytes | None = None
+        data = b""
+        try:
+            status, data, revoked = await self._execute(key_id, command, args)
+        except DoorOpenError:
+            status = Status.DOOR_OPEN
+        except NotConfiguredError:
+            status = Status.NOT_SUPPORTED
+        except ActuatorError as exc:
+            log.warning("actuator failed: %s", exc)
+            status = Status.ACTUATOR_FAILED
+        except DecodeError:
+            status = Status.BAD_REQUEST
+        return Outcome(key_id, command, wall, status, data, revoked=revoked)
+
+    def record(self, outcome: Outcome) -> None:
+        """Account for an answered command: the key's last use and the audit entry (a revocation has its own)."""
+        cmd, kid, audit = outcome.command, outcome.key_id, self.admin.audit
+        if outcome.refusal is not None:
+            audit.record(AuditEvent.REFUSED, ts=self.admin.clock.now(), key_id=kid,
+                         detail={"reason": outcome.refusal.value, "command": cmd.name.lower()})
+        elif cmd in _USE_EVENT:
+            self.admin.store.mark_used(kid, outcome.at)
+            audit.record(_USE_EVENT[cmd], ts=self.admin.clock.now(), key_id=kid,
+                         detail={"status": outcome.status.name})
+        elif outcome.status is not Status.OK or cmd is not Command.REVOKE_KEY:
+            audit.record(AuditEvent.ADMIN, ts=self.admin.clock.now(), key_id=kid,
+                         detail={"command": cmd.name.lower(), "status": outcome.status.name})
+
+    async def stop(self) -> None:
+        """Cancel actuations still running after their answer (the drivers de-energise on cancellation)."""
+        pulses = list(self._pulses)
+        for task in pulses:
+            task.cancel()
+        for task in pulses:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _execute(self, key_id: bytes, cmd: Command, args: bytes) -> tuple[Status, bytes, bytes | None]:
+        if cmd is Command.UNLOCK:
+            return Status.OK, (await self._actuate(self.lock.unlock, LockState.UNLOCKED, key_id)).encode(), None
+        if cmd is Command.LOCK:
+            return Status.OK, (await self._actuate(self.lock.lock, LockState.LOCKED, key_id)).encode(), None
+        if cmd is Command.START:
+            return Status.OK, (await self._actuate(self.lock.start_enable, None, key_id)).encode(), None
+        if cmd is Command.STATUS:
+            return Status.OK, to_status_report(self.lock.status()).encode(), None
+        if cmd is Command.LIST_KEYS:
+            offset, limit = parse_list_keys_args(args)
+            keys = self.admin.keys()
+            page = [KeyInfo(k.key_id, k.role, k.name, k.created_at, k.valid_from, k.valid_until,
+                            k.last_used_at, k.revoked_at) for k in keys[offset : offset + limit]]
+            data, _ = encode_key_page(page, len(keys))
+            return Status.OK, data, None
+        if cmd is Command.READ_AUDIT:
+            after, limit = parse_read_audit_args(args)
+            entries, head = self.admin.audit_after(after, min(limit, AUDIT_PAGE_MAX))
+            records = [AuditRecord(e.seq, e.ts, str(e.event), _json(dict(e.detail)), e.hash, e.key_id)
+                       for e in entries]
+            data, _ = encode_audit_page(records, head)
+            return Status.OK, data, None
+        if cmd is Command.REVOKE_KEY:
+            target, force = parse_revoke_args(args)
+            try:
+                self.admin.revoke(target, by=key_id.hex(), force=force)
+            except LastOwnerError:
+                return Status.NOT_PERMITTED, b"", None
+            except UnknownKey:
+                return Status.BAD_REQUEST, b"", None
+            return Status.OK, b"", target
+        return Status.NOT_SUPPORTED, b"", None
+
+    async def _actuate(self, op: Callable[[], Awaitable[ActuatorStatus]], commanded: LockState | None,
+                       key_id: bytes) -> StatusReport:
+        """Drive the actuator; answer once it is done or, for a long pulse, once it has been driving a while.
+
+        The drivers energise first and then hold the pulse, so an operation still running after `reply_after`
+        has its relay energised: the device is told now (a 3 s door-strike hold must not look like a timeout),
+        and a fault later in the pulse goes to the log and the audit log.
+        """
+        task: asyncio.Task[ActuatorStatus] = asyncio.get_running_loop().create_task(op())  # type: ignore[arg-type]
+        done, _ = await asyncio.wait({task}, timeout=self.reply_after)
+        if task in done:
+            return to_status_report(task.result())
+        self._pulses.add(task)
+
+        def finished(t: asyncio.Task[ActuatorStatus]) -> None:
+            self._pulses.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("actuator fault after the reply was sent: %s", t.exception())
+                self.admin.audit.record(AuditEvent.REFUSED, ts=self.admin.clock.now(), key_id=key_id,
+                                        detail={"reason": f"actuator fault after reply: {t.exception()}",
+                                                "status": Status.ACTUATOR_FAILED.name})
+
+        task.add_done_callback(finished)
+        report = to_status_report(self.lock.status())
+        return replace(report, lock=commanded) if commanded is not None else report
+
+
+def _json(detail: object) -> str:
+    return json.dumps(detail, sort_keys=True, separators=(",", ":"))
