@@ -15,7 +15,6 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, NoReturn
@@ -27,7 +26,7 @@ from protocol import DEFAULT_CHALLENGE_TTL, Role
 from .audit import MAX_READ, AuditEvent, AuditLog
 from .cli_errors import CliError, explain
 from .clock import GuardedClock
-from .config import SAMPLE_CONFIG, Config, load_config
+from .config import CHALLENGE_TTL_MAX, CHALLENGE_TTL_MIN, SAMPLE_CONFIG, Config, load_config, override
 from .enrollment import MAX_ATTEMPTS, Enrollment
 from .identity import IdentityExists, create_identity
 from .keyadmin import KeyAdmin
@@ -35,7 +34,6 @@ from .pairing import PairingTicket
 from .policy import parse_schedule, parse_when
 from .radio import check_advertised_name
 from .runner import load_vehicle, schedule_zone
-from .service import MAX_CHALLENGE_TTL
 from .store import PAIRING_SLOTS, KeyRecord, KeyStore, LastOwnerError, NoFreeSlot, StoreError, UnknownKey
 from .timezone import local_zone
 
@@ -139,7 +137,7 @@ def cmd_pair(cfg: Config, args: argparse.Namespace) -> int:
             if args.schedule:
                 parse_schedule(args.schedule)  # refuse it here, with its reason, rather than at the first unlock
             schedule: str | None = args.schedule or None
-            ticket, pairing = enrollment.issue(role=Role(args.role), name=args.name, expires_at=expires_at,
+            ticket, pairing = enrollment.issue(role=Role(args.role), name=args.device_name, expires_at=expires_at,
                                                key_valid_from=valid_from, key_valid_until=valid_until,
                                                schedule=schedule, attempts=attempts)
         except NoFreeSlot:
@@ -149,14 +147,14 @@ def cmd_pair(cfg: Config, args: argparse.Namespace) -> int:
             raise CliError(str(exc), ExitCode.USAGE) from None
     if args.json:
         print(json.dumps({"code": ticket.code, "uri": ticket.uri(), "slot": ticket.slot,
-                          "expires_at": pairing.expires_at, "role": args.role, "name": args.name}))
+                          "expires_at": pairing.expires_at, "role": args.role, "name": args.device_name}))
         return ExitCode.OK
     _show_ticket(ticket, args, pairing.expires_at, attempts)
     return ExitCode.OK
 
 
 def _show_ticket(ticket: PairingTicket, args: argparse.Namespace, expires_at: int, attempts: int) -> None:
-    print(f"one-time pairing code for {args.name!r} ({args.role}): {ticket.display}")
+    print(f"one-time pairing code for {args.device_name!r} ({args.role}): {ticket.display}")
     print(f"valid until {_when(expires_at)}, {attempts} tries; on the device run:")
     print(f"    key-client pair {ticket.code}")
     if not args.no_qr:
@@ -352,13 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", type=_name, help="advertised name")
     s.add_argument("--sim-dir", help="sim radio air directory (default: $DKEY_SIM_DIR, else config)")
     s.add_argument("--actuator", choices=["sim", "pulse", "two-line", "latched"], help="override [actuator] kind")
-    s.add_argument("--challenge-ttl", type=_ranged(float, 0, MAX_CHALLENGE_TTL, low_open=True), metavar="S",
+    s.add_argument("--challenge-ttl", type=_ranged(float, CHALLENGE_TTL_MIN, CHALLENGE_TTL_MAX), metavar="S",
                    help=f"seconds a challenge stays valid (default {DEFAULT_CHALLENGE_TTL:g})")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("pair", help="print a one-time pairing code (and QR code) for a new device")
     s.add_argument("--role", choices=Role.labels(), default="driver")
-    s.add_argument("--name", default="new device", help="what to call the device in key lists")
+    s.add_argument("--name", dest="device_name", default="new device", help="what to call the device in key lists")
     s.add_argument("--expires", help="key expiry, in the future: 2026-12-24, 2026-12-24T18:00, 3d, 12h ...")
     s.add_argument("--valid-from", help="key valid from (same formats)")
     s.add_argument("--schedule", help='weekly schedule, e.g. "Mon-Fri 08:00-18:00; Sat 10:00-14:00"')
@@ -407,16 +405,15 @@ def _apply_overrides(cfg: Config, args: argparse.Namespace) -> None:
     if getattr(args, "radio", None) is None and env_radio:
         if env_radio not in RADIOS:
             raise CliError(f"DKEY_RADIO={env_radio!r} is not a radio: use ble or sim", ExitCode.USAGE)
-        cfg.server.radio = env_radio
+        override(cfg, "server", {"radio": env_radio}, origin="$DKEY_RADIO")
     env_sim_dir = os.environ.get("DKEY_SIM_DIR")
     if getattr(args, "sim_dir", None) is None and env_sim_dir:
-        cfg.server.sim_dir = env_sim_dir
-    for opt in ("radio", "adapter", "name", "sim_dir", "challenge_ttl"):
-        value = getattr(args, opt, None)
-        if value is not None:
-            setattr(cfg.server, opt, value)
+        override(cfg, "server", {"sim_dir": env_sim_dir}, origin="$DKEY_SIM_DIR")
+    # Flags pass through the config schema too: one set of rules, whichever way a value arrives.
+    override(cfg, "server", {opt: getattr(args, opt, None)
+                             for opt in ("radio", "adapter", "name", "sim_dir", "challenge_ttl")})
     if getattr(args, "actuator", None):
-        cfg.actuator = replace(cfg.actuator, kind=args.actuator)
+        override(cfg, "actuator", {"kind": args.actuator})
 
 
 def _setup_logging(cfg: Config, args: argparse.Namespace) -> None:

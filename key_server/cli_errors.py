@@ -11,8 +11,7 @@ import sqlite3
 from dkey_link.contract import RadioError
 from dkey_link.exit_codes import ExitCode
 from dkey_link.secretfile import SecretFileError
-from hardware import ActuatorError, HardwareUnavailableError
-from hardware import ConfigError as ActuatorConfigError
+from hardware import ActuatorConfigError, ActuatorError, HardwareUnavailableError
 
 from .config import ConfigError
 from .identity import UnusableIdentity

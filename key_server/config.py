@@ -31,6 +31,8 @@ from dkey_link.settings import (
 from hardware import ActuatorConfig, ActuatorConfigError
 from protocol import DEFAULT_CHALLENGE_TTL
 
+from .enrollment import MAX_ATTEMPTS
+from .radio import NAME_ALLOWED, NAME_PATTERN
 from .ratelimit import GLOBAL_BURST, GLOBAL_RATE, LINK_BURST, LINK_RATE
 
 SYSTEM_STATE_DIR = Path("/var/lib/dkey")  # the systemd unit's StateDirectory=dkey
@@ -40,16 +42,11 @@ STORE_FILE = "keys.db"
 
 DEFAULT_LINK_IDLE_TIMEOUT: Final = 30.0  # seconds: connect, act, disconnect; an idle link only holds a slot
 
-# The advertised name. One rule for every place it goes:
-# - the sim radio's socket file `<air_dir>/<name>.sock` (dkey_link.sim.NAME_RE: [A-Za-z0-9][A-Za-z0-9._-]{0,63});
-# - bless's D-Bus object paths (built from its [A-Za-z0-9_] characters: the first character guarantees one);
-# - the BLE advertisement: a legacy scan response is 31 bytes, 2 of which are the Complete Local Name's AD
-#   header, so 29 ASCII characters is the longest name a scanner receives whole (longer ones are shortened);
-# - the adapter alias bless sets (BlueZ takes up to 248 bytes: no tighter limit there).
-# No spaces or '/': a shell, a file name and a D-Bus path all take the name as it is.
-NAME_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,28}"
 # AF_UNIX paths are at most 107 bytes; `/<name>.sock` takes up to 35 of them.
 SIM_DIR_MAX: Final = 70
+# A challenge must outlive a watch's round trip, and the shorter it lives the less a relay can do with it.
+CHALLENGE_TTL_MIN: Final = 0.5
+CHALLENGE_TTL_MAX: Final = 60.0
 
 
 class ConfigError(ValueError):
@@ -117,7 +114,7 @@ class ServerOptions:
 
     name: str = setting(
         "dkey", help="advertised BLE name (bless also sets the adapter alias to it)", pattern=NAME_PATTERN,
-        allowed="1 to 29 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit")
+        allowed=NAME_ALLOWED)
     radio: str = setting("ble", help="the radio: ble is BlueZ via bless, sim a local simulated radio",
                          choices=("ble", "sim"))
     adapter: str | None = setting(None, help="BlueZ adapter; default: BlueZ's default adapter",
@@ -127,7 +124,7 @@ class ServerOptions:
         max=SIM_DIR_MAX, check=_absolute_path, allowed=f"an absolute path of at most {SIM_DIR_MAX} characters")
     challenge_ttl: float = setting(
         DEFAULT_CHALLENGE_TTL, help="seconds a challenge stays valid; lower = stronger against relayed commands",
-        min=0.5, max=60.0)
+        min=CHALLENGE_TTL_MIN, max=CHALLENGE_TTL_MAX)
     link_idle_timeout: float = setting(
         DEFAULT_LINK_IDLE_TIMEOUT, help="seconds before an idle central is dropped (at least challenge_ttl)",
         min=5.0, max=600.0)
@@ -146,7 +143,7 @@ class PairingOptions:
         "10m", help="lifetime of a one-time pairing code", duration=True, min=60, max=86_400,
         pattern=r"(?:[0-9]+[mhdw])+", allowed="a duration in m, h, d or w (10m, 2h, 1d) from 1m to 1d")
     # Each wrong try is a guess at the code: more than a few tens would weaken it for no honest gain.
-    attempts: int = setting(5, help="wrong tries before the code dies", min=1, max=20)
+    attempts: int = setting(5, help="wrong tries before the code dies", min=1, max=MAX_ATTEMPTS)
 
     @property
     def code_ttl_s(self) -> int:

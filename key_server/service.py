@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -45,6 +44,7 @@ from protocol import (
 from .audit import AuditEvent, AuditLog
 from .clock import GuardedClock
 from .commands import KeyCommands
+from .config import DEFAULT_LINK_IDLE_TIMEOUT
 from .enrollment import Enrollment
 from .keyadmin import KeyAdmin
 from .ratelimit import FailureLimiter
@@ -52,7 +52,6 @@ from .store import KeyStore, PendingPairing
 
 log = logging.getLogger("key_server.service")
 
-MAX_CHALLENGE_TTL: Final = 300.0  # upper bound for challenge_ttl: minutes-old challenges are a gift to relays
 
 
 @dataclass(slots=True)
@@ -60,7 +59,7 @@ class ServiceConfig:
     """Tunables of the session service (every one is also a key-server config option)."""
 
     challenge_ttl: float = DEFAULT_CHALLENGE_TTL
-    link_idle_timeout: float = 30.0  # connect, act, disconnect: an idle link is dropped to free the slot
+    link_idle_timeout: float = DEFAULT_LINK_IDLE_TIMEOUT  # connect, act, disconnect: an idle link frees its slot
     poll_interval: float = 0.5  # how often CLI changes to the store (revocations) are looked for
     reply_after: float = 0.1  # answer an actuation still pulsing after this long (its relay is energised)
     tz: tzinfo | None = None  # for guest schedules; None = the system's local time zone

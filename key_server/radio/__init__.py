@@ -8,14 +8,20 @@ from typing import Final
 
 SERVER_INSTALL: Final = "pip install 'wearable-dkey[server]'"  # the vehicle install: brings bless along
 
-# One rule for both radios, so a name that works on the sim radio works on the Pi: the sim radio's file-name
-# rule (dkey_link.sim.NAME_RE), and at most 29 bytes, what a BLE scan response holds after its 2-byte header.
-_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,28}")
+# The advertised name. One rule for every place it goes:
+# - the sim radio's socket file `<air_dir>/<name>.sock` (dkey_link.sim.NAME_RE: [A-Za-z0-9][A-Za-z0-9._-]{0,63});
+# - bless's D-Bus object paths (built from its [A-Za-z0-9_] characters: the first character guarantees one);
+# - the BLE advertisement: a legacy scan response is 31 bytes, 2 of which are the Complete Local Name's AD
+#   header, so 29 ASCII characters is the longest name a scanner receives whole (longer ones are shortened);
+# - the adapter alias bless sets (BlueZ takes up to 248 bytes: no tighter limit there).
+# No spaces or '/': a shell, a file name and a D-Bus path all take the name as it is.
+NAME_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,28}"
+NAME_ALLOWED: Final = "1 to 29 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
+_NAME_RE: Final = re.compile(NAME_PATTERN)
 
 
 def check_advertised_name(name: str) -> str:
     """`name` if it can be advertised on either radio; ValueError saying what is allowed otherwise."""
     if not _NAME_RE.fullmatch(name):
-        raise ValueError(f"advertised name {name!r} is not allowed: use 1 to 29 ASCII letters, digits, '.', '_' "
-                         "or '-', starting with a letter or digit")
+        raise ValueError(f"advertised name {name!r} is not allowed: use {NAME_ALLOWED}")
     return name

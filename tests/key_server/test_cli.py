@@ -148,13 +148,13 @@ def test_radio_is_flag_then_environment_then_config(monkeypatch, tmp_path, flag,
         monkeypatch.delenv("DKEY_RADIO", raising=False)
     else:
         monkeypatch.setenv("DKEY_RADIO", env)
-    monkeypatch.setenv("DKEY_SIM_DIR", str(tmp_path / "env-air"))
+    monkeypatch.setenv("DKEY_SIM_DIR", "/tmp/env-air")  # short: a socket path under it must fit AF_UNIX
     cfg = Config(state_dir=tmp_path)
-    cfg.server.radio, cfg.server.sim_dir = config, str(tmp_path / "config-air")
+    cfg.server.radio, cfg.server.sim_dir = config, "/tmp/config-air"
     args = build_parser().parse_args(["run"] + (["--radio", flag] if flag else []))
     _apply_overrides(cfg, args)
     assert cfg.server.radio == want
-    assert cfg.server.sim_dir == str(tmp_path / "env-air")  # the same order for the sim air directory
+    assert cfg.server.sim_dir == "/tmp/env-air"  # the same order for the sim air directory
     _apply_overrides(cfg, build_parser().parse_args(["run", "--sim-dir", "/flag-air"]))
     assert cfg.server.sim_dir == "/flag-air"
 
