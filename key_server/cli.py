@@ -26,7 +26,7 @@ from protocol import DEFAULT_CHALLENGE_TTL, Role
 from .audit import MAX_READ, AuditEvent, AuditLog
 from .cli_errors import CliError, explain
 from .clock import GuardedClock
-from .config import CHALLENGE_TTL_MAX, CHALLENGE_TTL_MIN, SAMPLE_CONFIG, Config, load_config, override
+from .config import CHALLENGE_TTL_MAX, CHALLENGE_TTL_MIN, SAMPLE_CONFIG, Config, ConfigError, load_config, override
 from .enrollment import MAX_ATTEMPTS, Enrollment
 from .identity import IdentityExists, create_identity
 from .keyadmin import KeyAdmin
@@ -272,11 +272,21 @@ def cmd_actuate(cfg: Config, args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
-def cmd_doctor(cfg: Config, args: argparse.Namespace) -> int:
-    """Check the state directory, key files, store, audit chain, Bluetooth stack and GPIO."""
-    from .doctor import run_checks
+def cmd_doctor(cfg: Config | None, args: argparse.Namespace) -> int:
+    """Check the config, state directory, key files, store, audit chain, Bluetooth stack and GPIO.
 
-    checks = asyncio.run(run_checks(cfg))
+    Loads the config itself: a config that does not load is a failing check here, not an early exit.
+    """
+    from .doctor import DoctorCheck, config_failure, run_checks
+
+    checks: list[DoctorCheck]
+    try:
+        if cfg is None:
+            cfg = load_config(args.config, args.state_dir)
+            _apply_overrides(cfg, args)
+        checks = asyncio.run(run_checks(cfg))
+    except ConfigError as exc:
+        checks = [config_failure(exc), DoctorCheck("warn", "other checks", "skipped: fix the config first")]
     worst = 0
     for level, name, detail in checks:
         worst = max(worst, {"ok": 0, "warn": 1, "fail": 2}[level])
@@ -438,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         debug = bool(args.debug)
         if args.command == "config":
             return cmd_config(None, args)
+        if args.command == "doctor":  # reports a bad config as a failing check instead of stopping at it
+            return cmd_doctor(None, args)
         cfg = load_config(args.config, args.state_dir)
         _apply_overrides(cfg, args)
         _setup_logging(cfg, args)

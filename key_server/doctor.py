@@ -15,7 +15,7 @@ from protocol import Role
 
 from .audit import AuditLog
 from .clock import GuardedClock
-from .config import Config, ConfigError, load_config, validate
+from .config import Config, ConfigError, validate
 from .identity import load_identity
 from .store import KeyStore
 
@@ -45,15 +45,6 @@ def check_config(cfg: Config) -> DoctorCheck:
 def config_failure(exc: ConfigError) -> DoctorCheck:
     """The failing check for a config that did not load: the same one-line message key-server exits with."""
     return DoctorCheck("fail", "config", str(exc))
-
-
-async def run_checks_from(path: Path | None, state_dir: Path | None = None) -> tuple[Config | None, list[DoctorCheck]]:
-    """Load the config and run every check; a config that does not load is one failing check, not a crash."""
-    try:
-        cfg = load_config(path, state_dir)
-    except ConfigError as exc:
-        return None, [config_failure(exc), DoctorCheck("warn", "other checks", "skipped: fix the config first")]
-    return cfg, await run_checks(cfg)
 
 
 def _files(cfg: Config) -> list[DoctorCheck]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from dkey_link.exit_codes import ExitCode
 from dkey_link.settings import MISSING, describe
 from dkey_link.sim import NAME_RE as SIM_NAME_RE
 from hardware import ActuatorConfig
 from key_server import config as config_mod
+from key_server.cli import main as cli_main
 from key_server.config import (
     NAME_PATTERN,
     SAMPLE_CONFIG,
@@ -30,7 +33,7 @@ from key_server.config import (
     parse_config,
     validate,
 )
-from key_server.doctor import DoctorCheck, run_checks, run_checks_from
+from key_server.doctor import DoctorCheck, run_checks
 from key_server.policy import parse_when
 from protocol import DEFAULT_CHALLENGE_TTL
 
@@ -314,14 +317,15 @@ def test_the_deployed_sample_is_the_generated_one_above_actuator() -> None:
 # ---------------------------------------------------------------------------------------------- doctor
 
 
-def test_doctor_reports_a_bad_config_as_a_failing_check(tmp_path: Path) -> None:
+def test_doctor_reports_a_bad_config_as_a_failing_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "config.toml"
     path.write_text('[pairing]\nattempts = "five"\n')
-    cfg, checks = asyncio.run(run_checks_from(path, tmp_path))
     with pytest.raises(ConfigError) as info:
         load_config(path, tmp_path)
-    assert cfg is None
-    assert checks[0] == DoctorCheck("fail", "config", str(info.value))
+    # The CLI's doctor loads the config itself, so a bad one is a failing check (exit 12), not an early exit.
+    assert cli_main(["--config", str(path), "--state-dir", str(tmp_path), "doctor", "--json"]) == ExitCode.CHECK_FAILED
+    checks = json.loads(capsys.readouterr().out)
+    assert checks[0] == {"level": "fail", "check": "config", "detail": str(info.value)}
 
 
 def test_doctor_reports_an_in_memory_config_gone_bad(tmp_path: Path) -> None:
@@ -335,7 +339,7 @@ def test_doctor_reports_an_in_memory_config_gone_bad(tmp_path: Path) -> None:
 def test_doctor_says_a_good_config_is_good(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text('[server]\nradio = "sim"\n')
-    cfg, checks = asyncio.run(run_checks_from(path, tmp_path))
-    assert cfg is not None and checks[0] == DoctorCheck("ok", "config", f"{path}: every option is valid")
+    checks = asyncio.run(run_checks(load_config(path, tmp_path)))
+    assert checks[0] == DoctorCheck("ok", "config", f"{path}: every option is valid")
     level, name, detail = checks[0]  # still a tuple for the CLI's unpacking
     assert (level, name) == ("ok", "config")
