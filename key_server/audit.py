@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from key_server.store import KeyStore, StoreError
+from protocol import Command
 
 __all__ = [
     "AUDIT_HEAD_KEY",
@@ -61,16 +62,22 @@ class AuditEvent(enum.StrEnum):
 
     PAIR = "pair"
     PAIR_FAILED = "pair_failed"
-    UNLOCK = "unlock"
-    LOCK = "lock"
-    STATUS = "status"
-    START = "start"
+    # A use of the vehicle is recorded under the command's own name (protocol's vocabulary, not a copy of it).
+    UNLOCK = Command.UNLOCK.label
+    LOCK = Command.LOCK.label
+    STATUS = Command.STATUS.label
+    START = Command.START.label
     REFUSED = "refused"  # detail: {"reason": Refusal value, "command": ...}
     REVOKE = "revoke"
     ADMIN = "admin"  # detail: {"action": "list_keys" | "read_audit" | ...}
     RATE_LIMITED = "rate_limited"
     SERVER_START = "server_start"
     SERVER_STOP = "server_stop"
+
+    @classmethod
+    def use_of(cls, command: Command) -> AuditEvent:
+        """The event that records a use of the vehicle (unlock, lock, status, start); ValueError for admin commands."""
+        return cls(command.label)
 
 
 EVENTS: Final[frozenset[str]] = frozenset(e.value for e in AuditEvent)

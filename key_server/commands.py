@@ -19,6 +19,7 @@ from typing import Final
 
 from hardware import ActuatorError, ActuatorStatus, DoorOpenError, Lock, NotConfiguredError
 from protocol import (
+    FAST_COMMANDS,
     AuditRecord,
     Command,
     DecodeError,
@@ -53,12 +54,7 @@ REFUSAL_STATUS: Final[dict[Refusal, Status]] = {
     Refusal.NOT_PERMITTED: Status.NOT_PERMITTED,
 }
 # Commands that use the vehicle (recorded as their own event and as the key's last use); the rest are admin.
-_USE_EVENT: Final[dict[Command, AuditEvent]] = {
-    Command.UNLOCK: AuditEvent.UNLOCK,
-    Command.LOCK: AuditEvent.LOCK,
-    Command.STATUS: AuditEvent.STATUS,
-    Command.START: AuditEvent.START,
-}
+_USE_EVENT: Final[dict[Command, AuditEvent]] = {cmd: AuditEvent.use_of(cmd) for cmd in FAST_COMMANDS}
 AUDIT_PAGE_MAX: Final = 100  # entries per READ_AUDIT answer: keeps one confidential message small
 
 
