@@ -315,3 +315,20 @@ async def test_radio_from_environment(tmp_path, capsys, monkeypatch) -> None:
 def test_main_runs_its_own_loop(tmp_path, capsys) -> None:
     assert cli.main(["--keychain", str(tmp_path / "kc"), "vehicles"]) == ExitCode.OK
     assert "no vehicles" in capsys.readouterr().err
+
+
+async def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(run: Cli, h: Harness,
+                                                                              monkeypatch) -> None:
+    from key_client.app import DeviceApp
+
+    await pair(run, h)
+
+    async def broken(self, cmd, vehicle=None):  # a bug, or a backend library's own exception
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(DeviceApp, "command", broken)
+    r = await run("unlock")
+    assert r.code == ExitCode.ERROR
+    assert r.err == "key-client: unexpected error: ZeroDivisionError: division by zero (run with --debug for details)\n"
+    r = await run("--debug", "unlock")
+    assert r.code == ExitCode.ERROR and "Traceback" in r.err and r.err.endswith("(traceback above)\n")

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import pytest
 from bleak_retry_connector import BleakConnectionError
 
-from dkey_link.contract import SERVICE_UUID, Advertisement, Connection, LinkLost, RadioError
+from dkey_link.contract import SERVICE_UUID, Advertisement, Connection, LinkLost, NotFound, RadioError
 from dkey_link.exit_codes import ExitCode
 from key_client.driver import ATTEMPT_TIMEOUT, CONNECT_ATTEMPTS, CONNECT_WINDOW, Target, connect_vehicle
 from key_client.errors import ConnectFailed, VehicleNotFound
-from key_client.radio.ble import BleakCentral
+from key_client.radio.ble import BleakCentral, advertisement_from
 from key_client.radios import make_central
 from protocol import KeyPair
 
@@ -180,3 +180,26 @@ async def test_one_unlock_makes_at_most_three_ble_connects_in_all() -> None:
         await connect_vehicle(central, KeyPair.generate(), Target(None), scan_time=2.0, clock=FakeClock())
     assert len(connector.calls) == CONNECT_ATTEMPTS
     assert [call["max_attempts"] for call in connector.calls] == [1] * CONNECT_ATTEMPTS
+
+
+@pytest.mark.usefixtures("_clean_ble_fakes")
+async def test_a_client_left_stuck_connected_costs_one_attempt_and_the_next_uses_a_fresh_client() -> None:
+    """tests/ble_vm: after BlueZ never signalled Connected=True, retries on the same bleak client failed at once
+    with "Client is already connected"; a new connector call (a new client) is what works. That new call is the
+    driver's next attempt (moved here from tests/link when BleakCentral stopped retrying on its own)."""
+
+    class StuckOnce(FakeConnector):
+        async def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            self.error = None if self.calls else BleakConnectionError(
+                "car - AA: Failed to connect after 1 attempt(s): Client is already connected")
+            return await super().__call__(*args, **kwargs)
+
+    connector = StuckOnce()
+    c = BleakCentral(scanner_factory=FakeScanner, connector=connector, client_class=FakeClient, connect_attempts=1)
+    adv = advertisement_from(ble_device(), adv_data())
+    with pytest.raises(RadioError) as err:  # transient to the driver: one attempt spent, and it tries again
+        await c.connect(adv, timeout=2.0)
+    assert not isinstance(err.value, NotFound)
+    conn = await c.connect(adv, timeout=2.0)
+    assert len(connector.calls) == 2 and len(connector.clients) == 1
+    await conn.disconnect()
