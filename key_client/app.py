@@ -13,7 +13,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from dkey_link.contract import Advertisement, Central, RadioError
 from protocol import (
@@ -33,7 +33,6 @@ from protocol import (
 )
 
 from . import driver
-from .config import load_config
 from .driver import Clock, Target, VehicleLink, connect_vehicle, find_vehicles
 from .errors import (
     ClientError,
@@ -47,8 +46,10 @@ from .errors import (
     VehicleRefused,
 )
 from .keychain import Keychain, VehicleEntry
-from .proximity import Action, ProximityPolicy, ProximityRunner
 from .radios import make_central
+
+if TYPE_CHECKING:
+    from .proximity import Action, ProximityPolicy
 
 T = TypeVar("T")
 
@@ -403,6 +404,9 @@ class DeviceApp:
         """The policy and reading interval from the flags, else config.toml [auto], else the defaults.
 
         UsageError without the relay-risk opt-in, ConfigError for an invalid config.toml."""
+        from .config import load_config  # only `auto` reads the config: other commands skip its schema
+        from .proximity import ProximityPolicy
+
         kc = self.keychain()
         cfg = load_config(kc.path).auto
         if not (options.relay_risk_accepted or cfg.relay_risk_accepted):
@@ -420,6 +424,8 @@ class DeviceApp:
         """Unlock when near, lock when gone, until `stop` is set or `options.duration` passes.
 
         A revoked or expired key (an authenticated, lasting refusal) ends it with VehicleRefused."""
+        from .proximity import Action, ProximityRunner
+
         policy, interval = self.auto_policy(options)
         kc = self.keychain()
         entry = kc.select(vehicle)
@@ -434,6 +440,9 @@ class DeviceApp:
             except OutcomeUnknown as exc:
                 # Never resend: count it as done. The next action is the opposite one, which is safe either way.
                 on_event(AutoEvent("unknown", state["entry"], action.value, error=exc))
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # interrupted while it was in flight: auto ends with its outcome unknown
                 return True
             except (TimedOut, ConnectFailed, VehicleNotFound) as exc:
                 on_event(AutoEvent("not_delivered", state["entry"], action.value, error=exc))

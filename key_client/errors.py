@@ -3,8 +3,12 @@ retrying can help (`may_have_succeeded`, `temporary`)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dkey_link.exit_codes import ExitCode
-from protocol import Status
+
+if TYPE_CHECKING:  # not at run time: `key-client --help` and usage errors load no protocol (no cryptography)
+    from protocol import Status
 
 
 class ClientError(Exception):
@@ -59,13 +63,15 @@ class VehicleRefused(ClientError):
     """The vehicle refused; `authenticated` says whether the refusal was signed by the pinned vehicle key."""
 
     def __init__(self, status: Status, *, authenticated: bool, message: str | None = None) -> None:
-        super().__init__(message or _REFUSAL_TEXT.get(status, f"vehicle refused: {status.name.lower()}"))
+        super().__init__(message or _refusal_text(status))
         self.status = status
         self.authenticated = authenticated
 
     @property
     def exit_code(self) -> ExitCode:  # type: ignore[override]
         """BUSY for rate limiting, else DENIED."""
+        from protocol import Status
+
         return ExitCode.BUSY if self.status is Status.BUSY else ExitCode.DENIED
 
     @property
@@ -95,21 +101,27 @@ class ProtocolViolation(ClientError):
 # The old name, only until tests/key_server/test_service.py (the server side's file) imports VehicleRefused.
 Refused = VehicleRefused
 
-_REFUSAL_TEXT = {
-    Status.DENIED: "the vehicle refused this key (unknown, revoked, or not this vehicle's key)",
-    Status.NOT_PERMITTED: "this key's role does not allow that command",
-    Status.KEY_EXPIRED: "this key has expired",
-    Status.KEY_NOT_YET_VALID: "this key is not valid yet",
-    Status.OUTSIDE_SCHEDULE: "this key is outside its allowed schedule right now",
-    Status.BUSY: "the vehicle is busy or rate-limiting failed attempts; try again in a few seconds",
-    Status.ACTUATOR_FAILED: "the vehicle accepted the command but its lock actuator reported a fault",
-    Status.DOOR_OPEN: "the door is open: close it before locking",
-    Status.NOT_SUPPORTED: "the vehicle does not support that command (is the output wired and configured?)",
-    Status.PAIRING_REFUSED: "pairing refused: the code is wrong, expired or used up (ask for a new one)",
-    Status.CHALLENGE_INVALID: "the vehicle's challenge expired before the command arrived",
-    Status.BAD_REQUEST: "the vehicle did not understand the request arguments",
-    Status.MALFORMED: "the vehicle could not parse our message",
-}
+def _refusal_text(status: Status) -> str:
+    """What a refusal with `status` means, in plain words."""
+    from protocol import Status
+
+    text = {
+        Status.DENIED: "the vehicle refused this key (unknown, revoked, or not this vehicle's key)",
+        Status.NOT_PERMITTED: "this key's role does not allow that command",
+        Status.KEY_EXPIRED: "this key has expired",
+        Status.KEY_NOT_YET_VALID: "this key is not valid yet",
+        Status.OUTSIDE_SCHEDULE: "this key is outside its allowed schedule right now",
+        Status.BUSY: "the vehicle is busy or rate-limiting failed attempts; try again in a few seconds",
+        Status.ACTUATOR_FAILED: "the vehicle accepted the command but its lock actuator reported a fault",
+        Status.DOOR_OPEN: "the door is open: close it before locking",
+        Status.NOT_SUPPORTED: "the vehicle does not support that command (is the output wired and configured?)",
+        Status.PAIRING_REFUSED: "pairing refused: the code is wrong, expired or used up (ask for a new one)",
+        Status.CHALLENGE_INVALID: "the vehicle's challenge expired before the command arrived",
+        Status.BAD_REQUEST: "the vehicle did not understand the request arguments",
+        Status.MALFORMED: "the vehicle could not parse our message",
+    }
+    return text.get(status, f"vehicle refused: {status.name.lower()}")
+
 
 __all__ = ["ClientError", "ConfigError", "ConnectFailed", "KeychainError", "OutcomeUnknown", "ProtocolViolation",
            "TimedOut", "UsageError", "VehicleNotFound", "VehicleRefused"]

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import stat
 import sys
 import time
@@ -346,6 +345,8 @@ def _read_index(path: Path) -> list[VehicleEntry]:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` via a same-directory temp file, fsync and rename (never a torn index)."""
+    import secrets  # only when writing: reading commands (unlock) skip it
+
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
