@@ -174,7 +174,10 @@ class VehicleLink:
             while True:
                 try:
                     # Wake up now and then to notice a dropped link instead of waiting out the whole timeout.
-                    item = await asyncio.wait_for(self._events.get(), LINK_CHECK_INTERVAL)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns an item that arrives in the
+                    # same loop turn as a cancel and drops the cancel, so a Ctrl-C could wait out the answer.
+                    async with asyncio.timeout(LINK_CHECK_INTERVAL):
+                        item = await self._events.get()
                 except TimeoutError:
                     if not self.conn.is_connected:
                         raise LinkLost("the link dropped while waiting for the vehicle's answer") from None
