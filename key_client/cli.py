@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return asyncio.run(_run(parsed))
     except KeyboardInterrupt:  # before the command's own handler was in place: nothing was sent
-        print("key-client: interrupted before anything was sent", file=sys.stderr, flush=True)
+        print("key-client: interrupted before anything that could act was sent", file=sys.stderr, flush=True)
         return int(ExitCode.INTERRUPTED)
 
 

@@ -434,8 +434,7 @@ async def connect_vehicle(
     last_error: Exception | None = None
     while found and failed < attempts and clock.now() < deadline:
         adv = found[0]
-        say(f"connecting to {adv.name or adv.address} (RSSI {adv.rssi} dBm)"
-            + (f", attempt {failed + 1} of {attempts}" if failed else ""))
+        say(f"connecting to {adv.name or adv.address} (RSSI {adv.rssi} dBm)")
         try:
             return await open_link(central, adv, device, target, min(ATTEMPT_TIMEOUT, deadline - clock.now()))
         except _WrongVehicle:
@@ -453,8 +452,10 @@ async def connect_vehicle(
             break
         # Scan again before the next attempt: it refreshes the radio's view of the vehicle (a new BLE device
         # handle; after a bluetoothd restart the scan waits for it), within what is left of the window.
+        window = max(0.0, min(scan_time, deadline - clock.now()))
+        say(f"scanning for vehicles ({window:.3g} s), attempt {failed + 1} of {attempts}")
         try:
-            fresh = await central.scan(max(0.0, min(scan_time, deadline - clock.now())))
+            fresh = await central.scan(window)
         except RadioError as exc:
             last_error = exc
             continue  # keep the old candidates: the next attempt tells
