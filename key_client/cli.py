@@ -156,17 +156,24 @@ def _radio_kind(value: str) -> str:
     return value
 
 
-def _number(low: float, high: float, *, integer: bool = False, low_open: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number in [low, high] (or (low, high] with low_open)."""
+def _number(low: float, high: float | None, *, integer: bool = False, low_open: bool = False
+            ) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] ((low, high] with low_open; no upper bound if None)."""
 
     def parse(text: str) -> float:
         try:
             value: float = int(text) if integer else float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if integer else 'a number'}") from None
-        if value != value or (value <= low if low_open else value < low) or value > high:
-            bound = f"above {low:g}" if low_open else f"at least {low:g}"
-            raise argparse.ArgumentTypeError(f"{text!r} is out of range (allowed: {bound} and at most {high:g})")
+        too_low = value <= low if low_open else value < low
+        if value != value or too_low or (high is not None and value > high) or value in (float("inf"), -float("inf")):
+            def shown(v: float) -> str:
+                return str(int(v)) if integer else f"{v:g}"
+
+            kind = "an integer" if integer else "a finite number"
+            bound = f"above {shown(low)}" if low_open else f"at least {shown(low)}"
+            upper = f" and at most {shown(high)}" if high is not None else ""
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range (allowed: {kind} {bound}{upper})")
         return value
 
     parse.__name__ = "integer" if integer else "number"  # argparse names the type in its messages
@@ -243,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("audit", "read the vehicle's audit log (owner keys only)")
     s.add_argument("--limit", type=_number(1, 10_000, integer=True), default=20, metavar="N",
                    help="how many entries, 1 to 10000 (20)")
-    s.add_argument("--after", type=_number(0, 2**63 - 1, integer=True), metavar="SEQ",
+    s.add_argument("--after", type=_number(0, 2**64 - 1, integer=True), metavar="SEQ",  # a u64 on the wire
                    help="entries after this sequence number, >= 0 (default: the newest N)")
     cmd("vehicles", "list the vehicles in this device's keychain")
     s = cmd("forget", "delete this device's key for a vehicle (revoke it on the vehicle too)")
@@ -259,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lost", type=_number(0.1, 3600), metavar="S",
                    help="seconds the signal must stay weak or gone before locking, 0.1 to 3600 (5)")
     s.add_argument("--interval", type=_number(0.01, 60), metavar="S", help="seconds between readings, 0.01 to 60 (1)")
-    s.add_argument("--for", dest="duration", type=_number(0, 10**9, low_open=True), metavar="S",
+    s.add_argument("--for", dest="duration", type=_number(0, None, low_open=True), metavar="S",
                    help="stop after S seconds (default: Ctrl-C or SIGTERM)")
     return p
 

@@ -93,6 +93,7 @@ def check(r: subprocess.CompletedProcess[str], code: ExitCode, *words: str) -> N
     (["keys", "--all"], ["unrecognized arguments"]),
     (["revoke"], ["key"]),
     (["audit", "--after", "-5"], ["--after", "out of range"]),
+    (["audit", "--after", str(2**64)], ["--after", "at most 18446744073709551615"]),  # a u64 on the wire
     (["audit", "--limit", "0"], ["--limit", "out of range"]),
     (["audit", "--limit", "-3"], ["--limit", "out of range"]),
     (["audit", "--limit", "99999999"], ["--limit", "out of range"]),
@@ -104,6 +105,7 @@ def check(r: subprocess.CompletedProcess[str], code: ExitCode, *words: str) -> N
     (["auto", "--interval", "0"], ["--interval", "out of range"]),
     (["auto", "--for", "-1"], ["--for", "out of range"]),
     (["auto", "--lost", "inf"], ["--lost", "out of range"]),
+    (["auto", "--for", "inf"], ["--for", "a finite number above 0"]),
 ])
 def test_bad_arguments_are_one_usage_line(root: Path, argv: list[str], words: list[str]) -> None:
     r = run(root, *argv)
