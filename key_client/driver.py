@@ -1,8 +1,10 @@
 """The session driver: runs a DeviceSession over a radio Connection and turns its events into results.
 
-It owns the timing decisions the sans-IO core leaves open: how long to wait for a challenge, which
-failures are safe to retry (anything before the command's first byte is written, and a refusal that
-proves the vehicle did nothing), and which are not (a command written but unanswered: OutcomeUnknown).
+It owns the timing decisions the sans-IO core leaves open and is the ONE layer that retries (docs/CLIENT.md,
+"Time limits and retries"): finding the vehicle is bounded by the scan time, connecting by a number of
+attempts and a number of seconds (RetryBudget), and the radio backends below it do not retry on their own.
+Safe to retry: anything before the command's last chunk is written, and a refusal that proves the vehicle
+did nothing. Not safe: a command written but unanswered, or interrupted (Ctrl-C) once written: OutcomeUnknown.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol
 
 from dkey_link.contract import Advertisement, AttError, AttErrorCode, Central, Connection, LinkLost, RadioError
 from protocol import (
+    ACTUATING_COMMANDS,
     ChallengeReceived,
     Command,
     CommandResult,
@@ -33,19 +36,58 @@ from protocol import (
     VehicleError,
 )
 
-from .errors import ClientError, ConnectFailed, OutcomeUnknown, ProtocolViolation, Refused, TimedOut, VehicleNotFound
+from .errors import (
+    ClientError,
+    ConnectFailed,
+    OutcomeUnknown,
+    ProtocolViolation,
+    TimedOut,
+    VehicleNotFound,
+    VehicleRefused,
+)
 
 log = logging.getLogger("key_client.driver")
-T = TypeVar("T")
 
 # Why these numbers: the vehicle answers a subscription with a challenge in ~50 ms on BlueZ (ble-vm
 # measurements), so 3 s means "it is not going to"; a command's answer includes the actuator's pulse
 # (up to ~1 s for a strike), so 8 s leaves margin without making a person wait forever.
 CHALLENGE_TIMEOUT = 3.0
 ANSWER_TIMEOUT = 8.0
-CONNECT_ATTEMPTS = 3  # whole scan+connect+subscribe cycles on transient BlueZ errors
-BUSY_RETRY_DELAY = 1.0
+# The retry budget (docs/CLIENT.md "Time limits and retries"), after the scan found a vehicle: at most
+# CONNECT_ATTEMPTS connection attempts (connect + subscribe + challenge), together within CONNECT_WINDOW s,
+# one attempt at most ATTEMPT_TIMEOUT s (bleak's own default connect timeout).
+CONNECT_ATTEMPTS = 3
+CONNECT_WINDOW = 15.0
+ATTEMPT_TIMEOUT = 10.0
+RETRY_PAUSE = 0.3  # s times the attempt number before retrying: the vehicle may be busy with another central
+SCAN_RETRY_PAUSE = 0.5  # s times the failure number after a scan that could not run
 LINK_CHECK_INTERVAL = 0.2  # how often a wait for an answer checks that the link is still up
+# Commands that change something on the vehicle: once written, an interruption leaves their outcome unknown.
+MAY_ACT = ACTUATING_COMMANDS | {Command.REVOKE_KEY}
+
+
+class Clock(Protocol):
+    """Time as the retry budget sees it (tests inject a fake one instead of sleeping)."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds`."""
+        ...
+
+
+class LoopClock:
+    """The running event loop's clock."""
+
+    def now(self) -> float:
+        """The loop's monotonic time."""
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        """asyncio.sleep."""
+        await asyncio.sleep(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +110,9 @@ class VehicleLink:
         self.connected_at = time.monotonic()
         self._writer: asyncio.Task[None] | None = None
         self._used_challenge = False
+        # True from the moment a request's last chunk starts on its way until its answer is read: an
+        # interruption in that window may leave the vehicle having acted.
+        self.unanswered = False
 
     # ------------------------------------------------------------------ plumbing
 
@@ -107,11 +152,12 @@ class VehicleLink:
         chunks = self.session.data_to_send()
         for i, chunk in enumerate(chunks):
             last = i == len(chunks) - 1
+            self.unanswered = self.unanswered or last
             try:
                 await self.conn.write(chunk, response=True)
             except AttError as exc:
                 if exc.code == AttErrorCode.APP_BUSY:
-                    raise Refused(Status.BUSY, authenticated=False) from exc
+                    raise VehicleRefused(Status.BUSY, authenticated=False) from exc
                 raise TimedOut(f"the vehicle rejected our write (ATT error 0x{exc.code:02x})") from exc
             except RadioError as exc:
                 if last:
@@ -128,7 +174,10 @@ class VehicleLink:
             while True:
                 try:
                     # Wake up now and then to notice a dropped link instead of waiting out the whole timeout.
-                    item = await asyncio.wait_for(self._events.get(), LINK_CHECK_INTERVAL)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns an item that arrives in the
+                    # same loop turn as a cancel and drops the cancel, so a Ctrl-C could wait out the answer.
+                    async with asyncio.timeout(LINK_CHECK_INTERVAL):
+                        item = await self._events.get()
                 except TimeoutError:
                     if not self.conn.is_connected:
                         raise LinkLost("the link dropped while waiting for the vehicle's answer") from None
@@ -179,7 +228,7 @@ class VehicleLink:
 
     async def _await_answer(self, want: tuple[type[Event], ...], timeout: float, sent: bool) -> Event:
         try:
-            return await self._next(want, timeout)
+            ev = await self._next(want, timeout)
         except TimeoutError:
             if sent:
                 raise OutcomeUnknown("the command was sent but no answer came in time: the vehicle may have "
@@ -190,14 +239,30 @@ class VehicleLink:
                 raise OutcomeUnknown(f"{exc} after the command was sent: the vehicle may have acted; check with "
                                      "`key-client status` before trying again") from exc
             raise TimedOut(str(exc)) from exc
+        self.unanswered = False
+        return ev
 
     async def _send_request(self, queue: Callable[[], None]) -> bool:
         """Queue a request and write it; returns whether it may have reached the vehicle."""
         queue()
         return await self._flush()
 
+    def _interrupted(self, what: str) -> OutcomeUnknown:
+        return OutcomeUnknown(f"interrupted after the {what} was sent, before its answer came: the vehicle may "
+                              "have acted; check with `key-client status` before trying again")
+
     async def command(self, cmd: Command, args: bytes = b"", *, timeout: float = ANSWER_TIMEOUT) -> CommandResult:
-        """Run a fast-path command; retries once with a fresh challenge if the vehicle says it expired."""
+        """Run a fast-path command; retries once with a fresh challenge if the vehicle says it expired.
+
+        Cancelled (Ctrl-C) once an acting command was written: OutcomeUnknown instead of CancelledError."""
+        try:
+            return await self._command(cmd, args, timeout)
+        except asyncio.CancelledError:
+            if self.unanswered and cmd in MAY_ACT:
+                raise self._interrupted(f"{cmd.label} command") from None
+            raise
+
+    async def _command(self, cmd: Command, args: bytes, timeout: float) -> CommandResult:
         for attempt in range(2):
             await self.wait_challenge()
             sent = await self._send_request(lambda: self.session.send_command(cmd, args))
@@ -210,7 +275,7 @@ class VehicleLink:
                 # Signed proof that the vehicle did nothing: safe to retry; wait_challenge asks for a fresh one.
                 continue
             if result.status is not Status.OK:
-                raise Refused(result.status, authenticated=True)
+                raise VehicleRefused(result.status, authenticated=True)
             return result
         raise AssertionError("unreachable")
 
@@ -220,41 +285,54 @@ class VehicleLink:
         sent = await self._send_request(self.session.open_session)
         ev = await self._await_answer((SessionReady, CommandResult), timeout, sent)
         if isinstance(ev, CommandResult):
-            raise Refused(ev.status, authenticated=True)
+            raise VehicleRefused(ev.status, authenticated=True)
         if isinstance(ev, VehicleError):
-            raise Refused(ev.status, authenticated=False)
+            raise VehicleRefused(ev.status, authenticated=False)
 
     async def secure(self, cmd: Command, args: bytes = b"", *, timeout: float = ANSWER_TIMEOUT) -> CommandResult:
-        """Run a command inside the confidential session."""
-        sent = await self._send_request(lambda: self.session.send_secure(cmd, args))
-        result = _check(await self._await_answer((CommandResult,), timeout, sent))
+        """Run a command inside the confidential session (cancelled once an acting one was written: OutcomeUnknown)."""
+        try:
+            sent = await self._send_request(lambda: self.session.send_secure(cmd, args))
+            result = _check(await self._await_answer((CommandResult,), timeout, sent))
+        except asyncio.CancelledError:
+            if self.unanswered and cmd in MAY_ACT:
+                raise self._interrupted(f"{cmd.label} command") from None
+            raise
         if result.status is not Status.OK:
-            raise Refused(result.status, authenticated=True)
+            raise VehicleRefused(result.status, authenticated=True)
         return result
 
     async def pair(self, code: str, slot: int, *, timeout: float = ANSWER_TIMEOUT) -> Paired:
         """Run pairing with a one-time code; returns what to pin."""
         await self.wait_challenge()
-        await self._send_request(lambda: self.session.start_pairing(code, slot))
         try:
+            await self._send_request(lambda: self.session.start_pairing(code, slot))
             ev = await self._next((Paired,), timeout)
         except TimeoutError:
             # PAIR_CONFIRM may have reached the vehicle and enrolled the key: not a safe "nothing happened".
             raise OutcomeUnknown("pairing did not finish in time; the vehicle may have enrolled this key: check "
                                  "`key-server keys` (and revoke the half-paired key) before pairing again") from None
+        except asyncio.CancelledError:
+            if self.unanswered:
+                raise OutcomeUnknown("interrupted during pairing: the vehicle may have enrolled this key: check "
+                                     "`key-server keys` (and revoke the half-paired key) before pairing again"
+                                     ) from None
+            raise
         except ProtocolViolation as exc:
-            raise Refused(Status.PAIRING_REFUSED, authenticated=False,
-                          message="pairing failed: wrong code, or this is not the vehicle that showed it") from exc
+            raise VehicleRefused(Status.PAIRING_REFUSED, authenticated=False,
+                                 message="pairing failed: wrong code, or this is not the vehicle that showed it"
+                                 ) from exc
+        self.unanswered = False
         if isinstance(ev, VehicleError):
-            raise Refused(ev.status if ev.status is not Status.MALFORMED else Status.PAIRING_REFUSED,
-                          authenticated=False)
+            raise VehicleRefused(ev.status if ev.status is not Status.MALFORMED else Status.PAIRING_REFUSED,
+                                 authenticated=False)
         assert isinstance(ev, Paired)
         return ev
 
 
 def _check(ev: Event) -> CommandResult:
     if isinstance(ev, VehicleError):
-        raise Refused(ev.status, authenticated=False)
+        raise VehicleRefused(ev.status, authenticated=False)
     assert isinstance(ev, CommandResult)
     return ev
 
@@ -269,21 +347,58 @@ class _WrongVehicle(ClientError):
 
 async def open_link(central: Central, adv: Advertisement, device: KeyPair, target: Target,
                     connect_timeout: float) -> VehicleLink:
-    """Connect to one advertiser, subscribe and wait for its challenge; raises if it is not the target."""
-    conn = await central.connect(adv, timeout=connect_timeout)
-    session = DeviceSession(device, vehicle_public_key=target.vehicle_public_key,
-                            chunk_size=max(20, min(conn.max_write_size, 514)))
-    link = VehicleLink(conn, session, adv)
-    try:
-        await conn.subscribe(link._on_notify)
-        ch = await link.wait_challenge()
-    except BaseException:
-        await link.close()
-        raise
+    """Connect to one advertiser, subscribe and wait for its challenge, all within `connect_timeout` s; raises
+    _WrongVehicle if it is not the target. One attempt: retrying is connect_vehicle's job."""
+    async with asyncio.timeout(connect_timeout):
+        conn = await central.connect(adv, timeout=connect_timeout)
+        session = DeviceSession(device, vehicle_public_key=target.vehicle_public_key,
+                                chunk_size=max(20, min(conn.max_write_size, 514)))
+        link = VehicleLink(conn, session, adv)
+        try:
+            await conn.subscribe(link._on_notify)
+            ch = await link.wait_challenge(min(CHALLENGE_TIMEOUT, connect_timeout))
+        except BaseException:
+            await link.close()
+            raise
     if target.vehicle_id is not None and ch.vehicle_id != target.vehicle_id:
         await link.close()
         raise _WrongVehicle(ch.vehicle_id)
     return link
+
+
+async def find_vehicles(central: Central, scan_time: float, *, clock: Clock | None = None,
+                        on_progress: Callable[[str], None] | None = None) -> list[Advertisement]:
+    """Advertisers of the key service, strongest first, scanning for at most `scan_time` s in total.
+
+    A scan that cannot run (RadioError) is tried again within the same `scan_time`; VehicleNotFound when the
+    time is up with nothing seen, RadioError if no scan could run at all (the radio is unavailable)."""
+    clock = clock or LoopClock()
+    say = on_progress or (lambda _msg: None)
+    deadline = clock.now() + scan_time
+    last_error: RadioError | None = None
+    failures = 0
+    scanned = False
+    while True:
+        say(f"scanning for vehicles ({scan_time:g} s)")
+        try:
+            found = await central.scan(max(0.0, deadline - clock.now()))
+        except RadioError as exc:
+            # Not a fast spin: a scan that fails because bluetoothd is away has already waited for it.
+            last_error = exc
+            failures += 1
+            log.info("scan failed: %s", exc)
+            await clock.sleep(max(0.0, min(SCAN_RETRY_PAUSE * failures, deadline - clock.now())))
+        else:
+            scanned = True
+            if found:
+                return found
+        if clock.now() >= deadline:
+            break
+    if not scanned and last_error is not None:
+        # No scan could run: the radio is unavailable (exit code 1), and its own words (e.g. "bluetoothd is not
+        # running: start it") say what to fix; "no vehicle found" would send the user looking for the vehicle.
+        raise RadioError(f"no scan could run in {scan_time:g} s ({failures} tries): {last_error}") from last_error
+    raise VehicleNotFound(f"no vehicle found in {scan_time:g} s: is key-server running and in range?")
 
 
 async def connect_vehicle(
@@ -292,66 +407,68 @@ async def connect_vehicle(
     target: Target,
     *,
     scan_time: float = 10.0,
-    connect_timeout: float = 10.0,
     attempts: int = CONNECT_ATTEMPTS,
+    connect_window: float = CONNECT_WINDOW,
     prefer_address: str | None = None,
+    candidates: list[Advertisement] | None = None,
     on_progress: Callable[[str], None] | None = None,
+    clock: Clock | None = None,
 ) -> VehicleLink:
-    """Scan, connect and subscribe until our vehicle's challenge arrives; retries whole cycles on radio faults.
+    """Find (find_vehicles, unless `candidates` are given) and connect to our vehicle, within the retry budget.
 
-    The vehicle is recognised by the id in its challenge (checked against the pinned key by every signed
-    answer), never by its address; `prefer_address` only orders the candidates. RadioError if no scan could run.
-    """
+    At most `attempts` failed connection attempts, all within `connect_window` s of the first, with a short
+    pause and a new scan between them; a vehicle that turns out to be another one (the id in its challenge) is
+    dropped and does not count. The vehicle is
+    recognised by that id (checked against the pinned key by every signed answer), never by its address;
+    `prefer_address` only orders the candidates."""
+    clock = clock or LoopClock()
     say = on_progress or (lambda _msg: None)
+    found = list(candidates) if candidates is not None else await find_vehicles(
+        central, scan_time, clock=clock, on_progress=say)
+    if prefer_address:
+        found.sort(key=lambda a: a.address != prefer_address)
+    deadline = clock.now() + connect_window
+    allowed = {a.address for a in candidates} if candidates is not None else None
+    wrong: set[str] = set()
+    failed = 0
     last_error: Exception | None = None
-    seen_any = False
-    scanned = False
-    for attempt in range(1, attempts + 1):
-        say(f"scanning for vehicles ({scan_time:.0f} s)" + (f", attempt {attempt}" if attempt > 1 else ""))
+    while found and failed < attempts and clock.now() < deadline:
+        adv = found[0]
+        say(f"connecting to {adv.name or adv.address} (RSSI {adv.rssi} dBm)")
         try:
-            found = await central.scan(scan_time)
-        except RadioError as exc:
-            # Not a fast spin: a scan that fails because bluetoothd is away has already waited for it.
-            last_error = exc
-            log.info("scan failed: %s", exc)
-            await asyncio.sleep(0.5 * attempt)
+            return await open_link(central, adv, device, target, min(ATTEMPT_TIMEOUT, deadline - clock.now()))
+        except _WrongVehicle:
+            wrong.add(adv.address)
+            found = [a for a in found if a.address not in wrong]
             continue
-        scanned = True
-        if prefer_address:
-            found.sort(key=lambda a: a.address != prefer_address)
-        seen_any |= bool(found)
-        for adv in found:
-            say(f"connecting to {adv.name or adv.address} (RSSI {adv.rssi} dBm)")
-            try:
-                return await open_link(central, adv, device, target, connect_timeout)
-            except _WrongVehicle:
-                continue
-            except (RadioError, TimedOut, TimeoutError) as exc:  # transient: the next cycle retries all of it
-                last_error = exc
-                log.info("connect to %s failed: %s", adv.address, exc)
-        if found and attempt < attempts:
-            await asyncio.sleep(0.3 * attempt)  # the vehicle may be busy with another central
-    if not scanned and last_error is not None:
-        # No scan could run: the radio is unavailable (exit code 1, like `key-client scan`), and its own words
-        # (e.g. "bluetoothd is not running: start it") say what to fix; "no vehicle found" would send the user
-        # looking for the vehicle instead.
-        raise RadioError(f"no scan could run ({attempts} attempts): {last_error}") from last_error
-    if not seen_any:
-        raise VehicleNotFound(
-            f"no vehicle found in {scan_time:g} s: is key-server running and in range?")
-    if last_error is None:
+        except (RadioError, TimedOut, TimeoutError) as exc:  # transient: the next attempt may get through
+            failed += 1
+            last_error = exc
+            log.info("connect to %s failed: %s", adv.address, exc)
+        if failed >= attempts:
+            break
+        await clock.sleep(max(0.0, min(RETRY_PAUSE * failed, deadline - clock.now())))
+        if clock.now() >= deadline:
+            break
+        # Scan again before the next attempt: it refreshes the radio's view of the vehicle (a new BLE device
+        # handle; after a bluetoothd restart the scan waits for it), within what is left of the window.
+        window = max(0.0, min(scan_time, deadline - clock.now()))
+        say(f"scanning for vehicles ({window:.3g} s), attempt {failed + 1} of {attempts}")
+        try:
+            fresh = await central.scan(window)
+        except RadioError as exc:
+            last_error = exc
+            continue  # keep the old candidates: the next attempt tells
+        fresh = [a for a in fresh if a.address not in wrong and (allowed is None or a.address in allowed)]
+        if fresh:
+            found = sorted(fresh, key=lambda a: a.address != prefer_address) if prefer_address else fresh
+        if clock.now() >= deadline:
+            break
+    if not found:
         raise VehicleNotFound("vehicles were found, but none is the one this key belongs to")
-    raise ConnectFailed(f"could not connect to the vehicle after {attempts} attempts: {last_error}")
+    raise ConnectFailed(f"could not connect to the vehicle ({failed} attempts within {connect_window:g} s): "
+                        f"{last_error or 'out of time'}")
 
 
-async def with_vehicle(central: Central, device: KeyPair, target: Target,
-                       action: Callable[[VehicleLink], Awaitable[T]], **kwargs: object) -> T:
-    """Connect, run `action`, always disconnect."""
-    link = await connect_vehicle(central, device, target, **kwargs)  # type: ignore[arg-type]
-    try:
-        return await action(link)
-    finally:
-        await link.close()
-
-
-__all__ = ["ClientError", "Target", "VehicleLink", "connect_vehicle", "open_link", "with_vehicle"]
+__all__ = ["ATTEMPT_TIMEOUT", "CONNECT_ATTEMPTS", "CONNECT_WINDOW", "Clock", "LoopClock", "Target", "VehicleLink",
+           "connect_vehicle", "find_vehicles", "open_link"]

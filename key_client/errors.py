@@ -1,32 +1,34 @@
-"""The client's errors: each says whether the vehicle may have acted and whether retrying can help."""
+"""The client's errors: each carries its exit code and says whether the vehicle may have acted and whether
+retrying can help (`may_have_succeeded`, `temporary`)."""
 
 from __future__ import annotations
 
-import enum
+from typing import TYPE_CHECKING
 
-from protocol import Status
+from dkey_link.exit_codes import ExitCode
 
-
-class ExitCode(enum.IntEnum):
-    """`key-client` exit codes (documented in --help)."""
-
-    OK = 0
-    ERROR = 1  # anything else: bad usage, local file problems
-    USAGE = 2
-    DENIED = 3  # the vehicle refused (authenticated answer): revoked, expired, not permitted, wrong code
-    NOT_FOUND = 4  # no vehicle found in range
-    TIMED_OUT = 5  # no answer; the command was NOT delivered, safe to retry
-    OUTCOME_UNKNOWN = 6  # the command was sent but no answer came: the vehicle may have acted
-    BUSY = 7  # the vehicle is rate-limiting or busy with another device; retry shortly
-    KEYCHAIN = 8  # keychain problem: no key for that vehicle, unsafe file permissions, bad passphrase
+if TYPE_CHECKING:  # not at run time: `key-client --help` and usage errors load no protocol (no cryptography)
+    from protocol import Status
 
 
 class ClientError(Exception):
-    """Base of key-client errors."""
+    """Base of key-client errors; the message is one plain line for the person at the terminal."""
 
     exit_code = ExitCode.ERROR
     may_have_succeeded = False
     temporary = False
+
+
+class UsageError(ClientError):
+    """The command line asks for something that cannot be done as given."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(ClientError):
+    """The keychain's config.toml is invalid: the message names the file, key, value and what is allowed."""
+
+    exit_code = ExitCode.CONFIG
 
 
 class VehicleNotFound(ClientError):
@@ -37,7 +39,7 @@ class VehicleNotFound(ClientError):
 
 
 class ConnectFailed(ClientError):
-    """A vehicle was found but the link could not be set up (after the retries that are safe)."""
+    """A vehicle was found but the link could not be set up within the retry budget; nothing was sent."""
 
     exit_code = ExitCode.TIMED_OUT
     temporary = True
@@ -51,41 +53,42 @@ class TimedOut(ClientError):
 
 
 class OutcomeUnknown(ClientError):
-    """The command reached the vehicle (or may have) but no answer came: do NOT blindly resend an unlock."""
+    """The command reached the vehicle (or may have) but no answer came: never resend it blindly."""
 
     exit_code = ExitCode.OUTCOME_UNKNOWN
     may_have_succeeded = True
 
 
-class Refused(ClientError):
+class VehicleRefused(ClientError):
     """The vehicle refused; `authenticated` says whether the refusal was signed by the pinned vehicle key."""
 
     def __init__(self, status: Status, *, authenticated: bool, message: str | None = None) -> None:
-        super().__init__(message or _REFUSAL_TEXT.get(status, f"vehicle refused: {status.name.lower()}"))
+        super().__init__(message or _refusal_text(status))
         self.status = status
         self.authenticated = authenticated
 
     @property
     def exit_code(self) -> ExitCode:  # type: ignore[override]
         """BUSY for rate limiting, else DENIED."""
+        from protocol import Status
+
         return ExitCode.BUSY if self.status is Status.BUSY else ExitCode.DENIED
 
     @property
     def may_have_succeeded(self) -> bool:  # type: ignore[override]
-        """Only an authenticated non-acting status proves the vehicle did nothing."""
-        return self.status in (Status.ACTUATOR_FAILED, Status.INTERNAL_ERROR) or not self.authenticated
+        """Only an authenticated status that proves inaction says the vehicle did nothing."""
+        return self.status.may_have_acted or not self.authenticated
 
     @property
     def temporary(self) -> bool:  # type: ignore[override]
         """True if a later retry may succeed."""
-        return self.status in (Status.BUSY, Status.CHALLENGE_INVALID, Status.OUTSIDE_SCHEDULE,
-                               Status.KEY_NOT_YET_VALID)
+        return self.status.temporary
 
 
 class KeychainError(ClientError):
-    """The local keychain cannot serve this request."""
+    """The local keychain cannot serve this request (missing key, unsafe permissions, bad passphrase...)."""
 
-    exit_code = ExitCode.KEYCHAIN
+    exit_code = ExitCode.KEYS
 
 
 class ProtocolViolation(ClientError):
@@ -95,18 +98,30 @@ class ProtocolViolation(ClientError):
     may_have_succeeded = True
 
 
-_REFUSAL_TEXT = {
-    Status.DENIED: "the vehicle refused this key (unknown, revoked, or not this vehicle's key)",
-    Status.NOT_PERMITTED: "this key's role does not allow that command",
-    Status.KEY_EXPIRED: "this key has expired",
-    Status.KEY_NOT_YET_VALID: "this key is not valid yet",
-    Status.OUTSIDE_SCHEDULE: "this key is outside its allowed schedule right now",
-    Status.BUSY: "the vehicle is busy or rate-limiting failed attempts; try again in a few seconds",
-    Status.ACTUATOR_FAILED: "the vehicle accepted the command but its lock actuator reported a fault",
-    Status.DOOR_OPEN: "the door is open: close it before locking",
-    Status.NOT_SUPPORTED: "the vehicle does not support that command (is the output wired and configured?)",
-    Status.PAIRING_REFUSED: "pairing refused: the code is wrong, expired or used up (ask for a new one)",
-    Status.CHALLENGE_INVALID: "the vehicle's challenge expired before the command arrived",
-    Status.BAD_REQUEST: "the vehicle did not understand the request arguments",
-    Status.MALFORMED: "the vehicle could not parse our message",
-}
+# The old name, only until tests/key_server/test_service.py (the server side's file) imports VehicleRefused.
+Refused = VehicleRefused
+
+def _refusal_text(status: Status) -> str:
+    """What a refusal with `status` means, in plain words."""
+    from protocol import Status
+
+    text = {
+        Status.DENIED: "the vehicle refused this key (unknown, revoked, or not this vehicle's key)",
+        Status.NOT_PERMITTED: "this key's role does not allow that command",
+        Status.KEY_EXPIRED: "this key has expired",
+        Status.KEY_NOT_YET_VALID: "this key is not valid yet",
+        Status.OUTSIDE_SCHEDULE: "this key is outside its allowed schedule right now",
+        Status.BUSY: "the vehicle is busy or rate-limiting failed attempts; try again in a few seconds",
+        Status.ACTUATOR_FAILED: "the vehicle accepted the command but its lock actuator reported a fault",
+        Status.DOOR_OPEN: "the door is open: close it before locking",
+        Status.NOT_SUPPORTED: "the vehicle does not support that command (is the output wired and configured?)",
+        Status.PAIRING_REFUSED: "pairing refused: the code is wrong, expired or used up (ask for a new one)",
+        Status.CHALLENGE_INVALID: "the vehicle's challenge expired before the command arrived",
+        Status.BAD_REQUEST: "the vehicle did not understand the request arguments",
+        Status.MALFORMED: "the vehicle could not parse our message",
+    }
+    return text.get(status, f"vehicle refused: {status.name.lower()}")
+
+
+__all__ = ["ClientError", "ConfigError", "ConnectFailed", "KeychainError", "OutcomeUnknown", "ProtocolViolation",
+           "TimedOut", "UsageError", "VehicleNotFound", "VehicleRefused"]

@@ -4,7 +4,7 @@ Layout of the keychain directory (mode 0700):
 
     keychain.json        the index (written atomically): one record per vehicle, no secrets in it
     keys/<key-id>.pem    this device's private key for one vehicle (0600, optionally passphrase-encrypted)
-    config.toml          optional settings (see docs/CLIENT.md)
+    config.toml          optional settings (key_client/config.py, docs/CLIENT.md)
 
 A vehicle is identified by its id (the key id of its public key, checked against the pinned key on every
 load); the last address we saw it at is only a hint that orders scan results, never an identity.
@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import stat
 import sys
 import time
@@ -29,22 +28,12 @@ from dkey_link.secretfile import SecretFileError, read_secret, write_secret
 from protocol import KeyPair, Paired, Role, key_id, load_private_key, serialize_private_key
 
 from .errors import KeychainError
+from .paths import default_path
 
 INDEX = "keychain.json"
 KEYS_DIR = "keys"
-CONFIG = "config.toml"
 INDEX_VERSION = 1
 _NAME_RE = re.compile(r"[^\w.@+-]+")
-
-
-def default_path() -> Path:
-    """$DKEY_KEYCHAIN, else $XDG_CONFIG_HOME/dkey, else ~/.config/dkey."""
-    env = os.environ.get("DKEY_KEYCHAIN")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CONFIG_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
-    return base / "dkey"
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +345,8 @@ def _read_index(path: Path) -> list[VehicleEntry]:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` via a same-directory temp file, fsync and rename (never a torn index)."""
+    import secrets  # only when writing: reading commands (unlock) skip it
+
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -379,17 +370,4 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise KeychainError(f"cannot write {path}: {exc.strerror}") from exc
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    """The keychain's optional config.toml as a dict ({} if absent); KeychainError if it does not parse."""
-    import tomllib
-
-    try:
-        with open(path / CONFIG, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise KeychainError(f"cannot read {path / CONFIG}: {exc}") from exc
-
-
-__all__ = ["Keychain", "KeychainError", "VehicleEntry", "default_path", "load_config"]
+__all__ = ["Keychain", "KeychainError", "VehicleEntry", "default_path"]

@@ -183,7 +183,8 @@ class ProximityRunner:
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     """Sleep `seconds`, or less if `stop` gets set."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
+        async with asyncio.timeout(max(0.0, seconds)):  # not wait_for: it can drop a cancel on Python 3.11
+            await stop.wait()
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

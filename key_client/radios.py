@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
-
-from dkey_link.contract import Central
-from dkey_link.mock import MockAir
+from typing import TYPE_CHECKING, Literal
 
 from .errors import ClientError
+
+if TYPE_CHECKING:
+    from dkey_link.contract import Central
+    from dkey_link.mock import MockAir
 
 RadioKind = Literal["ble", "sim", "mock"]
 KINDS: tuple[str, ...] = ("ble", "sim", "mock")
@@ -47,7 +48,8 @@ def make_central(kind: str, *, adapter: str | None = None, sim_dir: Path | None 
         except ImportError as exc:
             raise ClientError(f"the ble radio is not available here ({exc}); install bleak, "
                               "or use --radio sim with a simulated key-server") from exc
-        central: Central = BleakCentral(adapter=adapter)
+        # One connect try per call: the driver owns retries (docs/CLIENT.md, "Time limits and retries").
+        central: Central = BleakCentral(adapter=adapter, connect_attempts=1)
         return central
     if kind == "sim":
         from dkey_link.sim import SimCentral

@@ -7,14 +7,15 @@
   (tests/ble_vm: hits came within 50 ms of the start or never), so one long discovery session stayed blind for
   10-20 s while every new session was a fresh chance. With real radios the windows just follow each other
   (results accumulate; 1.5 s spans a default 1.28 s advertising interval) and the first window finds the vehicle.
-- connect: bleak_retry_connector.establish_connection (retries BlueZ's transient errors) with GATT service
-  caching off, so a restarted vehicle's new handles are always rediscovered. BlueZ-only options go through
-  `bluez=` and only when an adapter is named; then a vehicle already connected through another adapter of this
-  machine counts as busy (NotFound) instead of being shared: establish_connection would swap in that other
-  adapter's link (seen in tests/ble_vm: `--adapter hci2` ended up on hci1's link). When a failed attempt leaves
-  bleak's client stuck "already connected" (tests/ble_vm: after BlueZ never signalled Connected=True, the
-  connector's own retries all failed at once), connect() calls the connector again with a new client, up to
-  twice, within the same timeout.
+- connect: bleak_retry_connector.establish_connection with GATT service caching off, so a restarted vehicle's
+  new handles are always rediscovered, and `max_attempts=connect_attempts`. key-client makes its central with
+  connect_attempts=1 (key_client/radios.py): the driver is the one layer that retries (docs/CLIENT.md), and
+  every connect() is one attempt within the timeout it is given. BlueZ-only options go through `bluez=` and only
+  when an adapter is named; then a vehicle already connected through another adapter of this machine counts as
+  busy (NotFound) instead of being shared: establish_connection would swap in that other adapter's link (seen in
+  tests/ble_vm: `--adapter hci2` ended up on hci1's link). A failed attempt can leave bleak's client stuck
+  "already connected" (tests/ble_vm: BlueZ never signalled Connected=True); every connect() makes a new client,
+  so the driver's next attempt is the fresh start that cures it.
 - max_write_size: the RX characteristic's max_write_without_response_size (ATT MTU - 3; bleak's mtu_size is
   always 23 on BlueZ), capped at 512, the longest attribute value ATT allows.
 - errors: an ATT error answer -> AttError(code); anything else during a write or subscription -> LinkLost (the
@@ -26,7 +27,8 @@
   system bus connection) for up to `bluez_wait` s but not past the scan's own timeout, so callers keep their time
   budget (after such a wait the scan still listens for one window); watch() has no timeout and waits the whole
   `bluez_wait`. Not back in time -> RadioError saying to start it. A connect that fails that way -> RadioError
-  saying bluetoothd went away; the driver's next cycle scans, and so waits. watch() also asks every `bluez_check`
+  saying bluetoothd went away; the driver's next attempt scans again first,
+  and so waits. watch() also asks every `bluez_check`
   s who owns org.bluez: a new bluetoothd knows nothing of the old one's discovery session, so without a new scan
   watch() would hear nothing.
 - bleak's process-global BlueZManager (manager.py in bleak 3.1) outlives a bluetoothd restart half-right: it
@@ -82,8 +84,6 @@ MAX_ATTRIBUTE_SIZE = 512  # ATT caps an attribute value at 512 bytes, whatever t
 RSSI_UNKNOWN = -127  # what we report for HCI's "RSSI not available" (127), which must not look like "very close"
 _DEFAULT_WRITE_SIZE = 20  # bleak's value until the MTU is known (and forever on BlueZ < 5.62)
 _ATT_ERROR_TEXT = re.compile(r"ATT error: 0x([0-9a-fA-F]{1,2})")
-_STUCK_CLIENT = "Client is already connected"  # bleak's BleakError when connect() is called on a 'connected' client
-_FRESH_CLIENTS = 2  # extra connector calls, each with a new client, after a connect that left its client stuck
 
 BLUEZ_NOT_RUNNING = ("BlueZ (bluetoothd) is not running on this machine: start it (sudo systemctl start bluetooth) "
                      "and try again")
@@ -531,7 +531,7 @@ class BleakCentral:
                 await self._stop(scanner)
 
     async def connect(self, adv: Advertisement, timeout: float = 10.0) -> BleakConnection:
-        """Connect (retrying transient errors) and find the key service; NotFound or RadioError on failure."""
+        """Connect (`connect_attempts` tries within `timeout`) and find the key service; NotFound or RadioError."""
         self._check_open()
         label = adv.name or adv.address
         if adv.handle is None:
@@ -548,38 +548,27 @@ class BleakCentral:
         if self.adapter and self._connector is None:
             # bleak-retry-connector swaps in a connection the same address already has on ANY adapter, so a
             # central on hci2 would silently share hci1's link (and lose it when that process disconnects).
-            # The vehicle serves one central at a time anyway: call it busy, the driver's next cycle retries.
+            # The vehicle serves one central at a time anyway: call it busy, the driver's next attempt retries.
             elsewhere = await _connections_elsewhere(device, self.adapter)
             if elsewhere:
                 raise NotFound(f"{label} is busy: already connected through {', '.join(elsewhere)}")
         try:
             async with asyncio.timeout(timeout):
-                for fresh in range(_FRESH_CLIENTS, -1, -1):
-                    try:
-                        client = await connector(
-                            client_class,
-                            device,
-                            label,
-                            disconnected_callback=state.on_disconnected,
-                            max_attempts=self.connect_attempts,
-                            use_services_cache=False,
-                            **self._bluez(),
-                        )
-                        break
-                    except Exception as exc:
-                        # A failed connect can leave bleak's client believing it is connected (e.g. BlueZ never
-                        # signalled Connected=True), and then every retry on that client fails at once with
-                        # "Client is already connected". Only a new client (a new connector call) helps.
-                        if fresh == 0 or _STUCK_CLIENT not in str(exc):
-                            raise
-                        log.info("connect to %s: %s; retrying with a fresh client", label, exc)
-                        await asyncio.sleep(0.25)
+                client = await connector(
+                    client_class,
+                    device,
+                    label,
+                    disconnected_callback=state.on_disconnected,
+                    max_attempts=self.connect_attempts,
+                    use_services_cache=False,
+                    **self._bluez(),
+                )
         except TimeoutError as exc:
             raise NotFound(f"{label}: not connectable within {timeout:g} s") from exc
         except Exception as exc:
             if bluez_is_gone(exc):
-                # Plain words instead of dbus-daemon's "Launch helper exited ...". The driver's next cycle scans,
-                # which waits for bluetoothd; make bleak forget the dead daemon's objects before that.
+                # Plain words instead of dbus-daemon's "Launch helper exited ...". The driver's next scan waits for
+                # bluetoothd; make bleak forget the dead daemon's objects before that.
                 await _refresh_bleak_bluez_state()
                 raise RadioError(f"could not connect to {label}: bluetoothd (the Bluetooth service) went away "
                                  "during the connect") from exc

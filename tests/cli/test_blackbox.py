@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from key_client.errors import ExitCode
+from dkey_link.exit_codes import ExitCode
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP_TIMEOUT = 30.0

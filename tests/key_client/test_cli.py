@@ -8,10 +8,10 @@ import stat
 
 import pytest
 
+from dkey_link.exit_codes import MEANING, ExitCode, help_table
 from dkey_link.mock import MockAir
 from hardware import LockChanged, LockState
 from key_client import cli
-from key_client.errors import ExitCode
 from key_client.keychain import KEYS_DIR, Keychain
 from key_client.radios import mock_air, register_mock
 from protocol import KeyPair, Role
@@ -88,7 +88,7 @@ async def test_pairing_again_with_a_known_vehicle_keeps_the_code_unspent(run: Cl
     await pair(run, h)
     code = h.new_code()
     r = await run("pair", code)
-    assert r.code == ExitCode.KEYCHAIN and "forget test-car" in r.err
+    assert r.code == ExitCode.KEYS and "forget test-car" in r.err
     other = await run("pair", code, keychain=tmp_path / "watch")  # the code still works for another device
     assert other.code == ExitCode.OK, other.err
 
@@ -101,10 +101,10 @@ async def test_passphrase_protected_key(run: Cli, h: Harness, monkeypatch) -> No
     assert (await run("unlock")).code == ExitCode.OK
     monkeypatch.setenv("DKEY_PASSPHRASE", "wrong")
     r = await run("unlock")
-    assert r.code == ExitCode.KEYCHAIN and "wrong passphrase" in r.err
+    assert r.code == ExitCode.KEYS and "wrong passphrase" in r.err
     monkeypatch.delenv("DKEY_PASSPHRASE")
     r = await run("unlock")  # no terminal under pytest to ask on
-    assert r.code == ExitCode.KEYCHAIN and "DKEY_PASSPHRASE" in r.err
+    assert r.code == ExitCode.KEYS and "DKEY_PASSPHRASE" in r.err
 
 
 # ---------------------------------------------------------------------- fast path
@@ -145,13 +145,13 @@ async def test_revoked_key_is_denied(run: Cli, h: Harness) -> None:
 
 async def test_unlock_without_a_keychain_entry(run: Cli) -> None:
     r = await run("unlock")
-    assert r.code == ExitCode.KEYCHAIN and "pair with" in r.err
+    assert r.code == ExitCode.KEYS and "pair with" in r.err
 
 
 async def test_unknown_vehicle_name(run: Cli, h: Harness) -> None:
     await pair(run, h)
     r = await run("--vehicle", "boat", "unlock")
-    assert r.code == ExitCode.KEYCHAIN and "no vehicle called 'boat'" in r.err
+    assert r.code == ExitCode.KEYS and "no vehicle called 'boat'" in r.err
 
 
 async def test_no_vehicle_in_range(run: Cli, h: Harness) -> None:
@@ -254,7 +254,7 @@ async def test_vehicles_and_forget(run: Cli, h: Harness) -> None:
     assert r.code == ExitCode.OK and f"key-server revoke {obj['key_id']}" in r.out
     assert (await run("--json", "vehicles")).json() == []
     assert not list((run.keychain / KEYS_DIR).iterdir())
-    assert (await run("forget", "test-car")).code == ExitCode.KEYCHAIN
+    assert (await run("forget", "test-car")).code == ExitCode.KEYS
 
 
 async def test_scan_lists_vehicles_and_identify_matches_the_keychain(run: Cli, h: Harness) -> None:
@@ -282,8 +282,11 @@ async def test_scan_with_nothing_in_range(run: Cli) -> None:
 async def test_help_documents_the_exit_codes(capsys) -> None:
     assert await cli.amain(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("denied", "not_found", "timed_out", "outcome_unknown", "busy", "keychain"):
-        assert name in out
+    assert help_table(cli.CLIENT_CODES) in out  # the one shared table, for the codes key-client returns
+    for code in (ExitCode.DENIED, ExitCode.NOT_FOUND, ExitCode.TIMED_OUT, ExitCode.OUTCOME_UNKNOWN, ExitCode.BUSY,
+                 ExitCode.KEYS, ExitCode.CONFIG, ExitCode.INTERRUPTED):
+        assert f"\n  {int(code):<3d} {MEANING[code]}" in out
+    assert "already initialised" not in out  # server-only codes stay out
     assert "mock" not in out  # the test radio stays hidden
 
 
@@ -312,3 +315,20 @@ async def test_radio_from_environment(tmp_path, capsys, monkeypatch) -> None:
 def test_main_runs_its_own_loop(tmp_path, capsys) -> None:
     assert cli.main(["--keychain", str(tmp_path / "kc"), "vehicles"]) == ExitCode.OK
     assert "no vehicles" in capsys.readouterr().err
+
+
+async def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(run: Cli, h: Harness,
+                                                                              monkeypatch) -> None:
+    from key_client.app import DeviceApp
+
+    await pair(run, h)
+
+    async def broken(self, cmd, vehicle=None):  # a bug, or a backend library's own exception
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(DeviceApp, "command", broken)
+    r = await run("unlock")
+    assert r.code == ExitCode.ERROR
+    assert r.err == "key-client: unexpected error: ZeroDivisionError: division by zero (run with --debug for details)\n"
+    r = await run("--debug", "unlock")
+    assert r.code == ExitCode.ERROR and "Traceback" in r.err and r.err.endswith("(traceback above)\n")

@@ -8,7 +8,8 @@ import stat
 
 import pytest
 
-from key_client.errors import ExitCode, KeychainError
+from dkey_link.exit_codes import ExitCode
+from key_client.errors import KeychainError
 from key_client.keychain import INDEX, KEYS_DIR, Keychain, default_path
 from protocol import KeyPair, Paired, Role
 
@@ -56,7 +57,7 @@ def test_world_readable_key_file_is_refused(tmp_path) -> None:
     os.chmod(kc.path / KEYS_DIR / entry.key_file, 0o644)
     with pytest.raises(KeychainError, match="chmod 600") as info:
         kc.load_key(entry)
-    assert info.value.exit_code is ExitCode.KEYCHAIN
+    assert info.value.exit_code is ExitCode.KEYS
 
 
 def test_missing_key_file_is_a_keychain_error(tmp_path) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dkey_link.exit_codes import ExitCode
 from dkey_link.mock import MockAir
-from key_client.errors import ExitCode
 from key_client.keychain import Keychain
 from key_client.radios import mock_air
 
@@ -67,7 +67,7 @@ async def test_two_vehicles_in_one_keychain(run: Cli, cars) -> None:
     assert names == {"test-car": b.identity.key_id, "test-car-2": a.identity.key_id}
 
     r = await run("unlock")
-    assert r.code == ExitCode.KEYCHAIN and "several vehicles: pick one with --vehicle" in r.err
+    assert r.code == ExitCode.KEYS and "several vehicles: pick one with --vehicle" in r.err
 
     r = await run("--vehicle", "test-car", "unlock")  # b, although a is stronger
     assert r.code == ExitCode.OK, r.err

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dkey_link.contract import SERVICE_UUID, Advertisement
+from dkey_link.exit_codes import ExitCode
 from dkey_link.mock import MockAir
-from key_client.errors import ExitCode
 from key_client.proximity import Action, Observation, ProximityPolicy, ProximityRunner
 from key_client.radios import mock_air
 

@@ -86,28 +86,6 @@ async def test_a_vehicle_connected_through_another_adapter_is_busy_not_shared(mo
     await conn.disconnect()
 
 
-async def test_a_client_left_stuck_connected_is_replaced_by_a_fresh_one() -> None:
-    """tests/ble_vm: after BlueZ never signalled Connected=True, bleak-retry-connector's own retries failed at once
-    with "Client is already connected"; a new connector call (a new client) is what works."""
-    from bleak_retry_connector import BleakConnectionError
-
-    from key_client.radio.ble import advertisement_from
-
-    from .fakes_ble import FakeConnector
-
-    class StuckOnce(FakeConnector):
-        async def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            self.error = None if self.calls else BleakConnectionError(
-                "car - AA: Failed to connect after 3 attempt(s): Client is already connected")
-            return await super().__call__(*args, **kwargs)
-
-    connector = StuckOnce()
-    c = BleakCentral(scanner_factory=FakeScanner, connector=connector, client_class=FakeClient)
-    conn = await c.connect(advertisement_from(ble_device(), adv_data()), timeout=2.0)
-    assert len(connector.calls) == 2 and len(connector.clients) == 1
-    await conn.disconnect()
-
-
 async def test_other_connect_failures_are_not_retried_here() -> None:
     from bleak_retry_connector import BleakConnectionError
 

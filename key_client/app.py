@@ -1,0 +1,550 @@
+"""The device's use cases: pair, run a command, manage keys, read the audit log, scan, passive entry.
+
+One DeviceApp per invocation; `key_client.cli` parses arguments into calls of its methods and formats the
+results, the proximity runner acts through `DeviceApp.command`, and tests call it directly. Every method
+returns plain data (or raises a ClientError saying what failed and whether the vehicle may have acted);
+nothing here prints. The retry budget lives in the driver (docs/CLIENT.md, "Time limits and retries").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from dkey_link.contract import Advertisement, Central, RadioError
+from protocol import (
+    AuditRecord,
+    Command,
+    DecodeError,
+    KeyInfo,
+    KeyPair,
+    Status,
+    StatusReport,
+    decode_audit_page,
+    decode_key_page,
+    list_keys_args,
+    parse_code,
+    read_audit_args,
+    revoke_args,
+)
+
+from . import driver
+from .driver import Clock, Target, VehicleLink, connect_vehicle, find_vehicles
+from .errors import (
+    ClientError,
+    ConnectFailed,
+    KeychainError,
+    OutcomeUnknown,
+    ProtocolViolation,
+    TimedOut,
+    UsageError,
+    VehicleNotFound,
+    VehicleRefused,
+)
+from .keychain import Keychain, VehicleEntry
+from .radios import make_central
+
+if TYPE_CHECKING:
+    from .proximity import Action, ProximityPolicy
+
+T = TypeVar("T")
+
+PAIR_TIMEOUT = 30.0  # pairing runs a PAKE on both sides: slower than a command on a Pi Zero
+IDENTIFY_TIMEOUT = 5.0  # `scan --identify`: one attempt per advertiser, it is a survey
+KEY_PAGE = 50  # keys asked for per LIST_KEYS request (a page holds what fits the size cap)
+AUDIT_PAGE = 100  # audit records asked for per READ_AUDIT request
+MAX_AUDIT_LIMIT = 10_000  # `audit --limit` upper bound: 100 round trips over BLE
+
+# Asks for a passphrase: (prompt, confirm) -> the passphrase; raises KeychainError if it cannot ask.
+PassphraseSource = Callable[[str, bool], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class RadioChoice:
+    """Which radio to use: `kind` ble, sim (or mock inside the tests), with its options."""
+
+    kind: str = "ble"
+    adapter: str | None = None
+    sim_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandDone:
+    """A fast-path command the vehicle carried out, with the status it reported."""
+
+    entry: VehicleEntry
+    command: Command
+    report: StatusReport
+
+
+@dataclass(frozen=True, slots=True)
+class KeyListing:
+    """The keys enrolled on a vehicle (every page), as an owner reads them."""
+
+    entry: VehicleEntry
+    keys: list[KeyInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A key revoked on the vehicle (or found already revoked)."""
+
+    entry: VehicleEntry
+    key: KeyInfo
+    already_revoked: bool
+
+    @property
+    def this_device(self) -> bool:
+        """True if it was this device's own key for that vehicle."""
+        return self.key.key_id == self.entry.key_id
+
+
+@dataclass(frozen=True, slots=True)
+class AuditListing:
+    """Consecutive audit records read from a vehicle, oldest first."""
+
+    entry: VehicleEntry
+    records: list[AuditRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """One vehicle heard in a scan; `vehicle_id` only with identify (a claim, checked by no signature)."""
+
+    advertisement: Advertisement
+    identified: bool = False
+    vehicle_id: bytes | None = None
+    keychain_name: str | None = None  # with identify: our entry for that vehicle id
+    last_seen_as: str | None = None  # without identify: our entry last seen at this address (proves nothing)
+
+
+@dataclass(frozen=True, slots=True)
+class AutoEvent:
+    """What passive entry did: `kind` says which, `done` carries the vehicle's report, `error` the problem."""
+
+    kind: Literal["learned", "watching", "acted", "unknown", "not_delivered", "refused_for_now"]
+    entry: VehicleEntry
+    action: str  # 'status', 'unlock' or 'lock'
+    done: CommandDone | None = None
+    error: ClientError | None = None
+    policy: ProximityPolicy | None = None  # with "watching"
+
+
+@dataclass
+class AutoOptions:
+    """Flags of `key-client auto`; None means "from config.toml [auto], else the default"."""
+
+    relay_risk_accepted: bool = False
+    unlock_rssi: int | None = None
+    lock_rssi: int | None = None
+    dwell: float | None = None
+    lost: float | None = None
+    interval: float | None = None
+    duration: float | None = None  # stop after this many seconds (None: until stopped)
+
+
+RELAY_WARNING = (
+    "`auto` unlocks without you touching anything, so it is weaker against relay attacks: two radios "
+    "forwarding the link can make the vehicle look close while you are away. Opt in with "
+    "--i-understand-relay-risk (or `relay_risk_accepted = true` under [auto] in the keychain's config.toml)."
+)
+
+
+class DeviceApp:
+    """The device's use cases over one keychain and one radio choice."""
+
+    def __init__(
+        self,
+        keychain: Path | None,
+        radio: RadioChoice,
+        *,
+        passphrase: PassphraseSource,
+        scan_time: float = 10.0,
+        progress: Callable[[str], None] | None = None,
+        note: Callable[[str], None] | None = None,
+        clock: Clock | None = None,
+        central_factory: Callable[[], Central] | None = None,
+    ) -> None:
+        """`progress` hears what the radio is doing, `note` remarks meant for the person; both may be None."""
+        self.keychain_path = keychain
+        self.radio = radio
+        self.scan_time = scan_time
+        self._passphrase = passphrase
+        self._progress = progress or (lambda _msg: None)
+        self._note = note or (lambda _msg: None)
+        self._clock = clock
+        self._central_factory = central_factory
+
+    # ------------------------------------------------------------------ plumbing
+
+    def keychain(self, *, create: bool = True) -> Keychain:
+        """The keychain (made, mode 0700, if `create` and it does not exist)."""
+        return Keychain.open(self.keychain_path, create=create)
+
+    def _central(self) -> Central:
+        if self._central_factory is not None:
+            return self._central_factory()
+        return make_central(self.radio.kind, adapter=self.radio.adapter, sim_dir=self.radio.sim_dir)
+
+    async def _device_key(self, kc: Keychain, entry: VehicleEntry) -> KeyPair:
+        secret = await self._passphrase(f"passphrase for the key of {entry.name}: ", False) if entry.encrypted \
+            else None
+        return kc.load_key(entry, secret)
+
+    async def _connect(self, central: Central, device: KeyPair, target: Target, *, hint: str | None = None,
+                       candidates: list[Advertisement] | None = None) -> VehicleLink:
+        return await connect_vehicle(central, device, target, scan_time=self.scan_time, prefer_address=hint,
+                                     candidates=candidates, on_progress=self._progress, clock=self._clock)
+
+    async def _run_command(self, kc: Keychain, entry: VehicleEntry, central: Central, device: KeyPair,
+                           cmd: Command) -> CommandDone:
+        """Connect, run one fast-path command once (never resent if its outcome is unknown), disconnect."""
+        link = await self._connect(central, device, Target(entry.vehicle_public_key, entry.vehicle_id),
+                                   hint=entry.address_hint)
+        try:
+            result = await link.command(cmd)
+        except OutcomeUnknown as exc:
+            raise OutcomeUnknown(f"{exc} (key-client never resends a command whose outcome is unknown)") from exc
+        except BaseException:
+            await link.close()
+            raise
+        await _close_keeping_result(link)
+        entry = kc.remember_address(entry, link.advertisement.address)
+        try:
+            return CommandDone(entry, cmd, StatusReport.decode(result.data))
+        except DecodeError as exc:
+            raise ProtocolViolation(f"the vehicle's signed answer does not parse: {exc}") from exc
+
+    async def _owner_session(self, vehicle: str | None,
+                             action: Callable[[VehicleLink, VehicleEntry], Awaitable[T]]) -> T:
+        """Connect, open the confidential session, run `action`, disconnect."""
+        kc = self.keychain()
+        entry = kc.select(vehicle)
+        device = await self._device_key(kc, entry)
+        central = self._central()
+        try:
+            link = await self._connect(central, device, Target(entry.vehicle_public_key, entry.vehicle_id),
+                                       hint=entry.address_hint)
+            try:
+                await link.open_secure()
+                result = await action(link, entry)
+            except VehicleRefused as exc:
+                if exc.status is Status.NOT_PERMITTED and entry.role != "owner":
+                    raise VehicleRefused(exc.status, authenticated=exc.authenticated,
+                                         message=f"this device holds a {entry.role} key for {entry.name}: only "
+                                                 "owner keys can manage keys and read the audit log") from exc
+                raise
+            except BaseException:
+                await link.close()
+                raise
+            await _close_keeping_result(link)
+            kc.remember_address(entry, link.advertisement.address)
+            return result
+        finally:
+            await central.aclose()
+
+    # ------------------------------------------------------------------ keychain
+
+    def vehicles(self) -> tuple[Path, list[VehicleEntry]]:
+        """The keychain's path and the vehicles it holds, in pairing order (nothing is created)."""
+        kc = self.keychain(create=False)
+        return kc.path, kc.vehicles()
+
+    def forget(self, vehicle: str) -> VehicleEntry:
+        """Delete this device's key for `vehicle`; the vehicle keeps listing it until an owner revokes it."""
+        return self.keychain(create=False).forget(vehicle)
+
+    # ------------------------------------------------------------------ fast path
+
+    async def command(self, cmd: Command, vehicle: str | None = None) -> CommandDone:
+        """unlock / lock / status / start on `vehicle` (nickname or id prefix; None: the only one)."""
+        kc = self.keychain()
+        entry = kc.select(vehicle)
+        device = await self._device_key(kc, entry)
+        central = self._central()
+        try:
+            return await self._run_command(kc, entry, central, device, cmd)
+        finally:
+            await central.aclose()
+
+    # ------------------------------------------------------------------ owner commands
+
+    async def keys(self, vehicle: str | None = None) -> KeyListing:
+        """Every key enrolled on the vehicle (owner keys only)."""
+        return await self._owner_session(vehicle, lambda link, entry: _listing(link, entry))
+
+    async def revoke(self, key: str, vehicle: str | None = None, *, force: bool = False) -> Revocation:
+        """Revoke the key `key` names (hex key-id prefix or name) on the vehicle; `force` allows the last owner."""
+
+        async def action(link: VehicleLink, entry: VehicleEntry) -> Revocation:
+            target = resolve_key(await _list_keys(link), key)
+            if target.revoked_at is not None:
+                return Revocation(entry, target, already_revoked=True)
+            try:
+                await link.secure(Command.REVOKE_KEY, revoke_args(target.key_id, force))
+            except VehicleRefused as exc:
+                if exc.status is Status.NOT_PERMITTED:
+                    raise VehicleRefused(exc.status, authenticated=exc.authenticated,
+                                         message=f"{target.name} is the last owner key: revoking it would lock "
+                                                 "every owner out; add another owner first, or use --force"
+                                         ) from exc
+                raise
+            return Revocation(entry, target, already_revoked=False)
+
+        return await self._owner_session(vehicle, action)
+
+    async def audit(self, vehicle: str | None = None, *, limit: int = 20, after: int | None = None) -> AuditListing:
+        """Up to `limit` audit records after sequence number `after` (None: the newest `limit`), oldest first."""
+        if not 1 <= limit <= MAX_AUDIT_LIMIT:
+            raise UsageError(f"--limit must be between 1 and {MAX_AUDIT_LIMIT}, not {limit}")
+        if after is not None and after < 0:
+            raise UsageError(f"--after must be a sequence number >= 0, not {after}")
+
+        async def action(link: VehicleLink, entry: VehicleEntry) -> AuditListing:
+            start = after
+            if start is None:
+                # The page total is the newest sequence number: one small read tells where "the last N" start.
+                total, _ = decode_audit_page((await link.secure(Command.READ_AUDIT, read_audit_args(0, 1))).data)
+                start = max(0, total - limit)
+            records: list[AuditRecord] = []
+            while len(records) < limit:
+                ask = min(AUDIT_PAGE, limit - len(records))
+                _, page = decode_audit_page((await link.secure(Command.READ_AUDIT,
+                                                               read_audit_args(start, ask))).data)
+                if not page:
+                    break
+                records += page
+                start = page[-1].seq
+            return AuditListing(entry, records)
+
+        return await self._owner_session(vehicle, action)
+
+    # ------------------------------------------------------------------ scan and pair
+
+    async def scan(self, *, identify: bool = False) -> list[Sighting]:
+        """Vehicles in range, strongest first; `identify` connects to each to read the vehicle id it claims."""
+        kc = self.keychain(create=False)
+        central = self._central()
+        try:
+            found = await find_vehicles(central, self.scan_time, clock=self._clock, on_progress=self._progress)
+            sightings: list[Sighting] = []
+            probe = KeyPair.generate() if identify else None  # throwaway: identifying sends nothing signed
+            for adv in found:
+                if probe is None:
+                    hinted = [e.name for e in kc.vehicles() if e.address_hint == adv.address]
+                    sightings.append(Sighting(adv, last_seen_as=hinted[0] if hinted else None))
+                    continue
+                self._progress(f"identifying {adv.name or adv.address}")
+                vid = await _identify(central, adv, probe)
+                entry = kc.find_vehicle_id(vid) if vid else None
+                sightings.append(Sighting(adv, identified=True, vehicle_id=vid,
+                                          keychain_name=entry.name if entry else None))
+            return sightings
+        finally:
+            await central.aclose()
+
+    async def pair(self, code_text: str, *, name: str | None = None, protect: bool = False) -> VehicleEntry:
+        """Pair with the vehicle showing `code_text` (code or dkey://pair URI) and store what it tells us."""
+        try:
+            code, qr_vehicle = parse_code(code_text)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        kc = self.keychain()
+        if qr_vehicle is not None and (have := kc.find_vehicle_id(qr_vehicle)) is not None:
+            raise KeychainError(f"this device already holds a key for that vehicle ({have.name}); "
+                                f"`key-client forget {have.name}` first to pair again")
+        if name is not None and any(e.name.casefold() == name.casefold() for e in kc.vehicles()):
+            raise KeychainError(f"the keychain already has a vehicle called {name!r}")
+        secret = await self._passphrase("passphrase for the new key: ", True) if protect else None
+        device = kc.new_device_key(secret)  # on disk before the vehicle enrols it: an enrolled key is never lost
+        paired = None
+        central = self._central()
+        try:
+            if qr_vehicle is not None:
+                # The QR code names the vehicle: connect only to the one whose challenge carries that id.
+                link = await self._connect(central, device, Target(None, qr_vehicle))
+            else:
+                link = await self._connect(central, device, Target(None),
+                                           candidates=[await self._pick_for_pairing(central)])
+            try:
+                vid = link.session.challenge_vehicle_id or b""
+                if (have := kc.find_vehicle_id(vid)) is not None:
+                    # Checked before the code is used, so the code stays good for another device.
+                    raise KeychainError(f"this device already holds a key for "
+                                        f"{link.advertisement.name or vid.hex()} ({have.name}); "
+                                        f"`key-client forget {have.name}` first to pair again")
+                self._progress(f"pairing with {link.advertisement.name or link.advertisement.address}")
+                paired = await link.pair(code, int(code[:2]), timeout=PAIR_TIMEOUT)
+            finally:
+                await link.close()
+        finally:
+            await central.aclose()
+            if paired is None:
+                kc.discard_device_key(device)
+        return kc.add(device, paired, name=name, advertised_name=link.advertisement.name,
+                      address=link.advertisement.address, encrypted=secret is not None)
+
+    async def _pick_for_pairing(self, central: Central) -> Advertisement:
+        """A bare code does not name the vehicle: the only one in range, else the strongest (and say so)."""
+        found = await find_vehicles(central, self.scan_time, clock=self._clock, on_progress=self._progress)
+        adv = found[0]  # scans come strongest first
+        if len(found) > 1:
+            others = ", ".join(f"{a.name or a.address} ({a.rssi} dBm)" for a in found[1:])
+            self._note(f"{len(found)} vehicles in range; pairing with the strongest signal: {adv.name or adv.address} "
+                       f"({adv.rssi} dBm), not {others}. To choose, scan the QR code or pass its dkey://pair text.")
+        return adv
+
+    # ------------------------------------------------------------------ passive entry
+
+    def auto_policy(self, options: AutoOptions) -> tuple[ProximityPolicy, float]:
+        """The policy and reading interval from the flags, else config.toml [auto], else the defaults.
+
+        UsageError without the relay-risk opt-in, ConfigError for an invalid config.toml."""
+        from .config import load_config  # only `auto` reads the config: other commands skip its schema
+        from .proximity import ProximityPolicy
+
+        kc = self.keychain()
+        cfg = load_config(kc.path).auto
+        if not (options.relay_risk_accepted or cfg.relay_risk_accepted):
+            raise UsageError(RELAY_WARNING)
+        try:
+            policy = ProximityPolicy(_pick(options.unlock_rssi, cfg.unlock_rssi),
+                                     _pick(options.lock_rssi, cfg.lock_rssi),
+                                     _pick(options.dwell, cfg.dwell), _pick(options.lost, cfg.lost))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return policy, _pick(options.interval, cfg.interval)
+
+    async def auto(self, vehicle: str | None, options: AutoOptions, stop: asyncio.Event,
+                   on_event: Callable[[AutoEvent], None]) -> None:
+        """Unlock when near, lock when gone, until `stop` is set or `options.duration` passes.
+
+        A revoked or expired key (an authenticated, lasting refusal) ends it with VehicleRefused."""
+        from .proximity import Action, ProximityRunner
+
+        policy, interval = self.auto_policy(options)
+        kc = self.keychain()
+        entry = kc.select(vehicle)
+        device = await self._device_key(kc, entry)
+        central = self._central()
+        state = {"entry": entry}
+
+        async def act(action: Action) -> bool:
+            cmd = Command.UNLOCK if action is Action.UNLOCK else Command.LOCK
+            try:
+                done = await self._run_command(kc, state["entry"], central, device, cmd)
+            except OutcomeUnknown as exc:
+                # Never resend: count it as done. The next action is the opposite one, which is safe either way.
+                on_event(AutoEvent("unknown", state["entry"], action.value, error=exc))
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # interrupted while it was in flight: auto ends with its outcome unknown
+                return True
+            except (TimedOut, ConnectFailed, VehicleNotFound) as exc:
+                on_event(AutoEvent("not_delivered", state["entry"], action.value, error=exc))
+                return False
+            except VehicleRefused as exc:
+                if exc.temporary or exc.status is Status.DOOR_OPEN:
+                    on_event(AutoEvent("refused_for_now", state["entry"], action.value, error=exc))
+                    return False
+                raise  # revoked, expired, not permitted: stop passive entry
+            state["entry"] = done.entry
+            on_event(AutoEvent("acted", done.entry, action.value, done=done))
+            return True
+
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(options.duration, stop.set) if options.duration is not None else None
+        try:
+            if entry.address_hint is None:
+                # Advertisements carry no authenticated id: learn the vehicle's address from one verified
+                # exchange (a status read), then follow the RSSI of that address.
+                on_event(AutoEvent("learned", entry, "status"))
+                done = await self._run_command(kc, entry, central, device, Command.STATUS)
+                state["entry"] = done.entry
+                on_event(AutoEvent("learned", done.entry, "status", done=done))
+            on_event(AutoEvent("watching", state["entry"], "watch", policy=policy))
+            runner = ProximityRunner(central, policy, act,
+                                     match=lambda adv: adv.address == state["entry"].address_hint,
+                                     interval=interval, scan_window=min(1.0, max(0.1, interval)))
+            await runner.run(stop)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            await central.aclose()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _pick(flag: T | None, configured: T) -> T:
+    return flag if flag is not None else configured
+
+
+async def _close_keeping_result(link: VehicleLink) -> None:
+    """Disconnect after the answer is in: an interruption now must not lose a result the vehicle gave."""
+    try:
+        await link.close()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # the work is done: report it rather than "interrupted"
+
+
+async def _identify(central: Central, adv: Advertisement, probe: KeyPair) -> bytes | None:
+    """The vehicle id in `adv`'s challenge (a claim, not proof), or None if it does not answer."""
+    try:
+        link = await driver.open_link(central, adv, probe, Target(None), IDENTIFY_TIMEOUT)
+    except (ClientError, RadioError, TimeoutError):
+        return None
+    try:
+        return link.session.challenge_vehicle_id
+    finally:
+        await link.close()
+
+
+async def _list_keys(link: VehicleLink) -> list[KeyInfo]:
+    keys: list[KeyInfo] = []
+    while True:
+        total, page = decode_key_page((await link.secure(Command.LIST_KEYS, list_keys_args(len(keys), KEY_PAGE)))
+                                      .data)
+        keys += page
+        # A page holds what fits the size cap, so advance by what came, not by what was asked.
+        if not page or len(keys) >= total:
+            return keys
+
+
+async def _listing(link: VehicleLink, entry: VehicleEntry) -> KeyListing:
+    return KeyListing(entry, await _list_keys(link))
+
+
+def resolve_key(keys: Sequence[KeyInfo], wanted: str) -> KeyInfo:
+    """The one key `wanted` names (hex key-id prefix or name; active keys first); UsageError otherwise."""
+    want = wanted.strip()
+    active = [k for k in keys if k.revoked_at is None]
+    for pool in (active, list(keys)):
+        by_name = [k for k in pool if k.name.casefold() == want.casefold()]
+        by_id = [k for k in pool if len(want) >= 2 and k.key_id.hex().startswith(want.lower())]
+        found = by_name or by_id
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            listed = ", ".join(f"{k.key_id.hex()} ({k.name})" for k in found)
+            raise UsageError(f"{want!r} matches several keys: {listed}; give more of the key id")
+    raise UsageError(f"no key called {want!r} on the vehicle (see `key-client keys`)")
+
+
+def audit_detail(record: AuditRecord) -> Any:
+    """An audit record's detail as JSON data when it is JSON text, else the text."""
+    try:
+        return json.loads(record.detail)
+    except ValueError:
+        return record.detail
+
+
+__all__ = ["AUDIT_PAGE", "MAX_AUDIT_LIMIT", "PAIR_TIMEOUT", "RELAY_WARNING", "AuditListing",
+           "AutoEvent", "AutoOptions", "CommandDone", "DeviceApp", "KeyListing", "PassphraseSource", "RadioChoice",
+           "Revocation", "Sighting", "audit_detail", "resolve_key"]

@@ -1,0 +1,92 @@
+"""The application layer (key_client.app.DeviceApp) called directly, as the CLI and the proximity runner do."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from dkey_link.mock import MockAir
+from key_client.app import AUDIT_PAGE, KEY_PAGE, DeviceApp, RadioChoice
+from key_client.errors import OutcomeUnknown, VehicleRefused
+from protocol import Command, LockState, Role
+
+from ..key_server.harness import Harness
+
+
+async def no_passphrase(prompt: str, confirm: bool) -> bytes:
+    raise AssertionError("no key here is protected")
+
+
+def device_app(h: Harness, tmp_path: Path, air: MockAir | None = None) -> DeviceApp:
+    return DeviceApp(tmp_path / "kc", RadioChoice("mock"), passphrase=no_passphrase, scan_time=1.0,
+                     central_factory=lambda: (air or h.air).central(name="key-client"))
+
+
+async def test_pair_then_command_returns_the_vehicles_report(h: Harness, tmp_path: Path) -> None:
+    app = device_app(h, tmp_path)
+    entry = await app.pair(h.new_code(role=Role.OWNER, name="laptop"), name="van")
+    assert entry.name == "van" and entry.vehicle_id == h.identity.key_id
+    done = await app.command(Command.UNLOCK)
+    assert done.command is Command.UNLOCK and done.report.lock is LockState.UNLOCKED
+    assert done.entry.address_hint == h.peripheral.address
+    assert [e.name for e in app.vehicles()[1]] == ["van"]
+
+
+async def test_keys_and_audit_are_read_across_pages(h: Harness, tmp_path: Path) -> None:
+    app = device_app(h, tmp_path)
+    await app.pair(h.new_code(name="laptop"))
+    for i in range(KEY_PAGE * 2 + 5):
+        h.enroll(Role.GUEST, f"guest-{i}")
+    listing = await app.keys()
+    assert len(listing.keys) == KEY_PAGE * 2 + 6 and len({k.key_id for k in listing.keys}) == len(listing.keys)
+    for _ in range(AUDIT_PAGE + 20):
+        h.audit.append("status", ts=int(h.wall))
+    records = (await app.audit(limit=AUDIT_PAGE + 10, after=3)).records
+    assert [r.seq for r in records] == list(range(4, 4 + AUDIT_PAGE + 10))
+    newest = (await app.audit(limit=5)).records
+    first = newest[0].seq  # the newest five when it was read (reading is audited too, after the answer)
+    assert [r.seq for r in newest] == list(range(first, first + 5)) and first > records[-1].seq
+
+
+async def test_a_driver_key_is_refused_owner_commands_in_plain_words(h: Harness, tmp_path: Path) -> None:
+    app = device_app(h, tmp_path)
+    await app.pair(h.new_code(role=Role.DRIVER))
+    with pytest.raises(VehicleRefused, match="only owner keys"):
+        await app.keys()
+
+
+async def test_cancelled_after_the_unlock_was_written_is_outcome_unknown(h: Harness, tmp_path: Path) -> None:
+    app = device_app(h, tmp_path)
+    await app.pair(h.new_code())
+    reached = asyncio.Event()
+    real_unlock = h.lock.unlock
+
+    async def unlock():  # type: ignore[no-untyped-def]
+        h.air.latency_down = 60.0  # the answer is on its way back, but not within this test
+        reached.set()
+        return await real_unlock()
+
+    h.lock.unlock = unlock  # type: ignore[method-assign]
+    task = asyncio.create_task(app.command(Command.UNLOCK))
+    await asyncio.wait_for(reached.wait(), 10)
+    task.cancel()  # what Ctrl-C does to the command's task
+    with pytest.raises(OutcomeUnknown, match="interrupted after the unlock command was sent") as err:
+        async with asyncio.timeout(1.0):  # at once: not after the answer timeout, nor the next link check
+            await task
+    assert err.value.may_have_succeeded
+    h.air.latency_down = 0.0
+
+
+async def test_cancelled_before_anything_was_sent_stays_cancelled(h: Harness, tmp_path: Path) -> None:
+    app = device_app(h, tmp_path)
+    await app.pair(h.new_code())
+    commands = h.service.stats.commands
+    empty = MockAir()  # nobody advertises: the command is still looking for its vehicle
+    task = asyncio.create_task(device_app(h, tmp_path, empty).command(Command.UNLOCK))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert h.service.stats.commands == commands
