@@ -98,8 +98,6 @@ class ProtocolViolation(ClientError):
     may_have_succeeded = True
 
 
-# The old name, only until tests/key_server/test_service.py (the server side's file) imports VehicleRefused.
-Refused = VehicleRefused
 
 def _refusal_text(status: Status) -> str:
     """What a refusal with `status` means, in plain words."""

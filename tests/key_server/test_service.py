@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from key_client.errors import OutcomeUnknown, Refused
+from key_client.errors import OutcomeUnknown, VehicleRefused
 from key_server.ratelimit import FailureLimiter
 from protocol import (
     Command,
@@ -66,7 +66,7 @@ async def test_pairing_code_cannot_be_reused(h: Harness) -> None:
     await first.pair(code, int(code[:2]))
     await first.close()
     second = await h.connect(KeyPair.generate(), pinned=False)
-    with pytest.raises(Refused) as info:
+    with pytest.raises(VehicleRefused) as info:
         await second.pair(code, int(code[:2]))
     await second.close()
     assert info.value.status is S.PAIRING_REFUSED
@@ -77,12 +77,12 @@ async def test_too_many_wrong_codes_kill_the_slot(h: Harness) -> None:
     wrong = code[:2] + f"{(int(code[2:]) + 1) % 10**6:06d}"
     for _ in range(3):
         link = await h.connect(KeyPair.generate(), pinned=False)
-        with pytest.raises(Refused):
+        with pytest.raises(VehicleRefused):
             await link.pair(wrong, int(code[:2]))
         await link.close()
     h.service.limiter = FailureLimiter()  # not testing the rate limit here
     link = await h.connect(KeyPair.generate(), pinned=False)
-    with pytest.raises(Refused) as info:
+    with pytest.raises(VehicleRefused) as info:
         await link.pair(code, int(code[:2]))  # even the right code is dead now
     await link.close()
     assert info.value.status is S.PAIRING_REFUSED
@@ -93,7 +93,7 @@ async def test_expired_pairing_code_is_refused(h: Harness) -> None:
     code = h.new_code(expires_in=60)
     h.wall += 61
     link = await h.connect(KeyPair.generate(), pinned=False)
-    with pytest.raises(Refused):
+    with pytest.raises(VehicleRefused):
         await link.pair(code, int(code[:2]))
     await link.close()
 
@@ -102,7 +102,7 @@ async def test_revoked_device_is_refused_and_others_still_work(h: Harness) -> No
     owner, stolen = h.enroll(Role.OWNER, "laptop"), h.enroll(Role.DRIVER, "phone")
     assert (await unlock(h, stolen)).lock is LockState.UNLOCKED
     h.store.revoke_key(stolen.key_id, int(h.wall))  # what `key-server revoke` does, from another process
-    with pytest.raises(Refused) as info:
+    with pytest.raises(VehicleRefused) as info:
         await unlock(h, stolen)
     assert info.value.status is S.DENIED and info.value.authenticated and not info.value.may_have_succeeded
     assert (await unlock(h, owner)).lock is LockState.UNLOCKED
@@ -144,7 +144,7 @@ async def test_last_owner_cannot_revoke_itself_without_force(h: Harness) -> None
     owner = h.enroll(Role.OWNER)
     link = await h.connect(owner)
     await link.open_secure()
-    with pytest.raises(Refused) as info:
+    with pytest.raises(VehicleRefused) as info:
         await link.secure(Command.REVOKE_KEY, revoke_args(owner.key_id))
     assert info.value.status is S.NOT_PERMITTED
     await link.close()
@@ -152,27 +152,27 @@ async def test_last_owner_cannot_revoke_itself_without_force(h: Harness) -> None
 
 async def test_guest_outside_window_and_schedule(h: Harness) -> None:
     weekend = h.enroll(Role.GUEST, "brother", valid_from=int(h.wall) + 3600, valid_until=int(h.wall) + 7200)
-    with pytest.raises(Refused) as info:
+    with pytest.raises(VehicleRefused) as info:
         await unlock(h, weekend)
     assert info.value.status is S.KEY_NOT_YET_VALID and info.value.temporary
     h.wall += 3600
     assert (await unlock(h, weekend)).lock is LockState.UNLOCKED
     h.wall += 3600
-    with pytest.raises(Refused) as info:
+    with pytest.raises(VehicleRefused) as info:
         await unlock(h, weekend)
     assert info.value.status is S.KEY_EXPIRED
 
 
 async def test_guest_may_not_start_or_read_keys(h: Harness) -> None:
     guest = h.enroll(Role.GUEST, "guest")
-    with pytest.raises(Refused) as info:
+    with pytest.raises(VehicleRefused) as info:
         await unlock(h, guest, Command.START)
     assert info.value.status is S.NOT_PERMITTED
     link = await h.connect(guest)
     await link.open_secure()
-    with pytest.raises(Refused):
+    with pytest.raises(VehicleRefused):
         await link.secure(Command.LIST_KEYS, list_keys_args())
-    with pytest.raises(Refused):
+    with pytest.raises(VehicleRefused):
         await link.secure(Command.READ_AUDIT, read_audit_args())
     await link.close()
 
@@ -180,10 +180,10 @@ async def test_guest_may_not_start_or_read_keys(h: Harness) -> None:
 async def test_clock_set_back_does_not_revive_an_expired_key(h: Harness) -> None:
     guest = h.enroll(Role.GUEST, valid_until=int(h.wall) + 100)
     h.wall += 200
-    with pytest.raises(Refused):
+    with pytest.raises(VehicleRefused):
         await unlock(h, guest)
     h.wall -= 1000  # the Pi rebooted without RTC and NTP has not run
-    with pytest.raises(Refused) as info:
+    with pytest.raises(VehicleRefused) as info:
         await unlock(h, guest)
     assert info.value.status is S.KEY_EXPIRED
 

@@ -92,7 +92,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         f"  needing a whole scan+connect cycle retry: {len(retried)}"
         + (f" ({', '.join(r['label'] + ' x' + str(r['cycles'] - 1) for r in retried)})" if retried else ""),
         f"  failed connects (each retried by the driver): {sum(r['failed_connects'] for r in runs)}; "
-        f"connects redone with a fresh bleak client: {sum(r.get('fresh_clients', 0) for r in runs)}; "
         f"busy through another adapter: {sum(r.get('busy_elsewhere', 0) for r in runs)}; "
         f"blind scan windows (restarted by the scanner): {sum(r['blind_windows'] for r in runs)}",
         f"  product CLIs with the test-only bleak patch: {sorted({r['race_fix'] for r in runs})}",

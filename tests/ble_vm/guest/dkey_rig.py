@@ -163,11 +163,6 @@ class ClientRun:
         return len(self.err_times(r"^key-client: connect to .* failed"))
 
     @property
-    def fresh_clients(self) -> int:
-        """Connects redone with a new bleak client after one was left stuck "already connected"."""
-        return len(self.err_times(r"retrying with a fresh client"))
-
-    @property
     def busy_elsewhere(self) -> int:
         """Connects refused because the vehicle was connected through another adapter of this machine."""
         return len(self.err_times(r"is busy: already connected through"))
@@ -198,7 +193,7 @@ class ClientRun:
 
     def record(self) -> dict[str, Any]:
         return {"label": self.label, "argv": self.argv, "rc": self.rc, "cycles": self.cycles,
-                "failed_connects": self.failed_connects, "fresh_clients": self.fresh_clients,
+                "failed_connects": self.failed_connects,
                 "busy_elsewhere": self.busy_elsewhere, "blind_windows": self.blind_windows,
                 "race_fix": self.race_fix, "seconds": round(self.result.lines[-1][0] - self.result.started, 2)
                 if self.result.lines else None}

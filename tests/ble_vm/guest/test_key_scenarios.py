@@ -46,6 +46,8 @@ from dkey_rig import (
     wait_until,
 )
 
+from dkey_link.exit_codes import ExitCode
+
 # Per test, fixtures included (pytest-timeout): a key-client run takes 8-20 s under TCG, a retried one up to ~60 s.
 pytestmark = [pytest.mark.ble, pytest.mark.timeout(240)]
 
@@ -53,8 +55,8 @@ VEHICLE_NAME = "DkeyVmCar"
 PRODUCT_RACE_FIX = os.environ.get("BLE_VM_PRODUCT_RACE_FIX") == "1"
 FIGURE_RUNS = 10
 
-# key-client exit codes (key_client/errors.py ExitCode)
-OK, DENIED = 0, 3
+# key-client exit codes (the shared table, dkey_link/exit_codes.py)
+OK, DENIED = ExitCode.OK, ExitCode.DENIED
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -362,8 +364,7 @@ def _write_figures(samples: list[dict[str, Any]], out: Path) -> None:
                  "the rest is MTU exchange and GATT discovery in both directions (Cache = no)")
     lines.append(f"  requests and notifications by type (first run): {samples[0]['att']['logged_by_type']}")
     lines.append(f"  runs needing a whole-cycle retry: {retried}/{len(samples)}; failed connects: "
-                 f"{report['failed_connects']}; connects redone with a fresh client: "
-                 f"{sum(s['fresh_clients'] for s in samples)}; blind scan windows: {blind}; "
+                 f"{report['failed_connects']}; blind scan windows: {blind}; "
                  f"product CLI with the harness bleak patch: {PRODUCT_RACE_FIX}")
     (out / "figures.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
