@@ -248,7 +248,7 @@ async def test_flood_of_failed_attempts_trips_the_limit_and_honest_clients_still
         for _ in range(10):
             try:
                 await link.command(Command.UNLOCK, timeout=0.5)
-            except Refused as exc:
+            except VehicleRefused as exc:
                 refusals += exc.status is S.DENIED
                 busy += exc.status is S.BUSY
         await link.close()
