@@ -1,0 +1,210 @@
+"""The installs match the roles (README "Install", docs/DEPLOY.md): checked on the built wheel, not on the checkout.
+
+- `pip install wearable-dkey` (a phone, watch or laptop) pulls no bless, no dbus-next, no gpiozero: key-client
+  runs, and so does the whole sim-radio demo; key-server is installed too and says which install its BLE radio needs.
+- `pip install 'wearable-dkey[server]'` (the vehicle) adds bless and dbus-next; key-server runs.
+- The client install resolves on Windows, macOS and Linux to bleak 3.x from wheels alone, with nothing older than
+  the newest release our bounds allow (while bless was a base dependency, Windows on Python 3.12+ only resolved by
+  falling back to bless 0.2.6: bless 0.3 pins winrt 2.0.0b1 there, which bleak 3 refuses). `[server]` and `[pi]`
+  resolve for Linux on x86-64 and on a Pi's aarch64.
+
+The cross-platform part uses uv's resolver (`uv pip compile --python-platform`): `pip install --dry-run --platform`
+checks wheel tags for the target but evaluates environment markers (sys_platform == 'linux', ...) for this
+machine, so it would show a Linux dependency set under a Windows tag.
+
+Needs PyPI and takes a minute or two: excluded from `./dev test` (marker `install`), run by `./dev test-install`
+and CI (.ci/run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.install, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parent.parent
+VEHICLE_ONLY = ("bless", "dbus_next", "gpiozero", "lgpio", "segno")  # import names a device install must not have
+
+
+def run(*argv: str | Path, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def ok(*argv: str | Path, **kwargs: Any) -> str:
+    proc = run(*argv, **kwargs)
+    assert proc.returncode == 0, f"{argv} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built once from a copy of the tracked files (the checkout stays untouched)."""
+    base = tmp_path_factory.mktemp("wheel")
+    src = base / "src"
+    files = ok("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=ROOT).split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+    ok(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", src, "-w", base / "dist")
+    (built,) = (base / "dist").glob("wearable_dkey-*.whl")
+    return built
+
+
+class Venv:
+    def __init__(self, path: Path) -> None:
+        venv.EnvBuilder(with_pip=True).create(path)
+        self.path = path
+        self.bin = path / "bin"
+
+    def install(self, requirement: str) -> None:
+        ok(self.bin / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", requirement)
+
+    def distributions(self) -> dict[str, str]:
+        listed = json.loads(ok(self.bin / "python", "-m", "pip", "list", "--format", "json"))
+        return {canonical(d["name"]): d["version"] for d in listed}
+
+    def importable(self, names: tuple[str, ...]) -> list[str]:
+        probe = f"import importlib.util as u; print(' '.join(n for n in {names!r} if u.find_spec(n)))"
+        return ok(self.bin / "python", "-c", probe).split()
+
+    def env(self, home: Path) -> dict[str, str]:
+        return {"PATH": f"{self.bin}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
+                "DKEY_KEYCHAIN": str(home / "keychain"), "DKEY_STATE_DIR": str(home / "state")}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.fixture(scope="module")
+def client_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Venv:
+    v = Venv(tmp_path_factory.mktemp("client") / "venv")
+    v.install(str(wheel))
+    return v
+
+
+@pytest.fixture(scope="module")
+def server_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Venv:
+    v = Venv(tmp_path_factory.mktemp("server") / "venv")
+    v.install(f"{wheel}[server]")
+    return v
+
+
+# ------------------------------------------------------------------------------------------------ the device
+
+
+def test_client_install_has_no_vehicle_dependencies(client_venv: Venv) -> None:
+    assert client_venv.importable(VEHICLE_ONLY) == []
+    dists = client_venv.distributions()
+    assert not {"bless", "dbus-next", "gpiozero", "lgpio", "segno"} & dists.keys()
+    assert dists["bleak"].startswith("3."), dists["bleak"]
+    assert {"cryptography", "bleak-retry-connector", "dbus-fast"} <= dists.keys()  # dbus-fast: Linux only
+
+
+def test_key_client_runs_from_the_client_install(client_venv: Venv, tmp_path: Path) -> None:
+    env = client_venv.env(tmp_path)
+    assert "usage: key-client" in ok(client_venv.bin / "key-client", "--help", env=env, cwd=tmp_path)
+    ok(client_venv.bin / "key-client", "--radio", "sim", "vehicles", env=env, cwd=tmp_path)
+
+
+def test_the_sim_demo_runs_from_the_client_install(client_venv: Venv, tmp_path: Path) -> None:
+    """Pair, unlock, lock, revoke: a key-server and key-clients over the sim radio, no vehicle extras."""
+    ok(client_venv.bin / "python", "-m", "key_client.demo", env=client_venv.env(tmp_path), cwd=tmp_path, timeout=300)
+
+
+def test_key_server_on_the_client_install_names_the_vehicle_install(client_venv: Venv, tmp_path: Path) -> None:
+    env = client_venv.env(tmp_path)
+    server = client_venv.bin / "key-server"
+    assert "usage: key-server" in ok(server, "--help", env=env, cwd=tmp_path)
+    ok(server, "init", env=env, cwd=tmp_path)
+    proc = run(server, "run", "--radio", "ble", env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode != 0
+    assert "wearable-dkey[server]" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ the vehicle
+
+
+def test_server_install_adds_the_ble_peripheral(server_venv: Venv, tmp_path: Path) -> None:
+    dists = server_venv.distributions()
+    assert dists["bless"].startswith("0.3."), dists["bless"]
+    assert {"dbus-next", "segno"} <= dists.keys()
+    assert "gpiozero" not in dists  # the relays come with [pi]
+    # What key_server/radio/ble.py patches is where it expects it.
+    ok(server_venv.bin / "python", "-c", "from bless.backends.bluezdbus.dbus.characteristic import "
+       "BlueZGattCharacteristic as C; assert callable(C.WriteValue); import key_server.radio.ble")
+    assert "usage: key-server" in ok(server_venv.bin / "key-server", "--help", env=server_venv.env(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------ resolution
+
+
+@pytest.fixture(scope="module")
+def uv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """uv from PyPI in a venv of its own (or $UV / uv on PATH)."""
+    found = os.environ.get("UV") or shutil.which("uv")
+    if found:
+        return Path(found)
+    v = Venv(tmp_path_factory.mktemp("uv") / "venv")
+    v.install("uv>=0.5")
+    return v.bin / "uv"
+
+
+def resolve(uv: Path, requirement: str, platform: str, python: str, *, binary_only: bool = True) -> dict[str, str]:
+    """name -> version that `requirement` resolves to on `platform` / `python` (uv's resolver, markers for there)."""
+    args = ["pip", "compile", "-q", "--no-header", "--no-annotate", "--python-platform", platform,
+            "--python-version", python, "--python", sys.executable, "-"]
+    if binary_only:
+        args += ["--only-binary", ":all:"]
+    # This interpreter runs any build step; never let uv fetch one of its own (the target is --python-version).
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
+    proc = run(uv, *args, input=requirement + "\n", timeout=300, env=env)
+    assert proc.returncode == 0, f"{requirement} on {platform}/{python} does not resolve:\n{proc.stderr}"
+    pins = {}
+    for line in proc.stdout.splitlines():
+        if "==" in line and not line.startswith((" ", "#")):
+            name, version = line.split(";")[0].strip().split("==")
+            pins[canonical(name)] = version
+    return pins
+
+
+PLATFORMS = ["x86_64-pc-windows-msvc", "aarch64-apple-darwin", "x86_64-apple-darwin", "x86_64-unknown-linux-gnu"]
+
+
+@pytest.mark.parametrize("python", ["3.11", "3.12", "3.13"])
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_client_install_resolves_everywhere_without_downgrades(uv: Path, wheel: Path, platform: str,
+                                                               python: str) -> None:
+    pins = resolve(uv, f"wearable-dkey @ {wheel.as_uri()}", platform, python)
+    assert pins["bleak"].startswith("3."), pins
+    assert not {"bless", "dbus-next", "gpiozero", "lgpio", "segno"} & pins.keys(), pins
+    assert ("dbus-fast" in pins) == ("linux" in platform), pins
+    # No downgrade: bleak and the connector are the newest releases our bounds allow, as if asked for alone.
+    alone = resolve(uv, "bleak>=3.0.2,<4\nbleak-retry-connector>=4.6.2,<5", platform, python)
+    assert (pins["bleak"], pins["bleak-retry-connector"]) == (alone["bleak"], alone["bleak-retry-connector"])
+
+
+@pytest.mark.parametrize("platform", ["aarch64-unknown-linux-gnu", "x86_64-unknown-linux-gnu"])
+def test_vehicle_installs_resolve_for_linux(uv: Path, wheel: Path, platform: str) -> None:
+    server = resolve(uv, f"wearable-dkey[server] @ {wheel.as_uri()}", platform, "3.11")
+    assert server["bless"].startswith("0.3.") and server["bleak"].startswith("3."), server
+    assert {"dbus-next", "segno"} <= server.keys() and "gpiozero" not in server
+    # lgpio has no ARM wheel on PyPI: a Pi builds it from source (docs/DEPLOY.md), so sources are allowed here.
+    pi = resolve(uv, f"wearable-dkey[pi] @ {wheel.as_uri()}", platform, "3.11", binary_only=False)
+    assert "gpiozero" in pi and pi["bless"] == server["bless"]
+    assert ("lgpio" in pi) == platform.startswith("aarch64"), pi
