@@ -21,7 +21,7 @@ class ExitCode(enum.IntEnum):
     NOT_INITIALISED = 9  # no vehicle identity yet: run `key-server init`
     ALREADY_EXISTS = 10  # `init` found an identity and would not overwrite it
     AUDIT_TAMPERED = 11  # the audit log's hash chain does not verify
-    CHECK_FAILED = 12  # `doctor` found a failing check
+    CHECK_FAILED = 12  # `doctor` found a failing check, or `actuate --test` an actuator fault
     CONFIG = 13  # a configuration file is invalid: the message names the file, key, value and what is allowed
     INTERRUPTED = 130  # Ctrl-C or SIGTERM before anything was sent (after an actuating command: OUTCOME_UNKNOWN)
 
@@ -39,7 +39,7 @@ MEANING: dict[ExitCode, str] = {
     ExitCode.NOT_INITIALISED: "not initialised: run `key-server init` first",
     ExitCode.ALREADY_EXISTS: "already initialised (init never overwrites a vehicle identity)",
     ExitCode.AUDIT_TAMPERED: "the audit log failed verification",
-    ExitCode.CHECK_FAILED: "a doctor check failed",
+    ExitCode.CHECK_FAILED: "a check failed (`doctor`, or `actuate --test` found an actuator fault)",
     ExitCode.CONFIG: "invalid configuration (file, key, value and what is allowed are named)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C / SIGTERM) before anything was sent",
 }

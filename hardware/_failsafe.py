@@ -6,7 +6,7 @@ would then close its pins without driving them off). Two hooks call each lock's 
 
 - ``atexit``: registered after gpiozero is imported, so (atexit runs last-registered first) our hook
   drives every relay off *before* gpiozero's own hook closes the devices; closing alone only releases
-  the line, which then floats (LIBRARIES.md: lgpio claims it as an input with no pull).
+  the line, which then floats (lgpio leaves a freed line as an input with no pull; docs/HARDWARE.md).
 - ``install_signal_failsafe()``: a plain ``signal.signal`` handler, not ``loop.add_signal_handler``. The
   latter runs the callback on the event loop, so a stuck loop would never de-energise; a ``signal``
   handler runs in the main thread between two bytecodes, whatever the loop is doing. Without any

@@ -488,7 +488,7 @@ async def test_start_twice_raises(car: tuple[BlessPeripheral, Recorder]) -> None
 
 @needs_dbus
 async def test_refused_advertising_fails_start_and_releases_the_bus(bluez: FakeBlueZ) -> None:
-    bluez.fail_advertising = "Failed to register advertisement"  # what Pi kernels 6.12 give (LIBRARIES.md)
+    bluez.fail_advertising = "Failed to register advertisement"  # what some Pi 6.12 kernels give (docs/DEPLOY.md)
     p = BlessPeripheral("car")
     with pytest.raises(RadioError, match="Failed to register advertisement"):
         await p.start(Recorder())

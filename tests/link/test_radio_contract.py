@@ -83,7 +83,7 @@ async def test_round_trip_subscribe_write_with_response_notify(kit: RadioKit) ->
 
 
 async def test_notification_sent_on_subscribe_reaches_the_new_subscriber(kit: RadioKit) -> None:
-    """The fast path: the vehicle pushes a challenge as soon as a central subscribes (DESIGN.md §3)."""
+    """The fast path: the vehicle pushes a challenge as soon as a central subscribes (PROTOCOL.md §5.5)."""
     p, rec = await kit.peripheral()
     tasks: list[asyncio.Task[None]] = []
     rec.on_subscribe_hook = lambda link: tasks.append(asyncio.create_task(p.notify(b"challenge", link)))

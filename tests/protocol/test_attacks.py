@@ -1,4 +1,4 @@
-"""Attacks the protocol must stop, each next to the honest case it lets through (DESIGN.md §7.5)."""
+"""Attacks the protocol must stop, each next to the honest case it lets through (THREAT_MODEL.md)."""
 
 from __future__ import annotations
 
