@@ -8,7 +8,8 @@ restart last. Each test still works alone (`-k revoke`): the fixtures pair what 
 
 The product's CLI runs WITHOUT the test-only bleak patch (harness/bleak_race_fix.py) unless
 BLE_VM_PRODUCT_RACE_FIX=1: these tests check that the product itself gets through BlueZ's transient faults
-(blind scans, the missing Connected=True), by retrying whole scan+connect cycles. Only the raw bleak central of
+(blind scans, the missing Connected=True) within its one budget: a longer --scan-time (dkey_rig.VM_SCAN_TIME)
+for scans btvirt keeps blind, and up to 3 connects, each after a fresh scan. Only the raw bleak central of
 the garbage test, which is test code, runs in-process with the patch (conftest installs it).
 
 Evidence: the server's "actuator: ..." log lines (wall-clock timestamps) show when and whether the lock moved;
