@@ -33,7 +33,7 @@ from protocol import (
 )
 
 from . import driver
-from .driver import Clock, Target, VehicleLink, connect_vehicle, find_vehicles
+from .driver import CONNECT_ATTEMPTS, WINDOW_PER_ATTEMPT, Clock, Target, VehicleLink, connect_vehicle, find_vehicles
 from .errors import (
     ClientError,
     ConnectFailed,
@@ -164,6 +164,7 @@ class DeviceApp:
         *,
         passphrase: PassphraseSource,
         scan_time: float = 10.0,
+        connect_attempts: int = CONNECT_ATTEMPTS,
         progress: Callable[[str], None] | None = None,
         note: Callable[[str], None] | None = None,
         clock: Clock | None = None,
@@ -173,6 +174,7 @@ class DeviceApp:
         self.keychain_path = keychain
         self.radio = radio
         self.scan_time = scan_time
+        self.connect_attempts = connect_attempts
         self._passphrase = passphrase
         self._progress = progress or (lambda _msg: None)
         self._note = note or (lambda _msg: None)
@@ -198,6 +200,8 @@ class DeviceApp:
     async def _connect(self, central: Central, device: KeyPair, target: Target, *, hint: str | None = None,
                        candidates: list[Advertisement] | None = None) -> VehicleLink:
         return await connect_vehicle(central, device, target, scan_time=self.scan_time, prefer_address=hint,
+                                     attempts=self.connect_attempts,
+                                     connect_window=self.connect_attempts * WINDOW_PER_ATTEMPT,
                                      candidates=candidates, on_progress=self._progress, clock=self._clock)
 
     async def _run_command(self, kc: Keychain, entry: VehicleEntry, central: Central, device: KeyPair,

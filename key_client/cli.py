@@ -36,6 +36,7 @@ CLIENT_CODES = (ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE, ExitCode.DENIED, Ex
                 ExitCode.TIMED_OUT, ExitCode.OUTCOME_UNKNOWN, ExitCode.BUSY, ExitCode.KEYS, ExitCode.CONFIG,
                 ExitCode.INTERRUPTED)
 MAX_SCAN_TIME = 300.0  # --scan-time upper bound: five minutes is already far longer than anyone waits
+MAX_CONNECT_ATTEMPTS = 10  # --connect-attempts upper bound: 50 s of connecting is past anyone's patience
 
 
 class Interrupted(ClientError):
@@ -184,8 +185,9 @@ def _epilog() -> str:
     return "\n".join([
         help_table(CLIENT_CODES),
         "",
-        "time limits: finding the vehicle takes at most --scan-time seconds; then at most 3 connection attempts",
-        "within 15 s; then 8 s for the answer (30 s for pairing). A command that was sent is never resent.",
+        "time limits: finding the vehicle takes at most --scan-time seconds; then at most --connect-attempts",
+        "connection attempts (3), within 5 s per attempt (15 s); then 8 s for the answer (30 s for pairing).",
+        "A command that was sent is never resent.",
         "Ctrl-C / SIGTERM: before an unlock, lock, start, revoke or pairing was sent -> 130 (interrupted);",
         "after -> 6 (outcome unknown: the vehicle may have acted; check with `key-client status`).",
         "",
@@ -215,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim-dir", type=Path, help="sim radio directory (default: $DKEY_SIM_DIR or /tmp/dkey-sim-UID)")
     p.add_argument("--scan-time", type=_number(0, MAX_SCAN_TIME, low_open=True), default=10.0, metavar="S",
                    help=f"seconds to look for vehicles, above 0 and at most {MAX_SCAN_TIME:g} (10)")
+    p.add_argument("--connect-attempts", type=_number(1, MAX_CONNECT_ATTEMPTS, integer=True), default=3, metavar="N",
+                   help=f"connection attempts after the vehicle was found, 1..{MAX_CONNECT_ATTEMPTS} (3), "
+                        "all within 5 s per attempt")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr (-vv: debug)")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     # Also accepted after the command (`key-client unlock --vehicle van --json`): SUPPRESS keeps the
@@ -421,7 +426,8 @@ def _app(args: argparse.Namespace, progress: Callable[[str], None] | None = None
     if kind not in ("ble", "sim") and not (kind == "mock" and args.radio == "mock"):
         raise UsageError(f"DKEY_RADIO={kind!r} is not a radio: use ble or sim")
     return DeviceApp(args.keychain, RadioChoice(kind, args.adapter, args.sim_dir), passphrase=_passphrase,
-                     scan_time=args.scan_time, progress=progress, note=note)
+                     scan_time=args.scan_time, connect_attempts=int(args.connect_attempts), progress=progress,
+                     note=note)
 
 
 async def _passphrase(prompt: str, confirm: bool) -> bytes:

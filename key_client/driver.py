@@ -57,7 +57,8 @@ ANSWER_TIMEOUT = 8.0
 # CONNECT_ATTEMPTS connection attempts (connect + subscribe + challenge), together within CONNECT_WINDOW s,
 # one attempt at most ATTEMPT_TIMEOUT s (bleak's own default connect timeout).
 CONNECT_ATTEMPTS = 3
-CONNECT_WINDOW = 15.0
+WINDOW_PER_ATTEMPT = 5.0  # the window grows with --connect-attempts: 3 attempts -> 15 s
+CONNECT_WINDOW = CONNECT_ATTEMPTS * WINDOW_PER_ATTEMPT
 ATTEMPT_TIMEOUT = 10.0
 RETRY_PAUSE = 0.3  # s times the attempt number before retrying: the vehicle may be busy with another central
 SCAN_RETRY_PAUSE = 0.5  # s times the failure number after a scan that could not run
@@ -470,5 +471,5 @@ async def connect_vehicle(
                         f"{last_error or 'out of time'}")
 
 
-__all__ = ["ATTEMPT_TIMEOUT", "CONNECT_ATTEMPTS", "CONNECT_WINDOW", "Clock", "LoopClock", "Target", "VehicleLink",
-           "connect_vehicle", "find_vehicles", "open_link"]
+__all__ = ["ATTEMPT_TIMEOUT", "CONNECT_ATTEMPTS", "CONNECT_WINDOW", "WINDOW_PER_ATTEMPT", "Clock", "LoopClock",
+           "Target", "VehicleLink", "connect_vehicle", "find_vehicles", "open_link"]

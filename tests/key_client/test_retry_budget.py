@@ -203,3 +203,24 @@ async def test_a_client_left_stuck_connected_costs_one_attempt_and_the_next_uses
     conn = await c.connect(adv, timeout=2.0)
     assert len(connector.calls) == 2 and len(connector.clients) == 1
     await conn.disconnect()
+
+
+async def test_connect_attempts_scale_the_budget_and_stay_bounded() -> None:
+    """--connect-attempts N: at most N connects, all within 5 s per attempt, whatever the radio does."""
+    from key_client.driver import WINDOW_PER_ATTEMPT
+
+    for attempts in (1, 5):
+        clock = FakeClock()
+        central = CountingCentral(clock, [CAR], connect_cost=0.5)
+        with pytest.raises(ConnectFailed, match=rf"\({attempts} attempts within {attempts * 5} s\)"):
+            await connect(central, clock, scan_time=10.0, attempts=attempts,
+                          connect_window=attempts * WINDOW_PER_ATTEMPT)
+        assert len(central.connects) == attempts
+        assert clock.elapsed <= central.scans[0] + attempts * WINDOW_PER_ATTEMPT
+
+
+def test_connect_attempts_out_of_range_is_a_usage_error(tmp_path: object) -> None:
+    from key_client.cli import main
+
+    for bad in ("0", "11", "two"):
+        assert main(["--keychain", str(tmp_path), "--connect-attempts", bad, "vehicles"]) == ExitCode.USAGE

@@ -41,6 +41,7 @@ def parse_asctime(text: str) -> float:
 
 
 VM_SCAN_TIME = 30  # seconds key-client scans in the VM (the product's default is 10)
+VM_CONNECT_ATTEMPTS = 8  # connects key-client may try in the VM, within 40 s (the product's default is 3)
 
 
 @dataclass(frozen=True)
@@ -218,11 +219,12 @@ class Device:
             env: dict[str, str] | None = None) -> ClientRun:
         """`key-client -vv --keychain K --radio ble --adapter A [--json] ARGS...`; env adds to its environment
         (e.g. BLEAK_LOGGING=1 for bleak's own debug log on stderr)."""
-        # --scan-time: key-client's budget is honest ("no vehicle found in 10 s" takes 10 s, docs/CLIENT.md), and
-        # under TCG btvirt can keep a scan blind for 10 s and more (see conftest.find_device), so the VM gives
-        # the scan what a slow scanner would get from its user.
+        # key-client's budget is honest ("no vehicle found in 10 s" takes 10 s, 3 connects at most; docs/CLIENT.md)
+        # and the VM is slower and flakier than any radio: under TCG btvirt can keep a scan blind for 10 s and
+        # more (see conftest.find_device), and BlueZ misses Connected=True on many first connects ("failed to
+        # discover services"). The VM gives the client what a user of such a radio would: a longer budget.
         argv = ["key-client", "-vv", "--keychain", str(self.keychain), "--radio", "ble", "--adapter", self.adapter,
-                "--scan-time", str(VM_SCAN_TIME)]
+                "--scan-time", str(VM_SCAN_TIME), "--connect-attempts", str(VM_CONNECT_ATTEMPTS)]
         argv += (["--json"] if json_out else []) + list(args)
         label = label or f"key-client-{self.adapter}-{args[0]}"
         result = self.run_cli(argv, timeout=timeout, name=label, bleak_race_fix=self.race_fix, env=env)
