@@ -56,6 +56,7 @@ class FailureLimiter:
     link_rate: float = LINK_RATE
     global_burst: float = GLOBAL_BURST
     global_rate: float = GLOBAL_RATE
+    failures: int = 0  # every failure reported so far (for stats and tests)
     _links: dict[str, Bucket] = field(default_factory=dict)
     _global: Bucket | None = None
 
@@ -74,7 +75,8 @@ class FailureLimiter:
         return self._global_bucket().available(now) >= 1
 
     def failed(self, link: str, now: float) -> None:
-        """Record one failure (bad frame, bad signature, stale challenge, wrong code) from `link`."""
+        """Record one failure (bad frame, bad signature, stale challenge, wrong or abandoned code) from `link`."""
+        self.failures += 1
         bucket = self._links.setdefault(link, Bucket(self.link_burst, self.link_rate))
         bucket.take(now)
         self._global_bucket().take(now)
