@@ -71,7 +71,7 @@ class AuditEvent(enum.StrEnum):
     REFUSED = "refused"  # detail: {"reason": Refusal value, "command": ...}
     REVOKE = "revoke"
     ADMIN = "admin"  # detail: {"action": "list_keys" | "read_audit" | ...}
-    RATE_LIMITED = "rate_limited"
+    RATE_LIMITED = "rate_limited"  # detail: {"what": "actuation", "refused": refusals since the key's last such row}
     SERVER_START = "server_start"
     SERVER_STOP = "server_stop"
 

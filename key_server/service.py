@@ -47,7 +47,7 @@ from .commands import KeyCommands
 from .config import DEFAULT_LINK_IDLE_TIMEOUT
 from .enrollment import Enrollment
 from .keyadmin import KeyAdmin
-from .ratelimit import FailureLimiter
+from .ratelimit import ActuationLimiter, FailureLimiter
 from .store import KeyStore, PendingPairing
 
 log = logging.getLogger("key_server.service")
@@ -64,6 +64,7 @@ class ServiceConfig:
     reply_after: float = 0.1  # answer an actuation still pulsing after this long (its relay is energised)
     tz: tzinfo | None = None  # for guest schedules; None = the system's local time zone
     limiter: FailureLimiter = field(default_factory=FailureLimiter)
+    actuations: ActuationLimiter = field(default_factory=ActuationLimiter)
 
 
 @dataclass(slots=True)
@@ -128,7 +129,8 @@ class KeyService:
         self.config = config or ServiceConfig()
         self.admin = KeyAdmin(store, audit, clock)
         self.enrollment = Enrollment(store, audit, clock, identity.key_id)
-        self.commands = KeyCommands(self.admin, lock, tz=self.config.tz, reply_after=self.config.reply_after)
+        self.commands = KeyCommands(self.admin, lock, tz=self.config.tz, reply_after=self.config.reply_after,
+                                    actuations=self.config.actuations, monotonic=monotonic)
         self._mono = monotonic
         self.challenges = ChallengeBook(ttl=self.config.challenge_ttl)
         self.limiter = self.config.limiter
