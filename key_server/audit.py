@@ -60,8 +60,9 @@ DetailValue = str | int | bool | None
 class AuditEvent(enum.StrEnum):
     """The events the server records (plain strings on disk; append() accepts any [a-z0-9_] name)."""
 
+    PAIR_START = "pair_start"  # detail: {"slot", "live", "name"}: an attempt spent, written before the PAKE runs
     PAIR = "pair"
-    PAIR_FAILED = "pair_failed"
+    PAIR_FAILED = "pair_failed"  # detail: {"slot", "live", "reason"}: wrong code, abandoned, ...
     # A use of the vehicle is recorded under the command's own name (protocol's vocabulary, not a copy of it).
     UNLOCK = Command.UNLOCK.label
     LOCK = Command.LOCK.label
@@ -70,7 +71,7 @@ class AuditEvent(enum.StrEnum):
     REFUSED = "refused"  # detail: {"reason": Refusal value, "command": ...}
     REVOKE = "revoke"
     ADMIN = "admin"  # detail: {"action": "list_keys" | "read_audit" | ...}
-    RATE_LIMITED = "rate_limited"
+    RATE_LIMITED = "rate_limited"  # detail: {"what": "actuation", "refused": refusals since the key's last such row}
     SERVER_START = "server_start"
     SERVER_STOP = "server_stop"
 

@@ -175,12 +175,14 @@ def _pairings(enrollment: Enrollment, args: argparse.Namespace) -> int:
     pend = enrollment.pending()
     if args.json:
         print(json.dumps([{"slot": p.slot, "name": p.name, "role": p.role.label, "expires_at": p.expires_at,
-                           "attempts_left": p.attempts_left} for p in pend]))
+                           "attempts_left": p.attempts_left, "wrong_attempts": p.failures} for p in pend]))
     elif not pend:
         print("no pending pairing codes")
     else:
-        _print_table([[f"{p.slot:02d}", p.name, p.role.label, _when(p.expires_at), str(p.attempts_left)]
-                      for p in pend], ["SLOT", "NAME", "ROLE", "EXPIRES", "TRIES"])
+        # WRONG counts tries that ended without a key (a wrong code, or a device that left mid-pairing): a code
+        # the owner has not tried yet that shows some is being guessed at; cancel it and issue a new one.
+        _print_table([[f"{p.slot:02d}", p.name, p.role.label, _when(p.expires_at), str(p.attempts_left),
+                       str(p.failures)] for p in pend], ["SLOT", "NAME", "ROLE", "EXPIRES", "TRIES", "WRONG"])
     return ExitCode.OK
 
 
@@ -373,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--code-ttl", help="how long the code lives, at most 7d (default from config: 10m)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--no-qr", action="store_true", help="do not print the QR code")
-    s.add_argument("--list", action="store_true", help="list pending codes")
+    s.add_argument("--list", action="store_true", help="list pending codes, with their tries left and wrong tries")
     s.add_argument("--cancel", type=_ranged(int, 0, PAIRING_SLOTS - 1), metavar="SLOT",
                    help="cancel the pending code in SLOT")
     s.set_defaults(func=cmd_pair)

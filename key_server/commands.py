@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import tzinfo
@@ -37,6 +38,7 @@ from protocol import (
 from .audit import AuditEvent
 from .keyadmin import KeyAdmin
 from .policy import Refusal, authorize
+from .ratelimit import ActuationLimiter
 from .store import LastOwnerError, UnknownKey
 from .timezone import local_zone
 
@@ -55,6 +57,8 @@ REFUSAL_STATUS: Final[dict[Refusal, Status]] = {
 }
 # Commands that use the vehicle (recorded as their own event and as the key's last use); the rest are admin.
 _USE_EVENT: Final[dict[Command, AuditEvent]] = {cmd: AuditEvent.use_of(cmd) for cmd in FAST_COMMANDS}
+# Commands that move something: each spends one of the key's actuations (ratelimit.ActuationLimiter).
+ACTUATIONS: Final = frozenset({Command.UNLOCK, Command.LOCK, Command.START})
 AUDIT_PAGE_MAX: Final = 100  # entries per READ_AUDIT answer: keeps one confidential message small
 
 
@@ -74,17 +78,26 @@ class Outcome:
     data: bytes = b""
     refusal: Refusal | None = None  # why policy refused (audit log only: the device sees `status`)
     revoked: bytes | None = None  # a key this command revoked: its open sessions must end
+    rate_limited: bool = False  # refused with BUSY: the key used up its actuations (nothing moved)
+    refusals_to_audit: int = 0  # rate-limit refusals of this key to write now, as one aggregated row
 
 
 class KeyCommands:
     """Authorize and carry out commands of enrolled keys."""
 
-    def __init__(self, admin: KeyAdmin, lock: Lock, *, tz: tzinfo | None = None, reply_after: float = 0.1) -> None:
-        """Act on `lock`; `tz` reads guest schedules (None: the local zone); see run() for `reply_after`."""
+    def __init__(self, admin: KeyAdmin, lock: Lock, *, tz: tzinfo | None = None, reply_after: float = 0.1,
+                 actuations: ActuationLimiter | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
+        """Act on `lock`; `tz` reads guest schedules (None: the local zone); see run() for `reply_after`.
+
+        `actuations` limits how often one key may move the vehicle, on the `monotonic` clock (a wall clock set
+        forward or back must neither refill nor freeze the buckets).
+        """
         self.admin = admin
         self.lock = lock
         self.tz = tz
         self.reply_after = reply_after
+        self.actuations = actuations if actuations is not None else ActuationLimiter()
+        self._mono = monotonic
         self._pulses: set[asyncio.Task[ActuatorStatus]] = set()  # answered actuations still driving the lock
 
     async def run(self, key_id: bytes, command: Command, args: bytes) -> Outcome:
@@ -97,6 +110,13 @@ class KeyCommands:
         refusal = authorize(store.get_key(key_id), command, wall, self.tz or local_zone())
         if refusal is not None:
             return Outcome(key_id, command, wall, REFUSAL_STATUS[refusal], refusal=refusal)
+        earlier = 0
+        if command in ACTUATIONS:
+            mono = self._mono()
+            if not self.actuations.allow(key_id, mono):
+                return Outcome(key_id, command, wall, Status.BUSY, rate_limited=True,
+                               refusals_to_audit=self.actuations.to_report(key_id, mono))
+            earlier = self.actuations.to_report(key_id, mono, flush=True)  # the spell is over: its last count
         revoked: bytes | None = None
         data = b""
         try:
@@ -110,11 +130,15 @@ class KeyCommands:
             status = Status.ACTUATOR_FAILED
         except DecodeError:
             status = Status.BAD_REQUEST
-        return Outcome(key_id, command, wall, status, data, revoked=revoked)
+        return Outcome(key_id, command, wall, status, data, revoked=revoked, refusals_to_audit=earlier)
 
     def record(self, outcome: Outcome) -> None:
         """Account for an answered command: the key's last use and the audit entry (a revocation has its own)."""
         cmd, kid, audit = outcome.command, outcome.key_id, self.admin.audit
+        if outcome.refusals_to_audit:
+            self._audit_rate_limited(kid, outcome.refusals_to_audit)
+        if outcome.rate_limited:
+            return  # nothing moved: not a use; the refusals are counted in aggregated rows
         if outcome.refusal is not None:
             audit.record(AuditEvent.REFUSED, ts=self.admin.clock.now(), key_id=kid,
                          detail={"reason": outcome.refusal.value, "command": cmd.name.lower()})
@@ -126,6 +150,11 @@ class KeyCommands:
             audit.record(AuditEvent.ADMIN, ts=self.admin.clock.now(), key_id=kid,
                          detail={"command": cmd.name.lower(), "status": outcome.status.name})
 
+    def _audit_rate_limited(self, key_id: bytes, count: int) -> None:
+        """One row for `count` refused actuations of a key (a flood of refusals must not flood the log)."""
+        self.admin.audit.record(AuditEvent.RATE_LIMITED, ts=self.admin.clock.now(), key_id=key_id,
+                                detail={"what": "actuation", "refused": count})
+
     async def stop(self) -> None:
         """Cancel actuations still running after their answer (the drivers de-energise on cancellation)."""
         pulses = list(self._pulses)
@@ -134,6 +163,8 @@ class KeyCommands:
         for task in pulses:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for key_id, count in self.actuations.flush_all(self._mono()).items():
+            self._audit_rate_limited(key_id, count)
 
     async def _execute(self, key_id: bytes, cmd: Command, args: bytes) -> tuple[Status, bytes, bytes | None]:
         if cmd is Command.UNLOCK:

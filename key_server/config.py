@@ -33,7 +33,14 @@ from protocol import DEFAULT_CHALLENGE_TTL
 
 from .enrollment import MAX_ATTEMPTS
 from .radio import NAME_ALLOWED, NAME_PATTERN
-from .ratelimit import GLOBAL_BURST, GLOBAL_RATE, LINK_BURST, LINK_RATE
+from .ratelimit import (
+    ACTUATION_BURST,
+    ACTUATION_PER_MINUTE,
+    GLOBAL_BURST,
+    GLOBAL_RATE,
+    LINK_BURST,
+    LINK_RATE,
+)
 
 SYSTEM_STATE_DIR = Path("/var/lib/dkey")  # the systemd unit's StateDirectory=dkey
 SYSTEM_CONFIG = Path("/etc/dkey/config.toml")
@@ -153,7 +160,7 @@ class PairingOptions:
 
 @dataclass(slots=True)
 class RateLimitOptions:
-    """The [rate_limit] table: failed attempts (see key_server/ratelimit.py)."""
+    """The [rate_limit] table: failed attempts, and actuations per key (see key_server/ratelimit.py)."""
 
     # A burst below 1 would refuse every link after its first failure; rates bound CPU spent on bad signatures.
     link_burst: float = setting(LINK_BURST, help="failures a connected central may burst", min=1, max=1_000)
@@ -161,6 +168,12 @@ class RateLimitOptions:
     global_burst: float = setting(GLOBAL_BURST, help="failures all centrals together may burst", min=1, max=10_000)
     global_rate: float = setting(GLOBAL_RATE, help="failures per second afterwards, all centrals", min=0.01,
                                  max=1_000)
+    # A burst of at least 1 lets a key act at all; above 60 in a row, or 2 a second sustained, the limit would no
+    # longer protect the relay from a key used as a toggle.
+    actuation_burst: int = setting(ACTUATION_BURST, help="unlock/lock/start commands one key may burst",
+                                   min=1, max=60)
+    actuation_per_minute: float = setting(ACTUATION_PER_MINUTE, help="actuations per minute afterwards, per key",
+                                          min=0.5, max=120)
 
 
 TABLES: Final[Mapping[str, type]] = {"server": ServerOptions, "pairing": PairingOptions,
@@ -337,6 +350,7 @@ SAMPLE_CONFIG: Final = "\n".join([
     "",
     *sample_table(PairingOptions, "pairing", examples=_EXAMPLES),
     "",
-    "# Failed attempts (bad signatures, stale challenges, garbage) are rate-limited by token buckets.",
+    "# Token buckets: failed attempts (bad signatures, stale challenges, wrong or abandoned pairing codes,",
+    "# garbage) per central and overall; actuations (unlock, lock, start) per key, refused with BUSY.",
     *sample_table(RateLimitOptions, "rate_limit", examples=_EXAMPLES),
 ]) + "\n" + _ACTUATOR_SAMPLE

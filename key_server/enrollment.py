@@ -1,11 +1,13 @@
 """Enrolling a device: one-time pairing codes issued on the Pi (`key-server pair`), spent and completed over BLE.
 
 The CLI calls issue/pending/cancel; the session service calls begin/failed/complete as the PAKE runs
-(docs/PROTOCOL.md §6.5: the vehicle application counts attempts and enrolls the key atomically).
+(docs/PROTOCOL.md §6.5: the vehicle application counts attempts and enrolls the key atomically). Every attempt
+leaves two audit rows: pair_start when it begins, then pair (a key enrolled) or pair_failed (with its reason).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Final
 
 from protocol import Role
@@ -16,6 +18,8 @@ from .pairing import PairingTicket, issue_code
 from .store import KeyRecord, KeyStore, PendingPairing, StoreError
 
 __all__ = ["MAX_ATTEMPTS", "MAX_CODE_TTL", "Enrollment"]
+
+log = logging.getLogger("key_server.enrollment")
 
 MAX_CODE_TTL: Final = 7 * 86400  # a code is a short secret: a week is already generous for handing it over
 MAX_ATTEMPTS: Final = 20  # wrong tries a code survives; every one is a 1-in-a-million online guess
@@ -78,15 +82,34 @@ class Enrollment:
     # ------------------------------------------------------------------ over the air
 
     def begin(self, slot: int) -> PendingPairing | None:
-        """Spend one attempt of the code in `slot` before the PAKE runs; None if no usable code is there."""
-        return self.store.spend_pairing_attempt(slot, self.clock.now())
+        """Spend one attempt of the code in `slot` and audit the attempt, in one durable commit; None if no code.
 
-    def failed(self, slot: int, *, live: bool, reason: str) -> None:
-        """A PAKE attempt on `slot` failed; `live` says whether a real code (not a decoy) was behind it."""
-        if live:
-            self.store.fail_pairing_attempt(slot)
-        self.audit.record(AuditEvent.PAIR_FAILED, ts=self.clock.now(),
-                          detail={"slot": slot, "reason": reason if live else "no usable code in this slot"})
+        An empty slot costs the same commit as a live one (the same statements, one audit row each), so how long
+        the vehicle takes to answer PAIR_START does not tell a prober which slots hold a code. If the audit row
+        cannot be written nothing is spent and StoreError propagates: no PAKE runs unaudited.
+        """
+        now = self.clock.now()
+        with self.store.transaction():
+            pairing = self.store.spend_pairing_attempt(slot, now)
+            self.audit.append(AuditEvent.PAIR_START, ts=now, detail={
+                "slot": slot, "live": pairing is not None, "name": pairing.name if pairing is not None else None})
+        return pairing
+
+    def failed(self, slot: int, *, prs: bytes, live: bool, reason: str) -> None:
+        """A PAKE attempt on `slot` ended without a key: count it against the code whose PRS is `prs`, audited.
+
+        `live` says whether a real code (not a decoy) was behind it; `reason` is "wrong code", "abandoned" (the
+        central left mid-PAKE), "invalid PAKE share" or a protocol error. A decoy attempt runs the same statements
+        (matching no code). A store failure is logged, not raised: the link is already answered or gone.
+        """
+        now = self.clock.now()
+        try:
+            with self.store.transaction():
+                self.store.fail_pairing_attempt(slot, prs)
+                self.audit.append(AuditEvent.PAIR_FAILED, ts=now, detail={"slot": slot, "live": live,
+                                                                          "reason": reason})
+        except StoreError:
+            log.exception("could not record the failed pairing attempt on slot %02d", slot)
 
     def complete(self, pairing: PendingPairing, key_id: bytes, public_key: bytes) -> KeyRecord | None:
         """Enroll the device key the PAKE delivered, with what `pairing` grants; None (audited) if the store refuses."""
@@ -98,5 +121,5 @@ class Enrollment:
                               detail={"slot": pairing.slot, "reason": str(exc)})
             return None
         self.audit.record(AuditEvent.PAIR, ts=self.clock.now(), key_id=key_id,
-                          detail={"name": pairing.name, "role": pairing.role.label})
+                          detail={"slot": pairing.slot, "name": pairing.name, "role": pairing.role.label})
         return rec

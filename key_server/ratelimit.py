@@ -1,8 +1,9 @@
-"""Failed-attempt rate limits: per link and global token buckets, pure (time is passed in).
+"""Rate limits, pure (time is passed in): failed attempts per link and globally, and actuations per key.
 
 A link that has never failed is always let through, so a flood from elsewhere cannot lock out an honest
 phone; a link that has failed spends from its own bucket and, while the global bucket is empty, is
-refused before any crypto runs. Buckets refill continuously.
+refused before any crypto runs. Separately, every key spends from its own bucket for each command that moves
+the vehicle, so a valid key cannot toggle the relay as fast as the link allows. Buckets refill continuously.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ LINK_RATE = 0.5
 # Across all links: 30 failures in a burst, 5 per second after, bounds the CPU spent on bogus signatures.
 GLOBAL_BURST = 30
 GLOBAL_RATE = 5.0
+# Per key, for unlock, lock and start: a person unlocks, locks, perhaps fumbles a few times; 6 in a row and then
+# one every 5 s (12 a minute) never bites that, nor passive entry, while a relay toggled as fast as the link allows
+# stops after 6 and then moves at most 12 times a minute (relays and door strikes wear out, and heat up).
+ACTUATION_BURST = 6
+ACTUATION_PER_MINUTE = 12.0
+# Refused actuations of one key are audited as a count, in at most one row per this many seconds.
+ACTUATION_REPORT_EVERY = 60.0
 
 
 @dataclass(slots=True)
@@ -56,6 +64,7 @@ class FailureLimiter:
     link_rate: float = LINK_RATE
     global_burst: float = GLOBAL_BURST
     global_rate: float = GLOBAL_RATE
+    failures: int = 0  # every failure reported so far (for stats and tests)
     _links: dict[str, Bucket] = field(default_factory=dict)
     _global: Bucket | None = None
 
@@ -74,7 +83,8 @@ class FailureLimiter:
         return self._global_bucket().available(now) >= 1
 
     def failed(self, link: str, now: float) -> None:
-        """Record one failure (bad frame, bad signature, stale challenge, wrong code) from `link`."""
+        """Record one failure (bad frame, bad signature, stale challenge, wrong or abandoned code) from `link`."""
+        self.failures += 1
         bucket = self._links.setdefault(link, Bucket(self.link_burst, self.link_rate))
         bucket.take(now)
         self._global_bucket().take(now)
@@ -82,3 +92,49 @@ class FailureLimiter:
     def forget(self, link: str) -> None:
         """Drop a link's bucket when it disconnects (a new connection starts clean)."""
         self._links.pop(link, None)
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Refusals of one key not yet in the audit log, and when the last count was written."""
+
+    unreported: int = 0
+    reported_at: float | None = None
+
+
+@dataclass(slots=True)
+class ActuationLimiter:
+    """Per-key token buckets for commands that move the vehicle, and the tallies that keep their audit small."""
+
+    burst: float = ACTUATION_BURST
+    per_minute: float = ACTUATION_PER_MINUTE
+    report_every: float = ACTUATION_REPORT_EVERY
+    _buckets: dict[bytes, Bucket] = field(default_factory=dict)  # one per authorised key: bounded by the store
+    _tallies: dict[bytes, _Tally] = field(default_factory=dict)
+
+    def allow(self, key_id: bytes, now: float) -> bool:
+        """Spend one of `key_id`'s actuations; False (and tallied) if it has none left."""
+        bucket = self._buckets.setdefault(key_id, Bucket(self.burst, self.per_minute / 60))
+        if bucket.take(now):
+            return True
+        self._tallies.setdefault(key_id, _Tally()).unreported += 1
+        return False
+
+    def to_report(self, key_id: bytes, now: float, *, flush: bool = False) -> int:
+        """How many refusals of `key_id` to audit now in one row (0: none yet).
+
+        The first refusal of a spell is reported at once; later ones are counted and reported at most every
+        `report_every` seconds, or with `flush` (the key got through again, or the server stops).
+        """
+        tally = self._tallies.get(key_id)
+        if tally is None or not tally.unreported:
+            return 0
+        if not flush and tally.reported_at is not None and now - tally.reported_at < self.report_every:
+            return 0
+        count, tally.unreported, tally.reported_at = tally.unreported, 0, now
+        return count
+
+    def flush_all(self, now: float) -> dict[bytes, int]:
+        """Every key's unreported refusals, reported now (for shutdown)."""
+        due = {key_id: self.to_report(key_id, now, flush=True) for key_id in list(self._tallies)}
+        return {key_id: n for key_id, n in due.items() if n}

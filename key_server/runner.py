@@ -18,7 +18,7 @@ from .clock import GuardedClock
 from .config import Config
 from .identity import load_identity
 from .radio import check_advertised_name
-from .ratelimit import FailureLimiter
+from .ratelimit import ActuationLimiter, FailureLimiter
 from .service import KeyService, ServiceConfig
 from .store import KeyStore
 from .timezone import named_zone
@@ -100,7 +100,8 @@ async def serve(cfg: Config) -> int:
         identity=identity, store=store, audit=AuditLog(store), clock=clock, lock=lock, peripheral=peripheral,
         config=ServiceConfig(
             challenge_ttl=cfg.server.challenge_ttl, link_idle_timeout=cfg.server.link_idle_timeout, tz=tz,
-            limiter=FailureLimiter(rl.link_burst, rl.link_rate, rl.global_burst, rl.global_rate)),
+            limiter=FailureLimiter(rl.link_burst, rl.link_rate, rl.global_burst, rl.global_rate),
+            actuations=ActuationLimiter(rl.actuation_burst, rl.actuation_per_minute)),
     )
     try:
         await service.start()

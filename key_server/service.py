@@ -47,7 +47,7 @@ from .commands import KeyCommands
 from .config import DEFAULT_LINK_IDLE_TIMEOUT
 from .enrollment import Enrollment
 from .keyadmin import KeyAdmin
-from .ratelimit import FailureLimiter
+from .ratelimit import ActuationLimiter, FailureLimiter
 from .store import KeyStore, PendingPairing
 
 log = logging.getLogger("key_server.service")
@@ -64,6 +64,7 @@ class ServiceConfig:
     reply_after: float = 0.1  # answer an actuation still pulsing after this long (its relay is energised)
     tz: tzinfo | None = None  # for guest schedules; None = the system's local time zone
     limiter: FailureLimiter = field(default_factory=FailureLimiter)
+    actuations: ActuationLimiter = field(default_factory=ActuationLimiter)
 
 
 @dataclass(slots=True)
@@ -76,8 +77,19 @@ class ServiceStats:
     framing_errors: int = 0
     protocol_errors: int = 0
     rate_limited: int = 0
+    pair_attempts: int = 0
     pairings: int = 0
+    pairings_abandoned: int = 0
     sessions_ended_by_revocation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """A pairing attempt under way: its slot, the code behind it (None: a decoy) and the PRS the PAKE runs with."""
+
+    slot: int
+    pairing: PendingPairing | None
+    prs: bytes = field(repr=False)
 
 
 @dataclass(slots=True)
@@ -88,7 +100,7 @@ class _Central:
     session: VehicleSession
     last_activity: float
     task: asyncio.Task[None] | None = None
-    pairing: PendingPairing | None = None
+    attempt: _Attempt | None = None  # from PAIR_START until a key is enrolled or the attempt fails
     secure_key_id: bytes | None = None
     after: list[Callable[[], None]] = field(default_factory=list)  # bookkeeping run after the reply is sent
 
@@ -117,7 +129,8 @@ class KeyService:
         self.config = config or ServiceConfig()
         self.admin = KeyAdmin(store, audit, clock)
         self.enrollment = Enrollment(store, audit, clock, identity.key_id)
-        self.commands = KeyCommands(self.admin, lock, tz=self.config.tz, reply_after=self.config.reply_after)
+        self.commands = KeyCommands(self.admin, lock, tz=self.config.tz, reply_after=self.config.reply_after,
+                                    actuations=self.config.actuations, monotonic=monotonic)
         self._mono = monotonic
         self.challenges = ChallengeBook(ttl=self.config.challenge_ttl)
         self.limiter = self.config.limiter
@@ -156,6 +169,7 @@ class KeyService:
         await self.commands.stop()
         for central in list(self.links.values()):
             central.session.close()
+            self._end_attempt(central, "abandoned: the server stopped", failure=False)
         self.links.clear()
         await self.peripheral.stop()
         self.audit.append(AuditEvent.SERVER_STOP, ts=self.clock.now())
@@ -231,6 +245,9 @@ class KeyService:
             # A drain task in progress finishes its current event (an actuation runs to its end: the actuator
             # guards its own timing); the closed session then yields no further events.
             central.session.close()
+            # Leaving mid-PAKE is what a guesser does once the vehicle's confirmation shows the guess was wrong:
+            # it is a failed attempt, for the code and for the limiter. The store write runs off this callback.
+            asyncio.get_running_loop().call_soon(self._end_attempt, central, "abandoned")
 
     # ------------------------------------------------------------------ processing
 
@@ -257,7 +274,10 @@ class KeyService:
             except RemoteProtocolError as exc:
                 self.stats.protocol_errors += 1
                 self.limiter.failed(central.link, now)
-                self._note(AuditEvent.REFUSED, None, reason=f"protocol error: {exc}", status="MALFORMED")
+                if central.attempt is not None:  # mid-PAKE: the attempt's own row says why it failed
+                    self._end_attempt(central, f"protocol error: {exc}", failure=False)
+                else:
+                    self._note(AuditEvent.REFUSED, None, reason=f"protocol error: {exc}", status="MALFORMED")
                 await self._send(central.link, central.session.data_to_send())
                 await self._drop(central)
                 return
@@ -280,6 +300,7 @@ class KeyService:
     async def _drop(self, central: _Central) -> None:
         self.links.pop(central.link, None)
         central.session.close()
+        self._end_attempt(central, "abandoned")  # e.g. an idle link swept mid-PAKE
         with contextlib.suppress(Exception):
             await self.peripheral.disconnect(central.link)
 
@@ -297,21 +318,39 @@ class KeyService:
         elif isinstance(event, SessionOpened):
             central.secure_key_id = event.key_id
         elif isinstance(event, PairingRequested):
-            central.pairing = self.enrollment.begin(event.slot)
+            self.stats.pair_attempts += 1
+            pairing = self.enrollment.begin(event.slot)  # spent and audited, live slot or not, before the PAKE
             # No usable code in that slot: run the PAKE with a random password anyway, so a prober cannot tell
             # a live slot from a dead one; the device's key confirmation then fails like a wrong code.
-            prs = central.pairing.prs if central.pairing is not None else os.urandom(32)
+            prs = pairing.prs if pairing is not None else os.urandom(32)
+            central.attempt = _Attempt(event.slot, pairing, prs)
             central.session.accept_pairing(prs)
         elif isinstance(event, PairingKeyReceived):
             self._pairing_key(central, event)
         elif isinstance(event, PairingFailed):
             self.limiter.failed(central.link, now)
-            live, central.pairing = central.pairing is not None, None
-            self.enrollment.failed(event.slot, live=live, reason=event.reason)
+            attempt, central.attempt, reason = central.attempt, None, event.reason
+            if attempt is not None:  # written after the ERROR is sent: the answer's timing says nothing of the slot
+                central.after.append(lambda: self._attempt_failed(attempt, reason))
             central.after.append(self._dropper(central))
 
+    def _end_attempt(self, central: _Central, reason: str, *, failure: bool = True) -> None:
+        """End the central's pairing attempt, if one is under way, as failed; `failure` also charges the limiter."""
+        attempt, central.attempt = central.attempt, None
+        if attempt is None:
+            return
+        if failure:
+            self.limiter.failed(central.link, self._mono())
+        if reason.startswith("abandoned"):
+            self.stats.pairings_abandoned += 1
+        self._attempt_failed(attempt, reason)
+
+    def _attempt_failed(self, attempt: _Attempt, reason: str) -> None:
+        self.enrollment.failed(attempt.slot, prs=attempt.prs, live=attempt.pairing is not None, reason=reason)
+
     def _pairing_key(self, central: _Central, event: PairingKeyReceived) -> None:
-        pairing, central.pairing = central.pairing, None
+        attempt, central.attempt = central.attempt, None
+        pairing = attempt.pairing if attempt is not None else None
         if pairing is None:  # unreachable: a decoy PAKE's confirmation cannot verify
             central.session.refuse_pairing(Status.PAIRING_REFUSED)
             return

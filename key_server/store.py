@@ -106,6 +106,7 @@ class PendingPairing:
     schedule: str | None
     attempts_left: int
     created_at: int
+    failures: int = 0  # attempts that ended without a key: wrong code, or abandoned mid-PAKE (`pair --list`)
 
     def key_record(self, key_id: bytes, public_key: bytes, now: int) -> KeyRecord:
         """Build the KeyRecord this pairing grants to `public_key` (what complete_pairing expects)."""
@@ -214,15 +215,21 @@ def _migration_1(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _migration_2(db: sqlite3.Connection) -> None:
+    """Count each pending code's failed attempts, so the owner can see a code being guessed at."""
+    db.execute("ALTER TABLE pairings ADD COLUMN failures INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0)")
+
+
 # Append new migrations here; SCHEMA_VERSION follows. Read at open() time, so tests can extend it.
-MIGRATIONS: list[Migration] = [_migration_1]
+MIGRATIONS: list[Migration] = [_migration_1, _migration_2]
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _KEY_COLUMNS: Final = (
     "key_id, public_key, name, role, valid_from, valid_until, schedule, created_at, last_used_at, revoked_at"
 )
 _PAIRING_COLUMNS: Final = (
-    "slot, prs, role, name, expires_at, key_valid_from, key_valid_until, schedule, attempts_left, created_at"
+    "slot, prs, role, name, expires_at, key_valid_from, key_valid_until, schedule, attempts_left, created_at, "
+    "failures"
 )
 
 
@@ -555,7 +562,7 @@ class KeyStore:
                 created_at=now,
             )
             self._execute(
-                f"INSERT INTO pairings ({_PAIRING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                f"INSERT INTO pairings ({_PAIRING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",  # noqa: S608
                 (
                     slot,
                     prs,
@@ -588,31 +595,31 @@ class KeyStore:
 
         An attempt counts until it succeeds. When the last attempt is taken the row stays, invisible to
         get/list/spend, so that this last attempt can still complete_pairing; fail_pairing_attempt (or expiry)
-        removes it.
+        removes it; asking again also removes it (the in-flight last attempt has had its chance).
+        A live slot and an empty one run the same statements (each matches no row when the slot is empty) and
+        bump the change counter alike, so the work done does not tell a prober which slots hold a code.
         """
         with self.transaction():
-            self._purge_expired(now)
+            self._execute("DELETE FROM pairings WHERE expires_at <= ? OR (slot = ? AND attempts_left <= 0)",
+                          (now, slot))
             rows = self._execute(
                 f"SELECT {_PAIRING_COLUMNS} FROM pairings WHERE slot = ?", (slot,)  # noqa: S608
             ).fetchall()
-            if not rows:
-                return None
-            pairing = _pairing_from_row(rows[0])
-            if pairing.attempts_left <= 0:
-                # Exhausted and asked again: the in-flight last attempt has had its chance.
-                self._execute("DELETE FROM pairings WHERE slot = ?", (slot,))
-                self._bump()
-                return None
             self._execute("UPDATE pairings SET attempts_left = attempts_left - 1 WHERE slot = ?", (slot,))
             self._bump()
-        return pairing
+        return _pairing_from_row(rows[0]) if rows else None
 
-    def fail_pairing_attempt(self, slot: int) -> None:
-        """Report a failed PAKE attempt: removes the pairing if that was its last attempt (no-op otherwise)."""
+    def fail_pairing_attempt(self, slot: int, prs: bytes | None = None) -> None:
+        """Count a failed PAKE attempt against the code in `slot`; remove the code if that was its last attempt.
+
+        With `prs`, only the code with that PRS counts it (the slot may hold a newer code by now). The same
+        statements run whether or not the code is still there.
+        """
+        match = "slot = ? AND (? IS NULL OR prs = ?)"
         with self.transaction():
-            cur = self._execute("DELETE FROM pairings WHERE slot = ? AND attempts_left <= 0", (slot,))
-            if cur.rowcount:
-                self._bump()
+            self._execute(f"UPDATE pairings SET failures = failures + 1 WHERE {match}", (slot, prs, prs))  # noqa: S608
+            self._execute(f"DELETE FROM pairings WHERE {match} AND attempts_left <= 0", (slot, prs, prs))  # noqa: S608
+            self._bump()
 
     def complete_pairing(self, slot: int, rec: KeyRecord) -> None:
         """Atomically delete the pairing and enroll `rec`; on any failure nothing changes.
@@ -811,6 +818,7 @@ def _pairing_from_row(row: Sequence[Any]) -> PendingPairing:
         schedule=row[7],
         attempts_left=row[8],
         created_at=row[9],
+        failures=row[10],
     )
 
 

@@ -11,7 +11,7 @@ from key_client.driver import Target, VehicleLink, connect_vehicle
 from key_server.audit import AuditLog
 from key_server.clock import GuardedClock
 from key_server.pairing import issue_code
-from key_server.ratelimit import FailureLimiter
+from key_server.ratelimit import ActuationLimiter, FailureLimiter
 from key_server.service import KeyService, ServiceConfig
 from key_server.store import KeyRecord, KeyStore
 from protocol import KeyPair, Role
@@ -26,6 +26,7 @@ class Harness:
     tmp: Path
     broadcast: bool = False
     limiter: FailureLimiter = field(default_factory=FailureLimiter)
+    actuations: ActuationLimiter = field(default_factory=ActuationLimiter)
     wall: float = T0
     air: MockAir = field(default_factory=MockAir)
     lock: SimulatedLock = field(default_factory=lambda: SimulatedLock(ActuatorConfig(kind="sim", pulse_ms=5)))
@@ -39,8 +40,8 @@ class Harness:
         self.peripheral: MockPeripheral = self.air.peripheral("test-car", broadcast_notify=self.broadcast)
         self.service = KeyService(identity=self.identity, store=self.store, audit=self.audit, clock=self.clock,
                                   lock=self.lock, peripheral=self.peripheral,
-                                  config=ServiceConfig(limiter=self.limiter, poll_interval=0.05,
-                                                              reply_after=self.reply_after))
+                                  config=ServiceConfig(limiter=self.limiter, actuations=self.actuations,
+                                                       poll_interval=0.05, reply_after=self.reply_after))
 
     async def start(self) -> Harness:
         await self.service.start()

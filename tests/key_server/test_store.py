@@ -107,7 +107,7 @@ def table_names(path: Path) -> set[str]:
 
 def test_open_creates_current_schema_private_wal(db_path: Path) -> None:
     with KeyStore.open(db_path) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 1
+        assert s.schema_version() == SCHEMA_VERSION == 2
         assert s.path == db_path
         assert s._query("PRAGMA journal_mode")[0][0] == "wal"
         assert s._query("PRAGMA synchronous")[0][0] == 2  # FULL
@@ -139,12 +139,12 @@ def test_a_second_migration_can_be_added(db_path: Path, monkeypatch: pytest.Monk
     with KeyStore.open(db_path) as s:
         s.add_key(rec)
 
-    def migration_2(db: sqlite3.Connection) -> None:
+    def migration_3(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE keys ADD COLUMN note TEXT")
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, migration_2])
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, migration_3])
     with KeyStore.open(db_path) as s:
-        assert s.schema_version() == 2
+        assert s.schema_version() == SCHEMA_VERSION + 1
         assert s.get_key(rec.key_id) == rec  # the old API still reads the new table
     db = raw(db_path)
     try:
@@ -167,7 +167,7 @@ def test_a_failing_migration_changes_nothing(db_path: Path, monkeypatch: pytest.
     assert "half_done" not in table_names(db_path)
     monkeypatch.undo()
     with KeyStore.open(db_path) as s:
-        assert s.schema_version() == 1
+        assert s.schema_version() == SCHEMA_VERSION
 
 
 def test_newer_schema_refused(db_path: Path) -> None:
