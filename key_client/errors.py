@@ -109,7 +109,8 @@ def _refusal_text(status: Status) -> str:
         Status.KEY_EXPIRED: "this key has expired",
         Status.KEY_NOT_YET_VALID: "this key is not valid yet",
         Status.OUTSIDE_SCHEDULE: "this key is outside its allowed schedule right now",
-        Status.BUSY: "the vehicle is busy or rate-limiting failed attempts; try again in a few seconds",
+        Status.BUSY: "the vehicle is busy or rate-limiting (failed attempts, or this key acting too often); try again "
+                     "in a few seconds",
         Status.ACTUATOR_FAILED: "the vehicle accepted the command but its lock actuator reported a fault",
         Status.DOOR_OPEN: "the door is open: close it before locking",
         Status.NOT_SUPPORTED: "the vehicle does not support that command (is the output wired and configured?)",
