@@ -584,3 +584,13 @@ def test_unknown_key_costs_the_same_verification_as_a_bad_signature(monkeypatch:
     assert counts == [1, 1]
     calls.clear()
     assert p.command(Command.UNLOCK).status is Status.OK and len(calls) == 1  # the honest case: one verification
+
+
+def test_rejects_read_audit_after_seq_beyond_a_signed_64_bit_integer() -> None:
+    """after_seq above 2^63-1 is a DecodeError (BAD_REQUEST), never handed to a store that cannot hold it."""
+    from protocol import DecodeError, parse_read_audit_args, read_audit_args
+
+    for bad in ((1 << 63), (1 << 64) - 1):
+        with pytest.raises(DecodeError):
+            parse_read_audit_args(read_audit_args(bad, 20))
+    assert parse_read_audit_args(read_audit_args((1 << 63) - 1, 255)) == ((1 << 63) - 1, 255)  # the largest honest one
