@@ -1,0 +1,122 @@
+"""Issue 10, "hold under attack", on the real server: hostile arguments, secure-only commands in clear, revoked keys.
+
+Each attack sits next to the honest case it must let through; every link must stay up after a refusal.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from key_client.errors import VehicleRefused
+from protocol import (
+    Command,
+    LockState,
+    Role,
+    StatusReport,
+    decode_audit_page,
+    decode_key_page,
+    list_keys_args,
+    read_audit_args,
+    revoke_args,
+)
+from protocol import Status as S
+
+from .harness import Harness
+
+
+@pytest.fixture
+async def h(tmp_path):
+    harness = await Harness(tmp_path).start()
+    yield harness
+    await harness.stop()
+
+
+U64_MAX = (1 << 64) - 1
+I64_MAX = (1 << 63) - 1
+
+# Argument bytes an owner's device can put in a sealed request: every numeric field at and past what the
+# store (SQLite's signed 64-bit integers) accepts, and every length but the right one.
+HOSTILE_ARGS = [
+    (Command.READ_AUDIT, U64_MAX.to_bytes(8, "big") + b"\x14", "after_seq 2^64-1"),
+    (Command.READ_AUDIT, (I64_MAX + 1).to_bytes(8, "big") + b"\x14", "after_seq 2^63"),
+    (Command.READ_AUDIT, bytes(8), "8 bytes"),
+    (Command.READ_AUDIT, bytes(10), "10 bytes"),
+    (Command.LIST_KEYS, b"\xff\xff", "2 bytes"),
+    (Command.LIST_KEYS, b"\xff\xff\xff\xff", "4 bytes"),
+    (Command.REVOKE_KEY, b"", "no args"),
+    (Command.REVOKE_KEY, b"\xff\xff\xff\xff\x02", "force 2"),
+    (Command.REVOKE_KEY, b"\xff\xff\xff\xff\xff", "force 255"),
+    (Command.REVOKE_KEY, b"\xff\xff\xff\xff", "4 bytes"),
+    (Command.REVOKE_KEY, b"\xde\xad\xbe\xef\x00", "unknown key"),
+]
+
+
+@pytest.mark.parametrize(("cmd", "args"), [(c, a) for c, a, _ in HOSTILE_ARGS], ids=[i for _, _, i in HOSTILE_ARGS])
+async def test_rejects_hostile_admin_arguments_with_bad_request_and_keeps_the_link(
+        h: Harness, cmd: Command, args: bytes) -> None:
+    """Malformed or out-of-range arguments answer BAD_REQUEST; the same session then serves an honest request."""
+    owner = h.enroll(Role.OWNER)
+    link = await h.connect(owner)
+    await link.open_secure()
+    with pytest.raises(VehicleRefused) as info:
+        await link.secure(cmd, args)
+    assert info.value.status is S.BAD_REQUEST and info.value.authenticated
+    assert link.conn.is_connected and h.service.stats.protocol_errors == 0
+    total, keys = decode_key_page((await link.secure(Command.LIST_KEYS, list_keys_args())).data)
+    assert total == 1 and keys[0].key_id == owner.key_id
+    await link.close()
+
+
+async def test_largest_arguments_the_store_holds_are_answered(h: Harness) -> None:
+    """The honest edge: after_seq 2^63-1, offset 65535, limits 0 and 255 all get OK (empty or short pages)."""
+    owner = h.enroll(Role.OWNER)
+    link = await h.connect(owner)
+    await link.open_secure()
+    head, records = decode_audit_page((await link.secure(Command.READ_AUDIT, read_audit_args(I64_MAX, 255))).data)
+    assert records == [] and head >= 1
+    _, records = decode_audit_page((await link.secure(Command.READ_AUDIT, read_audit_args(0, 255))).data)
+    assert records and records[0].seq == 1
+    assert decode_key_page((await link.secure(Command.LIST_KEYS, list_keys_args(0xFFFF, 255))).data) == (1, [])
+    assert decode_key_page((await link.secure(Command.LIST_KEYS, list_keys_args(0, 0))).data) == (1, [])
+    other = h.enroll(Role.DRIVER, "spare")
+    assert (await link.secure(Command.REVOKE_KEY, revoke_args(other.key_id, force=True))).status is S.OK
+    await link.close()
+
+
+@pytest.mark.parametrize("cmd", [Command.LIST_KEYS, Command.READ_AUDIT, Command.REVOKE_KEY])
+async def test_rejects_admin_command_on_the_fast_path(h: Harness, cmd: Command) -> None:
+    """An owner's signed admin command in clear is NOT_SUPPORTED and does nothing; inside a session it works."""
+    owner, spare = h.enroll(Role.OWNER), h.enroll(Role.DRIVER, "spare")
+    args = {Command.LIST_KEYS: list_keys_args(), Command.READ_AUDIT: read_audit_args(),
+            Command.REVOKE_KEY: revoke_args(spare.key_id)}[cmd]
+    link = await h.connect(owner)
+    with pytest.raises(VehicleRefused) as info:
+        await link.command(cmd, args)
+    assert info.value.status is S.NOT_SUPPORTED and info.value.authenticated
+    assert h.service.stats.commands == 0 and not h.store.get_key(spare.key_id).revoked
+    await link.open_secure()
+    assert (await link.secure(cmd, args)).status is S.OK  # the honest path
+    await link.close()
+
+
+async def test_rejects_a_revoked_key_even_if_policy_would_let_it_through(h: Harness,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The vehicle's key lookup stops a revoked key on its own: with policy switched off it is still DENIED."""
+    import key_server.commands
+
+    monkeypatch.setattr(key_server.commands, "authorize", lambda *_a, **_k: None)  # policy allows everything
+    stolen, kept = h.enroll(Role.DRIVER, "stolen"), h.enroll(Role.DRIVER, "kept")
+    h.store.revoke_key(stolen.key_id, int(h.wall))
+    link = await h.connect(stolen)
+    with pytest.raises(VehicleRefused) as info:
+        await link.command(Command.UNLOCK)
+    assert info.value.status is S.DENIED and info.value.authenticated
+    with pytest.raises(VehicleRefused):
+        await link.open_secure()
+    await link.close()
+    assert h.service.stats.commands == 0  # never handed to the application: the lookup said "unknown"
+    assert not any(out == "unlock" for _, out, _ in h.lock.output_history())
+    assert [e.detail.get("reason") for e in h.audit.read() if e.event == "refused"] == ["unknown or revoked key"] * 2
+    link = await h.connect(kept)  # the honest case: an unrevoked key still unlocks
+    assert StatusReport.decode((await link.command(Command.UNLOCK)).data).lock is LockState.UNLOCKED
+    await link.close()
