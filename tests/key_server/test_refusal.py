@@ -120,3 +120,65 @@ async def test_rejects_a_revoked_key_even_if_policy_would_let_it_through(h: Harn
     link = await h.connect(kept)  # the honest case: an unrevoked key still unlocks
     assert StatusReport.decode((await link.command(Command.UNLOCK)).data).lock is LockState.UNLOCKED
     await link.close()
+
+
+# ------------------------------------------------------------------ the published test keys (PROTOCOL.md §10.1)
+
+
+def _published(scalar: int):
+    from tests.protocol.helpers import fixed_key
+
+    return fixed_key(scalar)
+
+
+@pytest.mark.parametrize("which", ["DEVICE_SCALAR", "OTHER_SCALAR", "VEHICLE_SCALAR"])
+async def test_rejects_pairing_a_published_test_key(h: Harness, which: str) -> None:
+    """A device holding a published test key pairs with a valid code and is refused; a fresh key then pairs."""
+    from protocol import KeyPair
+    from tests.protocol import helpers
+
+    test_key = _published(getattr(helpers, which))
+    code = h.new_code(role=Role.OWNER, name="from the docs", attempts=2)
+    link = await h.connect(test_key, pinned=False)
+    with pytest.raises(VehicleRefused) as info:
+        await link.pair(code, int(code[:2]))
+    await link.close()
+    assert info.value.status is S.PAIRING_REFUSED
+    assert h.store.get_key(test_key.key_id) is None and h.store.list_keys() == []
+    [failed] = [e for e in h.audit.read() if e.event == "pair_failed"]
+    assert "published test key" in failed.detail["reason"]
+    honest = KeyPair.generate()  # the honest case: the same code (one attempt left) enrolls a real key
+    link = await h.connect(honest, pinned=False)
+    await link.pair(code, int(code[:2]))
+    await link.close()
+    assert h.store.get_key(honest.key_id) is not None
+
+
+def test_rejects_enrolling_a_published_test_key_in_the_store(store) -> None:
+    """The store refuses the published keys whatever path enrolls them; a fresh key goes in."""
+    from key_server.store import KeyRecord, PublishedTestKey
+    from protocol import PUBLISHED_TEST_KEYS, KeyPair, key_id
+
+    for public in PUBLISHED_TEST_KEYS:
+        with pytest.raises(PublishedTestKey):
+            store.add_key(KeyRecord(key_id(public), public, "docs", Role.OWNER, None, None, None, 1))
+    assert store.list_keys() == []
+    fresh = KeyPair.generate()
+    store.add_key(KeyRecord(fresh.key_id, fresh.public_bytes, "phone", Role.OWNER, None, None, None, 1))
+    assert [k.key_id for k in store.list_keys()] == [fresh.key_id]
+
+
+def test_published_test_keys_are_the_documented_ones() -> None:
+    """The refusal list is exactly the keys derived from the §10.1 seeds, recognised in either SEC1 form."""
+    from cryptography.hazmat.primitives import serialization
+
+    from protocol import PUBLISHED_TEST_KEYS, KeyPair, is_published_test_key
+    from tests.protocol.helpers import DEVICE_SCALAR, OTHER_SCALAR, VEHICLE_SCALAR
+
+    keys = [_published(s) for s in (VEHICLE_SCALAR, DEVICE_SCALAR, OTHER_SCALAR)]
+    assert {k.public_bytes for k in keys} == PUBLISHED_TEST_KEYS
+    for k in keys:
+        compressed = k.private_key.public_key().public_bytes(serialization.Encoding.X962,
+                                                             serialization.PublicFormat.CompressedPoint)
+        assert is_published_test_key(compressed) and is_published_test_key(k.private_key.public_key())
+    assert not is_published_test_key(KeyPair.generate().public_bytes) and not is_published_test_key(b"\x04")
