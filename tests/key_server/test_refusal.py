@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from key_client.errors import VehicleRefused
+from key_server.store import KeyRecord
 from protocol import (
     Command,
     LockState,
@@ -182,3 +183,26 @@ def test_published_test_keys_are_the_documented_ones() -> None:
                                                              serialization.PublicFormat.CompressedPoint)
         assert is_published_test_key(compressed) and is_published_test_key(k.private_key.public_key())
     assert not is_published_test_key(KeyPair.generate().public_bytes) and not is_published_test_key(b"\x04")
+
+
+async def test_rejects_a_published_test_key_enrolled_before_the_store_refused_them(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store from an older version may hold one: the vehicle's lookup treats it as unknown (DENIED)."""
+    import key_server.store
+    from tests.protocol.helpers import DEVICE_SCALAR
+
+    test_key = _published(DEVICE_SCALAR)
+    with monkeypatch.context() as older_version:  # a key-server from before add_key refused them
+        older_version.setattr(key_server.store, "is_published_test_key", lambda _key: False)
+        h.store.add_key(KeyRecord(test_key.key_id, test_key.public_bytes, "old", Role.OWNER, None, None, None,
+                                  int(h.wall)))
+    assert h.store.get_key(test_key.key_id) is not None
+    link = await h.connect(test_key)
+    with pytest.raises(VehicleRefused) as info:
+        await link.command(Command.UNLOCK)
+    await link.close()
+    assert info.value.status is S.DENIED and h.service.stats.commands == 0
+    honest = h.enroll(Role.OWNER)  # the honest case: a real key still unlocks
+    link = await h.connect(honest)
+    assert StatusReport.decode((await link.command(Command.UNLOCK)).data).lock is LockState.UNLOCKED
+    await link.close()
