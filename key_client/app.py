@@ -206,11 +206,20 @@ class DeviceApp:
 
     async def _run_command(self, kc: Keychain, entry: VehicleEntry, central: Central, device: KeyPair,
                            cmd: Command) -> CommandDone:
-        """Connect, run one fast-path command once (never resent if its outcome is unknown), disconnect."""
+        """Connect, run one command once (never resent if its outcome is unknown), disconnect.
+
+        STATUS goes inside a confidential session: its answer (lock, door, start output) says whether the car is
+        open, and on the fast path it would travel in clear (PROTOCOL.md §11, property 5). The others stay on
+        the fast path: their command code already tells a listener what they do.
+        """
         link = await self._connect(central, device, Target(entry.vehicle_public_key, entry.vehicle_id),
                                    hint=entry.address_hint)
         try:
-            result = await link.command(cmd)
+            if cmd is Command.STATUS:
+                await link.open_secure()
+                result = await link.secure(cmd)
+            else:
+                result = await link.command(cmd)
         except OutcomeUnknown as exc:
             raise OutcomeUnknown(f"{exc} (key-client never resends a command whose outcome is unknown)") from exc
         except BaseException:

@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("audit", "read the vehicle's audit log (owner keys only)")
     s.add_argument("--limit", type=_number(1, 10_000, integer=True), default=20, metavar="N",
                    help="how many entries, 1 to 10000 (20)")
-    s.add_argument("--after", type=_number(0, 2**64 - 1, integer=True), metavar="SEQ",  # a u64 on the wire
+    s.add_argument("--after", type=_number(0, 2**63 - 1, integer=True), metavar="SEQ",  # PROTOCOL.md §5.4
                    help="entries after this sequence number, >= 0 (default: the newest N)")
     cmd("vehicles", "list the vehicles in this device's keychain")
     s = cmd("forget", "delete this device's key for a vehicle (revoke it on the vehicle too)")

@@ -24,6 +24,7 @@ from dkey_link.contract import AttError, AttErrorCode, Peripheral
 from hardware import Lock
 from protocol import (
     DEFAULT_CHALLENGE_TTL,
+    PUBLISHED_TEST_KEYS,
     ChallengeBook,
     CommandRequested,
     Event,
@@ -179,9 +180,12 @@ class KeyService:
                               chunk_size=max(20, chunk_size))
 
     def _lookup(self, key_id: bytes) -> ec.EllipticCurvePublicKey | None:
-        """The public key of an enrolled, unrevoked key; read from the store every time (revocation is live)."""
+        """The public key of an enrolled, unrevoked key; read from the store every time (revocation is live).
+
+        A published test key (PROTOCOL.md §10.1) enrolled before the store refused them counts as unknown too.
+        """
         rec = self.store.get_key(key_id)
-        if rec is None or rec.revoked:
+        if rec is None or rec.revoked or rec.public_key in PUBLISHED_TEST_KEYS:
             return None
         cached = self._keys.get(key_id)
         if cached is None or cached[0] != rec.public_key:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from protocol import KEY_ID_LEN, PUBLIC_KEY_LEN, Role
+from protocol import KEY_ID_LEN, PUBLIC_KEY_LEN, Role, is_published_test_key
 
 __all__ = [
     "CHANGE_COUNTER_KEY",
@@ -44,6 +44,7 @@ __all__ = [
     "NoFreeSlot",
     "PairingMismatch",
     "PendingPairing",
+    "PublishedTestKey",
     "StoreError",
     "UnknownKey",
     "UnknownPairing",
@@ -136,6 +137,10 @@ class UnknownKey(StoreError, KeyError):
 
 class DuplicateKey(StoreError):
     """The key id or public key is already enrolled."""
+
+
+class PublishedTestKey(StoreError):
+    """The key is one of the published test keys (docs/PROTOCOL.md §10.1): its private key is public."""
 
 
 class KeyWasRevoked(StoreError):
@@ -405,6 +410,9 @@ class KeyStore:
         if rec.revoked_at is not None:
             raise ValueError("add_key enrolls an active key: revoked_at must be None")
         _check_p256_point(rec.public_key)
+        if is_published_test_key(rec.public_key):  # anyone can sign with it: enrolling it opens the car to all
+            raise PublishedTestKey(f"key {rec.key_id.hex()} is a published test key (PROTOCOL.md §10.1): "
+                                   "never enroll it")
         with self.transaction():
             rows = self._execute(
                 f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ? OR public_key = ?",  # noqa: S608

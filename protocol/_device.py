@@ -158,7 +158,7 @@ class DeviceSession:
         challenge, self.challenge = self.challenge, None
         return challenge
 
-    def send_command(self, command: Command, args: bytes = b"") -> None:
+    def send_command(self, command: Command | int, args: bytes = b"") -> None:
         """Queue a signed fast-path command bound to the current challenge."""
         if self._vehicle_key is None or self.vehicle_id is None:
             raise LocalProtocolError("no pinned vehicle key")
@@ -278,7 +278,8 @@ class DeviceSession:
             self._ephemeral = None
         self._sm.advance(DInput.RESULT)
         self._restore_challenge()
-        return CommandResult(command=Command(command), status=_status(msg.status), data=msg.data, secure=False)
+        known = Command(command) if command in _KNOWN_CMDS else command  # a code we sent but do not know
+        return CommandResult(command=known, status=_status(msg.status), data=msg.data, secure=False)
 
     def _restore_challenge(self) -> None:
         # A challenge that arrived while we waited is still unspent: go straight back to READY.

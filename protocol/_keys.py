@@ -110,6 +110,28 @@ def verify(public_key: ec.EllipticCurvePublicKey, signature: bytes, message: byt
         raise AuthenticationError("bad signature") from None
 
 
+# The published test keys of PROTOCOL.md §10.1 (vehicle, device, other device). Their private scalars are public:
+# whoever holds one of these is anyone. A vehicle refuses to run with one or to enroll one.
+PUBLISHED_TEST_KEYS = frozenset(bytes.fromhex(h) for h in (
+    "049c34a2cb5ca57b3a98c79b1559e2c64bf07a38d63ceef1b9a344c08a631ba6b6"
+    "0e24a202537ad66aad24c8367ff7e33bcc09486401aa33bbd36a7a6c8b348395",
+    "04b15cbae41d9b7b26a32b016a43161bd8031710a941dfc7f38a91330a1a40674d"
+    "3ae619a2a3fa1c80359b3aea72722bfb814d68e8c3f5f27dca24b2ca0be778c2",
+    "042e9cd0a2b60750206b92dd9a936bde3207f383d87acae70318bf4c83a1579860"
+    "5f8bb80f4fdb389e4aaefdae6fcca63b5aae503d49f3e4b7ad9c6ea0f70198e8",
+))
+
+
+def is_published_test_key(public_key: bytes | ec.EllipticCurvePublicKey) -> bool:
+    """True for one of the published test keys (PROTOCOL.md §10.1: NEVER ENROLL), in any SEC1 encoding."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return encode_public_key(public_key) in PUBLISHED_TEST_KEYS
+    try:
+        return encode_public_key(decode_public_key(public_key)) in PUBLISHED_TEST_KEYS
+    except DecodeError:
+        return False  # not a key at all: whatever refuses it, it is not one of ours
+
+
 @dataclass(frozen=True, slots=True)
 class KeyPair:
     """A P-256 private key with its encoded public key and key id precomputed."""

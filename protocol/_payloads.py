@@ -16,6 +16,7 @@ from ._vocab import DoorState, LockState
 
 MAX_DATA = 1800  # result data cap so a sealed response stays under the message cap
 MAX_DETAIL = 512  # audit detail JSON bytes per record
+MAX_AUDIT_SEQ = (1 << 63) - 1  # audit sequence numbers fit a signed 64-bit integer (SQLite's INTEGER), §5.4
 
 
 def _u(value: int, width: int) -> bytes:
@@ -221,14 +222,17 @@ def parse_revoke_args(args: bytes) -> tuple[bytes, bool]:
 
 
 def read_audit_args(after_seq: int = 0, limit: int = 20) -> bytes:
-    """READ_AUDIT arguments: after_seq (u64) || limit (u8)."""
+    """READ_AUDIT arguments: after_seq (u64, at most MAX_AUDIT_SEQ) || limit (u8)."""
     return _u(after_seq, 8) + _u(limit, 1)
 
 
 def parse_read_audit_args(args: bytes) -> tuple[int, int]:
-    """(after_seq, limit) from READ_AUDIT arguments; empty means (0, 20)."""
+    """(after_seq, limit) from READ_AUDIT arguments; empty means (0, 20); DecodeError if after_seq > MAX_AUDIT_SEQ."""
     if not args:
         return 0, 20
     if len(args) != 9:
         raise DecodeError("READ_AUDIT takes 9 argument bytes")
-    return int.from_bytes(args[:8], "big"), args[8]
+    after_seq = int.from_bytes(args[:8], "big")
+    if after_seq > MAX_AUDIT_SEQ:  # no entry can have such a number, and SQLite cannot even compare with it
+        raise DecodeError(f"READ_AUDIT after_seq is above {MAX_AUDIT_SEQ}")
+    return after_seq, args[8]

@@ -261,16 +261,19 @@ class VehicleSession:
         assert isinstance(msg, CommandMessage)
         if self._sm.state is VState.SECURE:
             raise self._fail(Status.MALFORMED, RemoteProtocolError("fast-path command inside a secure session"))
-        if msg.command not in FAST_COMMANDS:
-            self._sm.advance(VInput.COMMAND_REFUSED)
-            self._send(self._signed_result(msg.key_id, msg.challenge, msg.command, msg.args, Status.NOT_SUPPORTED,
-                                           self._raw))
-            return Refused(Status.NOT_SUPPORTED, None, f"command 0x{msg.command:02x} not on the fast path")
+        # The code is judged only after the challenge and signature (§5.2, §8.4): an unauthenticated peer gets
+        # the uniform refusal whatever code it sends, so it cannot make the vehicle sign an answer about the code.
         transcript = c.transcript(c.LABEL_COMMAND, self.vehicle_id, msg.key_id, msg.challenge,
                                   bytes((msg.command,)), msg.args)
         reason = self._verify_device(msg.key_id, msg.challenge, msg.signature, transcript, now)
         if reason is not None:
             return self._refuse(VInput.COMMAND_REFUSED, msg.key_id, msg.challenge, msg.command, msg.args, reason)
+        if msg.command not in FAST_COMMANDS:
+            # Authenticated (its challenge is spent): the key holder may learn the code is not a fast command.
+            self._sm.advance(VInput.COMMAND_REFUSED)
+            self._send(self._signed_result(msg.key_id, msg.challenge, msg.command, msg.args, Status.NOT_SUPPORTED,
+                                           self._raw))
+            return Refused(Status.NOT_SUPPORTED, msg.key_id, f"command 0x{msg.command:02x} not on the fast path")
         self._sm.advance(VInput.COMMAND_VERIFIED)
         cmd = Command(msg.command)
         self._pending = _Pending(msg.key_id, cmd, msg.args, msg.challenge, self._raw)

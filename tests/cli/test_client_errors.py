@@ -93,7 +93,7 @@ def check(r: subprocess.CompletedProcess[str], code: ExitCode, *words: str) -> N
     (["keys", "--all"], ["unrecognized arguments"]),
     (["revoke"], ["key"]),
     (["audit", "--after", "-5"], ["--after", "out of range"]),
-    (["audit", "--after", str(2**64)], ["--after", "at most 18446744073709551615"]),  # a u64 on the wire
+    (["audit", "--after", str(2**63)], ["--after", "at most 9223372036854775807"]),  # PROTOCOL.md §5.4
     (["audit", "--limit", "0"], ["--limit", "out of range"]),
     (["audit", "--limit", "-3"], ["--limit", "out of range"]),
     (["audit", "--limit", "99999999"], ["--limit", "out of range"]),

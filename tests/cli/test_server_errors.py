@@ -201,6 +201,18 @@ def test_loose_vehicle_key(vehicle: Vehicle, argv: list[str]) -> None:
     fails_cleanly(vehicle.run(*argv), ExitCode.KEYS, "chmod 600")
 
 
+@pytest.mark.parametrize("argv", VEHICLE_KEY_USERS, ids=" ".join)
+def test_rejects_the_published_test_vehicle_key(vehicle: Vehicle, argv: list[str]) -> None:
+    """A vehicle_key.pem holding the §10.1 test key (private key in every checkout) is refused at load."""
+    from protocol import serialize_private_key
+    from tests.protocol.helpers import VEHICLE_SCALAR, fixed_key
+
+    assert vehicle.run("pair", "--no-qr").returncode == ExitCode.OK  # the honest case: the key `init` made
+    vehicle.pem.write_bytes(serialize_private_key(fixed_key(VEHICLE_SCALAR).private_key))
+    os.chmod(vehicle.pem, 0o600)
+    fails_cleanly(vehicle.run(*argv), ExitCode.KEYS, "published test key")
+
+
 def test_vehicle_key_that_is_a_directory(vehicle: Vehicle) -> None:
     vehicle.pem.unlink()
     vehicle.pem.mkdir(mode=0o700)

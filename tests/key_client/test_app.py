@@ -90,3 +90,28 @@ async def test_cancelled_before_anything_was_sent_stays_cancelled(h: Harness, tm
     with pytest.raises(asyncio.CancelledError):
         await task
     assert h.service.stats.commands == commands
+
+
+async def test_rejects_a_listener_reading_the_lock_and_door_state_from_status(h: Harness, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`status` reads the report inside the confidential session: nothing the vehicle sends carries it in clear."""
+    from protocol import MAX_MESSAGE, Reassembler, decode
+    from protocol._codec import Result, SecureResponse
+
+    app = device_app(h, tmp_path)
+    await app.pair(h.new_code(role=Role.GUEST, name="guest watch"))  # any role, not only owners
+    await app.command(Command.UNLOCK)
+    heard: list[bytes] = []
+    real_notify = h.peripheral.notify
+
+    async def listening_notify(chunk: bytes, link: str | None = None) -> None:
+        heard.append(chunk)  # what a radio listener in range receives
+        await real_notify(chunk, link)
+
+    monkeypatch.setattr(h.peripheral, "notify", listening_notify)
+    done = await app.command(Command.STATUS)
+    assert done.report.lock is LockState.UNLOCKED  # the honest case: the owner of the key still learns it
+    rx = Reassembler(MAX_MESSAGE, 5.0)
+    messages = [decode(m) for ch in heard if (m := rx.feed(ch, 0.0)) is not None]
+    assert any(isinstance(m, SecureResponse) for m in messages)
+    assert not any(isinstance(m, Result) and m.data for m in messages), "a status report travelled in clear"

@@ -448,3 +448,149 @@ def test_garbage_chunk_then_honest_unlock() -> None:
         with pytest.raises(FramingError):
             p.vehicle.receive_data(junk, p.now)
     assert p.command(Command.UNLOCK).status is Status.OK
+
+
+# ------------------------------------------------------------------ issue 10: refuse uniformly, sign nothing early
+
+
+def _raw(chunks: list[bytes]):
+    return decode(b"".join(ch[3:] if i == 0 else ch[1:] for i, ch in enumerate(chunks)))
+
+
+def _send_forged(p, message) -> list:
+    from protocol import split
+
+    return _replay(p, split(message.encode(), 20))
+
+
+def test_rejects_unknown_command_on_a_never_issued_challenge_with_the_uniform_refusal() -> None:
+    """An unknown code, a made-up challenge and 64 chosen argument bytes get CHALLENGE_INVALID, never NOT_SUPPORTED."""
+    from protocol._codec import CommandMessage
+
+    p = make_pair()
+    p.subscribe()
+    chosen = bytes(range(64))
+    forged = CommandMessage(p.device.device.key_id, bytes(range(16)), 0x7F, chosen, bytes(64))
+    [ev] = _send_forged(p, forged)
+    assert isinstance(ev, Refused) and ev.status is Status.CHALLENGE_INVALID
+    answer = decode_result(p.vehicle.data_to_send())
+    assert answer.status == Status.CHALLENGE_INVALID
+    # Exactly what a fast command gets under the same made-up challenge: the code changes nothing.
+    [same] = _send_forged(p, CommandMessage(forged.key_id, forged.challenge, Command.UNLOCK, chosen, bytes(64)))
+    assert same.status is Status.CHALLENGE_INVALID
+    assert len(decode_result(p.vehicle.data_to_send()).encode()) == len(answer.encode())
+    assert p.command(Command.UNLOCK).status is Status.OK  # the honest device is unaffected
+
+
+def test_rejects_unknown_command_with_a_bad_signature_as_denied_and_keeps_the_challenge() -> None:
+    """A live challenge, an unknown code and a bogus signature get DENIED, and do not spend the challenge."""
+    from protocol._codec import CommandMessage
+
+    p = make_pair()
+    p.subscribe()
+    for kid in (p.device.device.key_id, b"\xde\xad\xbe\xef"):  # enrolled key, then unknown key
+        [ev] = _send_forged(p, CommandMessage(kid, p.device.challenge, 0x7F, bytes(64), bytes(64)))
+        assert isinstance(ev, Refused) and ev.status is Status.DENIED
+        assert decode_result(p.vehicle.data_to_send()).status == Status.DENIED
+    assert p.command(Command.UNLOCK).status is Status.OK
+
+
+def test_authenticated_unknown_command_gets_a_signed_not_supported() -> None:
+    """The honest case: an enrolled key's verified unknown code is answered NOT_SUPPORTED, and spends its challenge."""
+    p = make_pair()
+    p.subscribe()
+    p.device.send_command(0x7F)  # a code from a newer protocol revision
+    recorded = p.device.data_to_send()
+    [ev] = _replay(p, recorded)
+    assert isinstance(ev, Refused) and ev.status is Status.NOT_SUPPORTED and ev.key_id == p.device.device.key_id
+    [res] = p.flush_down()
+    assert res.command == 0x7F and res.status is Status.NOT_SUPPORTED and p.device.ignored_forgeries == 0
+    [again] = _replay(p, recorded)
+    assert again.status is Status.CHALLENGE_INVALID
+
+
+@pytest.mark.parametrize("cmd", [Command.LIST_KEYS, Command.REVOKE_KEY, Command.READ_AUDIT])
+def test_rejects_secure_only_command_on_the_fast_path(cmd: Command) -> None:
+    """An owner's correctly signed admin command in clear is NOT_SUPPORTED: key lists never travel unencrypted."""
+    p = make_pair()
+    p.subscribe()
+    p.device.send_command(cmd)
+    [ev] = p.flush_up()
+    assert isinstance(ev, Refused) and ev.status is Status.NOT_SUPPORTED
+    [res] = p.flush_down()
+    assert res.status is Status.NOT_SUPPORTED and res.data == b""
+    # The honest case: the same command inside a confidential session reaches the application.
+    p.device.request_challenge()
+    p.flush_up()
+    p.flush_down()
+    p.device.open_session()
+    p.flush_up()
+    p.flush_down()
+    p.device.send_secure(cmd)
+    [req] = p.flush_up()
+    assert isinstance(req, CommandRequested) and req.command is cmd and req.secure
+
+
+def test_rejects_arguments_added_to_a_signed_command() -> None:
+    """Arguments appended to a recorded argument-less command break its signature: the vehicle signs args in."""
+    from protocol._codec import CommandMessage
+
+    p = make_pair()
+    p.subscribe()
+    p.device.send_command(Command.UNLOCK)
+    real = _raw(p.device.data_to_send())
+    [ev] = _send_forged(p, CommandMessage(real.key_id, real.challenge, real.command, b"\x01", real.signature))
+    assert isinstance(ev, Refused) and ev.status is Status.DENIED
+    [ok] = _send_forged(p, real)  # the honest request, untouched, still goes through on the same challenge
+    assert isinstance(ok, CommandRequested) and ok.args == b""
+
+
+def test_rejects_arguments_changed_in_a_signed_command() -> None:
+    """Changed arguments fail verification; the honest, signed arguments reach the application unchanged."""
+    from protocol._codec import CommandMessage
+
+    p = make_pair()
+    p.subscribe()
+    p.device.send_command(Command.STATUS, b"\x00\x01")
+    real = _raw(p.device.data_to_send())
+    [ev] = _send_forged(p, CommandMessage(real.key_id, real.challenge, real.command, b"\x00\x02", real.signature))
+    assert isinstance(ev, Refused) and ev.status is Status.DENIED
+    [ok] = _send_forged(p, real)
+    assert isinstance(ok, CommandRequested) and ok.args == b"\x00\x01"
+
+
+def test_unknown_key_costs_the_same_verification_as_a_bad_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoy: an unknown key id runs one ECDSA verification, like a known key with a bad signature (§8.4)."""
+    import protocol._vehicle as vehicle_module
+    from protocol._codec import CommandMessage
+
+    calls: list[bytes] = []
+    real_verify = vehicle_module.verify
+
+    def counting_verify(public, signature: bytes, data: bytes) -> None:
+        calls.append(data)
+        real_verify(public, signature, data)
+
+    monkeypatch.setattr(vehicle_module, "verify", counting_verify)
+    p = make_pair()
+    p.subscribe()
+    counts = []
+    well_formed_but_wrong = b"\x01" * 64  # r and s in range: the ECDSA check itself runs
+    for kid in (b"\xde\xad\xbe\xef", p.device.device.key_id):  # unknown key, then enrolled key with a bad signature
+        calls.clear()
+        [ev] = _send_forged(p, CommandMessage(kid, p.device.challenge, Command.UNLOCK, b"", well_formed_but_wrong))
+        assert isinstance(ev, Refused) and ev.status is Status.DENIED
+        counts.append(len(calls))
+    assert counts == [1, 1]
+    calls.clear()
+    assert p.command(Command.UNLOCK).status is Status.OK and len(calls) == 1  # the honest case: one verification
+
+
+def test_rejects_read_audit_after_seq_beyond_a_signed_64_bit_integer() -> None:
+    """after_seq above 2^63-1 is a DecodeError (BAD_REQUEST), never handed to a store that cannot hold it."""
+    from protocol import DecodeError, parse_read_audit_args, read_audit_args
+
+    for bad in ((1 << 63), (1 << 64) - 1):
+        with pytest.raises(DecodeError):
+            parse_read_audit_args(read_audit_args(bad, 20))
+    assert parse_read_audit_args(read_audit_args((1 << 63) - 1, 255)) == ((1 << 63) - 1, 255)  # the largest honest one

@@ -16,6 +16,7 @@ EXPECTED = {
     "generate_private_key", "key_id", "list_keys_args", "load_private_key", "pairing_prs", "pairing_uri",
     "parse_code", "parse_list_keys_args", "parse_read_audit_args", "parse_revoke_args", "read_audit_args",
     "revoke_args", "serialize_private_key", "split",
+    "PUBLISHED_TEST_KEYS", "is_published_test_key",  # PROTOCOL.md §10.1: what a vehicle refuses to run with or enroll
 }
 
 

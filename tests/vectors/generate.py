@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protocol import Command, KeyInfo, Paired, Role, Status, chunk_size_for_mtu, decode, encode_key_page
+from protocol import Command, KeyInfo, Paired, Role, Status, chunk_size_for_mtu, decode, encode_key_page, split
+from protocol._codec import CommandMessage, Message
 from protocol._keys import encode_public_key
 from tests.protocol.helpers import DEVICE_SCALAR, OTHER_SCALAR, VEHICLE_SCALAR, Pair, fixed_key, make_pair
 
@@ -154,6 +155,12 @@ def framing(mtu: int) -> dict[str, Any]:
     return {"description": f"framing at ATT MTU {mtu} (chunk size {size})", "att_mtu": mtu, "cases": cases}
 
 
+def _one_write(message: Message) -> str:
+    """A whole message as one write (hex), as a central at MTU 247 sends it."""
+    [write] = split(message.encode(), 244)
+    return write.hex()
+
+
 def negative() -> dict[str, Any]:
     """Recorded unlock plus mutations the vehicle must refuse, with the expected outcome of each."""
     seed = b"vector-negative"
@@ -177,6 +184,24 @@ def negative() -> dict[str, Any]:
     wrong_key.device.next_event(p.now)
     wrong_key.device.send_command(Command.UNLOCK)
     [wrong] = wrong_key.device.data_to_send()
+
+    def signed(command: int, args: bytes = b"") -> bytes:
+        """The test device's own request for `command` on the recorded challenge (one write at this MTU)."""
+        device = type(p.device)(fixed_key(DEVICE_SCALAR), vehicle_public_key=p.vehicle.identity.public_bytes,
+                                chunk_size=244)
+        for ch in challenge_chunks:
+            device.receive_data(ch, p.now)
+        device.next_event(p.now)
+        device.send_command(command, args)
+        [write] = device.data_to_send()
+        return write
+
+    real = decode(honest[3:])
+    assert isinstance(real, CommandMessage)
+    # Issue 10: the code is judged only after the challenge and the signature (PROTOCOL.md §5.2, §8.4).
+    never_issued = CommandMessage(real.key_id, bytes(range(16)), 0x7F, bytes(range(64)), bytes(64))
+    unknown_forged = CommandMessage(real.key_id, real.challenge, 0x7F, bytes(range(64)), real.signature)
+    args_added = CommandMessage(real.key_id, real.challenge, real.command, b"\x01", real.signature)
     return {
         "description": "writes a vehicle must refuse after pushing the challenge of the first step",
         "inputs": _inputs(247, seed),
@@ -194,6 +219,15 @@ def negative() -> dict[str, Any]:
              "expect": ["RemoteProtocolError"]},
             {"name": "expired", "advance_seconds": 5.5, "writes": [honest.hex()],
              "expect": ["Refused:CHALLENGE_INVALID"]},
+            {"name": "unknown_command_never_issued_challenge", "writes": [_one_write(never_issued)],
+             "expect": ["Refused:CHALLENGE_INVALID"]},
+            {"name": "unknown_command_bad_signature", "writes": [_one_write(unknown_forged)],
+             "expect": ["Refused:DENIED"]},
+            {"name": "unknown_command_signed", "writes": [signed(0x7F).hex()], "expect": ["Refused:NOT_SUPPORTED"]},
+            {"name": "secure_only_command_on_fast_path", "writes": [signed(Command.LIST_KEYS).hex()],
+             "expect": ["Refused:NOT_SUPPORTED"]},
+            {"name": "args_added_to_signed_command", "writes": [_one_write(args_added)],
+             "expect": ["Refused:DENIED"]},
         ],
     }
 
