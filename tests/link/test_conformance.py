@@ -90,7 +90,8 @@ def test_bless_start_notify_calls_app_start_notify_with_none_and_counts_subscrib
     _bless_dbus_method(BlueZGattCharacteristic.StartNotify).fn(ch)
     _bless_dbus_method(BlueZGattCharacteristic.StopNotify).fn(ch)
     assert app.calls == [("start", None), ("start", None), ("stop", None)]
-    assert app.subscribed_characteristics == [TX_CHAR_UUID]  # bless's StartNotify/StopNotify bookkeeping, which the adapter hooks
+    # bless's StartNotify/StopNotify bookkeeping, which the adapter hooks
+    assert app.subscribed_characteristics == [TX_CHAR_UUID]
 
 
 def test_dbus_next_collects_a_class_method_when_the_object_is_created() -> None:
