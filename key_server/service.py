@@ -25,6 +25,7 @@ from hardware import Lock
 from protocol import (
     DEFAULT_CHALLENGE_TTL,
     ChallengeBook,
+    Command,
     CommandRequested,
     Event,
     FramingError,
@@ -91,6 +92,8 @@ class _Central:
     pairing: PendingPairing | None = None
     secure_key_id: bytes | None = None
     after: list[Callable[[], None]] = field(default_factory=list)  # bookkeeping run after the reply is sent
+    reads: dict[Command, int] = field(default_factory=dict)  # answered reads, audited once when the link ends
+    gone: bool = False  # the link ended: a read answered after that is audited at once
 
 
 class KeyService:
@@ -156,6 +159,7 @@ class KeyService:
         await self.commands.stop()
         for central in list(self.links.values()):
             central.session.close()
+            self._end_reads(central)
         self.links.clear()
         await self.peripheral.stop()
         self.audit.append(AuditEvent.SERVER_STOP, ts=self.clock.now())
@@ -231,6 +235,7 @@ class KeyService:
             # A drain task in progress finishes its current event (an actuation runs to its end: the actuator
             # guards its own timing); the closed session then yields no further events.
             central.session.close()
+            self._end_reads(central)
 
     # ------------------------------------------------------------------ processing
 
@@ -280,6 +285,7 @@ class KeyService:
     async def _drop(self, central: _Central) -> None:
         self.links.pop(central.link, None)
         central.session.close()
+        self._end_reads(central)
         with contextlib.suppress(Exception):
             await self.peripheral.disconnect(central.link)
 
@@ -328,7 +334,22 @@ class KeyService:
             self._end_sessions_of(outcome.revoked, keep=central.link if outcome.revoked != ev.key_id else None)
         with contextlib.suppress(KeyProtocolError):  # the central left mid-command: still audit what was done
             central.session.respond(outcome.status, outcome.data)
-        central.after.append(lambda: self.commands.record(outcome))
+        if self.commands.is_counted_read(outcome):
+            central.after.append(lambda: self._count_read(central, outcome.command))
+        else:
+            central.after.append(lambda: self.commands.record(outcome))
+
+    def _count_read(self, central: _Central, cmd: Command) -> None:
+        central.reads[cmd] = central.reads.get(cmd, 0) + 1
+        if central.gone:  # answered after the link ended (a drain finishing its event): nothing flushes later
+            self._end_reads(central)
+
+    def _end_reads(self, central: _Central) -> None:
+        """The link ended: audit its counted reads (once; idempotent, every way a link ends calls it)."""
+        central.gone = True
+        reads, central.reads = central.reads, {}
+        if reads and central.secure_key_id is not None:
+            self.commands.record_reads(central.secure_key_id, reads)
 
     # ------------------------------------------------------------------ revocation and housekeeping
 
