@@ -285,9 +285,11 @@ class KeyStore:
         except OSError as exc:
             raise StoreError(f"cannot open {path}: {exc.strerror}") from exc
         try:
-            st = os.fstat(fd)
-            _check_store_file(path, st)
+            _check_store_file(path, os.fstat(fd))
             header = os.read(fd, _HEADER_LEN)
+            # The size after the header: a server checkpointing meanwhile only grows the file, so a header
+            # read first can never claim more pages than the size taken second (no false "truncated").
+            st = os.fstat(fd)
         except OSError as exc:
             raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
         finally:
