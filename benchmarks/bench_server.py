@@ -66,7 +66,7 @@ class Bench:
     """A KeyService on the mock radio with `n_keys` enrolled keys."""
 
     def __init__(self, tmp: Path, n_keys: int) -> None:
-        self.store = KeyStore.open(tmp / "keys.db")
+        self.store = KeyStore.open(tmp / "keys.db", create=True)
         now = int(time.time())
         self.device = KeyPair.generate()
         self.store.add_key(KeyRecord(self.device.key_id, self.device.public_bytes, "bench", Role.OWNER, None, None,
@@ -119,7 +119,7 @@ async def unlock_figures(n_keys: int, n: int = 300) -> tuple[list[float], float]
 
 def revoke_figures(n: int = 50) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="dkb", dir="/tmp") as tmp:
-        store = KeyStore.open(Path(tmp) / "keys.db")
+        store = KeyStore.open(Path(tmp) / "keys.db", create=True)
         now = int(time.time())
         owner = KeyPair.generate()
         store.add_key(KeyRecord(owner.key_id, owner.public_bytes, "owner", Role.OWNER, None, None, None, now))

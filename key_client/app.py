@@ -326,11 +326,13 @@ class DeviceApp:
             records: list[AuditRecord] = []
             while len(records) < limit:
                 ask = min(AUDIT_PAGE, limit - len(records))
-                _, page = decode_audit_page((await link.secure(Command.READ_AUDIT,
-                                                               read_audit_args(start, ask))).data)
-                if not page:
-                    break
+                head, page = decode_audit_page((await link.secure(Command.READ_AUDIT,
+                                                                  read_audit_args(start, ask))).data)
                 records += page
+                # Each page says where the log ends (its total is the newest seq): stop there rather than ask
+                # for an empty page, so a large --limit costs the pages that exist and not one more.
+                if not page or page[-1].seq >= head:
+                    break
                 start = page[-1].seq
             return AuditListing(entry, records)
 

@@ -2,8 +2,8 @@
 
 Layout of the keychain directory (mode 0700):
 
-    keychain.json        the index (written atomically): one record per vehicle, no secrets in it
-    keys/<key-id>.pem    this device's private key for one vehicle (0600, optionally passphrase-encrypted)
+    keychain.json        the index (written atomically, 0600; refused if others can write it): no secrets in it
+    keys/<key-id>.pem    this device's private key for one vehicle (0600, optionally passphrase-encrypted; keys/ 0700)
     config.toml          optional settings (key_client/config.py, docs/CLIENT.md)
 
 A vehicle is identified by its id (the key id of its public key, checked against the pinned key on every
@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import stat
 import sys
 import time
@@ -116,6 +117,9 @@ class Keychain:
             except OSError as exc:
                 raise KeychainError(f"cannot create the keychain at {path}: {exc.strerror}") from exc
         _check_dir(path)
+        if (path / KEYS_DIR).exists():
+            # keys/ needs the same rule as the keychain: whoever can write it can swap this device's key.
+            _check_dir(path / KEYS_DIR)
         return cls(path, _read_index(path))
 
     def reload(self) -> None:
@@ -324,16 +328,33 @@ def _check_dir(path: Path) -> None:
         raise KeychainError(f"the keychain {path} belongs to uid {st.st_uid}, not to you")
     if st.st_mode & 0o022:
         raise KeychainError(f"the keychain {path} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}): "
-                            f"fix it with: chmod 700 {path}")
+                            f"fix it with: chmod 700 {shlex.quote(str(path))}")
 
 
 def _read_index(path: Path) -> list[VehicleEntry]:
+    index = path / INDEX
     try:
-        raw = (path / INDEX).read_bytes()
+        fd = os.open(index, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise KeychainError(f"cannot read {path / INDEX}: {exc.strerror}") from exc
+        raise KeychainError(f"cannot read {index}: {exc.strerror}") from exc
+    try:
+        # fstat the file we read, not the name: the index pins each vehicle's public key, so a copy others
+        # can write (even in a private directory, after a careless cp or chmod) is refused like the directory.
+        st = os.fstat(fd)
+        if sys.platform != "win32" and st.st_uid != os.geteuid():
+            raise KeychainError(f"the keychain index {index} belongs to uid {st.st_uid}, not to you")
+        if sys.platform != "win32" and st.st_mode & 0o022:
+            raise KeychainError(f"the keychain index {index} is writable by other users "
+                                f"(mode {stat.S_IMODE(st.st_mode):04o}), who could swap the pinned vehicle keys: "
+                                f"fix it with: chmod 600 {shlex.quote(str(index))}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read()
+    except OSError as exc:
+        raise KeychainError(f"cannot read {index}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
     try:
         doc = json.loads(raw)
     except ValueError:

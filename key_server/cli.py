@@ -46,7 +46,7 @@ MAX_HOLD_S: Final = 60.0  # actuate --test: longer than any sane strike hold, sh
 SERVER_EXIT_CODES: Final = (
     ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE, ExitCode.DENIED, ExitCode.NOT_FOUND, ExitCode.KEYS,
     ExitCode.NOT_INITIALISED, ExitCode.ALREADY_EXISTS, ExitCode.AUDIT_TAMPERED, ExitCode.CHECK_FAILED,
-    ExitCode.CONFIG, ExitCode.INTERRUPTED,
+    ExitCode.CONFIG, ExitCode.STORE_UNUSABLE, ExitCode.INTERRUPTED,
 )
 
 EPILOG = help_table(SERVER_EXIT_CODES) + """
@@ -56,7 +56,8 @@ environment:
   DKEY_RADIO      ble | sim: the radio `run` serves (--radio, else $DKEY_RADIO, else [server] radio)
   DKEY_SIM_DIR    sim radio air directory (--sim-dir, else $DKEY_SIM_DIR, else [server] sim_dir)
 
-files: <state-dir>/vehicle_key.pem (0600), <state-dir>/keys.db, <state-dir>/config.toml
+files: <state-dir>/vehicle_key.pem (0600), <state-dir>/keys.db (0600; only init creates it),
+       <state-dir>/config.toml; the state dir must not be writable by others (init makes it 0700)
 state dir: --state-dir, else $DKEY_STATE_DIR, else /var/lib/dkey as root, else ~/.local/state/dkey
 """
 
@@ -105,7 +106,7 @@ def cmd_init(cfg: Config, args: argparse.Namespace) -> int:
     except IdentityExists as exc:
         raise CliError(f"{exc}. To start over, move the state directory away first.",
                        ExitCode.ALREADY_EXISTS) from None
-    with KeyStore.open(cfg.store_path) as store:
+    with KeyStore.open(cfg.store_path, create=True) as store:  # the one command that may create a store
         AuditLog(store).append(AuditEvent.ADMIN, ts=GuardedClock(store).now(), detail={"action": "init"})
     config_file = cfg.state_dir / "config.toml"
     if not config_file.exists():

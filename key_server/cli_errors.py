@@ -15,7 +15,7 @@ from hardware import ActuatorConfigError, ActuatorError, HardwareUnavailableErro
 
 from .config import ConfigError
 from .identity import UnusableIdentity
-from .store import StoreError
+from .store import InsecureStore, StoreError, StoreMissing, UnusableStore
 
 __all__ = ["CliError", "explain", "one_line"]
 
@@ -45,6 +45,12 @@ def explain(exc: BaseException) -> tuple[str, ExitCode]:
         return one_line(exc), ExitCode.KEYS
     if isinstance(exc, RadioError):
         return f"radio problem: {one_line(exc)} (`key-server doctor` checks the Bluetooth stack)", ExitCode.ERROR
+    if isinstance(exc, StoreMissing):
+        return one_line(exc), ExitCode.NOT_INITIALISED
+    if isinstance(exc, InsecureStore):  # unsafe permissions, like a key file
+        return one_line(exc), ExitCode.KEYS
+    if isinstance(exc, UnusableStore):
+        return one_line(exc), ExitCode.STORE_UNUSABLE
     if isinstance(exc, StoreError | sqlite3.Error):
         return f"key store error: {one_line(exc)}", ExitCode.ERROR
     if isinstance(exc, HardwareUnavailableError):

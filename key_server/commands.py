@@ -60,6 +60,10 @@ _USE_EVENT: Final[dict[Command, AuditEvent]] = {cmd: AuditEvent.use_of(cmd) for 
 # Commands that move something: each spends one of the key's actuations (ratelimit.ActuationLimiter).
 ACTUATIONS: Final = frozenset({Command.UNLOCK, Command.LOCK, Command.START})
 AUDIT_PAGE_MAX: Final = 100  # entries per READ_AUDIT answer: keeps one confidential message small
+# Reads that change nothing. Audited as one "admin" row per session and command with a count (count_read /
+# record_reads), not one row per page: a client paging through the log would otherwise flood it with its own
+# reads (docs/THREAT_MODEL.md, "The audit log").
+READS: Final = frozenset({Command.LIST_KEYS, Command.READ_AUDIT})
 
 
 def to_status_report(status: ActuatorStatus) -> StatusReport:
@@ -154,6 +158,18 @@ class KeyCommands:
         """One row for `count` refused actuations of a key (a flood of refusals must not flood the log)."""
         self.admin.audit.record(AuditEvent.RATE_LIMITED, ts=self.admin.clock.now(), key_id=key_id,
                                 detail={"what": "actuation", "refused": count})
+
+    @staticmethod
+    def is_counted_read(outcome: Outcome) -> bool:
+        """True for an answered read (READS, status OK): count it with the session's others, not record() it."""
+        return outcome.command in READS and outcome.status is Status.OK and outcome.refusal is None
+
+    def record_reads(self, key_id: bytes, reads: dict[Command, int]) -> None:
+        """Audit a session's counted reads: one "admin" row per command, with how many times it was answered."""
+        for cmd in sorted(reads, key=lambda c: c.name):
+            self.admin.audit.record(AuditEvent.ADMIN, ts=self.admin.clock.now(), key_id=key_id,
+                                    detail={"command": cmd.name.lower(), "status": Status.OK.name,
+                                            "count": reads[cmd]})
 
     async def stop(self) -> None:
         """Cancel actuations still running after their answer (the drivers de-energise on cancellation)."""

@@ -17,7 +17,7 @@ from .audit import AuditLog
 from .clock import GuardedClock
 from .config import Config, ConfigError, validate
 from .identity import load_identity
-from .store import KeyStore
+from .store import KeyStore, StoreError
 
 Level = Literal["ok", "warn", "fail"]
 
@@ -52,8 +52,11 @@ def _files(cfg: Config) -> list[DoctorCheck]:
     if not cfg.state_dir.exists():
         return [DoctorCheck("fail", "state dir", f"{cfg.state_dir} missing: run `key-server init`")]
     mode = stat.S_IMODE(cfg.state_dir.stat().st_mode)
-    out.append(DoctorCheck("ok" if not mode & 0o077 else "warn", "state dir",
-                f"{cfg.state_dir} mode {mode:o}" + ("" if not mode & 0o077 else f": chmod 700 {cfg.state_dir}")))
+    # Others able to write it is a failure (every command refuses it: they could swap keys.db or the vehicle
+    # key); only readable by others is a warning (the files in it are 0600 and checked one by one).
+    level: Level = "fail" if mode & 0o022 else "warn" if mode & 0o077 else "ok"
+    out.append(DoctorCheck(level, "state dir",
+                f"{cfg.state_dir} mode {mode:o}" + ("" if level == "ok" else f": chmod 700 {cfg.state_dir}")))
     try:
         ident = load_identity(cfg.identity_path)
         out.append(DoctorCheck("ok", "vehicle key", f"{cfg.identity_path} (0600), vehicle id {ident.key_id.hex()}"))
@@ -62,7 +65,12 @@ def _files(cfg: Config) -> list[DoctorCheck]:
     except (PermissionError, ValueError) as exc:
         out.append(DoctorCheck("fail", "vehicle key", str(exc)))
     if cfg.store_path.exists():
-        with KeyStore.open(cfg.store_path) as store:
+        try:
+            store = KeyStore.open(cfg.store_path)
+        except StoreError as exc:  # empty, truncated, not a key store, open to others: what run would refuse
+            out.append(DoctorCheck("fail", "key store", str(exc)))
+            return out
+        with store:
             problems = store.integrity_check()
             keys = store.list_keys()
             owners = [k for k in keys if k.role is Role.OWNER and not k.revoked]

@@ -26,6 +26,7 @@ from protocol import (
     DEFAULT_CHALLENGE_TTL,
     PUBLISHED_TEST_KEYS,
     ChallengeBook,
+    Command,
     CommandRequested,
     Event,
     FramingError,
@@ -104,6 +105,8 @@ class _Central:
     attempt: _Attempt | None = None  # from PAIR_START until a key is enrolled or the attempt fails
     secure_key_id: bytes | None = None
     after: list[Callable[[], None]] = field(default_factory=list)  # bookkeeping run after the reply is sent
+    reads: dict[Command, int] = field(default_factory=dict)  # answered reads, audited once when the link ends
+    gone: bool = False  # the link ended: a read answered after that is audited at once
 
 
 class KeyService:
@@ -171,6 +174,7 @@ class KeyService:
         for central in list(self.links.values()):
             central.session.close()
             self._end_attempt(central, "abandoned: the server stopped", failure=False)
+            self._end_reads(central)
         self.links.clear()
         await self.peripheral.stop()
         self.audit.append(AuditEvent.SERVER_STOP, ts=self.clock.now())
@@ -252,6 +256,7 @@ class KeyService:
             # Leaving mid-PAKE is what a guesser does once the vehicle's confirmation shows the guess was wrong:
             # it is a failed attempt, for the code and for the limiter. The store write runs off this callback.
             asyncio.get_running_loop().call_soon(self._end_attempt, central, "abandoned")
+            self._end_reads(central)
 
     # ------------------------------------------------------------------ processing
 
@@ -305,6 +310,7 @@ class KeyService:
         self.links.pop(central.link, None)
         central.session.close()
         self._end_attempt(central, "abandoned")  # e.g. an idle link swept mid-PAKE
+        self._end_reads(central)
         with contextlib.suppress(Exception):
             await self.peripheral.disconnect(central.link)
 
@@ -371,7 +377,22 @@ class KeyService:
             self._end_sessions_of(outcome.revoked, keep=central.link if outcome.revoked != ev.key_id else None)
         with contextlib.suppress(KeyProtocolError):  # the central left mid-command: still audit what was done
             central.session.respond(outcome.status, outcome.data)
-        central.after.append(lambda: self.commands.record(outcome))
+        if self.commands.is_counted_read(outcome):
+            central.after.append(lambda: self._count_read(central, outcome.command))
+        else:
+            central.after.append(lambda: self.commands.record(outcome))
+
+    def _count_read(self, central: _Central, cmd: Command) -> None:
+        central.reads[cmd] = central.reads.get(cmd, 0) + 1
+        if central.gone:  # answered after the link ended (a drain finishing its event): nothing flushes later
+            self._end_reads(central)
+
+    def _end_reads(self, central: _Central) -> None:
+        """The link ended: audit its counted reads (once; idempotent, every way a link ends calls it)."""
+        central.gone = True
+        reads, central.reads = central.reads, {}
+        if reads and central.secure_key_id is not None:
+            self.commands.record_reads(central.secure_key_id, reads)
 
     # ------------------------------------------------------------------ revocation and housekeeping
 

@@ -13,6 +13,10 @@ Durability and sharing (docs/PROTOCOL.md §11 property 6, docs/DEPLOY.md §5):
   catches the error never commits half of it.
 - Schema changes are numbered migrations (``MIGRATIONS``), each applied in its own transaction together with
   ``PRAGMA user_version``; to change the schema append a function, never edit an old one.
+- Only ``key-server init`` creates a store (``open(create=True)``). Every other open refuses, without touching
+  it, a file that is missing (``StoreMissing``), empty, truncated, not SQLite or of another schema
+  (``UnusableStore``): re-creating it would silently drop every key and the whole audit history. It also
+  refuses a file others can access or a state directory others can write (``InsecureStore``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import contextlib
 import dataclasses
 import os
 import secrets
+import shlex
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +43,7 @@ __all__ = [
     "PRS_LEN",
     "SCHEMA_VERSION",
     "DuplicateKey",
+    "InsecureStore",
     "KeyRecord",
     "KeyStore",
     "KeyWasRevoked",
@@ -46,8 +53,10 @@ __all__ = [
     "PendingPairing",
     "PublishedTestKey",
     "StoreError",
+    "StoreMissing",
     "UnknownKey",
     "UnknownPairing",
+    "UnusableStore",
 ]
 
 PRS_LEN: Final = 32
@@ -125,6 +134,18 @@ class PendingPairing:
 
 class StoreError(Exception):
     """Base of every key store error; also raised for a broken or busy database."""
+
+
+class StoreMissing(StoreError):
+    """There is no key store file: `key-server init` has not run here (only init creates one)."""
+
+
+class UnusableStore(StoreError):
+    """The file is not a key store this server can use: empty, truncated, not SQLite, or of another schema."""
+
+
+class InsecureStore(StoreError):
+    """The key store file or its directory is open to other users; the message names the path and the chmod."""
 
 
 class UnknownKey(StoreError, KeyError):
@@ -254,22 +275,47 @@ class KeyStore:
     # ---- lifecycle ---------------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> KeyStore:
-        """Open (creating and migrating if needed) the store at `path`; its directory must exist."""
+    def open(
+        cls, path: Path, *, create: bool = False, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+    ) -> KeyStore:
+        """Open and migrate the store at `path`; only with `create` is a missing or empty file made a new store.
+
+        Raises StoreMissing, UnusableStore (empty, truncated, not SQLite, another schema) or InsecureStore
+        without changing the file; its directory must exist.
+        """
         path = Path(path)
         if not path.parent.is_dir():
             raise StoreError(f"state directory {path.parent} does not exist (run: key-server init)")
+        _check_state_dir(path.parent)
+        flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | (os.O_CREAT if create else 0)
         try:
             # Create it 0600 ourselves: pairing hashes of short codes must not be readable by other users, and
             # SQLite gives the -wal and -shm files the same mode as the database file.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-            os.close(fd)
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            raise StoreMissing(f"no key store at {path}: run `key-server init` first") from None
         except OSError as exc:
             raise StoreError(f"cannot open {path}: {exc.strerror}") from exc
+        try:
+            _check_store_file(path, os.fstat(fd))
+            header = os.read(fd, _HEADER_LEN)
+            # The size after the header: a server checkpointing meanwhile only grows the file, so a header
+            # read first can never claim more pages than the size taken second (no false "truncated").
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+        fresh = create and st.st_size == 0
+        if not fresh:
+            # Before SQLite sees it: SQLite would happily turn an empty or foreign file into a new store.
+            _check_header(path, st.st_size, header)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (the sqlite3 module's implicit transactions
         # do not cover DDL and would not take the write lock up front).
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
         try:
+            # Before _configure: switching to WAL would already write to a file that turns out not to be ours.
+            _check_schema(db, path, fresh=fresh)
             _configure(db, path, busy_timeout_ms)
             _migrate(db, path)
         except BaseException:
@@ -734,8 +780,98 @@ def _configure(db: sqlite3.Connection, path: Path, busy_timeout_ms: int) -> None
         raise StoreError(f"{path}: the filesystem does not support SQLite's WAL mode (got {mode!r})")
 
 
+# SQLite's file header (https://www.sqlite.org/fileformat.html §1.3): magic, page size, page count.
+_HEADER_LEN: Final = 100
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+# The tables schema version 1 made; a file at version >= 1 without them is not ours, whatever it claims.
+_SCHEMA_1_TABLES: Final = frozenset({"keys", "pairings", "meta", "audit"})
+_RESTORE: Final = "restore keys.db from a backup (docs/DEPLOY.md §6); key-server will not re-create it"
+
+
+def _check_state_dir(directory: Path) -> None:
+    """InsecureStore if others can write the state directory: they could swap keys.db or the vehicle key."""
+    if not hasattr(os, "geteuid"):
+        return  # Windows: POSIX modes do not describe its ACLs
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        raise StoreError(f"cannot open {directory}: {exc.strerror}") from exc
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise InsecureStore(
+            f"the state directory {directory} is writable by other users (mode {mode:04o}), who could replace the "
+            f"key store or the vehicle key: fix it with: chmod 700 {shlex.quote(str(directory))}"
+        )
+
+
+def _check_store_file(path: Path, st: os.stat_result) -> None:
+    """InsecureStore unless the store is a regular file of ours that nobody else may read or write."""
+    if not stat.S_ISREG(st.st_mode):
+        raise UnusableStore(f"{path} is not a regular file: {_RESTORE}")
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is None:
+        return
+    quoted = shlex.quote(str(path))
+    if st.st_uid != geteuid():
+        raise InsecureStore(
+            f"{path} is owned by uid {st.st_uid}, not by you (uid {geteuid()}): run this as the user that owns it, "
+            f"or take it over with: sudo chown {geteuid()} {quoted} && chmod 600 {quoted}"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        # It holds the enrolled keys, the pairing-code hashes (open to offline guessing) and the audit log.
+        raise InsecureStore(
+            f"the key store {path} has mode {mode:04o} (other users can access it): fix it with: chmod 600 {quoted}"
+        )
+
+
+def _check_header(path: Path, size: int, header: bytes) -> None:
+    """UnusableStore unless `path` starts like a whole SQLite database (empty, truncated, foreign files fail)."""
+    if size == 0:
+        raise UnusableStore(f"the key store {path} is empty (0 bytes), its keys and audit log lost: {_RESTORE}")
+    if not header.startswith(_SQLITE_MAGIC):
+        raise UnusableStore(f"{path} is not an SQLite database, so not a key store: {_RESTORE}")
+    if size < _HEADER_LEN:
+        raise UnusableStore(f"the key store {path} is truncated ({size} bytes): {_RESTORE}")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    # The in-header page count is valid only when "version-valid-for" matches the change counter. With a
+    # non-empty WAL beside it, a checkpoint cut short may legitimately leave the file shorter: SQLite replays it.
+    counted = header[24:28] == header[92:96] and not _has_wal(path)
+    if page_size < 512 or size % page_size or (counted and size < pages * page_size):
+        expected = f" of {pages * page_size}" if counted else ""
+        raise UnusableStore(f"the key store {path} is truncated ({size} bytes{expected}): {_RESTORE}")
+
+
+def _has_wal(path: Path) -> bool:
+    """True if a non-empty write-ahead log sits beside the database (it holds committed pages not yet copied)."""
+    try:
+        return os.stat(f"{path}-wal").st_size > 0
+    except OSError:
+        return False
+
+
+def _check_schema(db: sqlite3.Connection, path: Path, *, fresh: bool) -> None:
+    """UnusableStore if the file is SQLite but not a key store: no schema (and not `fresh`) or missing tables."""
+    try:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        tables = {str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise UnusableStore(f"the key store {path} is damaged ({exc}): {_RESTORE}") from exc
+    if version == 0 and not fresh:
+        what = "holds no key store" if not tables else f"is another application's database (tables: {len(tables)})"
+        raise UnusableStore(f"{path} {what}: {_RESTORE}")
+    if version >= 1 and not _SCHEMA_1_TABLES <= tables:
+        missing = ", ".join(sorted(_SCHEMA_1_TABLES - tables))
+        raise UnusableStore(f"{path} is not a key store (schema {version} without the {missing} table): {_RESTORE}")
+
+
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
-    """Apply pending MIGRATIONS in order, each in its own transaction together with its user_version."""
+    """Apply pending MIGRATIONS in order, each in its own transaction together with its user_version.
+
+    Only a fresh file (just created by init) reaches this at version 0: _check_schema refuses any other.
+    """
     target = len(MIGRATIONS)
     while True:
         (version,) = db.execute("PRAGMA user_version").fetchone()

@@ -170,6 +170,26 @@ def test_a_keychain_others_can_write_is_refused(root: Path) -> None:
     check(run(root, "unlock", keychain=kc), X.KEYS, "writable by other users")
 
 
+@pytest.mark.parametrize(("where", "mode", "fix"), [
+    ("keychain.json", 0o666, "chmod 600"), ("keychain.json", 0o620, "chmod 600"),
+    (KEYS_DIR, 0o777, "chmod 700"), (KEYS_DIR, 0o730, "chmod 700"),
+])
+def test_an_index_or_keys_dir_others_can_write_is_refused(root: Path, where: str, mode: int, fix: str) -> None:
+    # Others who can write the index or keys/ can swap the pinned vehicle key or this device's key.
+    kc = make_keychain(root / f"open-{where}-{mode:o}")
+    (kc / where).chmod(mode)
+    result = run(root, "unlock", keychain=kc)
+    check(result, X.KEYS, str(kc / where))
+    assert fix in result.stderr
+
+
+def test_the_honest_keychain_modes_pass_the_permission_checks(root: Path) -> None:
+    # 0700 directories, 0600 key file and a 0644 index (readable, no secrets in it): only the radio can fail.
+    kc = make_keychain(root / "honest-kc")
+    (kc / "keychain.json").chmod(0o644)
+    check(run(root, "unlock", keychain=kc), X.NOT_FOUND, "")
+
+
 @pytest.mark.parametrize(("text", "words"), [
     ("[auto]\nrelay_risk_accepted = true\nunlock_rsi = -60\n", ["auto.unlock_rsi", "did you mean unlock_rssi"]),
     ("[auto]\nrelay_risk_accepted = true\ndwell = \"long\"\n", ["auto.dwell", "not a number", "allowed"]),

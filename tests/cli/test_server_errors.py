@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,11 +220,76 @@ def test_vehicle_key_that_is_a_directory(vehicle: Vehicle) -> None:
     fails_cleanly(vehicle.run("pair"), ExitCode.KEYS, "not a regular file")
 
 
-@pytest.mark.parametrize("argv", [["keys"], ["revoke", "x"], ["audit"], ["audit", "--verify"], ["pair", "--no-qr"],
-                                  ["pair", "--list"], ["run", "--radio", "sim"]], ids=" ".join)
-def test_corrupt_key_store(vehicle: Vehicle, argv: list[str]) -> None:
-    vehicle.db.write_bytes(b"this is not an SQLite database" * 100)
-    fails_cleanly(vehicle.run(*argv), ExitCode.ERROR, "key store")
+STORE_USERS = [["keys"], ["revoke", "x"], ["audit"], ["audit", "--verify"], ["pair", "--no-qr"], ["pair", "--list"],
+               ["run", "--radio", "sim"]]
+
+
+def _other_schema(db: Path) -> None:
+    db.unlink()
+    other = sqlite3.connect(db)
+    other.execute("CREATE TABLE notes (x)")
+    other.close()
+    db.chmod(0o600)
+
+
+# Each way a keys.db can stop being the store it was; each must be refused, never replaced by an empty store.
+DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "empty": (lambda db: db.write_bytes(b""), "is empty (0 bytes)"),
+    "truncated": (lambda db: os.truncate(db, db.stat().st_size // 2), "is truncated"),
+    "cut in the header": (lambda db: os.truncate(db, 50), "is truncated"),
+    "not sqlite": (lambda db: db.write_bytes(b"this is not an SQLite database" * 100), "not an SQLite database"),
+    "another schema": (_other_schema, "another application's database"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+@pytest.mark.parametrize("argv", STORE_USERS, ids=" ".join)
+def test_a_damaged_key_store_is_refused_not_recreated(vehicle: Vehicle, argv: list[str], damage: str) -> None:
+    spoil, says = DAMAGE[damage]
+    spoil(vehicle.db)
+    before = vehicle.db.read_bytes()
+    line = fails_cleanly(vehicle.run(*argv), ExitCode.STORE_UNUSABLE, says)
+    assert str(vehicle.db) in line and "restore keys.db from a backup" in line
+    assert vehicle.db.read_bytes() == before  # left as it was, for whoever restores or inspects it
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_doctor_fails_a_damaged_key_store(vehicle: Vehicle, damage: str) -> None:
+    spoil, says = DAMAGE[damage]
+    spoil(vehicle.db)
+    proc = vehicle.run("doctor", DKEY_RADIO="sim")
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.returncode == ExitCode.CHECK_FAILED, proc.stdout
+    assert any("[FAIL] key store" in line and says in line for line in proc.stdout.splitlines()), proc.stdout
+
+
+@pytest.mark.parametrize("argv", STORE_USERS, ids=" ".join)
+def test_a_key_store_others_can_access_is_refused(vehicle: Vehicle, argv: list[str]) -> None:
+    vehicle.db.chmod(0o666)
+    line = fails_cleanly(vehicle.run(*argv), ExitCode.KEYS, f"chmod 600 {vehicle.db}")
+    assert "mode 0666" in line
+
+
+@pytest.mark.parametrize("argv", STORE_USERS, ids=" ".join)
+def test_a_state_dir_others_can_write_is_refused(vehicle: Vehicle, argv: list[str]) -> None:
+    vehicle.state.chmod(0o777)
+    fails_cleanly(vehicle.run(*argv), ExitCode.KEYS, f"chmod 700 {vehicle.state}")
+
+
+def test_the_honest_modes_pass(vehicle: Vehicle) -> None:
+    # A state dir others may read but not write (the files in it are 0600) and a 0600 store are accepted.
+    vehicle.state.chmod(0o755)
+    for argv in (["keys"], ["audit", "--verify"], ["pair", "--list"]):
+        proc = vehicle.run(*argv)
+        assert proc.returncode == ExitCode.OK, proc.stderr
+    proc = vehicle.run("doctor", DKEY_RADIO="sim")
+    assert "[FAIL] key store" not in proc.stdout and "[FAIL] state dir" not in proc.stdout, proc.stdout
+
+
+def test_doctor_fails_loose_store_permissions(vehicle: Vehicle) -> None:
+    vehicle.db.chmod(0o644)
+    proc = vehicle.run("doctor", DKEY_RADIO="sim")
+    assert proc.returncode == ExitCode.CHECK_FAILED and "chmod 600" in proc.stdout, proc.stdout
 
 
 def test_doctor_with_broken_files_reports_or_fails_cleanly(vehicle: Vehicle) -> None:
@@ -231,12 +297,6 @@ def test_doctor_with_broken_files_reports_or_fails_cleanly(vehicle: Vehicle) -> 
     proc = vehicle.run("doctor", DKEY_RADIO="sim")
     assert "Traceback" not in proc.stderr + proc.stdout
     assert proc.returncode == ExitCode.CHECK_FAILED and "[FAIL] vehicle key" in proc.stdout, proc.stdout
-    vehicle.db.write_bytes(b"this is not an SQLite database" * 100)
-    proc = vehicle.run("doctor", DKEY_RADIO="sim")
-    if proc.returncode == ExitCode.CHECK_FAILED:  # doctor reports the store as a failed check
-        assert "Traceback" not in proc.stderr + proc.stdout and "key store" in proc.stdout
-    else:
-        fails_cleanly(proc, ExitCode.ERROR, "key store")
 
 
 @pytest.mark.parametrize("text", ["[server]\nradio = 'wifi'\n", "[server\n", "[server]\nradoi = 'sim'\n",

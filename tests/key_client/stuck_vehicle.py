@@ -32,7 +32,7 @@ class StuckLock(SimulatedLock):
 
 
 async def serve(root: Path, name: str) -> None:
-    store = KeyStore.open(root / "keys.db")
+    store = KeyStore.open(root / "keys.db", create=True)
     audit = AuditLog(store)
     clock = GuardedClock(store)
     identity = KeyPair.generate()

@@ -46,8 +46,34 @@ async def test_keys_and_audit_are_read_across_pages(h: Harness, tmp_path: Path) 
     records = (await app.audit(limit=AUDIT_PAGE + 10, after=3)).records
     assert [r.seq for r in records] == list(range(4, 4 + AUDIT_PAGE + 10))
     newest = (await app.audit(limit=5)).records
-    first = newest[0].seq  # the newest five when it was read (reading is audited too, after the answer)
+    first = newest[0].seq  # the newest five when it was read (reads are audited too, once the link ends)
     assert [r.seq for r in newest] == list(range(first, first + 5)) and first > records[-1].seq
+
+
+async def _read_audit_count(h: Harness, since: int) -> int:
+    """How many READ_AUDIT requests the vehicle answered in sessions that ended after entry `since`."""
+    for _ in range(200):  # the vehicle audits a session's reads when it sees the link end: wait for that
+        if not h.service.links:
+            break
+        await asyncio.sleep(0.01)
+    rows = [dict(e.detail) for e in h.audit.read(after_seq=since, limit=1000) if e.event == "admin"]
+    return sum(int(d["count"]) for d in rows if d.get("command") == "read_audit")
+
+
+async def test_audit_stops_reading_at_the_head_and_adds_one_entry(h: Harness, tmp_path: Path) -> None:
+    app = device_app(h, tmp_path)
+    await app.pair(h.new_code(name="laptop"))
+    for _ in range(5):  # few enough for one page (a page holds what fits in one message, at most AUDIT_PAGE)
+        h.audit.append("status", ts=int(h.wall))
+    head = h.audit.head()[0]
+    records = (await app.audit(limit=10_000, after=0)).records
+    assert [r.seq for r in records] == list(range(1, head + 1))
+    assert await _read_audit_count(h, head) == 1  # one page held it all and ended at the head: no empty page
+    assert h.audit.head()[0] == head + 1  # the whole read left one entry behind, not one per page
+    head = h.audit.head()[0]
+    newest = (await app.audit(limit=10_000)).records  # "the newest N" asks for the head first: two requests
+    assert newest[-1].seq == head and await _read_audit_count(h, head) == 2
+    assert h.audit.head()[0] == head + 1
 
 
 async def test_a_driver_key_is_refused_owner_commands_in_plain_words(h: Harness, tmp_path: Path) -> None:

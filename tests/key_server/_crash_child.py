@@ -26,7 +26,7 @@ def main() -> None:
     """Loop forever doing acknowledged revocations and pairings."""
     db_path, seed, round_no = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     rng = random.Random(seed * 1000 + round_no)
-    with KeyStore.open(db_path) as store:
+    with KeyStore.open(db_path, create=True) as store:
         audit = AuditLog(store)
         active = sorted(r.key_id for r in store.list_keys() if r.role is Role.DRIVER and not r.revoked)
         base = 1_800_000_000 + round_no * 100_000  # earlier rounds' unfinished pairings have expired by now

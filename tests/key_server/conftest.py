@@ -19,5 +19,5 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def store(db_path: Path) -> Iterator[KeyStore]:
     """An open key store at db_path, closed after the test."""
-    with KeyStore.open(db_path) as s:
+    with KeyStore.open(db_path, create=True) as s:
         yield s

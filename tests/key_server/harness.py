@@ -33,7 +33,7 @@ class Harness:
     reply_after: float = 0.1  # ServiceConfig.reply_after: answer a pulse still running after this long
 
     def __post_init__(self) -> None:
-        self.store = KeyStore.open(self.tmp / "keys.db")
+        self.store = KeyStore.open(self.tmp / "keys.db", create=True)
         self.audit = AuditLog(self.store)
         self.clock = GuardedClock(self.store, source=lambda: self.wall)
         self.identity = KeyPair.generate()

@@ -29,7 +29,7 @@ def run(state, *args: str) -> int:
 
 def enroll(state, role: Role = Role.OWNER, name: str = "phone") -> KeyPair:
     kp = KeyPair.generate()
-    with KeyStore.open(state / "keys.db") as store:
+    with KeyStore.open(state / "keys.db", create=True) as store:
         store.add_key(KeyRecord(kp.key_id, kp.public_bytes, name, role, None, None, None, int(time.time())))
     return kp
 
@@ -60,7 +60,7 @@ def test_pair_prints_a_code_with_its_slot(state, capsys) -> None:
     out = json.loads(capsys.readouterr().out)
     assert len(out["code"]) == 8 and out["code"].isdigit() and int(out["code"][:2]) == out["slot"]
     assert out["uri"].startswith("dkey://pair?code=")
-    with KeyStore.open(state / "keys.db") as store:
+    with KeyStore.open(state / "keys.db", create=True) as store:
         [p] = store.list_pairings(int(time.time()))
         assert p.role is Role.GUEST and p.key_valid_until is not None and p.prs != out["code"].encode()
 

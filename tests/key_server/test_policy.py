@@ -272,7 +272,7 @@ class FakeTime:
 
 def test_clock_never_goes_backwards(tmp_path: Path) -> None:
     fake = FakeTime(1000.9)
-    with KeyStore.open(tmp_path / "k.db") as s:
+    with KeyStore.open(tmp_path / "k.db", create=True) as s:
         clock = GuardedClock(s, source=fake)
         assert clock.now() == 1000
         fake.t = 900
@@ -285,7 +285,7 @@ def test_clock_never_goes_backwards(tmp_path: Path) -> None:
 
 def test_clock_persists_only_when_it_advanced_enough(tmp_path: Path) -> None:
     fake = FakeTime(10_000)
-    with KeyStore.open(tmp_path / "k.db") as s:
+    with KeyStore.open(tmp_path / "k.db", create=True) as s:
         clock = GuardedClock(s, source=fake, persist_every=60)
         clock.now()
         assert s.get_meta(HIGH_WATER_KEY) == "10000"  # first sight of the time: far past an empty mark
@@ -305,7 +305,7 @@ def test_clock_set_back_does_not_revive_an_expired_key(tmp_path: Path) -> None:
     path = tmp_path / "keys.db"
     guest = key(Role.GUEST, valid_until=5000)
     fake = FakeTime(4000)
-    with KeyStore.open(path) as s:
+    with KeyStore.open(path, create=True) as s:
         s.add_key(guest)
         with GuardedClock(s, source=fake) as clock:
             assert authorize(s.get_key(guest.key_id), Command.UNLOCK, clock.now(), UTC) is None
@@ -313,7 +313,7 @@ def test_clock_set_back_does_not_revive_an_expired_key(tmp_path: Path) -> None:
             assert authorize(s.get_key(guest.key_id), Command.UNLOCK, clock.now(), UTC) is Refusal.EXPIRED
     # Restart after someone (or a power cut without an RTC) set the clock back.
     fake.t = 4500
-    with KeyStore.open(path) as s:
+    with KeyStore.open(path, create=True) as s:
         clock = GuardedClock(s, source=fake)
         assert clock.now() == 5010
         assert authorize(s.get_key(guest.key_id), Command.UNLOCK, clock.now(), UTC) is Refusal.EXPIRED
@@ -322,7 +322,7 @@ def test_clock_set_back_does_not_revive_an_expired_key(tmp_path: Path) -> None:
 
 def test_clock_mark_is_shared_and_never_lowered(tmp_path: Path) -> None:
     path = tmp_path / "keys.db"
-    with KeyStore.open(path) as server, KeyStore.open(path) as cli:
+    with KeyStore.open(path, create=True) as server, KeyStore.open(path, create=True) as cli:
         ahead = GuardedClock(server, source=FakeTime(9000), persist_every=0)
         ahead.now()
         behind = GuardedClock(cli, source=FakeTime(8000), persist_every=0)
@@ -335,7 +335,7 @@ def test_clock_mark_is_shared_and_never_lowered(tmp_path: Path) -> None:
 
 
 def test_clock_survives_a_garbled_mark(tmp_path: Path) -> None:
-    with KeyStore.open(tmp_path / "k.db") as s:
+    with KeyStore.open(tmp_path / "k.db", create=True) as s:
         s.set_meta(HIGH_WATER_KEY, "not a number")
         assert GuardedClock(s, source=FakeTime(42)).now() == 42
         with pytest.raises(ValueError):

@@ -314,3 +314,47 @@ async def test_link_lost_during_the_pulse_is_still_audited(tmp_path) -> None:
         assert "unlock" in [e.event for e in h.audit.read()]
     finally:
         await h.stop()
+
+
+async def _until_gone(h: Harness) -> None:
+    for _ in range(200):  # the mock radio reports the disconnect on the loop: wait for it, not for a time
+        if not h.service.links:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the vehicle never saw the central leave")
+
+
+async def test_reads_are_audited_once_per_session_with_a_count(h: Harness) -> None:
+    owner = h.enroll()
+    link = await h.connect(owner)
+    await link.open_secure()
+    before = h.audit.head()[0]
+    for _ in range(30):
+        await link.secure(Command.READ_AUDIT, read_audit_args(0, 5))
+    for _ in range(2):
+        await link.secure(Command.LIST_KEYS, list_keys_args())
+    assert h.audit.head()[0] == before  # reading writes nothing row by row: the newest entries are not reads
+    await link.close()
+    await _until_gone(h)
+    rows = [(e.event, e.key_id, dict(e.detail)) for e in h.audit.read(after_seq=before)]
+    assert rows == [("admin", owner.key_id, {"command": "list_keys", "status": "OK", "count": 2}),
+                    ("admin", owner.key_id, {"command": "read_audit", "status": "OK", "count": 30})]
+
+
+async def test_reads_still_open_when_the_server_stops_are_counted(tmp_path) -> None:
+    h = await Harness(tmp_path).start()
+    owner = h.enroll()
+    link = await h.connect(owner)
+    await link.open_secure()
+    await link.secure(Command.READ_AUDIT, read_audit_args(0, 5))
+    await h.service.stop()
+    events = [(e.event, dict(e.detail).get("count")) for e in h.audit.read(after_seq=0, limit=100)]
+    await h.stop()
+    assert events[-2:] == [("admin", 1), ("server_stop", None)]
+
+
+async def test_an_unlock_is_still_audited_at_once(h: Harness) -> None:
+    owner = h.enroll()
+    before = h.audit.head()[0]
+    await unlock(h, owner)
+    assert [e.event for e in h.audit.read(after_seq=before)] == ["unlock"]

@@ -6,6 +6,7 @@ import hashlib
 import os
 import sqlite3
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from key_server import store as store_mod
 from key_server.store import (
     SCHEMA_VERSION,
     DuplicateKey,
+    InsecureStore,
     KeyRecord,
     KeyStore,
     KeyWasRevoked,
@@ -24,8 +26,10 @@ from key_server.store import (
     PairingMismatch,
     PendingPairing,
     StoreError,
+    StoreMissing,
     UnknownKey,
     UnknownPairing,
+    UnusableStore,
 )
 from protocol import Role
 
@@ -106,7 +110,7 @@ def table_names(path: Path) -> set[str]:
 
 
 def test_open_creates_current_schema_private_wal(db_path: Path) -> None:
-    with KeyStore.open(db_path) as s:
+    with KeyStore.open(db_path, create=True) as s:
         assert s.schema_version() == SCHEMA_VERSION == 2
         assert s.path == db_path
         assert s._query("PRAGMA journal_mode")[0][0] == "wal"
@@ -117,9 +121,9 @@ def test_open_creates_current_schema_private_wal(db_path: Path) -> None:
     assert {"keys", "pairings", "meta", "audit"} <= table_names(db_path)
 
 
-def test_migration_from_empty_file(db_path: Path) -> None:
-    db_path.touch()  # zero bytes: what a failed first start could leave behind
-    with KeyStore.open(db_path) as s:
+def test_init_migrates_an_empty_file(db_path: Path) -> None:
+    db_path.touch(mode=0o600)  # zero bytes: what an init cut short could leave behind; only init may fill it
+    with KeyStore.open(db_path, create=True) as s:
         assert s.schema_version() == SCHEMA_VERSION
         assert s.list_keys() == []
     assert {"keys", "pairings", "meta", "audit"} <= table_names(db_path)
@@ -127,23 +131,23 @@ def test_migration_from_empty_file(db_path: Path) -> None:
 
 def test_reopen_keeps_data_and_does_not_remigrate(db_path: Path) -> None:
     rec = make_key()
-    with KeyStore.open(db_path) as s:
+    with KeyStore.open(db_path, create=True) as s:
         s.add_key(rec)
-    with KeyStore.open(db_path) as s:
+    with KeyStore.open(db_path, create=True) as s:
         assert s.get_key(rec.key_id) == rec
         assert s.schema_version() == SCHEMA_VERSION
 
 
 def test_a_second_migration_can_be_added(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rec = make_key()
-    with KeyStore.open(db_path) as s:
+    with KeyStore.open(db_path, create=True) as s:
         s.add_key(rec)
 
     def migration_3(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE keys ADD COLUMN note TEXT")
 
     monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, migration_3])
-    with KeyStore.open(db_path) as s:
+    with KeyStore.open(db_path, create=True) as s:
         assert s.schema_version() == SCHEMA_VERSION + 1
         assert s.get_key(rec.key_id) == rec  # the old API still reads the new table
     db = raw(db_path)
@@ -154,7 +158,7 @@ def test_a_second_migration_can_be_added(db_path: Path, monkeypatch: pytest.Monk
 
 
 def test_a_failing_migration_changes_nothing(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with KeyStore.open(db_path):
+    with KeyStore.open(db_path, create=True):
         pass
 
     def broken(db: sqlite3.Connection) -> None:
@@ -163,36 +167,112 @@ def test_a_failing_migration_changes_nothing(db_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, broken])
     with pytest.raises(RuntimeError, match="boom"):
-        KeyStore.open(db_path)
+        KeyStore.open(db_path, create=True)
     assert "half_done" not in table_names(db_path)
     monkeypatch.undo()
-    with KeyStore.open(db_path) as s:
+    with KeyStore.open(db_path, create=True) as s:
         assert s.schema_version() == SCHEMA_VERSION
 
 
 def test_newer_schema_refused(db_path: Path) -> None:
-    with KeyStore.open(db_path):
+    with KeyStore.open(db_path, create=True):
         pass
     db = raw(db_path)
     db.execute("PRAGMA user_version = 99")
     db.close()
     with pytest.raises(StoreError, match="newer"):
-        KeyStore.open(db_path)
+        KeyStore.open(db_path, create=True)
 
 
 def test_not_a_database_refused(db_path: Path) -> None:
     db_path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StoreError, match="not a usable key store"):
+    db_path.chmod(0o600)
+    with pytest.raises(UnusableStore, match="not an SQLite database"):
+        KeyStore.open(db_path, create=True)
+
+
+def test_only_create_makes_a_store(db_path: Path) -> None:
+    with pytest.raises(StoreMissing, match="key-server init"):
         KeyStore.open(db_path)
+    assert not db_path.exists()
+
+
+def _keep_one_key(db_path: Path) -> None:
+    with KeyStore.open(db_path, create=True) as s:
+        s.add_key(make_key())
+        for i in range(200):  # a few pages, so that half the file cuts pages off
+            s.set_meta(f"filler{i}", "x" * 200)
+
+
+def _another_schema(db_path: Path) -> None:
+    db = sqlite3.connect(db_path)
+    db.execute("CREATE TABLE notes (x)")
+    db.close()
+
+
+def _schema_1_without_tables(db_path: Path) -> None:
+    db = sqlite3.connect(db_path)
+    db.execute("CREATE TABLE keys (x)")
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+
+
+@pytest.mark.parametrize(("spoil", "says"), [
+    (lambda p: p.write_bytes(b""), "is empty"),
+    (lambda p: (_keep_one_key(p), os.truncate(p, p.stat().st_size // 2)), "is truncated"),
+    (lambda p: (_keep_one_key(p), os.truncate(p, p.stat().st_size - 100)), "is truncated"),
+    (lambda p: (_keep_one_key(p), os.truncate(p, 60)), "is truncated"),
+    (lambda p: p.write_bytes(b"x" * 4096), "not an SQLite database"),
+    (_another_schema, "another application's database"),
+    (lambda p: sqlite3.connect(p).executescript("CREATE TABLE t (x); DROP TABLE t").close(), "holds no key store"),
+    (_schema_1_without_tables, "without the audit, meta, pairings table"),
+], ids=["empty", "half", "last page cut", "header cut", "not sqlite", "another schema", "sqlite, no tables",
+        "schema 1 without its tables"])
+def test_a_store_that_is_not_one_is_refused_unchanged(db_path: Path, spoil: Callable[[Path], object],
+                                                      says: str) -> None:
+    spoil(db_path)
+    if db_path.exists():
+        db_path.chmod(0o600)
+    before = db_path.read_bytes()
+    with pytest.raises(UnusableStore, match=says):
+        KeyStore.open(db_path)
+    assert db_path.read_bytes() == before
+    assert not Path(f"{db_path}-wal").exists()
+
+
+def test_a_store_survives_reopen_without_create(db_path: Path) -> None:
+    _keep_one_key(db_path)
+    with KeyStore.open(db_path) as s:  # the honest case: a whole store opens without create
+        assert len(s.list_keys()) == 1
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o644, 0o640, 0o604, 0o620])
+def test_a_store_others_can_access_is_refused(db_path: Path, mode: int) -> None:
+    _keep_one_key(db_path)
+    db_path.chmod(mode)
+    with pytest.raises(InsecureStore, match=f"mode {mode:04o}.*chmod 600"):
+        KeyStore.open(db_path)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o722])
+def test_a_state_dir_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    _keep_one_key(state / "keys.db")
+    state.chmod(mode)
+    with pytest.raises(InsecureStore, match="chmod 700"):
+        KeyStore.open(state / "keys.db")
+    state.chmod(0o755)  # readable by others is allowed: each file in it is 0600
+    KeyStore.open(state / "keys.db").close()
 
 
 def test_missing_state_dir(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="key-server init"):
-        KeyStore.open(tmp_path / "nope" / "keys.db")
+        KeyStore.open(tmp_path / "nope" / "keys.db", create=True)
 
 
 def test_closed_store_raises(db_path: Path) -> None:
-    s = KeyStore.open(db_path)
+    s = KeyStore.open(db_path, create=True)
     s.close()
     s.close()  # idempotent
     with pytest.raises(StoreError, match="closed"):
@@ -514,7 +594,7 @@ def test_change_counter_counts_key_and_pairing_changes(store: KeyStore) -> None:
 
 
 def test_second_process_sees_changes(db_path: Path) -> None:
-    with KeyStore.open(db_path) as server, KeyStore.open(db_path) as cli:
+    with KeyStore.open(db_path, create=True) as server, KeyStore.open(db_path, create=True) as cli:
         seen = server.change_counter()
         phone = make_key("phone", Role.DRIVER)
         cli.add_key(make_key("owner"))
@@ -526,7 +606,7 @@ def test_second_process_sees_changes(db_path: Path) -> None:
 
 
 def test_writer_waits_for_the_other_process_and_reports_busy(db_path: Path) -> None:
-    with KeyStore.open(db_path) as a, KeyStore.open(db_path, busy_timeout_ms=20) as b:
+    with KeyStore.open(db_path, create=True) as a, KeyStore.open(db_path, busy_timeout_ms=20, create=True) as b:
         rec = make_key()
         with a.transaction():
             a.add_key(rec)
@@ -572,7 +652,7 @@ def test_sqlite_errors_surface_as_store_errors(store: KeyStore) -> None:
 def test_store_file_is_created_private_even_with_a_lax_umask(tmp_path: Path) -> None:
     old = os.umask(0)
     try:
-        with KeyStore.open(tmp_path / "k.db") as s:
+        with KeyStore.open(tmp_path / "k.db", create=True) as s:
             s.set_meta("x", "y")
             modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     finally:

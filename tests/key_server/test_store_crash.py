@@ -103,7 +103,7 @@ def check(db: Path, acks: Acks) -> None:
         pairing_names = {r[0] for r in raw.execute("SELECT name FROM pairings")}
     finally:
         raw.close()
-    with KeyStore.open(db) as store:
+    with KeyStore.open(db, create=True) as store:
         keys = {r.key_id.hex(): r for r in store.list_keys()}
         for kid in acks.revoked:
             assert keys[kid].revoked, f"acknowledged revocation of {kid} lost"
@@ -130,7 +130,7 @@ def check(db: Path, acks: Acks) -> None:
 
 def test_sigkill_never_loses_an_acknowledged_change(tmp_path: Path) -> None:
     db = tmp_path / "keys.db"
-    with KeyStore.open(db) as store:
+    with KeyStore.open(db, create=True) as store:
         store.add_key(new_key("owner", Role.OWNER))
         for i in range(40):
             store.add_key(new_key(f"driver-{i}", Role.DRIVER))

@@ -23,7 +23,7 @@ T0 = 1_800_000_000
 
 @pytest.fixture
 def admin(tmp_path: Path) -> Iterator[KeyAdmin]:
-    with KeyStore.open(tmp_path / "keys.db") as store:
+    with KeyStore.open(tmp_path / "keys.db", create=True) as store:
         yield KeyAdmin(store, AuditLog(store), GuardedClock(store, source=lambda: T0))
 
 
