@@ -68,7 +68,7 @@ class Mono:
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[KeyCommands, KeyAdmin, bytes, Mono]]:
     mono = Mono()
-    with KeyStore.open(tmp_path / "keys.db") as store:
+    with KeyStore.open(tmp_path / "keys.db", create=True) as store:
         admin = KeyAdmin(store, AuditLog(store), GuardedClock(store, source=lambda: T0))
         kp = KeyPair.generate()
         store.add_key(KeyRecord(kp.key_id, kp.public_bytes, "guest", Role.GUEST, None, None, None, T0))

@@ -125,7 +125,7 @@ async def test_probing_an_empty_slot_is_audited_like_a_live_one(h: Harness) -> N
 
 @pytest.fixture
 def enrollment(tmp_path: Path) -> Iterator[Enrollment]:
-    with KeyStore.open(tmp_path / "keys.db") as store:
+    with KeyStore.open(tmp_path / "keys.db", create=True) as store:
         clock = GuardedClock(store, source=lambda: T0)
         clock.now()  # the first call may persist the clock's mark: keep it out of what is compared
         yield Enrollment(store, AuditLog(store), clock, b"\xca\xfe\xf0\x0d")
@@ -195,7 +195,7 @@ def test_a_store_from_before_the_count_keeps_its_codes_with_no_wrong_tries(
     path = tmp_path / "keys.db"
     with monkeypatch.context() as m:
         m.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:1])
-        with KeyStore.open(path) as old:
+        with KeyStore.open(path, create=True) as old:
             assert old.schema_version() == 1
             with old.transaction():  # a version-1 pending code, written the way version 1 wrote it
                 old._execute("INSERT INTO pairings (slot, prs, role, name, expires_at, key_valid_from, "
