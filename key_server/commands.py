@@ -162,7 +162,10 @@ class KeyCommands:
             audit.record(AuditEvent.REFUSED, ts=self.admin.clock.now(), key_id=kid,
                          detail={"reason": outcome.refusal.value, "command": cmd.name.lower()})
         elif cmd in _USE_EVENT:
-            self.admin.store.mark_used(kid, outcome.at)
+            try:
+                self.admin.store.mark_used(kid, outcome.at)
+            except StoreError:  # a failing disk (the intent may have failed too): still try the audit row
+                log.exception("could not record the key's last use")
             detail: dict[str, str | int] = {"status": outcome.status.name}
             if outcome.intent is not None:
                 detail["intent"] = outcome.intent  # pairs the outcome with its intent row

@@ -10,6 +10,7 @@ import pytest
 from hardware import ActuatorConfig, ActuatorStatus, SimulatedLock
 from key_client.errors import VehicleRefused
 from key_server.audit import AuditEntry, AuditLog
+from key_server.commands import Outcome
 from key_server.store import StoreError
 from protocol import Command, Role, Status
 
@@ -110,6 +111,11 @@ async def test_no_intent_no_actuation(tmp_path: Path, monkeypatch: pytest.Monkey
         assert info.value.status is Status.INTERNAL_ERROR
         await link.close()
         assert lock.seen == [] and lock.output_history() == []
+        monkeypatch.undo()  # the disk recovers: the next unlock is recorded and carried out
+        link = await h.connect(owner)
+        assert (await link.command(Command.UNLOCK)).status is Status.OK
+        await link.close()
+        assert [op for op, _ in lock.seen] == ["unlock"]
     finally:
         monkeypatch.undo()
         await h.stop()
@@ -138,3 +144,21 @@ async def test_a_clean_stop_mid_unlock_leaves_the_intent(tmp_path: Path) -> None
         await h.lock.aclose()
         h.clock.close()
         h.store.close()
+
+
+async def test_the_outcome_is_audited_even_when_the_last_use_cannot_be_stored(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(tmp_path)
+    try:
+        owner = h.enroll()
+
+        def disk_full(*_: object) -> None:
+            raise StoreError("database or disk is full")
+
+        monkeypatch.setattr(h.store, "mark_used", disk_full)
+        h.service.commands.record(Outcome(owner.key_id, Command.UNLOCK, int(h.wall), Status.OK, intent=7))
+        [row] = h.audit.read()
+        assert (row.event, dict(row.detail)) == ("unlock", {"status": "OK", "intent": 7})
+    finally:
+        monkeypatch.undo()
+        await h.stop()
