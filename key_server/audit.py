@@ -68,6 +68,9 @@ class AuditEvent(enum.StrEnum):
     LOCK = Command.LOCK.label
     STATUS = Command.STATUS.label
     START = Command.START.label
+    # Written (committed, fsynced) before the actuator is driven, so a crash mid-actuation still leaves a record;
+    # detail: {"command": "unlock" | "lock" | "start"}. The use row above follows with the status and "intent": seq.
+    ACTUATE = "actuate"
     REFUSED = "refused"  # detail: {"reason": Refusal value, "command": ...}
     REVOKE = "revoke"
     ADMIN = "admin"  # detail: {"action": "list_keys" | "read_audit" | ...}

@@ -2,8 +2,10 @@
 
 authorize, then act: drive the lock (unlock, lock, start), report its status, or serve an owner's admin command
 (list keys, read the audit log, revoke) through KeyAdmin, the same code `key-server` runs on the Pi. The result
-is a protocol Status and payload; the session service only carries them. What is written afterwards (last use,
-the audit entry) is split out into record(), which the service runs once the answer is on its way.
+is a protocol Status and payload; the session service only carries them. An actuation's intent ("actuate") is
+committed to the audit log before the lock is driven, so a crash at any instant leaves a record of it; what is
+written afterwards (last use, the outcome's audit entry) is split out into record(), which the service runs once
+the answer is on its way.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from .audit import AuditEvent
 from .keyadmin import KeyAdmin
 from .policy import Refusal, authorize
 from .ratelimit import ActuationLimiter
-from .store import LastOwnerError, UnknownKey
+from .store import LastOwnerError, StoreError, UnknownKey
 from .timezone import local_zone
 
 __all__ = ["REFUSAL_STATUS", "KeyCommands", "Outcome", "to_status_report"]
@@ -84,6 +86,7 @@ class Outcome:
     revoked: bytes | None = None  # a key this command revoked: its open sessions must end
     rate_limited: bool = False  # refused with BUSY: the key used up its actuations (nothing moved)
     refusals_to_audit: int = 0  # rate-limit refusals of this key to write now, as one aggregated row
+    intent: int | None = None  # seq of the "actuate" row written before the lock was driven
 
 
 class KeyCommands:
@@ -121,6 +124,17 @@ class KeyCommands:
                 return Outcome(key_id, command, wall, Status.BUSY, rate_limited=True,
                                refusals_to_audit=self.actuations.to_report(key_id, mono))
             earlier = self.actuations.to_report(key_id, mono, flush=True)  # the spell is over: its last count
+        intent: int | None = None
+        if command in ACTUATIONS:
+            # Durable before the relay is energised: a kill or stop mid-pulse still leaves this row (its outcome,
+            # written after the reply, may never come). One fsynced commit; without it nothing moves.
+            try:
+                entry = self.admin.audit.append(AuditEvent.ACTUATE, ts=wall, key_id=key_id,
+                                                detail={"command": command.label})
+            except StoreError:
+                log.exception("could not write the actuation's intent to the audit log: not actuating")
+                return Outcome(key_id, command, wall, Status.INTERNAL_ERROR, refusals_to_audit=earlier)
+            intent = entry.seq
         revoked: bytes | None = None
         data = b""
         try:
@@ -134,7 +148,8 @@ class KeyCommands:
             status = Status.ACTUATOR_FAILED
         except DecodeError:
             status = Status.BAD_REQUEST
-        return Outcome(key_id, command, wall, status, data, revoked=revoked, refusals_to_audit=earlier)
+        return Outcome(key_id, command, wall, status, data, revoked=revoked, refusals_to_audit=earlier,
+                       intent=intent)
 
     def record(self, outcome: Outcome) -> None:
         """Account for an answered command: the key's last use and the audit entry (a revocation has its own)."""
@@ -147,9 +162,14 @@ class KeyCommands:
             audit.record(AuditEvent.REFUSED, ts=self.admin.clock.now(), key_id=kid,
                          detail={"reason": outcome.refusal.value, "command": cmd.name.lower()})
         elif cmd in _USE_EVENT:
-            self.admin.store.mark_used(kid, outcome.at)
-            audit.record(_USE_EVENT[cmd], ts=self.admin.clock.now(), key_id=kid,
-                         detail={"status": outcome.status.name})
+            try:
+                self.admin.store.mark_used(kid, outcome.at)
+            except StoreError:  # a failing disk (the intent may have failed too): still try the audit row
+                log.exception("could not record the key's last use")
+            detail: dict[str, str | int] = {"status": outcome.status.name}
+            if outcome.intent is not None:
+                detail["intent"] = outcome.intent  # pairs the outcome with its intent row
+            audit.record(_USE_EVENT[cmd], ts=self.admin.clock.now(), key_id=kid, detail=detail)
         elif outcome.status is not Status.OK or cmd is not Command.REVOKE_KEY:
             audit.record(AuditEvent.ADMIN, ts=self.admin.clock.now(), key_id=kid,
                          detail={"command": cmd.name.lower(), "status": outcome.status.name})

@@ -121,7 +121,7 @@ async def test_unlock_lock_status_start(run: Cli, h: Harness) -> None:
     assert r.code == ExitCode.OK and "lock locked" in r.out
     r = await run("start")
     assert r.code == ExitCode.OK and "start enabled" in r.out
-    assert events(h)[-4:] == ["unlock", "lock", "status", "start"]
+    assert events(h)[-7:] == ["actuate", "unlock", "actuate", "lock", "status", "actuate", "start"]
 
 
 async def test_json_output_is_one_object_per_result(run: Cli, h: Harness) -> None:

@@ -42,7 +42,9 @@ async def test_a_guest_toggling_the_relay_is_refused_busy_after_the_burst_and_au
         assert statuses == [Status.OK] * 3 + [Status.BUSY] * 7
         assert h.lock.status().lock is not None
         rows = [e for e in h.audit.read(limit=1000) if e.key_id == guest.key_id]
-        assert [e.event for e in rows] == ["lock", "unlock", "lock", "rate_limited"]  # not one row per refusal
+        # An intent and an outcome per actuation; one row for the seven refusals, not one each.
+        assert [e.event for e in rows] == ["actuate", "lock", "actuate", "unlock", "actuate", "lock",
+                                           "rate_limited"]
         assert dict(rows[-1].detail) == {"what": "actuation", "refused": 1}
         assert h.store.get_key(guest.key_id).last_used_at == h.wall  # type: ignore[union-attr]
         other = await h.connect(owner)  # the limit is per key: the owner is not locked out by the guest

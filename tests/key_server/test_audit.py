@@ -63,7 +63,7 @@ def row(path: Path, seq: int) -> tuple[Any, ...]:
 
 def test_events_constant() -> None:
     assert {"pair_start", "pair", "pair_failed", "unlock", "lock", "status", "start", "refused", "revoke", "admin",
-            "rate_limited", "server_start", "server_stop"} == EVENTS
+            "actuate", "rate_limited", "server_start", "server_stop"} == EVENTS
     assert AuditEvent("refused") is AuditEvent.REFUSED
 
 

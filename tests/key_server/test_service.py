@@ -44,7 +44,7 @@ async def test_unlock_and_lock(h: Harness, mtu: int) -> None:
     phone = h.enroll()
     assert (await unlock(h, phone, mtu=mtu)).lock is LockState.UNLOCKED
     assert (await unlock(h, phone, Command.LOCK, mtu=mtu)).lock is LockState.LOCKED
-    assert [e.event for e in h.audit.read()][-2:] == ["unlock", "lock"]
+    assert [e.event for e in h.audit.read()][-4:] == ["actuate", "unlock", "actuate", "lock"]
     assert h.store.get_key(phone.key_id).last_used_at == h.wall
 
 
@@ -357,4 +357,4 @@ async def test_an_unlock_is_still_audited_at_once(h: Harness) -> None:
     owner = h.enroll()
     before = h.audit.head()[0]
     await unlock(h, owner)
-    assert [e.event for e in h.audit.read(after_seq=before)] == ["unlock"]
+    assert [e.event for e in h.audit.read(after_seq=before)] == ["actuate", "unlock"]

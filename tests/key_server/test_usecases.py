@@ -135,9 +135,11 @@ def test_unlock_answers_and_record_notes_the_use(commands: KeyCommands, admin: K
     phone = enroll(admin)
     outcome = asyncio.run(commands.run(phone.key_id, Command.UNLOCK, b""))
     assert outcome.status is Status.OK and StatusReport.decode(outcome.data).lock is LockState.UNLOCKED
-    assert events(admin) == []  # nothing is written before the answer goes out
+    [intent] = admin.audit.read()  # only the intent is written before the answer goes out
+    assert (intent.event, intent.key_id, dict(intent.detail)) == ("actuate", phone.key_id, {"command": "unlock"})
     commands.record(outcome)
-    assert events(admin) == ["unlock"] and admin.store.get_key(phone.key_id).last_used_at == T0  # type: ignore[union-attr]
+    assert dict(admin.audit.read()[-1].detail) == {"status": "OK", "intent": intent.seq}
+    assert events(admin) == ["actuate", "unlock"] and admin.store.get_key(phone.key_id).last_used_at == T0  # type: ignore[union-attr]
 
 
 def test_record_leaves_a_done_revocation_to_its_own_entry(commands: KeyCommands, admin: KeyAdmin) -> None:
