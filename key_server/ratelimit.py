@@ -105,6 +105,11 @@ class FailureLimiter:
             return True
         return key_id is not None and self._lane(key_id).available(now) >= 1
 
+    def link_allows(self, link: str, now: float) -> bool:
+        """True if `link`'s own bucket holds a token (the cheap check as a write arrives, before a message is whole)."""
+        bucket = self._links.get(link)
+        return bucket is None or bucket.available(now) >= 1
+
     def _lane(self, key_id: bytes) -> Bucket:
         lane = self._lanes.get(key_id)
         if lane is None:

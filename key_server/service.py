@@ -264,7 +264,9 @@ class KeyService:
     def on_write(self, link: str, data: bytes) -> None:
         """One ATT write: cheap checks here, then hand over to the link's drain task."""
         now = self._mono()
-        if not self.limiter.allow(link, now):
+        # Only the link's own bucket here: the global budget is applied at dequeue, where an enrolled key's lane
+        # can still admit an honest device while a flood has emptied it.
+        if not self.limiter.link_allows(link, now):
             self.stats.rate_limited += 1
             raise AttError(AttErrorCode.APP_BUSY, "too many failed attempts; try again later")
         central = self._central(link)
