@@ -334,7 +334,8 @@ class KeyService:
             if central.session.ready:
                 # Admission control, right before the message would reach crypto: over budget, it is shed unread
                 # (an unsigned BUSY when it names a challenge) with no signature, no verification, no audit row.
-                central.lane = self._enrolled(central.session.next_key_id())
+                # A request inside a confidential session names no key: it runs under the session's own key.
+                central.lane = self._enrolled(central.session.next_key_id() or central.secure_key_id)
                 if not self.limiter.allow(central.link, now, central.lane):
                     self.stats.rate_limited += 1
                     self.stats.shed += 1
