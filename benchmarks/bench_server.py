@@ -1,4 +1,4 @@
-"""key-server figures: idle RSS, start-up time, unlock latency with 10,000 keys, revoke and intent latency, flood.
+"""key-server figures: idle RSS, start-up time, unlock latency with 10,000 keys, revoke and intent latency, floods.
 
 Run: .venv/bin/python benchmarks/bench_server.py   (prints a table; no pass/fail)
 Unlocks run in-process over the mock radio (no radio latency) with the simulated lock set to a 1 ms pulse, so
@@ -8,12 +8,14 @@ the numbers are the server's own cost: protocol, SQLite, policy, audit, scheduli
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -21,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dkey_link.mock import MockAir  # noqa: E402
 from hardware import ActuatorConfig, SimulatedLock  # noqa: E402
 from key_client.driver import Target, connect_vehicle  # noqa: E402
+from key_client.errors import ClientError  # noqa: E402
 from key_server.audit import AuditLog  # noqa: E402
 from key_server.clock import GuardedClock  # noqa: E402
-from key_server.ratelimit import ActuationLimiter  # noqa: E402
+from key_server.ratelimit import ActuationLimiter, FailureLimiter  # noqa: E402
 from key_server.service import KeyService, ServiceConfig  # noqa: E402
 from key_server.store import KeyRecord, KeyStore  # noqa: E402
 from protocol import (  # noqa: E402
@@ -63,10 +66,15 @@ def process_figures() -> tuple[float, float]:
     return startup, rss_kb / 1024
 
 
+def _lifted() -> ServiceConfig:
+    """The default service, per-key actuation limit lifted: one key unlocks back to back here, which it would meet."""
+    return ServiceConfig(actuations=ActuationLimiter(burst=1e9, per_minute=1e9))
+
+
 class Bench:
     """A KeyService on the mock radio with `n_keys` enrolled keys."""
 
-    def __init__(self, tmp: Path, n_keys: int) -> None:
+    def __init__(self, tmp: Path, n_keys: int, config: ServiceConfig | None = None) -> None:
         self.store = KeyStore.open(tmp / "keys.db", create=True)
         now = int(time.time())
         self.device = KeyPair.generate()
@@ -86,10 +94,7 @@ class Bench:
         self.lock = SimulatedLock(ActuatorConfig(kind="sim", pulse_ms=1))
         self.service = KeyService(identity=KeyPair.generate(), store=self.store, audit=AuditLog(self.store),
                                   clock=GuardedClock(self.store), lock=self.lock,
-                                  peripheral=self.air.peripheral("bench"),
-                                  # Hundreds of unlocks of one key: the per-key actuation limit would answer BUSY
-                                  # after its burst, and the figures would be the refusal's cost, not an unlock's.
-                                  config=ServiceConfig(actuations=ActuationLimiter(burst=1e9, per_minute=1e9)))
+                                  peripheral=self.air.peripheral("bench"), config=config or _lifted())
 
     async def unlock_latencies(self, n: int) -> list[float]:
         """Connect once, then n x (fresh challenge + UNLOCK + signed result) on that link."""
@@ -203,6 +208,125 @@ async def flood_figures(rate: int = 1000, seconds: float = 5.0) -> tuple[list[fl
     return lat, ok, sent, limited
 
 
+class AttackFigures:
+    """What one admission-control attack did, measured while an honest device kept unlocking."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.bogus = 0  # bogus requests the attacker sent
+        self.reached_crypto = 0  # bogus requests processed (each cost the vehicle at least one signature)
+        self.budget = 0.0  # global_burst + global_rate * seconds: the documented ceiling for reached_crypto
+        self.peak_queue = 0
+        self.queue_cap = 0
+        self.mem_before = 0
+        self.mem_after = 0
+        self.tracked_after = 0  # per-link buckets and key lanes left once the attacker is gone (lanes: enrolled keys)
+        self.honest_ok = 0
+        self.honest_tries = 0
+        self.honest_lat: list[float] = []
+        self.honest_errors: dict[str, int] = {}
+
+
+def _bogus_frame() -> bytes:
+    intruder = KeyPair.generate()
+    return split(CommandMessage(intruder.key_id, os.urandom(16), Command.UNLOCK, b"", os.urandom(64)).encode(),
+                 244)[0]
+
+
+async def attack_figures(kind: str) -> AttackFigures:
+    """`pipeline`: one link writes 2,000 bogus COMMANDs without waiting; `fresh`: 200 new links, one each."""
+    fig = AttackFigures()
+    with tempfile.TemporaryDirectory(prefix="dkb", dir="/tmp") as tmp:
+        b = Bench(Path(tmp), 1)
+        limiter: FailureLimiter = b.service.limiter
+        tracemalloc.start()
+        await b.service.start()
+        await b.unlock_latencies(1)  # warm-up: caches, the key's lane, the audit statements
+        gc.collect()
+        fig.mem_before = tracemalloc.get_traced_memory()[0]
+        t0 = time.perf_counter()
+        done = asyncio.Event()
+
+        async def pipeline() -> None:
+            conn = await b.air.central().connect((await b.air.central().scan(1))[0])
+            await conn.subscribe(lambda _d: None)
+            frame = _bogus_frame()
+            for i in range(2000):
+                await conn.write(frame, response=False)  # APP_BUSY past the queue cap is swallowed, as over the air
+                fig.bogus += 1
+                if i % 50 == 49:
+                    await asyncio.sleep(0)  # let the honest device's traffic interleave
+            while any(c.session.queued for c in b.service.links.values()):  # noqa: ASYNC110 - the service's state
+                await asyncio.sleep(0.001)
+            await conn.disconnect()
+
+        async def fresh() -> None:
+            for _ in range(200):
+                conn = await b.air.central().connect((await b.air.central().scan(1))[0])
+                answered = asyncio.Event()
+                await conn.subscribe(lambda _d, ev=answered: ev.set())
+                answered.clear()  # the pushed challenge
+                await asyncio.sleep(0)
+                answered.clear()
+                try:
+                    await conn.write(_bogus_frame())
+                    fig.bogus += 1
+                    await asyncio.wait_for(answered.wait(), 2.0)  # signed refusal or unsigned BUSY
+                except Exception:
+                    pass
+                await conn.disconnect()
+
+        async def attack() -> None:
+            await (pipeline() if kind == "pipeline" else fresh())
+            done.set()
+
+        task = asyncio.create_task(attack())
+        while not done.is_set() or fig.honest_tries < 5:
+            t = time.perf_counter()
+            fig.honest_tries += 1
+            try:
+                link = await connect_vehicle(b.air.central(), b.device, Target(b.service.identity.public_bytes),
+                                             scan_time=1, attempts=1)
+                try:
+                    await link.command(Command.UNLOCK)
+                    fig.honest_ok += 1
+                    fig.honest_lat.append(time.perf_counter() - t)
+                finally:
+                    await link.close()
+            except ClientError as exc:  # BUSY, a lost link: counted as a failed unlock
+                fig.honest_errors[type(exc).__name__] = fig.honest_errors.get(type(exc).__name__, 0) + 1
+        await task
+        fig.seconds = time.perf_counter() - t0
+        while b.service.links:  # noqa: ASYNC110 - the service's state, no event to wait on
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        stats = b.service.stats
+        fig.reached_crypto = stats.refused + stats.protocol_errors  # every admitted bogus request is refused
+        fig.budget = limiter.global_burst + limiter.global_rate * fig.seconds
+        fig.peak_queue, fig.queue_cap = stats.peak_queue, b.service.config.link_queue
+        fig.tracked_after = limiter.tracked
+        gc.collect()  # what is still held, not garbage awaiting collection; mostly the 256-entry challenge book
+        fig.mem_after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        await b.close()
+    return fig
+
+
+def print_attack(name: str, fig: AttackFigures) -> None:
+    p50 = statistics.median(fig.honest_lat) * 1e3 if fig.honest_lat else float("nan")
+    print(f"| {name}: bogus requests reaching crypto / documented budget (30 + 5/s x {fig.seconds:.1f} s) | "
+          f"{fig.reached_crypto} of {fig.bogus} / {fig.budget:.0f} |")
+    print(f"| {name}: peak queued messages on one link / cap | {fig.peak_queue} / {fig.queue_cap} |")
+    print(f"| {name}: traced Python memory before / after (limiter buckets left: the honest key's lane) | "
+          f"{fig.mem_before / 1024:.0f} KiB / {fig.mem_after / 1024:.0f} KiB ({fig.tracked_after}) |")
+    print(f"| {name}: honest unlocks meanwhile, succeeded (p50 connect+unlock+disconnect) | "
+          f"{fig.honest_ok} of {fig.honest_tries} ({p50:.2f} ms){_errors(fig.honest_errors)} |")
+
+
+def _errors(errors: dict[str, int]) -> str:
+    return "" if not errors else ", failures: " + ", ".join(f"{n} {kind}" for kind, n in errors.items())
+
+
 async def main() -> None:
     startup, rss = process_figures()
     print(f"key-server figures ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})\n")
@@ -225,6 +349,8 @@ async def main() -> None:
     print(f"| honest unlock (connect+unlock+disconnect) under {sent / 5:.0f} bogus frames/s (p50 / p99) | "
           f"{statistics.median(lat) * 1e3:.2f} ms / {pct(lat, 0.99) * 1e3:.2f} ms, {ok} of {ok} succeeded |")
     print(f"| bogus writes refused by the rate limiter before any crypto | {limited} of {sent} |")
+    print_attack("one link pipelining 2,000 bogus COMMANDs", await attack_figures("pipeline"))
+    print_attack("200 fresh links, one bogus COMMAND each", await attack_figures("fresh"))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,10 @@ from .ratelimit import (
     GLOBAL_BURST,
     GLOBAL_RATE,
     LINK_BURST,
+    LINK_QUEUE,
     LINK_RATE,
+    MAX_LINK_LIFETIME,
+    MAX_LINKS,
 )
 
 SYSTEM_STATE_DIR = Path("/var/lib/dkey")  # the systemd unit's StateDirectory=dkey
@@ -174,6 +177,15 @@ class RateLimitOptions:
                                    min=1, max=60)
     actuation_per_minute: float = setting(ACTUATION_PER_MINUTE, help="actuations per minute afterwards, per key",
                                           min=0.5, max=120)
+    # An honest device has one message waiting at most; 64 waiting would let one link queue real work again.
+    link_queue: int = setting(LINK_QUEUE, help="complete messages one central may have waiting (then ATT busy)",
+                              min=1, max=64)
+    # bless serves one central at a time anyway; above 64 the per-link state is no longer small.
+    max_links: int = setting(MAX_LINKS, help="centrals served at once; one more is disconnected at once",
+                             min=1, max=64)
+    # At least the longest challenge_ttl (60 s), so a device can always finish what it fetched a challenge for.
+    max_link_lifetime: float = setting(MAX_LINK_LIFETIME, help="seconds a central may stay connected, busy or not",
+                                       min=60, max=3_600)
 
 
 TABLES: Final[Mapping[str, type]] = {"server": ServerOptions, "pairing": PairingOptions,

@@ -1,9 +1,14 @@
 """Rate limits, pure (time is passed in): failed attempts per link and globally, and actuations per key.
 
-A link that has never failed is always let through, so a flood from elsewhere cannot lock out an honest
-phone; a link that has failed spends from its own bucket and, while the global bucket is empty, is
-refused before any crypto runs. Separately, every key spends from its own bucket for each command that moves
-the vehicle, so a valid key cannot toggle the relay as fast as the link allows. Buckets refill continuously.
+Admission control (docs/THREAT_MODEL.md §4.7): every message of every link, its first included, is admitted only
+while its link's bucket and the global bucket each hold a token; every failure spends one token from both. The
+service asks right before a queued message reaches crypto, so at most `burst + rate * t` failing messages reach
+crypto in `t` seconds, globally, however many links or reconnects carry them. So that a flood cannot lock out the
+owner's phone, a message naming an enrolled key may also be admitted from that key's own small lane while the
+global bucket is empty; a spoofer who learnt a key id (it travels in clear) burns that key's lane and nothing
+else, so the bound grows by one lane per key id an attacker knows. Separately, every key spends from its own
+bucket for each command that moves the vehicle, so a valid key cannot toggle the relay as fast as the link allows.
+Buckets refill continuously.
 """
 
 from __future__ import annotations
@@ -17,6 +22,16 @@ LINK_RATE = 0.5
 # Across all links: 30 failures in a burst, 5 per second after, bounds the CPU spent on bogus signatures.
 GLOBAL_BURST = 30
 GLOBAL_RATE = 5.0
+# Admission caps (key_server/service.py): complete messages one link may have waiting (an honest device waits for
+# each answer, so it never has more than one), links served at once, and how long one link may stay connected.
+LINK_QUEUE = 4
+MAX_LINKS = 8
+MAX_LINK_LIFETIME = 300.0
+# The lane of one enrolled key id when the global bucket is empty: an honest device fails rarely.
+KEY_BURST = 3
+KEY_RATE = 0.2
+# Per-link buckets kept at most (links are forgotten on disconnect; this bounds the map whatever happens).
+MAX_TRACKED_LINKS = 256
 # Per key, for unlock, lock and start: a person unlocks, locks, perhaps fumbles a few times; 6 in a row and then
 # one every 5 s (12 a minute) never bites that, nor passive entry, while a relay toggled as fast as the link allows
 # stops after 6 and then moves at most 12 times a minute (relays and door strikes wear out, and heat up).
@@ -64,34 +79,68 @@ class FailureLimiter:
     link_rate: float = LINK_RATE
     global_burst: float = GLOBAL_BURST
     global_rate: float = GLOBAL_RATE
+    key_burst: float = KEY_BURST
+    key_rate: float = KEY_RATE
+    max_tracked: int = MAX_TRACKED_LINKS
     failures: int = 0  # every failure reported so far (for stats and tests)
     _links: dict[str, Bucket] = field(default_factory=dict)
     _global: Bucket | None = None
+    _lanes: dict[bytes, Bucket] = field(default_factory=dict)  # enrolled key ids only; bounded by max_tracked
 
     def _global_bucket(self) -> Bucket:
         if self._global is None:
             self._global = Bucket(self.global_burst, self.global_rate)
         return self._global
 
-    def allow(self, link: str, now: float) -> bool:
-        """True if a message from `link` may be processed now."""
+    def allow(self, link: str, now: float, key_id: bytes | None = None) -> bool:
+        """True if a message from `link` may be processed now (its link's and the global bucket hold a token).
+
+        `key_id`: the enrolled key the message names, if any; its lane admits it while the global bucket is empty.
+        """
+        bucket = self._links.get(link)
+        if bucket is not None and bucket.available(now) < 1:
+            return False
+        # Every link, a fresh one too: reconnecting must not buy a way around the global budget.
+        if self._global_bucket().available(now) >= 1:
+            return True
+        return key_id is not None and self._lane(key_id).available(now) >= 1
+
+    def link_allows(self, link: str, now: float) -> bool:
+        """True if `link`'s own bucket holds a token (the cheap check as a write arrives, before a message is whole)."""
+        bucket = self._links.get(link)
+        return bucket is None or bucket.available(now) >= 1
+
+    def _lane(self, key_id: bytes) -> Bucket:
+        lane = self._lanes.get(key_id)
+        if lane is None:
+            if len(self._lanes) >= self.max_tracked:  # bounded memory: the oldest lane goes
+                del self._lanes[next(iter(self._lanes))]
+            lane = self._lanes[key_id] = Bucket(self.key_burst, self.key_rate)
+        return lane
+
+    def failed(self, link: str, now: float, key_id: bytes | None = None) -> None:
+        """Record one failure (bad frame, bad signature, stale challenge, wrong or abandoned code) from `link`.
+
+        `key_id` is what `allow` was given: when the global bucket is empty the failure is charged to that lane.
+        """
+        self.failures += 1
         bucket = self._links.get(link)
         if bucket is None:
-            return True  # never failed: always heard
-        if bucket.available(now) < 1:
-            return False
-        return self._global_bucket().available(now) >= 1
-
-    def failed(self, link: str, now: float) -> None:
-        """Record one failure (bad frame, bad signature, stale challenge, wrong or abandoned code) from `link`."""
-        self.failures += 1
-        bucket = self._links.setdefault(link, Bucket(self.link_burst, self.link_rate))
+            if len(self._links) >= self.max_tracked:  # bounded memory: the oldest bucket goes (global still holds)
+                del self._links[next(iter(self._links))]
+            bucket = self._links[link] = Bucket(self.link_burst, self.link_rate)
         bucket.take(now)
-        self._global_bucket().take(now)
+        if not self._global_bucket().take(now) and key_id is not None:
+            self._lane(key_id).take(now)
 
     def forget(self, link: str) -> None:
-        """Drop a link's bucket when it disconnects (a new connection starts clean)."""
+        """Drop a link's bucket when it disconnects (its failures stay spent in the global bucket)."""
         self._links.pop(link, None)
+
+    @property
+    def tracked(self) -> int:
+        """Per-link buckets and key lanes held now (for tests and benchmarks: bounded memory)."""
+        return len(self._links) + len(self._lanes)
 
 
 @dataclass(slots=True)

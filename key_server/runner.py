@@ -101,7 +101,8 @@ async def serve(cfg: Config) -> int:
         config=ServiceConfig(
             challenge_ttl=cfg.server.challenge_ttl, link_idle_timeout=cfg.server.link_idle_timeout, tz=tz,
             limiter=FailureLimiter(rl.link_burst, rl.link_rate, rl.global_burst, rl.global_rate),
-            actuations=ActuationLimiter(rl.actuation_burst, rl.actuation_per_minute)),
+            actuations=ActuationLimiter(rl.actuation_burst, rl.actuation_per_minute),
+            link_queue=rl.link_queue, max_links=rl.max_links, max_link_lifetime=rl.max_link_lifetime),
     )
     try:
         await service.start()

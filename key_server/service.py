@@ -49,7 +49,7 @@ from .commands import KeyCommands
 from .config import DEFAULT_LINK_IDLE_TIMEOUT
 from .enrollment import Enrollment
 from .keyadmin import KeyAdmin
-from .ratelimit import ActuationLimiter, FailureLimiter
+from .ratelimit import LINK_QUEUE, MAX_LINK_LIFETIME, MAX_LINKS, ActuationLimiter, FailureLimiter
 from .store import KeyStore, PendingPairing
 
 log = logging.getLogger("key_server.service")
@@ -65,6 +65,9 @@ class ServiceConfig:
     poll_interval: float = 0.5  # how often CLI changes to the store (revocations) are looked for
     reply_after: float = 0.1  # answer an actuation still pulsing after this long (its relay is energised)
     tz: tzinfo | None = None  # for guest schedules; None = the system's local time zone
+    link_queue: int = LINK_QUEUE  # complete messages one link may have waiting; past it writes get APP_BUSY
+    max_links: int = MAX_LINKS  # links served at once; a link past it is dropped at connect
+    max_link_lifetime: float = MAX_LINK_LIFETIME  # a link connected longer is dropped, busy or not
     limiter: FailureLimiter = field(default_factory=FailureLimiter)
     actuations: ActuationLimiter = field(default_factory=ActuationLimiter)
 
@@ -78,7 +81,13 @@ class ServiceStats:
     refused: int = 0
     framing_errors: int = 0
     protocol_errors: int = 0
-    rate_limited: int = 0
+    rate_limited: int = 0  # writes answered APP_BUSY plus queued messages shed, all before any crypto
+    admitted: int = 0  # queued messages that passed admission and were processed (crypto included)
+    shed: int = 0  # queued messages discarded at dequeue, over budget: no crypto, no audit row
+    queue_full: int = 0  # writes answered APP_BUSY because the link's queue was at its cap
+    peak_queue: int = 0  # the most complete messages one link ever had waiting
+    links_refused: int = 0  # connections dropped because max_links were already served
+    links_expired: int = 0  # links dropped for outliving max_link_lifetime
     pair_attempts: int = 0
     pairings: int = 0
     pairings_abandoned: int = 0
@@ -101,12 +110,14 @@ class _Central:
     link: str
     session: VehicleSession
     last_activity: float
+    connected_at: float
     task: asyncio.Task[None] | None = None
     attempt: _Attempt | None = None  # from PAIR_START until a key is enrolled or the attempt fails
     secure_key_id: bytes | None = None
     after: list[Callable[[], None]] = field(default_factory=list)  # bookkeeping run after the reply is sent
     reads: dict[Command, int] = field(default_factory=dict)  # answered reads, audited once when the link ends
     gone: bool = False  # the link ended: a read answered after that is audited at once
+    lane: bytes | None = None  # the enrolled key named by the message being processed (the limiter's key lane)
 
 
 class KeyService:
@@ -197,6 +208,13 @@ class KeyService:
             self._keys[key_id] = cached
         return cached[1]
 
+    def _enrolled(self, key_id: bytes | None) -> bytes | None:
+        """`key_id` if it names an enrolled, unrevoked key (a store read, no crypto), else None."""
+        if key_id is None:
+            return None
+        rec = self.store.get_key(key_id)
+        return key_id if rec is not None and not rec.revoked else None
+
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._background.add(task)
@@ -205,15 +223,29 @@ class KeyService:
     # ------------------------------------------------------------------ PeripheralHandler (sync, cheap)
 
     def on_connect(self, link: str, mtu: int) -> None:
-        """A central connected: give it a fresh session sized to its MTU."""
-        self.stats.connects += 1
-        self.links[link] = _Central(link, self._new_session(mtu - 3), self._mono())
+        """A central connected: give it a fresh session sized to its MTU, or drop it if max_links are served."""
+        self._admit_link(link, mtu)
 
-    def _central(self, link: str) -> _Central:
+    def _admit_link(self, link: str, mtu: int) -> _Central | None:
+        self.stats.connects += 1
+        if link not in self.links and len(self.links) >= self.config.max_links:
+            # Refusing the newcomer (not evicting the oldest) keeps a served device's command whole; the lifetime
+            # cap frees hogged slots within max_link_lifetime.
+            self.stats.links_refused += 1
+            self._spawn(self._disconnect(link))
+            return None
+        now = self._mono()
+        central = self.links[link] = _Central(link, self._new_session(mtu - 3), now, now)
+        return central
+
+    async def _disconnect(self, link: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.peripheral.disconnect(link)
+
+    def _central(self, link: str) -> _Central | None:
         central = self.links.get(link)
         if central is None:  # a backend that saw the write before the connection (bless learns links from writes)
-            self.on_connect(link, 23)
-            central = self.links[link]
+            central = self._admit_link(link, 23)
         return central
 
     def on_subscribe(self, link: str | None) -> None:
@@ -224,16 +256,29 @@ class KeyService:
             self._spawn(self._send(None, self._broadcaster.data_to_send()))
             return
         central = self._central(link)
+        if central is None:
+            return
         central.session.push_challenge(now)
         self._spawn(self._send(link, central.session.data_to_send()))
 
     def on_write(self, link: str, data: bytes) -> None:
         """One ATT write: cheap checks here, then hand over to the link's drain task."""
         now = self._mono()
-        if not self.limiter.allow(link, now):
+        # Only the link's own bucket here: the global budget is applied at dequeue, where an enrolled key's lane
+        # can still admit an honest device while a flood has emptied it.
+        if not self.limiter.link_allows(link, now):
             self.stats.rate_limited += 1
             raise AttError(AttErrorCode.APP_BUSY, "too many failed attempts; try again later")
         central = self._central(link)
+        if central is None:
+            self.stats.rate_limited += 1
+            raise AttError(AttErrorCode.APP_BUSY, "too many centrals connected; try again later")
+        if central.session.queued >= self.config.link_queue:
+            # Hard cap: an honest device waits for each answer, so only a pipelining peer gets here; its further
+            # writes are refused (not queued) until the drain task has worked the queue down.
+            self.stats.queue_full += 1
+            self.stats.rate_limited += 1
+            raise AttError(AttErrorCode.APP_BUSY, "too many requests waiting on this link; try again later")
         central.last_activity = now
         try:
             central.session.receive_data(data, now)
@@ -243,6 +288,7 @@ class KeyService:
             raise AttError(AttErrorCode.APP_REJECTED, str(exc)) from None
         except KeyProtocolError as exc:  # the session already ended (error or revoked)
             raise AttError(AttErrorCode.APP_REJECTED, str(exc)) from None
+        self.stats.peak_queue = max(self.stats.peak_queue, central.session.queued)
         if central.task is None or central.task.done():
             central.task = asyncio.get_running_loop().create_task(self._drain(central))
 
@@ -255,8 +301,14 @@ class KeyService:
             central.session.close()
             # Leaving mid-PAKE is what a guesser does once the vehicle's confirmation shows the guess was wrong:
             # it is a failed attempt, for the code and for the limiter. The store write runs off this callback.
-            asyncio.get_running_loop().call_soon(self._end_attempt, central, "abandoned")
+            asyncio.get_running_loop().call_soon(self._forget, central)
             self._end_reads(central)
+
+    def _forget(self, central: _Central) -> None:
+        """After a link ended: charge an abandoned pairing, then free the link's bucket (bounded memory)."""
+        self._end_attempt(central, "abandoned")
+        if central.link not in self.links:  # not reconnected under the same id meanwhile
+            self.limiter.forget(central.link)
 
     # ------------------------------------------------------------------ processing
 
@@ -278,11 +330,24 @@ class KeyService:
         """Process every complete message of one link, in order, sending each reply before the next."""
         while True:
             now = self._mono()
+            central.lane = None
+            if central.session.ready:
+                # Admission control, right before the message would reach crypto: over budget, it is shed unread
+                # (an unsigned BUSY when it names a challenge) with no signature, no verification, no audit row.
+                # A request inside a confidential session names no key: it runs under the session's own key.
+                central.lane = self._enrolled(central.session.next_key_id() or central.secure_key_id)
+                if not self.limiter.allow(central.link, now, central.lane):
+                    self.stats.rate_limited += 1
+                    self.stats.shed += 1
+                    central.session.shed()
+                    await self._send(central.link, central.session.data_to_send())
+                    continue
+                self.stats.admitted += 1
             try:
                 event = central.session.next_event(now)
             except RemoteProtocolError as exc:
                 self.stats.protocol_errors += 1
-                self.limiter.failed(central.link, now)
+                self.limiter.failed(central.link, now, central.lane)
                 if central.attempt is not None:  # mid-PAKE: the attempt's own row says why it failed
                     self._end_attempt(central, f"protocol error: {exc}", failure=False)
                 else:
@@ -307,10 +372,13 @@ class KeyService:
             central.after.clear()
 
     async def _drop(self, central: _Central) -> None:
-        self.links.pop(central.link, None)
+        if self.links.get(central.link) is central:
+            del self.links[central.link]
         central.session.close()
         self._end_attempt(central, "abandoned")  # e.g. an idle link swept mid-PAKE
         self._end_reads(central)
+        if central.link not in self.links:
+            self.limiter.forget(central.link)
         with contextlib.suppress(Exception):
             await self.peripheral.disconnect(central.link)
 
@@ -322,7 +390,7 @@ class KeyService:
             await self._command(central, event)
         elif isinstance(event, Refused):
             self.stats.refused += 1
-            self.limiter.failed(central.link, now)
+            self.limiter.failed(central.link, now, central.lane)
             central.after.append(lambda: self._note(AuditEvent.REFUSED, event.key_id, reason=event.reason,
                                                     status=event.status.name))
         elif isinstance(event, SessionOpened):
@@ -435,7 +503,12 @@ class KeyService:
         now = self._mono()
         for central in list(self.links.values()):
             busy = central.task is not None and not central.task.done()
-            if not busy and now - central.last_activity > self.config.link_idle_timeout:
+            if now - central.connected_at > self.config.max_link_lifetime:
+                # Busy or not: a link that keeps itself busy must not hold its slot forever. A drain task in
+                # progress finishes its current event; the closed session yields no more.
+                self.stats.links_expired += 1
+                self._spawn(self._drop(central))
+            elif not busy and now - central.last_activity > self.config.link_idle_timeout:
                 self._spawn(self._drop(central))
         self.check_store_changes()
         self.challenges.purge(now)

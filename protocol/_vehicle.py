@@ -182,6 +182,47 @@ class VehicleSession:
         if message is not None:
             self._inbox.append(message)
 
+    @property
+    def queued(self) -> int:
+        """Complete messages received and not yet processed."""
+        return len(self._inbox)
+
+    @property
+    def ready(self) -> bool:
+        """True if the next `next_event` call would take a queued message and process it (crypto included)."""
+        return (self._deferred is None and bool(self._inbox)
+                and self._sm.state not in VEHICLE_WAITING_FOR_APP
+                and self._sm.state not in (VState.CLOSED, VState.ERROR))
+
+    def next_key_id(self) -> bytes | None:
+        """The key id the next queued message names (COMMAND, SESSION_OPEN), parsed without any crypto; else None."""
+        if not self._inbox:
+            return None
+        try:
+            msg = decode(self._inbox[0])
+        except DecodeError:
+            return None
+        kid = msg.key_id if isinstance(msg, CommandMessage | SessionOpen) else None
+        return kid
+
+    def shed(self, status: Status = Status.BUSY) -> bool:
+        """Discard the next queued message unprocessed: no crypto, no state change; False if none is queued.
+
+        A message that names a challenge is answered with an unsigned ERROR carrying `status` and that challenge,
+        which its device matches to the request it is waiting on; anything else is dropped without an answer.
+        """
+        if not self._inbox:
+            return False
+        raw = self._inbox.popleft()
+        try:
+            msg = decode(raw)  # parsing only: the signature is never looked at
+        except DecodeError:
+            return True
+        challenge = getattr(msg, "challenge", b"")
+        if isinstance(challenge, bytes) and challenge:
+            self._send(Error(status=status, challenge=challenge))
+        return True
+
     def close(self) -> None:
         """End the session (link lost, key revoked); idempotent."""
         if self._sm.state not in (VState.CLOSED, VState.ERROR):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from key_client.driver import Target, VehicleLink, connect_vehicle
 from key_server.audit import AuditLog
 from key_server.clock import GuardedClock
 from key_server.pairing import issue_code
-from key_server.ratelimit import ActuationLimiter, FailureLimiter
+from key_server.ratelimit import LINK_QUEUE, MAX_LINK_LIFETIME, MAX_LINKS, ActuationLimiter, FailureLimiter
 from key_server.service import KeyService, ServiceConfig
 from key_server.store import KeyRecord, KeyStore
 from protocol import KeyPair, Role
@@ -31,6 +33,10 @@ class Harness:
     air: MockAir = field(default_factory=MockAir)
     lock: SimulatedLock = field(default_factory=lambda: SimulatedLock(ActuatorConfig(kind="sim", pulse_ms=5)))
     reply_after: float = 0.1  # ServiceConfig.reply_after: answer a pulse still running after this long
+    link_queue: int = LINK_QUEUE
+    max_links: int = MAX_LINKS
+    max_link_lifetime: float = MAX_LINK_LIFETIME
+    monotonic: Callable[[], float] = time.monotonic  # the service's clock: tests of lifetimes move it by hand
 
     def __post_init__(self) -> None:
         self.store = KeyStore.open(self.tmp / "keys.db", create=True)
@@ -41,7 +47,10 @@ class Harness:
         self.service = KeyService(identity=self.identity, store=self.store, audit=self.audit, clock=self.clock,
                                   lock=self.lock, peripheral=self.peripheral,
                                   config=ServiceConfig(limiter=self.limiter, actuations=self.actuations,
-                                                       poll_interval=0.05, reply_after=self.reply_after))
+                                                       poll_interval=0.05, reply_after=self.reply_after,
+                                                       link_queue=self.link_queue, max_links=self.max_links,
+                                                       max_link_lifetime=self.max_link_lifetime),
+                                  monotonic=self.monotonic)
 
     async def start(self) -> Harness:
         await self.service.start()

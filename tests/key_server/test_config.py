@@ -115,6 +115,12 @@ def test_the_message_names_file_key_value_and_what_is_allowed(tmp_path: Path) ->
     ("[rate_limit]\nlink_rate = -1", "rate_limit.link_rate"),
     ("[rate_limit]\nglobal_burst = 1e9", "rate_limit.global_burst"),
     ("[rate_limit]\nglobal_rate = inf", "rate_limit.global_rate"),
+    ("[rate_limit]\nlink_queue = 0", "rate_limit.link_queue"),
+    ("[rate_limit]\nlink_queue = 65", "rate_limit.link_queue"),
+    ("[rate_limit]\nmax_links = 0", "rate_limit.max_links"),
+    ("[rate_limit]\nmax_links = 2.5", "rate_limit.max_links"),
+    ("[rate_limit]\nmax_link_lifetime = 59", "rate_limit.max_link_lifetime"),
+    ("[rate_limit]\nmax_link_lifetime = 3601", "rate_limit.max_link_lifetime"),
     ('state_dir = "relative/dir"', "state_dir"),
     ("state_dir = 5", "state_dir"),
 ])

@@ -189,7 +189,15 @@ async def test_clock_set_back_does_not_revive_an_expired_key(h: Harness) -> None
 
 
 @pytest.mark.parametrize("n", [2, 20])
-async def test_many_centrals_at_once(h: Harness, n: int) -> None:
+async def test_many_centrals_at_once(tmp_path, n: int) -> None:
+    h = await Harness(tmp_path, max_links=n).start()
+    try:
+        await _many_centrals(h, n)
+    finally:
+        await h.stop()
+
+
+async def _many_centrals(h: Harness, n: int) -> None:
     devices = [h.enroll(Role.DRIVER, f"d{i}") for i in range(n)]
     reports = await asyncio.gather(*(unlock(h, d, Command.STATUS) for d in devices))
     assert len(reports) == n
