@@ -74,11 +74,15 @@ class RadioChoice:
 
 @dataclass(frozen=True, slots=True)
 class CommandDone:
-    """A fast-path command the vehicle carried out, with the status it reported."""
+    """A command the vehicle carried out; `report` is its status report, read only inside a confidential session.
+
+    A fast-path answer (UNLOCK, LOCK, START) carries no report (PROTOCOL.md §5.3): OK means the actuator took the
+    command, and `report` is None.
+    """
 
     entry: VehicleEntry
     command: Command
-    report: StatusReport
+    report: StatusReport | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +231,8 @@ class DeviceApp:
             raise
         await _close_keeping_result(link)
         entry = kc.remember_address(entry, link.advertisement.address)
+        if cmd is not Command.STATUS:
+            return CommandDone(entry, cmd, None)
         try:
             return CommandDone(entry, cmd, StatusReport.decode(result.data))
         except DecodeError as exc:

@@ -474,14 +474,31 @@ def _entry_json(e: VehicleEntry) -> dict[str, Any]:
 _DONE = {"unlock": "unlocked", "lock": "locked", "start": "start enabled on", "status": "status of"}
 
 
-def _report_json(entry: VehicleEntry, cmd: Command, rep: StatusReport) -> dict[str, Any]:
-    return {"ok": True, "vehicle": entry.name, "vehicle_id": entry.vehicle_id.hex(), "command": cmd.label,
-            "lock": rep.lock.name.lower(), "door": rep.door.name.lower(), "start_enabled": rep.start_enabled}
+def _report_json(entry: VehicleEntry, cmd: Command, rep: StatusReport | None) -> dict[str, Any]:
+    """A done command as JSON: the full report for `status`, what OK means for a fast-path command."""
+    from protocol import Command
+
+    out: dict[str, Any] = {"ok": True, "vehicle": entry.name, "vehicle_id": entry.vehicle_id.hex(),
+                           "command": cmd.label}
+    if rep is not None:
+        out.update(lock=rep.lock.name.lower(), door=rep.door.name.lower(), start_enabled=rep.start_enabled)
+    elif cmd is Command.START:
+        out["start_enabled"] = True
+    else:  # the fast path answers without a report (PROTOCOL.md §5.3): OK means the commanded position
+        out["lock"] = "unlocked" if cmd is Command.UNLOCK else "locked"
+    return out
 
 
 def _report_text(rep: StatusReport) -> str:
     return (f"lock {rep.lock.name.lower()}, door {rep.door.name.lower()}, "
             f"start {'enabled' if rep.start_enabled else 'disabled'}")
+
+
+def _done_text(entry: VehicleEntry, cmd: Command, rep: StatusReport | None) -> str:
+    """One line for a done command: `car: lock locked, ...` for status, `unlocked car` for the others."""
+    if rep is not None:
+        return f"{entry.name}: {_report_text(rep)}"
+    return f"{_DONE[cmd.label]} {entry.name}"
 
 
 # ---------------------------------------------------------------------- commands
@@ -496,9 +513,7 @@ def _fast(name: str) -> Handler:
         cmd = Command[name.upper()]
         async with Progress(sys.stderr, verbose=args.verbose > 0) as say:
             done = await _app(args, say, out.note).command(cmd, args.vehicle)
-        text = f"{done.entry.name}: {_report_text(done.report)}" if cmd is Command.STATUS else \
-            f"{_DONE[name]} {done.entry.name} ({_report_text(done.report)})"
-        out.result(_report_json(done.entry, cmd, done.report), text)
+        out.result(_report_json(done.entry, cmd, done.report), _done_text(done.entry, cmd, done.report))
         return int(ExitCode.OK)
 
     return run
@@ -643,14 +658,15 @@ def _auto_event(ev: AutoEvent, out: Printer) -> None:
     if ev.kind == "learned" and ev.done is None:
         out.note(f"finding {name} once to learn its address")
     elif ev.kind == "learned" and ev.done is not None:
-        out.result(_report_json(ev.entry, ev.done.command, ev.done.report), f"{name}: {_report_text(ev.done.report)}")
+        out.result(_report_json(ev.entry, ev.done.command, ev.done.report),
+                   _done_text(ev.entry, ev.done.command, ev.done.report))
     elif ev.kind == "watching" and ev.policy is not None:
         p = ev.policy
         out.note(f"auto for {name}: unlock at >= {p.unlock_rssi} dBm held {p.dwell_s:g} s, "
                  f"lock below {p.lock_rssi} dBm (or gone) for {p.lost_s:g} s. Ctrl-C stops.")
     elif ev.kind == "acted" and ev.done is not None:
         out.result({**_report_json(ev.entry, ev.done.command, ev.done.report), "event": ev.action},
-                   f"{_DONE[ev.action]} {name} ({_report_text(ev.done.report)})")
+                   _done_text(ev.entry, ev.done.command, ev.done.report))
     elif ev.kind == "unknown":
         out.note(f"{ev.action}: {ev.error}")
         out.result({"ok": False, "event": ev.action, "vehicle": name, "outcome": "unknown"},

@@ -22,7 +22,7 @@ from typing import Final
 
 from hardware import ActuatorError, ActuatorStatus, DoorOpenError, Lock, NotConfiguredError
 from protocol import (
-    FAST_COMMANDS,
+    ACTUATING_COMMANDS,
     AuditRecord,
     Command,
     DecodeError,
@@ -57,10 +57,12 @@ REFUSAL_STATUS: Final[dict[Refusal, Status]] = {
     Refusal.OUTSIDE_SCHEDULE: Status.OUTSIDE_SCHEDULE,
     Refusal.NOT_PERMITTED: Status.NOT_PERMITTED,
 }
-# Commands that use the vehicle (recorded as their own event and as the key's last use); the rest are admin.
-_USE_EVENT: Final[dict[Command, AuditEvent]] = {cmd: AuditEvent.use_of(cmd) for cmd in FAST_COMMANDS}
 # Commands that move something: each spends one of the key's actuations (ratelimit.ActuationLimiter).
-ACTUATIONS: Final = frozenset({Command.UNLOCK, Command.LOCK, Command.START})
+ACTUATIONS: Final = ACTUATING_COMMANDS
+# Commands that use the vehicle (recorded as their own event and as the key's last use); the rest are admin.
+_USE_EVENT: Final[dict[Command, AuditEvent]] = {cmd: AuditEvent.use_of(cmd) for cmd in ACTUATIONS | {Command.STATUS}}
+# Commands that take no arguments: ARGS sent with one is a malformed request (PROTOCOL.md §5.4), not ignored.
+_NO_ARGS: Final = ACTUATIONS | {Command.STATUS}
 AUDIT_PAGE_MAX: Final = 100  # entries per READ_AUDIT answer: keeps one confidential message small
 # Reads that change nothing. Audited as one "admin" row per session and command with a count (count_read /
 # record_reads), not one row per page: a client paging through the log would otherwise flood it with its own
@@ -117,6 +119,8 @@ class KeyCommands:
         refusal = authorize(store.get_key(key_id), command, wall, self.tz or local_zone())
         if refusal is not None:
             return Outcome(key_id, command, wall, REFUSAL_STATUS[refusal], refusal=refusal)
+        if args and command in _NO_ARGS:
+            return Outcome(key_id, command, wall, Status.BAD_REQUEST)
         earlier = 0
         if command in ACTUATIONS:
             mono = self._mono()

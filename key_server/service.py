@@ -92,6 +92,7 @@ class ServiceStats:
     pairings: int = 0
     pairings_abandoned: int = 0
     sessions_ended_by_revocation: int = 0
+    internal_errors: int = 0  # commands answered INTERNAL_ERROR because handling them raised
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,12 +365,27 @@ class KeyService:
                 await self._handle(central, event, now)
             except Exception:  # a bug must not leave the central waiting forever, nor kill the service
                 log.exception("internal error while handling %r", event)
-                await self._drop(central)
-                return
+                if not self._answer_internal_error(central):
+                    await self._drop(central)
+                    return
             await self._send(central.link, central.session.data_to_send())
             for job in central.after:
                 job()
             central.after.clear()
+
+    def _answer_internal_error(self, central: _Central) -> bool:
+        """Answer a command whose handling failed with INTERNAL_ERROR (the link stays up); False if none waits."""
+        if not central.session.awaiting_response:
+            return False  # mid-pairing or between commands: nothing to answer, the link is dropped
+        self.stats.internal_errors += 1
+        try:
+            central.session.respond(Status.INTERNAL_ERROR)
+        except KeyProtocolError:
+            return False
+        with contextlib.suppress(Exception):  # the failure may be the audit log's own (a failing disk)
+            self._note(AuditEvent.REFUSED, central.session.key_id, reason="internal error", status="INTERNAL_ERROR")
+        central.after.clear()  # whatever the failed handler queued belongs to an answer that was never given
+        return True
 
     async def _drop(self, central: _Central) -> None:
         if self.links.get(central.link) is central:
@@ -444,7 +460,8 @@ class KeyService:
         if outcome.revoked is not None:  # committed: end its other sessions now; the asker hears the answer first
             self._end_sessions_of(outcome.revoked, keep=central.link if outcome.revoked != ev.key_id else None)
         with contextlib.suppress(KeyProtocolError):  # the central left mid-command: still audit what was done
-            central.session.respond(outcome.status, outcome.data)
+            # Result data only inside a confidential session: a signed RESULT is readable by anyone (§5.3).
+            central.session.respond(outcome.status, outcome.data if ev.secure else b"")
         if self.commands.is_counted_read(outcome):
             central.after.append(lambda: self._count_read(central, outcome.command))
         else:

@@ -304,6 +304,12 @@ class DeviceSession:
             verify(self._vehicle_key, msg.signature, c.transcript(
                 c.LABEL_SESSION_ACCEPT, self.vehicle_id, self.device.key_id, challenge, device_eph,
                 msg.ephemeral, msg.session_id))
+        except AuthenticationError:
+            # Another central's session on the same broadcast challenge (a peripheral that notifies every
+            # subscriber, like bless), or a forgery: not ours either way, so keep waiting for the genuine one.
+            self.ignored_forgeries += 1
+            return None
+        try:
             vehicle_eph = decode_public_key(msg.ephemeral)
         except RemoteProtocolError as exc:
             raise self._fail(exc) from None

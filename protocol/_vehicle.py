@@ -150,6 +150,11 @@ class VehicleSession:
         return self._sm.state
 
     @property
+    def awaiting_response(self) -> bool:
+        """True while a CommandRequested has not been answered with respond()."""
+        return self._pending is not None
+
+    @property
     def key_id(self) -> bytes | None:
         """The key of the open confidential session, if any."""
         return self._secure.key_id if self._secure else None
@@ -412,8 +417,14 @@ class VehicleSession:
     # ------------------------------------------------------------------ the application's answers
 
     def respond(self, status: Status, data: bytes = b"") -> None:
-        """Answer the pending CommandRequested with a status and result data (signed or sealed)."""
+        """Answer the pending CommandRequested: signed on the fast path (status only), sealed with `data` in a session.
+
+        Result data travels only sealed (PROTOCOL.md §5.3): a status report in a signed RESULT would tell any
+        listener whether the door is open. Passing data for a fast-path answer raises LocalProtocolError.
+        """
         pending = self._pending
+        if pending is not None and data and self._sm.state is VState.AWAIT_APP:  # the fast path's wait
+            raise LocalProtocolError("a fast-path RESULT carries no data (PROTOCOL.md §5.3)")
         self._sm.advance(VInput.APP_RESPOND)
         assert pending is not None
         self._pending = None

@@ -63,7 +63,8 @@ class Command(_Labelled):
     READ_AUDIT = 0x12
 
 
-FAST_COMMANDS = frozenset({Command.UNLOCK, Command.LOCK, Command.STATUS, Command.START})
+# STATUS is secure-only: its report (lock, door, start output) says whether the car is open (PROTOCOL.md §5).
+FAST_COMMANDS = frozenset({Command.UNLOCK, Command.LOCK, Command.START})
 SECURE_COMMANDS = frozenset(Command) - {Command.SESSION}
 ACTUATING_COMMANDS = frozenset({Command.UNLOCK, Command.LOCK, Command.START})  # never resent blindly
 

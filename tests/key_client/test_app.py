@@ -29,7 +29,8 @@ async def test_pair_then_command_returns_the_vehicles_report(h: Harness, tmp_pat
     entry = await app.pair(h.new_code(role=Role.OWNER, name="laptop"), name="van")
     assert entry.name == "van" and entry.vehicle_id == h.identity.key_id
     done = await app.command(Command.UNLOCK)
-    assert done.command is Command.UNLOCK and done.report.lock is LockState.UNLOCKED
+    # A fast-path answer carries no report (PROTOCOL.md §5.3): OK is the answer, the lock really moved.
+    assert done.command is Command.UNLOCK and done.report is None and h.lock.status().lock is LockState.UNLOCKED
     assert done.entry.address_hint == h.peripheral.address
     assert [e.name for e in app.vehicles()[1]] == ["van"]
 
@@ -136,7 +137,8 @@ async def test_rejects_a_listener_reading_the_lock_and_door_state_from_status(h:
 
     monkeypatch.setattr(h.peripheral, "notify", listening_notify)
     done = await app.command(Command.STATUS)
-    assert done.report.lock is LockState.UNLOCKED  # the honest case: the owner of the key still learns it
+    # The honest case: the owner of the key still learns it.
+    assert done.report is not None and done.report.lock is LockState.UNLOCKED
     rx = Reassembler(MAX_MESSAGE, 5.0)
     messages = [decode(m) for ch in heard if (m := rx.feed(ch, 0.0)) is not None]
     assert any(isinstance(m, SecureResponse) for m in messages)

@@ -18,6 +18,7 @@ from dkey_link.contract import AttError, AttErrorCode
 from dkey_link.mock import MockConnection
 from key_client.errors import VehicleRefused
 from key_server.audit import AuditEvent
+from key_server.commands import to_status_report
 from key_server.ratelimit import FailureLimiter
 from protocol import Command, KeyPair, LockState, StatusReport, split
 from protocol import Status as S
@@ -94,10 +95,19 @@ def _refused_rows(h: Harness, after: int) -> int:
     return sum(e.event == AuditEvent.REFUSED for e in h.audit.read(after_seq=after, limit=1000))
 
 
-async def unlock(h: Harness, device: KeyPair) -> StatusReport:
-    link = await h.connect(device)
+async def unlock(h: Harness, device: KeyPair, cmd: Command = Command.UNLOCK, **kw) -> StatusReport:
+    """Run `cmd` as a device would (STATUS inside a confidential session) and return the lock's report after it.
+
+    A fast-path RESULT carries no report (PROTOCOL.md §5.3), so the state is read from the vehicle's lock.
+    """
+    link = await h.connect(device, **kw)
     try:
-        return StatusReport.decode((await link.command(Command.UNLOCK)).data)
+        if cmd is Command.STATUS:
+            await link.open_secure()
+            return StatusReport.decode((await link.secure(cmd)).data)
+        result = await link.command(cmd)
+        assert result.status is S.OK and result.data == b"", "a fast-path RESULT must carry nothing in clear"
+        return to_status_report(h.lock.status())
     finally:
         await link.close()
 

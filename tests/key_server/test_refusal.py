@@ -13,7 +13,6 @@ from protocol import (
     Command,
     LockState,
     Role,
-    StatusReport,
     decode_audit_page,
     decode_key_page,
     list_keys_args,
@@ -119,7 +118,7 @@ async def test_rejects_a_revoked_key_even_if_policy_would_let_it_through(h: Harn
     assert not any(out == "unlock" for _, out, _ in h.lock.output_history())
     assert [e.detail.get("reason") for e in h.audit.read() if e.event == "refused"] == ["unknown or revoked key"] * 2
     link = await h.connect(kept)  # the honest case: an unrevoked key still unlocks
-    assert StatusReport.decode((await link.command(Command.UNLOCK)).data).lock is LockState.UNLOCKED
+    assert (await link.command(Command.UNLOCK)).status is S.OK and h.lock.status().lock is LockState.UNLOCKED
     await link.close()
 
 
@@ -204,5 +203,42 @@ async def test_rejects_a_published_test_key_enrolled_before_the_store_refused_th
     assert info.value.status is S.DENIED and h.service.stats.commands == 0
     honest = h.enroll(Role.OWNER)  # the honest case: a real key still unlocks
     link = await h.connect(honest)
-    assert StatusReport.decode((await link.command(Command.UNLOCK)).data).lock is LockState.UNLOCKED
+    assert (await link.command(Command.UNLOCK)).status is S.OK and h.lock.status().lock is LockState.UNLOCKED
     await link.close()
+
+
+@pytest.mark.parametrize("cmd", [Command.UNLOCK, Command.LOCK, Command.START])
+async def test_rejects_arguments_on_a_command_that_takes_none_with_bad_request(h: Harness, cmd: Command) -> None:
+    """Signed ARGS on UNLOCK/LOCK/START are malformed (PROTOCOL.md §5.4): BAD_REQUEST, nothing moves."""
+    owner = h.enroll(Role.OWNER)
+    link = await h.connect(owner)
+    with pytest.raises(VehicleRefused) as info:
+        await link.command(cmd, b"\x01")
+    await link.close()
+    assert info.value.status is S.BAD_REQUEST and info.value.authenticated and not info.value.may_have_succeeded
+    assert h.lock.output_history() == []
+    link = await h.connect(owner)  # the honest case: the same command without arguments runs
+    assert (await link.command(cmd)).status is S.OK
+    await link.close()
+
+
+async def test_a_failing_handler_answers_internal_error_and_keeps_the_link(h: Harness,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug while handling a command answers INTERNAL_ERROR (the device is not left waiting); the link serves on."""
+    owner = h.enroll(Role.OWNER)
+    link = await h.connect(owner)
+    await link.open_secure()
+    real_run = h.service.commands.run
+
+    async def broken(*_args: object) -> None:
+        raise RuntimeError("a bug in the command layer")
+
+    monkeypatch.setattr(h.service.commands, "run", broken)
+    with pytest.raises(VehicleRefused) as info:
+        await link.secure(Command.STATUS)
+    assert info.value.status is S.INTERNAL_ERROR and info.value.may_have_succeeded  # it cannot prove inaction
+    assert h.service.stats.internal_errors == 1
+    monkeypatch.setattr(h.service.commands, "run", real_run)
+    assert (await link.secure(Command.STATUS)).status is S.OK  # the same session: the link was not dropped
+    await link.close()
+    assert any(e.detail.get("status") == "INTERNAL_ERROR" for e in h.audit.read() if e.event == "refused")

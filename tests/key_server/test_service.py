@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from key_client.errors import OutcomeUnknown, VehicleRefused
+from key_server.commands import to_status_report
 from key_server.ratelimit import FailureLimiter
 from protocol import (
     Command,
@@ -32,9 +33,18 @@ async def h(tmp_path):
 
 
 async def unlock(h: Harness, device: KeyPair, cmd: Command = Command.UNLOCK, **kw) -> StatusReport:
+    """Run `cmd` as a device would (STATUS inside a confidential session) and return the lock's report after it.
+
+    A fast-path RESULT carries no report (PROTOCOL.md §5.3), so the state is read from the vehicle's lock.
+    """
     link = await h.connect(device, **kw)
     try:
-        return StatusReport.decode((await link.command(cmd)).data)
+        if cmd is Command.STATUS:
+            await link.open_secure()
+            return StatusReport.decode((await link.secure(cmd)).data)
+        result = await link.command(cmd)
+        assert result.status is S.OK and result.data == b"", "a fast-path RESULT must carry nothing in clear"
+        return to_status_report(h.lock.status())
     finally:
         await link.close()
 

@@ -551,7 +551,7 @@ def test_rejects_arguments_changed_in_a_signed_command() -> None:
 
     p = make_pair()
     p.subscribe()
-    p.device.send_command(Command.STATUS, b"\x00\x01")
+    p.device.send_command(Command.UNLOCK, b"\x00\x01")
     real = _raw(p.device.data_to_send())
     [ev] = _send_forged(p, CommandMessage(real.key_id, real.challenge, real.command, b"\x00\x02", real.signature))
     assert isinstance(ev, Refused) and ev.status is Status.DENIED

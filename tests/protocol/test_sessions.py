@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import Command, CommandResult, DState, Paired, SessionOpened, SessionReady, Status, VState, split
+from protocol import (
+    Command,
+    CommandRequested,
+    CommandResult,
+    DState,
+    LocalProtocolError,
+    Paired,
+    Refused,
+    SessionOpened,
+    SessionReady,
+    Status,
+    VState,
+    split,
+)
 from protocol._codec import decode
 
 from .helpers import make_pair, run_pairing
@@ -28,14 +41,47 @@ def test_pairing_then_unlock(mtu: int) -> None:
 
 
 @pytest.mark.parametrize("mtu", MTUS)
-@pytest.mark.parametrize("cmd", [Command.UNLOCK, Command.LOCK, Command.STATUS, Command.START])
+@pytest.mark.parametrize("cmd", [Command.UNLOCK, Command.LOCK, Command.START])
 def test_fast_commands(mtu: int, cmd: Command) -> None:
     p = make_pair(chunk_size=mtu - 3)
     p.subscribe()
     assert p.device.state is DState.READY
-    result = p.command(cmd, data=b"\x30\x01\x01")
-    assert result == CommandResult(command=cmd, status=Status.OK, data=b"\x30\x01\x01", secure=False)
+    result = p.command(cmd)
+    assert result == CommandResult(command=cmd, status=Status.OK, data=b"", secure=False)
     assert p.vehicle.state is VState.READY and p.device.state is DState.WAIT_CHALLENGE
+
+
+def test_rejects_result_data_on_the_fast_path() -> None:
+    """A signed RESULT is readable by anyone: the vehicle refuses to put a status report in one (§5.3)."""
+    p = make_pair()
+    p.subscribe()
+    p.device.send_command(Command.UNLOCK)
+    [req] = p.flush_up()
+    assert isinstance(req, CommandRequested) and not req.secure
+    with pytest.raises(LocalProtocolError):
+        p.vehicle.respond(Status.OK, b"\x30\x01\x02")
+    p.vehicle.respond(Status.OK)  # the honest answer: the status alone, signed
+    [res] = p.flush_down()
+    assert res.status is Status.OK and res.data == b""
+
+
+def test_status_is_not_a_fast_command() -> None:
+    """STATUS on the fast path is answered NOT_SUPPORTED once authenticated; inside a session it runs (§5.3)."""
+    p = make_pair()
+    p.subscribe()
+    p.device.send_command(Command.STATUS)
+    [refused] = p.flush_up()
+    assert isinstance(refused, Refused) and refused.status is Status.NOT_SUPPORTED
+    p.flush_down()
+    p.device.request_challenge()
+    p.flush_up()
+    p.flush_down()
+    p.device.open_session()
+    p.flush_up()
+    p.flush_down()
+    p.device.send_secure(Command.STATUS)
+    [req] = p.flush_up()
+    assert isinstance(req, CommandRequested) and req.command is Command.STATUS and req.secure
 
 
 @pytest.mark.parametrize("mtu", MTUS)
@@ -69,7 +115,7 @@ def test_vehicle_replies_in_chunks_as_large_as_the_device_writes() -> None:
     p = make_pair(chunk_size=244)
     p.subscribe()  # before any write the vehicle can only assume MTU 23
     assert all(len(c) <= 20 for c in p.downlink)
-    p.command(Command.STATUS)
+    p.command(Command.START, status=Status.NOT_PERMITTED)
     assert max(len(c) for c in p.downlink) == len(p.uplink[0]) > 20
 
 

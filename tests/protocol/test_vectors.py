@@ -92,11 +92,10 @@ def test_unlock_vector_through_public_api(name: str) -> None:
     assert device.data_to_send() == _chunks(command)
     [req] = _feed(vehicle, command, now)
     assert isinstance(req, CommandRequested) and req.command is Command.UNLOCK
-    data = bytes.fromhex("300102310101320100")
-    vehicle.respond(Status.OK, data)
+    vehicle.respond(Status.OK)  # a fast-path RESULT carries no data (PROTOCOL.md §5.3)
     assert vehicle.data_to_send() == _chunks(result)
     [res] = _feed(device, result, now)
-    assert res == CommandResult(Command.UNLOCK, Status.OK, data, secure=False)
+    assert res == CommandResult(Command.UNLOCK, Status.OK, b"", secure=False)
 
 
 def test_confidential_vector_through_public_api() -> None:

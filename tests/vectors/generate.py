@@ -90,7 +90,7 @@ def _inputs(mtu: int, seed: bytes, **extra: Any) -> dict[str, Any]:
 
 
 def unlock(mtu: int) -> dict[str, Any]:
-    """Subscribe, challenge, UNLOCK, signed RESULT carrying a status report."""
+    """Subscribe, challenge, UNLOCK, signed RESULT (status only: a fast-path RESULT carries no data, §5.3)."""
     seed = b"vector-unlock"
     p = make_pair(chunk_size=chunk_size_for_mtu(mtu), rng_seed=seed)
     r = Recorder(p)
@@ -98,7 +98,7 @@ def unlock(mtu: int) -> dict[str, Any]:
     r.down()
     p.device.send_command(Command.UNLOCK)
     r.up()
-    p.vehicle.respond(Status.OK, bytes.fromhex("300102310101320100"))
+    p.vehicle.respond(Status.OK)
     r.down()
     return {"description": f"fast-path unlock at ATT MTU {mtu}", "inputs": _inputs(mtu, seed), "steps": r.steps}
 
@@ -225,6 +225,8 @@ def negative() -> dict[str, Any]:
              "expect": ["Refused:DENIED"]},
             {"name": "unknown_command_signed", "writes": [signed(0x7F).hex()], "expect": ["Refused:NOT_SUPPORTED"]},
             {"name": "secure_only_command_on_fast_path", "writes": [signed(Command.LIST_KEYS).hex()],
+             "expect": ["Refused:NOT_SUPPORTED"]},
+            {"name": "status_on_fast_path", "writes": [signed(Command.STATUS).hex()],
              "expect": ["Refused:NOT_SUPPORTED"]},
             {"name": "args_added_to_signed_command", "writes": [_one_write(args_added)],
              "expect": ["Refused:DENIED"]},
