@@ -172,6 +172,7 @@ class DeviceApp:
     ) -> None:
         """`progress` hears what the radio is doing, `note` remarks meant for the person; both may be None."""
         self.keychain_path = keychain
+        self._keychain_dir: Path | None = None  # resolved (and an old default moved) on first use
         self.radio = radio
         self.scan_time = scan_time
         self.connect_attempts = connect_attempts
@@ -184,8 +185,12 @@ class DeviceApp:
     # ------------------------------------------------------------------ plumbing
 
     def keychain(self, *, create: bool = True) -> Keychain:
-        """The keychain (made, mode 0700, if `create` and it does not exist)."""
-        return Keychain.open(self.keychain_path, create=create)
+        """The keychain (made, mode 0700, if `create` and it does not exist); an old default one is moved first."""
+        if self._keychain_dir is None:
+            from .relocate import keychain_dir
+
+            self._keychain_dir = keychain_dir(self.keychain_path, self._note)
+        return Keychain.open(self._keychain_dir, create=create)
 
     def _central(self) -> Central:
         if self._central_factory is not None:

@@ -573,7 +573,7 @@ async def cmd_audit(args: argparse.Namespace, out: Printer, _interrupts: _Interr
 
 async def cmd_vehicles(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
     """`vehicles`: what this device's keychain holds."""
-    path, entries = _app(args).vehicles()
+    path, entries = _app(args, note=out.note).vehicles()
     if not entries:
         out.note(f"no vehicles in {path}: pair with `key-client pair CODE`")
     for e in entries:
@@ -585,7 +585,7 @@ async def cmd_vehicles(args: argparse.Namespace, out: Printer, _interrupts: _Int
 
 async def cmd_forget(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
     """`forget VEHICLE`: drop the local key; the vehicle keeps listing it until revoked."""
-    e = _app(args).forget(args.name)
+    e = _app(args, note=out.note).forget(args.name)
     out.result({"ok": True, "forgot": e.name, "vehicle_id": e.vehicle_id.hex(), "key_id": e.key_id.hex()},
                f"forgot {e.name}: this device's key {e.key_id.hex()} is deleted here.\n"
                f"The vehicle still lists it until an owner revokes it: `key-server revoke {e.key_id.hex()}`.")
