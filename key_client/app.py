@@ -198,6 +198,8 @@ class DeviceApp:
         return make_central(self.radio.kind, adapter=self.radio.adapter, sim_dir=self.radio.sim_dir)
 
     async def _device_key(self, kc: Keychain, entry: VehicleEntry) -> KeyPair:
+        if entry.keyring:  # the OS keyring may wait on D-Bus or an unlock dialog: off the event loop
+            return await asyncio.to_thread(kc.load_key, entry)
         secret = await self._passphrase(f"passphrase for the key of {entry.name}: ", False) if entry.encrypted \
             else None
         return kc.load_key(entry, secret)
@@ -367,8 +369,12 @@ class DeviceApp:
         finally:
             await central.aclose()
 
-    async def pair(self, code_text: str, *, name: str | None = None, protect: bool = False) -> VehicleEntry:
-        """Pair with the vehicle showing `code_text` (code or dkey://pair URI) and store what it tells us."""
+    async def pair(self, code_text: str, *, name: str | None = None, protect: bool = False,
+                   keyring: bool = False) -> VehicleEntry:
+        """Pair with the vehicle showing `code_text` (code or dkey://pair URI) and store what it tells us; the new
+        device key goes to a file (with `protect`, passphrase-encrypted) or, with `keyring`, to the OS keyring."""
+        if protect and keyring:
+            raise UsageError("choose one place for the key: --passphrase (an encrypted file) or --keyring")
         try:
             code, qr_vehicle = parse_code(code_text)
         except ValueError as exc:
@@ -380,7 +386,8 @@ class DeviceApp:
         if name is not None and any(e.name.casefold() == name.casefold() for e in kc.vehicles()):
             raise KeychainError(f"the keychain already has a vehicle called {name!r}")
         secret = await self._passphrase("passphrase for the new key: ", True) if protect else None
-        device = kc.new_device_key(secret)  # on disk before the vehicle enrols it: an enrolled key is never lost
+        # Stored before the vehicle enrols it (an enrolled key is never lost), and before the code is spent.
+        device = await asyncio.to_thread(kc.new_device_key, keyring=True) if keyring else kc.new_device_key(secret)
         paired = None
         central = self._central()
         try:
@@ -404,9 +411,9 @@ class DeviceApp:
         finally:
             await central.aclose()
             if paired is None:
-                kc.discard_device_key(device)
+                kc.discard_device_key(device, keyring=keyring)
         return kc.add(device, paired, name=name, advertised_name=link.advertisement.name,
-                      address=link.advertisement.address, encrypted=secret is not None)
+                      address=link.advertisement.address, encrypted=secret is not None, keyring=keyring)
 
     async def _pick_for_pairing(self, central: Central) -> Advertisement:
         """A bare code does not name the vehicle: the only one in range, else the strongest (and say so)."""

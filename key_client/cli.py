@@ -284,8 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("pair", "pair with a vehicle using the one-time code (or dkey://pair QR text) from `key-server pair`")
     s.add_argument("code", help="8-digit code like 4212-3456, or the dkey://pair?... URI of the QR code")
     s.add_argument("--name", help="nickname for the vehicle (default: its advertised name)")
-    s.add_argument("--passphrase", action="store_true",
-                   help="protect the new device key with a passphrase (asked for, or $DKEY_PASSPHRASE)")
+    store = s.add_mutually_exclusive_group()  # default: a plain 0600 file, which works headless (docs/CLIENT.md)
+    store.add_argument("--passphrase", action="store_true",
+                       help="protect the new device key with a passphrase (asked for, or $DKEY_PASSPHRASE)")
+    store.add_argument("--keyring", action="store_true",
+                       help="keep the new device key in the OS keyring (macOS Keychain, Windows Credential Locker, "
+                            "Secret Service); needs wearable-dkey[keyring] and a desktop session")
     cmd("unlock", "unlock the vehicle")
     cmd("lock", "lock the vehicle")
     cmd("status", "show lock, door and start-enable state")
@@ -623,7 +627,7 @@ async def cmd_vehicles(args: argparse.Namespace, out: Printer, _interrupts: _Int
     for e in entries:
         out.result(_entry_json(e), f"{e.name:20s} {e.vehicle_id.hex()}  {e.role:6s}  "
                                    f"{_validity(e.valid_from, e.valid_until):24s}  key {e.key_id.hex()}"
-                                   f"{'  (passphrase)' if e.encrypted else ''}")
+                                   f"{'  (passphrase)' if e.encrypted else ''}{'  (keyring)' if e.keyring else ''}")
     return int(ExitCode.OK)
 
 
@@ -660,7 +664,8 @@ async def cmd_scan(args: argparse.Namespace, out: Printer, _interrupts: _Interru
 async def cmd_pair(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
     """`pair CODE`: run the PAKE with the vehicle showing CODE and store what it tells us."""
     async with Progress(sys.stderr, verbose=args.verbose > 0) as say:
-        entry = await _app(args, say, out.note).pair(args.code, name=args.name, protect=args.passphrase)
+        entry = await _app(args, say, out.note).pair(args.code, name=args.name, protect=args.passphrase,
+                                                     keyring=args.keyring)
     out.result({"ok": True, **_entry_json(entry)},
                f"paired with {entry.name} (vehicle id {entry.vehicle_id.hex()}) as {entry.role}, "
                f"{_validity(entry.valid_from, entry.valid_until)}; this device's key id is {entry.key_id.hex()}")
