@@ -159,3 +159,13 @@ async def test_pair_with_keyring_refused_before_the_code_is_spent(run: Cli, h: H
 async def test_keyring_and_passphrase_are_one_choice(run: Cli, h: Harness, fake: FakeKeyring) -> None:
     r = await run("pair", h.new_code(), "--keyring", "--passphrase")
     assert r.code == ExitCode.USAGE and "not allowed with argument" in r.err
+
+
+def test_without_the_keyring_extra_it_names_the_install(tmp_path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "keyring", None)  # makes "import keyring" fail, as without [keyring]
+    with pytest.raises(KeychainError, match=r"pip install 'wearable-dkey\[keyring\]'") as info:
+        Keychain.open(tmp_path / "kc").new_device_key(keyring=True)
+    assert info.value.exit_code is ExitCode.KEYS
+    assert not list((tmp_path / "kc" / KEYS_DIR).iterdir())
