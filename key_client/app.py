@@ -176,6 +176,7 @@ class DeviceApp:
     ) -> None:
         """`progress` hears what the radio is doing, `note` remarks meant for the person; both may be None."""
         self.keychain_path = keychain
+        self._keychain_dir: Path | None = None  # resolved (and an old default moved) on first use
         self.radio = radio
         self.scan_time = scan_time
         self.connect_attempts = connect_attempts
@@ -188,8 +189,12 @@ class DeviceApp:
     # ------------------------------------------------------------------ plumbing
 
     def keychain(self, *, create: bool = True) -> Keychain:
-        """The keychain (made, mode 0700, if `create` and it does not exist)."""
-        return Keychain.open(self.keychain_path, create=create)
+        """The keychain (made, mode 0700, if `create` and it does not exist); an old default one is moved first."""
+        if self._keychain_dir is None:
+            from .relocate import keychain_dir
+
+            self._keychain_dir = keychain_dir(self.keychain_path, self._note)
+        return Keychain.open(self._keychain_dir, create=create)
 
     def _central(self) -> Central:
         if self._central_factory is not None:
@@ -197,6 +202,8 @@ class DeviceApp:
         return make_central(self.radio.kind, adapter=self.radio.adapter, sim_dir=self.radio.sim_dir)
 
     async def _device_key(self, kc: Keychain, entry: VehicleEntry) -> KeyPair:
+        if entry.keyring:  # the OS keyring may wait on D-Bus or an unlock dialog: off the event loop
+            return await asyncio.to_thread(kc.load_key, entry)
         secret = await self._passphrase(f"passphrase for the key of {entry.name}: ", False) if entry.encrypted \
             else None
         return kc.load_key(entry, secret)
@@ -368,8 +375,12 @@ class DeviceApp:
         finally:
             await central.aclose()
 
-    async def pair(self, code_text: str, *, name: str | None = None, protect: bool = False) -> VehicleEntry:
-        """Pair with the vehicle showing `code_text` (code or dkey://pair URI) and store what it tells us."""
+    async def pair(self, code_text: str, *, name: str | None = None, protect: bool = False,
+                   keyring: bool = False) -> VehicleEntry:
+        """Pair with the vehicle showing `code_text` (code or dkey://pair URI) and store what it tells us; the new
+        device key goes to a file (with `protect`, passphrase-encrypted) or, with `keyring`, to the OS keyring."""
+        if protect and keyring:
+            raise UsageError("choose one place for the key: --passphrase (an encrypted file) or --keyring")
         try:
             code, qr_vehicle = parse_code(code_text)
         except ValueError as exc:
@@ -381,7 +392,8 @@ class DeviceApp:
         if name is not None and any(e.name.casefold() == name.casefold() for e in kc.vehicles()):
             raise KeychainError(f"the keychain already has a vehicle called {name!r}")
         secret = await self._passphrase("passphrase for the new key: ", True) if protect else None
-        device = kc.new_device_key(secret)  # on disk before the vehicle enrols it: an enrolled key is never lost
+        # Stored before the vehicle enrols it (an enrolled key is never lost), and before the code is spent.
+        device = await asyncio.to_thread(kc.new_device_key, keyring=True) if keyring else kc.new_device_key(secret)
         paired = None
         central = self._central()
         try:
@@ -405,9 +417,9 @@ class DeviceApp:
         finally:
             await central.aclose()
             if paired is None:
-                kc.discard_device_key(device)
+                kc.discard_device_key(device, keyring=keyring)
         return kc.add(device, paired, name=name, advertised_name=link.advertisement.name,
-                      address=link.advertisement.address, encrypted=secret is not None)
+                      address=link.advertisement.address, encrypted=secret is not None, keyring=keyring)
 
     async def _pick_for_pairing(self, central: Central) -> Advertisement:
         """A bare code does not name the vehicle: the only one in range, else the strongest (and say so)."""

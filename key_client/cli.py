@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 CLIENT_CODES = (ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE, ExitCode.DENIED, ExitCode.NOT_FOUND,
                 ExitCode.TIMED_OUT, ExitCode.OUTCOME_UNKNOWN, ExitCode.BUSY, ExitCode.KEYS, ExitCode.CONFIG,
                 ExitCode.INTERRUPTED)
+# With --json these print one JSON array (`[]` when empty, like key-server's lists); the others one object per
+# result, and `auto` one per event as they happen.
+LIST_COMMANDS = frozenset({"scan", "keys", "audit", "vehicles"})
+DISTRIBUTION = "wearable-dkey"  # whose installed version --version prints
 MAX_SCAN_TIME = 300.0  # --scan-time upper bound: five minutes is already far longer than anyone waits
 MAX_CONNECT_ATTEMPTS = 10  # --connect-attempts upper bound: 50 s of connecting is past anyone's patience
 
@@ -49,11 +53,16 @@ class Interrupted(ClientError):
 
 
 class Printer:
-    """Results on stdout (text, or one JSON object per result with --json); notes and errors on stderr."""
+    """Results on stdout (text, or JSON with --json); notes and errors on stderr.
 
-    def __init__(self, json_mode: bool, stream: TextIO | None = None) -> None:
+    With --json a list command (`listing`) prints one JSON array of its results, `[]` when there are none, once it
+    has finished (finish()); every other command prints one JSON object per result, one per line.
+    """
+
+    def __init__(self, json_mode: bool, stream: TextIO | None = None, *, listing: bool = False) -> None:
         self.json = json_mode
         self._err = stream
+        self._items: list[dict[str, Any]] | None = [] if listing else None
 
     @property
     def err(self) -> TextIO:
@@ -61,13 +70,22 @@ class Printer:
         return self._err or sys.stderr
 
     def result(self, obj: dict[str, Any], text: str) -> None:
-        """Print one result."""
-        if self.json:
+        """Print one result (a list command's JSON results wait for finish())."""
+        if self.json and self._items is not None:
+            self._items.append(obj)
+        elif self.json:
             import json
 
             print(json.dumps(obj, sort_keys=True), flush=True)
         else:
             print(text, flush=True)
+
+    def finish(self) -> None:
+        """The command succeeded: a list command prints its JSON array now (`[]` if it found nothing)."""
+        if self.json and self._items is not None:
+            import json
+
+            print(json.dumps(self._items, sort_keys=True), flush=True)
 
     def heading(self, text: str) -> None:
         """A line of text output that has no JSON form (a table's title)."""
@@ -151,6 +169,28 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
+class _Version(argparse.Action):
+    """--version: `key-client X.Y.Z`, read from the installed distribution only when asked (start-up time)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(f"key-client {installed_version()}", flush=True)
+        parser.exit()
+
+
+def installed_version() -> str:
+    """The version of the installed wearable-dkey distribution ("unknown" when running from a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (wearable-dkey is not installed)"
+
+
 def _radio_kind(value: str) -> str:
     if value not in ("ble", "sim", "mock"):
         raise argparse.ArgumentTypeError(f"unknown radio {value!r} (choose ble or sim)")
@@ -210,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action=_Version, help="print key-client's version and exit")
     p.add_argument("--keychain", type=Path, help=f"keychain directory (default: $DKEY_KEYCHAIN or {default_path()})")
     p.add_argument("--radio", type=_radio_kind, metavar="{ble,sim}",
                    help="ble = this machine's Bluetooth (default; $DKEY_RADIO); sim = simulated radio")
@@ -229,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--vehicle", default=None if top else argparse.SUPPRESS, metavar="NAME",
                             help="which vehicle (nickname or vehicle-id prefix) when the keychain holds several")
         parser.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS,
-                            help="one JSON object per result on stdout")
+                            help="JSON on stdout: one array for scan, keys, audit and vehicles; else one object "
+                             "per result, one per line")
 
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -242,8 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("pair", "pair with a vehicle using the one-time code (or dkey://pair QR text) from `key-server pair`")
     s.add_argument("code", help="8-digit code like 4212-3456, or the dkey://pair?... URI of the QR code")
     s.add_argument("--name", help="nickname for the vehicle (default: its advertised name)")
-    s.add_argument("--passphrase", action="store_true",
-                   help="protect the new device key with a passphrase (asked for, or $DKEY_PASSPHRASE)")
+    store = s.add_mutually_exclusive_group()  # default: a plain 0600 file, which works headless (docs/CLIENT.md)
+    store.add_argument("--passphrase", action="store_true",
+                       help="protect the new device key with a passphrase (asked for, or $DKEY_PASSPHRASE)")
+    store.add_argument("--keyring", action="store_true",
+                       help="keep the new device key in the OS keyring (macOS Keychain, Windows Credential Locker, "
+                            "Secret Service); needs wearable-dkey[keyring] and a desktop session")
     cmd("unlock", "unlock the vehicle")
     cmd("lock", "lock the vehicle")
     cmd("status", "show lock, door and start-enable state")
@@ -316,10 +362,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace | int:
 async def _run(args: argparse.Namespace) -> int:
     """Run the parsed command with Ctrl-C / SIGTERM handled; every failure becomes one line and an exit code."""
     _setup_logging(args.verbose, args.debug)
-    out = Printer(args.json)
+    out = Printer(args.json, listing=args.command in LIST_COMMANDS)
     with _Interrupts() as interrupts:
         try:
-            return await _COMMANDS[args.command](args, out, interrupts)
+            code = await _COMMANDS[args.command](args, out, interrupts)
         except ClientError as exc:
             if interrupts.fired:
                 interrupts.absorb()  # the driver turned the cancel into OutcomeUnknown
@@ -337,6 +383,8 @@ async def _run(args: argparse.Namespace) -> int:
                 err = _plain_error(exc, debug=args.debug)
             out.error(err)
             return int(err.exit_code)
+        out.finish()  # only on success: a failed list command prints its error object, not a partial list
+        return code
 
 
 def _plain_error(exc: BaseException, *, debug: bool) -> ClientError:
@@ -588,19 +636,19 @@ async def cmd_audit(args: argparse.Namespace, out: Printer, _interrupts: _Interr
 
 async def cmd_vehicles(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
     """`vehicles`: what this device's keychain holds."""
-    path, entries = _app(args).vehicles()
+    path, entries = _app(args, note=out.note).vehicles()
     if not entries:
         out.note(f"no vehicles in {path}: pair with `key-client pair CODE`")
     for e in entries:
         out.result(_entry_json(e), f"{e.name:20s} {e.vehicle_id.hex()}  {e.role:6s}  "
                                    f"{_validity(e.valid_from, e.valid_until):24s}  key {e.key_id.hex()}"
-                                   f"{'  (passphrase)' if e.encrypted else ''}")
+                                   f"{'  (passphrase)' if e.encrypted else ''}{'  (keyring)' if e.keyring else ''}")
     return int(ExitCode.OK)
 
 
 async def cmd_forget(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
     """`forget VEHICLE`: drop the local key; the vehicle keeps listing it until revoked."""
-    e = _app(args).forget(args.name)
+    e = _app(args, note=out.note).forget(args.name)
     out.result({"ok": True, "forgot": e.name, "vehicle_id": e.vehicle_id.hex(), "key_id": e.key_id.hex()},
                f"forgot {e.name}: this device's key {e.key_id.hex()} is deleted here.\n"
                f"The vehicle still lists it until an owner revokes it: `key-server revoke {e.key_id.hex()}`.")
@@ -631,7 +679,8 @@ async def cmd_scan(args: argparse.Namespace, out: Printer, _interrupts: _Interru
 async def cmd_pair(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
     """`pair CODE`: run the PAKE with the vehicle showing CODE and store what it tells us."""
     async with Progress(sys.stderr, verbose=args.verbose > 0) as say:
-        entry = await _app(args, say, out.note).pair(args.code, name=args.name, protect=args.passphrase)
+        entry = await _app(args, say, out.note).pair(args.code, name=args.name, protect=args.passphrase,
+                                                     keyring=args.keyring)
     out.result({"ok": True, **_entry_json(entry)},
                f"paired with {entry.name} (vehicle id {entry.vehicle_id.hex()}) as {entry.role}, "
                f"{_validity(entry.valid_from, entry.valid_until)}; this device's key id is {entry.key_id.hex()}")
@@ -692,4 +741,5 @@ _COMMANDS: dict[str, Handler] = {
     "auto": cmd_auto,
 }
 
-__all__ = ["CLIENT_CODES", "Interrupted", "Printer", "amain", "build_parser", "main"]
+__all__ = ["CLIENT_CODES", "LIST_COMMANDS", "Interrupted", "Printer", "amain", "build_parser", "installed_version",
+           "main"]

@@ -17,9 +17,35 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() \
     else ("", "", "", "", "")
+
+
+def energised_outputs(actuator_lines: list[str]) -> set[str]:
+    """The outputs these actuator log lines (oldest first) leave energised."""
+    on: set[str] = set()
+    for line in actuator_lines:
+        output, _, state = line.rpartition(" ")
+        if state == "energised":
+            on.add(output)
+        elif state == "off":
+            on.discard(output)
+    return on
+
+
+def refused_command_moved(audit_after: list[dict[str, Any]], actuator_lines: list[str]) -> list[str]:
+    """What a refused command moved: empty if nothing did.
+
+    The server writes an `actuate` audit entry, durably, before it energises anything (PROTOCOL.md §5.3), so a
+    command that moved the lock left one; and nothing may be energised after it was sent. The tail
+    of an earlier pulse (an output going off, the lock's new state) is not a movement of this command.
+    """
+    intents = [f"audit #{e['seq']}: actuate {e['detail'].get('command', '?')}" for e in audit_after
+               if e["event"] == "actuate"]
+    energised = [line for line in actuator_lines if line.endswith(" energised")]
+    return intents + energised
 
 
 class Demo:
@@ -32,10 +58,17 @@ class Demo:
         self.server: subprocess.Popen[str] | None = None
         self.server_lines: list[str] = []
         self.step_no = 0
+        self.failed: list[str] = []
 
     def step(self, title: str) -> None:
         self.step_no += 1
         print(f"\n{BOLD}{self.step_no}. {title}{RESET}")
+
+    def verdict(self, ok: bool, good: str, bad: str) -> None:
+        """Print the outcome of one of the demo's claims; a false claim makes the demo exit 1."""
+        print(f"  {GREEN}{good}{RESET}" if ok else f"  {RED}{bad}{RESET}")
+        if not ok:
+            self.failed.append(bad)
 
     def run(self, who: str, args: list[str], *, expect: int = 0) -> subprocess.CompletedProcess[str]:
         """Run a key-server / key-client command, print it and its output, check the exit code."""
@@ -62,6 +95,34 @@ class Demo:
 
     def actuator_lines(self, since: int) -> list[str]:
         return [ln.split("actuator: ", 1)[1] for ln in self.server_lines[since:] if "actuator: " in ln]
+
+    def wait_lock_idle(self, since: int, *, timeout: float = 10.0) -> None:
+        """Wait until an actuation logged after line `since` has finished: every output it energised is off again.
+
+        The server answers once a pulse has started (key_server/commands.py, `_actuate`), so its tail (the
+        output going off, the lock's new state) is logged after the client has exited.
+        """
+        deadline = time.monotonic() + timeout
+        seen, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            lines = self.actuator_lines(since)
+            if len(lines) != seen:
+                seen, quiet_since = len(lines), time.monotonic()
+            # Quiet for a moment after the last output went off: the lock's new state (if it changed) is
+            # logged just after that, from the same change.
+            if any(ln.endswith(" energised") for ln in lines) and not energised_outputs(lines) \
+                    and time.monotonic() - quiet_since >= 0.2:
+                return
+            time.sleep(0.05)
+        raise SystemExit(f"{RED}the simulated lock did not finish its pulse within {timeout:g} s:{RESET} "
+                         f"{self.actuator_lines(since)}")
+
+    def audit_after(self, seq: int) -> list[dict[str, Any]]:
+        """The vehicle's audit entries after `seq` (read quietly, for the demo's own checks)."""
+        proc = subprocess.run([sys.executable, "-m", "key_server", "--state-dir", str(self.state),  # noqa: S603
+                               "audit", "--json", "--limit", "100"], env=self.env, capture_output=True, text=True,
+                              timeout=60, check=True)
+        return [e for e in json.loads(proc.stdout) if e["seq"] > seq]
 
     def start_server(self) -> None:
         args = ["--state-dir", str(self.state), "run", "--radio", "sim", "--name", "demo-car", "--actuator", "sim"]
@@ -92,7 +153,7 @@ class Demo:
                 self.server.kill()
 
     def show_lock(self, since: int) -> None:
-        time.sleep(0.2)  # the server logs right after it answers
+        self.wait_lock_idle(since)  # the whole pulse, so its tail does not land in the next step
         for line in self.actuator_lines(since):
             print(f"  {GREEN}[simulated lock] {line}{RESET}")
 
@@ -120,22 +181,36 @@ class Demo:
         code = json.loads(self.server_cmd("pair", "--role", "guest", "--name", "Tom's phone", "--expires", "3d",
                                           "--json").stdout)
         self.client("tom", "pair", code["code"])
+        mark = len(self.server_lines)
         self.client("tom", "unlock")
+        self.show_lock(mark)
         self.step("Maya lists the keys over the confidential (forward-secret) session")
         self.client("maya", "keys")
         self.step("Tom's phone is stolen: revoke that one device")
         self.server_cmd("revoke", "Tom's phone")
         self.step("The stolen phone's unlock is now refused (exit code 3 = denied)")
-        mark = len(self.server_lines)
+        # Every earlier pulse has ended (show_lock waited for it), so what follows the mark is this command's.
+        if energised_outputs(self.actuator_lines(0)):
+            raise SystemExit(f"{RED}an earlier pulse is still running: {self.actuator_lines(0)}{RESET}")
+        mark, audit_mark = len(self.server_lines), self.audit_after(-1)[-1]["seq"]
         self.client("tom", "unlock", expect=3)
-        moved = self.actuator_lines(mark)
-        print(f"  {GREEN}the lock did not move{RESET}" if not moved else f"  {RED}the lock moved: {moved}{RESET}")
+        time.sleep(0.3)  # a relay the refused command had energised would be logged by now
+        after = self.audit_after(audit_mark)
+        moved = refused_command_moved(after, self.actuator_lines(mark))
+        self.verdict(not moved, "the lock did not move (audit: no actuation)", f"the lock moved: {moved}")
+        refusal = next((e["seq"] for e in after if e["event"] == "refused"), None)
+        self.verdict(refusal is not None, f"the audit log recorded the refusal (entry {refusal})",
+                     "the audit log has no entry for the refused unlock")
         self.step("Every other key keeps working")
+        mark = len(self.server_lines)
         self.client("maya", "unlock")
+        self.show_lock(mark)
         self.step("The hash-chained audit log recorded everything, and verifies")
         self.server_cmd("audit", "--limit", "12")
         self.server_cmd("audit", "--verify")
         self.stop_server()
+        if self.failed:
+            raise SystemExit(f"\n{RED}Demo finished, but it showed something wrong: {'; '.join(self.failed)}{RESET}")
         print(f"\n{BOLD}{GREEN}Demo complete.{RESET} Next: `./dev test`; docs/PROTOCOL.md; docs/DEPLOY.md (a real Pi).")
 
 

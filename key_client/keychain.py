@@ -3,7 +3,8 @@
 Layout of the keychain directory (mode 0700):
 
     keychain.json        the index (written atomically, 0600; refused if others can write it): no secrets in it
-    keys/<key-id>.pem    this device's private key for one vehicle (0600, optionally passphrase-encrypted; keys/ 0700)
+    keys/<key-id>.pem    this device's private key for one vehicle (0600, optionally passphrase-encrypted; keys/ 0700),
+                         unless it is in the OS keyring (`pair --keyring`, key_client/oskeyring.py)
     config.toml          optional settings (key_client/config.py, docs/CLIENT.md)
 
 A vehicle is identified by its id (the key id of its public key, checked against the pinned key on every
@@ -51,7 +52,8 @@ class VehicleEntry:
     paired_at: int
     advertised_name: str | None = None
     address_hint: str | None = None  # last address it answered on: orders candidates, proves nothing
-    encrypted: bool = False
+    encrypted: bool = False  # the key file is passphrase-encrypted
+    keyring: bool = False  # the key is in the OS keyring, not in keys/ (key_client/oskeyring.py)
 
     @property
     def key_file(self) -> str:
@@ -81,6 +83,7 @@ class VehicleEntry:
                 advertised_name=d.get("advertised_name"),
                 address_hint=d.get("address_hint"),
                 encrypted=bool(d.get("encrypted", False)),
+                keyring=bool(d.get("keyring", False)),
             )
             pinned_id = key_id(entry.vehicle_public_key)
         except (KeyError, TypeError, ValueError) as exc:
@@ -169,9 +172,17 @@ class Keychain:
 
     # ------------------------------------------------------------------ keys
 
-    def new_device_key(self, passphrase: bytes | None = None) -> KeyPair:
-        """Generate a device key and write it to keys/ (0600) BEFORE pairing, so an enrolled key is never lost."""
+    def new_device_key(self, passphrase: bytes | None = None, *, keyring: bool = False) -> KeyPair:
+        """Generate a device key and store it (keys/, 0600, or the OS keyring) BEFORE pairing, so an enrolled
+        key is never lost."""
         pair = KeyPair.generate()
+        if keyring:
+            if passphrase:
+                raise KeychainError("a key in the OS keyring is protected by the keyring, not by a passphrase")
+            from . import oskeyring
+
+            oskeyring.store(pair.key_id, serialize_private_key(pair.private_key))
+            return pair
         keys = self.path / KEYS_DIR
         keys.mkdir(mode=0o700, exist_ok=True)
         try:
@@ -180,9 +191,15 @@ class Keychain:
             raise KeychainError(f"cannot store the new device key: {exc}") from exc
         return pair
 
-    def discard_device_key(self, pair: KeyPair) -> None:
+    def discard_device_key(self, pair: KeyPair, *, keyring: bool = False) -> None:
         """Delete a key made by new_device_key whose pairing failed (the vehicle never enrolled it)."""
         if self.find_key_id(pair.key_id) is None:
+            if keyring:
+                from . import oskeyring
+
+                with contextlib.suppress(KeychainError):  # best effort: the key was never enrolled anywhere
+                    oskeyring.delete(pair.key_id)
+                return
             with contextlib.suppress(FileNotFoundError):
                 (self.path / KEYS_DIR / f"{pair.key_id.hex()}.pem").unlink()
 
@@ -191,8 +208,17 @@ class Keychain:
         return next((e for e in self._entries if e.key_id == kid), None)
 
     def load_key(self, entry: VehicleEntry, passphrase: bytes | None = None) -> KeyPair:
-        """This device's key pair for `entry`; refuses a key file other users can read."""
+        """This device's key pair for `entry` (from its file or the OS keyring); refuses a key file others can read."""
         path = self.path / KEYS_DIR / entry.key_file
+        if entry.keyring:
+            from . import oskeyring
+
+            stored = oskeyring.load(entry.key_id)
+            if stored is None:
+                raise KeychainError(f"the key for {entry.name!r} is not in the OS keyring (service "
+                                    f"{oskeyring.SERVICE!r}, user {entry.key_id.hex()}): forget this vehicle and "
+                                    "pair again")
+            return self._check_loaded(entry, stored, None, f"the OS keyring's item {entry.key_id.hex()}")
         try:
             data = read_secret(path)
         except FileNotFoundError:
@@ -203,15 +229,20 @@ class Keychain:
         if entry.encrypted and not passphrase:
             raise KeychainError(f"the key for {entry.name!r} is protected by a passphrase: "
                                 "set DKEY_PASSPHRASE or run from a terminal to be asked")
+        return self._check_loaded(entry, data, passphrase if entry.encrypted else None, f"the key file {path}")
+
+    @staticmethod
+    def _check_loaded(entry: VehicleEntry, data: bytes, passphrase: bytes | None, where: str) -> KeyPair:
+        """Parse a stored device key and check it is the one the index names."""
         try:
-            key = load_private_key(data, passphrase if entry.encrypted else None)
+            key = load_private_key(data, passphrase)
         except ValueError:
             if entry.encrypted:
                 raise KeychainError(f"wrong passphrase for the key of {entry.name!r}") from None
-            raise KeychainError(f"the key file {path} is not a P-256 private key") from None
+            raise KeychainError(f"{where} is not a P-256 private key") from None
         pair = KeyPair.from_private_key(key)
         if pair.key_id != entry.key_id:
-            raise KeychainError(f"the key file {path} does not hold the key the index names")
+            raise KeychainError(f"{where} does not hold the key the index names")
         return pair
 
     # ------------------------------------------------------------------ mutations
@@ -227,13 +258,14 @@ class Keychain:
         return name
 
     def add(self, device: KeyPair, paired: Paired, *, name: str | None = None, advertised_name: str | None = None,
-            address: str | None = None, encrypted: bool = False, now: int | None = None) -> VehicleEntry:
+            address: str | None = None, encrypted: bool = False, keyring: bool = False,
+            now: int | None = None) -> VehicleEntry:
         """Record a finished pairing for `device` (made by new_device_key); returns the new entry."""
         if paired.key_id != device.key_id:
             raise KeychainError("the vehicle enrolled a different key than ours")
         if key_id(paired.vehicle_public_key) != paired.vehicle_id:
             raise KeychainError("the vehicle's public key does not match its id")
-        if not (self.path / KEYS_DIR / f"{device.key_id.hex()}.pem").exists():
+        if not keyring and not (self.path / KEYS_DIR / f"{device.key_id.hex()}.pem").exists():
             raise KeychainError("the device key was not made by this keychain (use new_device_key)")
         with self._locked():
             if name is not None and any(e.name.casefold() == name.casefold() for e in self._entries):
@@ -250,6 +282,7 @@ class Keychain:
                 advertised_name=advertised_name,
                 address_hint=address,
                 encrypted=encrypted,
+                keyring=keyring,
             )
             self._entries.append(entry)
             self._save()
@@ -286,6 +319,14 @@ class Keychain:
             self._entries = [e for e in self._entries if e.key_id != entry.key_id]
             # Index first: a crash between the two leaves an orphan key file, never an entry without its key.
             self._save()
+            if entry.keyring:
+                from . import oskeyring
+
+                try:
+                    oskeyring.delete(entry.key_id)
+                except KeychainError as exc:
+                    raise KeychainError(f"forgot {entry.name!r}, but {exc}: delete the keyring item (service "
+                                        f"{oskeyring.SERVICE!r}, user {entry.key_id.hex()}) by hand") from exc
             with contextlib.suppress(FileNotFoundError):
                 (self.path / KEYS_DIR / entry.key_file).unlink()
         return entry

@@ -113,6 +113,25 @@ def test_client_install_has_no_vehicle_dependencies(client_venv: Venv) -> None:
     assert not {"bless", "dbus-next", "gpiozero", "lgpio", "segno"} & dists.keys()
     assert dists["bleak"].startswith("3."), dists["bleak"]
     assert {"cryptography", "bleak-retry-connector", "dbus-fast"} <= dists.keys()  # dbus-fast: Linux only
+    assert "platformdirs" in dists  # the keychain's default directory (key_client/paths.py)
+    assert "keyring" not in dists  # the OS keyring is the optional extra [keyring]
+
+
+def test_the_wheel_carries_the_license(wheel: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as whl:
+        names = whl.namelist()
+        (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+        assert "Apache License" in whl.read(license_file).decode()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        assert "License-Expression: Apache-2.0" in whl.read(metadata).decode().splitlines()
+
+
+def test_key_client_version_comes_from_the_installed_distribution(client_venv: Venv, tmp_path: Path) -> None:
+    version = client_venv.distributions()["wearable-dkey"]
+    out = ok(client_venv.bin / "key-client", "--version", env=client_venv.env(tmp_path), cwd=tmp_path)
+    assert out == f"key-client {version}\n"
 
 
 def test_key_client_runs_from_the_client_install(client_venv: Venv, tmp_path: Path) -> None:
@@ -197,6 +216,13 @@ def test_client_install_resolves_everywhere_without_downgrades(uv: Path, wheel: 
     # No downgrade: bleak and the connector are the newest releases our bounds allow, as if asked for alone.
     alone = resolve(uv, "bleak>=3.0.2,<4\nbleak-retry-connector>=4.6.2,<5", platform, python)
     assert (pins["bleak"], pins["bleak-retry-connector"]) == (alone["bleak"], alone["bleak-retry-connector"])
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_keyring_extra_resolves_everywhere_from_wheels(uv: Path, wheel: Path, platform: str) -> None:
+    pins = resolve(uv, f"wearable-dkey[keyring] @ {wheel.as_uri()}", platform, "3.11")
+    assert "keyring" in pins and pins["bleak"].startswith("3."), pins
+    assert ("secretstorage" in pins) == ("linux" in platform), pins  # the Secret Service client, Linux only
 
 
 @pytest.mark.parametrize("platform", ["aarch64-unknown-linux-gnu", "x86_64-unknown-linux-gnu"])

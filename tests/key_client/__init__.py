@@ -21,8 +21,12 @@ class Result:
     err: str
 
     def json(self) -> list[dict[str, Any]]:
-        """Every JSON object printed on stdout, in order."""
-        return [json.loads(line) for line in self.out.splitlines() if line.strip()]
+        """Every JSON object printed on stdout, in order: a list command's one array, or one object per line."""
+        values = [json.loads(line) for line in self.out.splitlines() if line.strip()]
+        if len(values) == 1 and isinstance(values[0], list):
+            return values[0]
+        assert all(isinstance(v, dict) for v in values), self.out
+        return values
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 
@@ -280,7 +281,53 @@ async def test_scan_with_nothing_in_range(run: Cli) -> None:
     assert r.code == ExitCode.NOT_FOUND and "no vehicle found" in r.err
 
 
+async def test_list_commands_print_one_json_array(run: Cli, h: Harness) -> None:
+    # Like key-server's lists: one JSON document, so `[]` is an empty list and not an empty output.
+    await pair(run, h)
+    for argv in (["scan"], ["scan", "--identify"], ["keys"], ["audit"], ["vehicles"]):
+        r = await run("--json", *argv)
+        assert r.code == ExitCode.OK, r.err
+        (line,) = r.out.splitlines()
+        rows = json.loads(line)
+        assert isinstance(rows, list) and rows and all(isinstance(row, dict) for row in rows), (argv, r.out)
+    r = await run("--json", "audit", "--after", str(2**62))
+    assert (r.code, r.out) == (ExitCode.OK, "[]\n") and "no audit entries" in r.err
+
+
+async def test_an_empty_keychain_lists_as_an_empty_json_array(run: Cli) -> None:
+    r = await run("--json", "vehicles")
+    assert (r.code, r.out) == (ExitCode.OK, "[]\n")
+    assert "no vehicles in" in r.err  # the remark stays on stderr
+
+
+async def test_a_failed_list_command_prints_only_its_error_object(run: Cli) -> None:
+    with mock_air(MockAir()):
+        r = await run("--json", "scan")
+    assert r.code == ExitCode.NOT_FOUND
+    (obj,) = [json.loads(line) for line in r.out.splitlines()]
+    assert obj["ok"] is False and obj["exit"] == "not_found"
+
+
+def test_every_command_is_either_a_list_or_prints_objects() -> None:
+    # A new command must choose: one array (a list) or one object per result (docs/CLIENT.md, --json).
+    assert cli.LIST_COMMANDS == {"scan", "keys", "audit", "vehicles"}
+    assert set(cli._COMMANDS) - cli.LIST_COMMANDS == {"pair", "unlock", "lock", "status", "start", "revoke",
+                                                      "forget", "auto"}
+
+
 # ---------------------------------------------------------------------- options and plumbing
+
+
+async def test_version_prints_the_installed_distribution(capsys) -> None:
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    assert await cli.amain(["--version"]) == ExitCode.OK
+    out, err = capsys.readouterr()
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert out == f"key-client {version('wearable-dkey')}\n" == f"key-client {pyproject['project']['version']}\n"
+    assert err == ""
 
 
 async def test_help_documents_the_exit_codes(capsys) -> None:

@@ -189,8 +189,10 @@ def test_default_path_follows_environment(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("DKEY_KEYCHAIN", str(tmp_path / "explicit"))
     assert default_path() == tmp_path / "explicit"
     monkeypatch.delenv("DKEY_KEYCHAIN")
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    assert default_path() == tmp_path / "xdg" / "dkey"
-    monkeypatch.delenv("XDG_CONFIG_HOME")
+    # The data directory, not the config one (~/.config is synced in dotfile repositories: key_client/paths.py).
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    assert default_path() == tmp_path / "xdg-data" / "dkey"
+    monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert default_path() == tmp_path / "home" / ".config" / "dkey"
+    assert default_path() == tmp_path / "home" / ".local" / "share" / "dkey"

@@ -144,8 +144,14 @@ class ClientRun:
 
     @property
     def json(self) -> list[dict[str, Any]]:
-        """The JSON objects on stdout (one per line)."""
-        return [json.loads(ln) for ln in self.result.stdout.splitlines() if ln.startswith("{")]
+        """The JSON objects on stdout: a list command's one array (scan, keys, ...), else one object per line."""
+        objs: list[dict[str, Any]] = []
+        for ln in self.result.stdout.splitlines():
+            if ln.startswith("["):
+                objs.extend(json.loads(ln))
+            elif ln.startswith("{"):
+                objs.append(json.loads(ln))
+        return objs
 
     @property
     def obj(self) -> dict[str, Any]:
