@@ -195,7 +195,11 @@ class Demo:
         mark, audit_mark = len(self.server_lines), self.audit_after(-1)[-1]["seq"]
         self.client("tom", "unlock", expect=3)
         time.sleep(0.3)  # a relay the refused command had energised would be logged by now
-        after = self.audit_after(audit_mark)
+        # The refusal's row is written just after the answer goes out: on a loaded machine give it a few seconds.
+        after, deadline = self.audit_after(audit_mark), time.monotonic() + 5.0
+        while not any(e["event"] == "refused" for e in after) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            after = self.audit_after(audit_mark)
         moved = refused_command_moved(after, self.actuator_lines(mark))
         self.verdict(not moved, "the lock did not move (audit: no actuation)", f"the lock moved: {moved}")
         refusal = next((e["seq"] for e in after if e["event"] == "refused"), None)
