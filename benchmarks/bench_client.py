@@ -40,7 +40,11 @@ def main() -> None:
         env = {**os.environ, "DKEY_SIM_DIR": f"{tmp}/air", "PYTHONUNBUFFERED": "1"}
         server_cmd = [sys.executable, "-m", "key_server", "--state-dir", f"{tmp}/s"]
         subprocess.run([*server_cmd, "init"], env=env, check=True, capture_output=True)
-        server = subprocess.Popen([*server_cmd, "run", "--radio", "sim", "--actuator", "sim", "--name", "bench"],
+        # One key unlocks 60 times here: the per-key actuation limit (6, then 12/min) at its most lenient (60, 120/min).
+        config = Path(tmp) / "bench.toml"
+        config.write_text("[rate_limit]\nactuation_burst = 60\nactuation_per_minute = 120\n")
+        server = subprocess.Popen([*server_cmd, "--config", str(config), "run", "--radio", "sim", "--actuator", "sim",
+                                   "--name", "bench"],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines: list[str] = []
         ready = threading.Event()
