@@ -50,6 +50,7 @@ from .config import DEFAULT_LINK_IDLE_TIMEOUT
 from .enrollment import Enrollment
 from .keyadmin import KeyAdmin
 from .ratelimit import LINK_QUEUE, MAX_LINK_LIFETIME, MAX_LINKS, ActuationLimiter, FailureLimiter
+from .refusals import MAX_ROWS_PER_WINDOW, REFUSAL_WINDOW, RefusalDigest
 from .store import KeyStore, PendingPairing
 
 log = logging.getLogger("key_server.service")
@@ -70,6 +71,8 @@ class ServiceConfig:
     max_link_lifetime: float = MAX_LINK_LIFETIME  # a link connected longer is dropped, busy or not
     limiter: FailureLimiter = field(default_factory=FailureLimiter)
     actuations: ActuationLimiter = field(default_factory=ActuationLimiter)
+    refusal_window: float = REFUSAL_WINDOW  # unauthenticated refusals are audited as counts per link and window
+    refusal_rows: int = MAX_ROWS_PER_WINDOW  # at most this many such rows per window
 
 
 @dataclass(slots=True)
@@ -146,6 +149,8 @@ class KeyService:
         self.enrollment = Enrollment(store, audit, clock, identity.key_id)
         self.commands = KeyCommands(self.admin, lock, tz=self.config.tz, reply_after=self.config.reply_after,
                                     actuations=self.config.actuations, monotonic=monotonic)
+        self.refusals = RefusalDigest(self._write_refusals, window=self.config.refusal_window,
+                                      max_rows=self.config.refusal_rows)
         self._mono = monotonic
         self.challenges = ChallengeBook(ttl=self.config.challenge_ttl)
         self.limiter = self.config.limiter
@@ -187,6 +192,7 @@ class KeyService:
             self._end_attempt(central, "abandoned: the server stopped", failure=False)
             self._end_reads(central)
         self.links.clear()
+        self.refusals.flush()
         await self.peripheral.stop()
         self.audit.append(AuditEvent.SERVER_STOP, ts=self.clock.now())
 
@@ -303,6 +309,7 @@ class KeyService:
             # it is a failed attempt, for the code and for the limiter. The store write runs off this callback.
             asyncio.get_running_loop().call_soon(self._forget, central)
             self._end_reads(central)
+            self.refusals.end_link(link, self._mono())
 
     def _forget(self, central: _Central) -> None:
         """After a link ended: charge an abandoned pairing, then free the link's bucket (bounded memory)."""
@@ -350,8 +357,9 @@ class KeyService:
                 self.limiter.failed(central.link, now, central.lane)
                 if central.attempt is not None:  # mid-PAKE: the attempt's own row says why it failed
                     self._end_attempt(central, f"protocol error: {exc}", failure=False)
-                else:
-                    self._note(AuditEvent.REFUSED, None, reason=f"protocol error: {exc}", status="MALFORMED")
+                else:  # counted, not written now: a malformed message proves nothing about its sender
+                    self.refusals.refused(central.link, now, self.clock.now(), status="MALFORMED",
+                                          reason=f"protocol error: {exc}")
                 await self._send(central.link, central.session.data_to_send())
                 await self._drop(central)
                 return
@@ -379,11 +387,12 @@ class KeyService:
         self._end_reads(central)
         if central.link not in self.links:
             self.limiter.forget(central.link)
+            self.refusals.end_link(central.link, self._mono())
         with contextlib.suppress(Exception):
             await self.peripheral.disconnect(central.link)
 
-    def _note(self, event: AuditEvent, key_id: bytes | None, **detail: str | int | bool | None) -> None:
-        self.audit.record(event, ts=self.clock.now(), key_id=key_id, detail=detail or None)
+    def _write_refusals(self, detail: dict[str, str | int | bool | None], key_id: bytes | None) -> None:
+        self.audit.record(AuditEvent.REFUSALS, ts=self.clock.now(), key_id=key_id, detail=detail)
 
     async def _handle(self, central: _Central, event: Event, now: float) -> None:
         if isinstance(event, CommandRequested):
@@ -391,8 +400,10 @@ class KeyService:
         elif isinstance(event, Refused):
             self.stats.refused += 1
             self.limiter.failed(central.link, now, central.lane)
-            central.after.append(lambda: self._note(AuditEvent.REFUSED, event.key_id, reason=event.reason,
-                                                    status=event.status.name))
+            # Counted under the link, written as one row per link and window (key_server/refusals.py): nothing
+            # here is authenticated, so a flood of these must cost no disk write each.
+            self.refusals.refused(central.link, now, self.clock.now(), status=event.status.name,
+                                  reason=event.reason, key_id=event.key_id)
         elif isinstance(event, SessionOpened):
             central.secure_key_id = event.key_id
         elif isinstance(event, PairingRequested):
@@ -512,4 +523,5 @@ class KeyService:
                 self._spawn(self._drop(central))
         self.check_store_changes()
         self.challenges.purge(now)
+        self.refusals.tick(now)
         self.clock.now()  # advances (and persists) the high-water mark while the server runs
