@@ -148,7 +148,7 @@ class KeyService:
         self.admin = KeyAdmin(store, audit, clock)
         self.enrollment = Enrollment(store, audit, clock, identity.key_id)
         self.commands = KeyCommands(self.admin, lock, tz=self.config.tz, reply_after=self.config.reply_after,
-                                    actuations=self.config.actuations, monotonic=monotonic)
+                                    actuations=self.config.actuations, monotonic=monotonic, identity=identity)
         self.refusals = RefusalDigest(self._write_refusals, window=self.config.refusal_window,
                                       max_rows=self.config.refusal_rows)
         self._mono = monotonic
