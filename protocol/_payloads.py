@@ -2,7 +2,8 @@
 
 Records are field records of the shared TLV codec (`_tlv`, PROTOCOL.md §3.1). Unlike a message's optional
 fields, a record's 0-length fields (an empty key name or audit detail) are sent, not omitted. A page is a
-`TOTAL` field followed by fields that all carry one record tag, each a `record_tag || length || record`.
+`TOTAL` field followed by fields that all carry one record tag, each a `record_tag || length || record`; an audit
+page has the vehicle's signed head (`AuditHead`, PROTOCOL.md §5.6) between the two.
 """
 
 from __future__ import annotations

@@ -121,6 +121,9 @@ def test_the_message_names_file_key_value_and_what_is_allowed(tmp_path: Path) ->
     ("[rate_limit]\nmax_links = 2.5", "rate_limit.max_links"),
     ("[rate_limit]\nmax_link_lifetime = 59", "rate_limit.max_link_lifetime"),
     ("[rate_limit]\nmax_link_lifetime = 3601", "rate_limit.max_link_lifetime"),
+    ("[audit]\nmax_entries = 99", "audit.max_entries"),  # a burst of honest entries would prune unread ones
+    ("[audit]\nmax_entries = 10000001", "audit.max_entries"),
+    ("[audit]\nmax_entries = 1e5", "audit.max_entries"),
     ('state_dir = "relative/dir"', "state_dir"),
     ("state_dir = 5", "state_dir"),
 ])
@@ -148,6 +151,8 @@ link_burst = 1
 link_rate = 0.01
 global_burst = 10000
 global_rate = 1000
+[audit]
+max_entries = 100
 [actuator]
 kind = "two-line"
 unlock_pin = 5
@@ -162,6 +167,7 @@ active_high = false
     assert isinstance(cfg.server.challenge_ttl, float)
     assert cfg.pairing == PairingOptions(code_ttl="1d", attempts=20) and cfg.pairing.code_ttl_s == 86_400
     assert cfg.rate_limit == RateLimitOptions(1.0, 0.01, 10_000.0, 1000.0)
+    assert cfg.audit.max_entries == 100
     assert cfg.actuator == ActuatorConfig(kind="two-line", unlock_pin=5, lock_pin="GPIO6", active_high=False)
 
 
