@@ -10,12 +10,14 @@ owner-only like the keychain.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import stat
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -116,14 +118,30 @@ class AuditPins:
 
     def advance(self, vehicle_id: bytes, head: Pin) -> Pin:
         """Pin `head` if it is higher than the pin held (check() first); return the pin held afterwards."""
-        pins = self._read()
-        held = pins.get(vehicle_id.hex())
-        if held is not None and held.seq >= head.seq:
-            return held
-        pins[vehicle_id.hex()] = Pin(head.seq, head.entry_hash, head.pruned_through, head.signature,
-                                     head.seen_at or int(time.time()))
-        self._write(pins)
-        return pins[vehicle_id.hex()]
+        with self._locked():  # two `audit` runs at once must not move a pin back
+            pins = self._read()
+            held = pins.get(vehicle_id.hex())
+            if held is not None and held.seq >= head.seq:
+                return held
+            pins[vehicle_id.hex()] = Pin(head.seq, head.entry_hash, head.pruned_through, head.signature,
+                                         head.seen_at or int(time.time()))
+            self._write(pins)
+            return pins[vehicle_id.hex()]
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise read-modify-write of the pins between key-client processes (no flock on Windows)."""
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        fd = os.open(self.path.with_name(".audit_pins.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
 
     def _read(self) -> dict[str, Pin]:
         try:
