@@ -309,13 +309,13 @@ class KeyService:
             # it is a failed attempt, for the code and for the limiter. The store write runs off this callback.
             asyncio.get_running_loop().call_soon(self._forget, central)
             self._end_reads(central)
-            self.refusals.end_link(link, self._mono())
 
     def _forget(self, central: _Central) -> None:
-        """After a link ended: charge an abandoned pairing, then free the link's bucket (bounded memory)."""
+        """After a link ended: charge an abandoned pairing, free the link's bucket (bounded memory), write its count."""
         self._end_attempt(central, "abandoned")
         if central.link not in self.links:  # not reconnected under the same id meanwhile
             self.limiter.forget(central.link)
+            self.refusals.end_link(central.link, self._mono())  # its refusal count: one audit row, now
 
     # ------------------------------------------------------------------ processing
 
