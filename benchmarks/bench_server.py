@@ -1,4 +1,5 @@
-"""key-server figures: idle RSS, start-up time, unlock latency with 10,000 keys, revoke and intent latency, floods.
+"""key-server figures: idle RSS, start-up time, unlock latency with 10,000 keys, revoke and intent latency, floods,
+bytes written to disk per 1,000 bogus requests.
 
 Run: .venv/bin/python benchmarks/bench_server.py   (prints a table; no pass/fail)
 Unlocks run in-process over the mock radio (no radio latency) with the simulated lock set to a 1 ms pulse, so
@@ -208,6 +209,54 @@ async def flood_figures(rate: int = 1000, seconds: float = 5.0) -> tuple[list[fl
     return lat, ok, sent, limited
 
 
+_HERE = Path(__file__).resolve().parent  # on the disk: /tmp may be tmpfs, whose writes /proc/self/io never sees
+
+
+def _write_bytes() -> int:
+    """Bytes this process has caused to be written to storage so far (Linux /proc/self/io; -1 elsewhere)."""
+    try:
+        text = Path("/proc/self/io").read_text()
+    except OSError:
+        return -1
+    return next(int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("write_bytes:"))
+
+
+async def disk_figures(n: int = 1000, links: int = 1) -> tuple[int, int, int]:
+    """Bytes written to disk (and audit rows added) while `n` bogus COMMANDs over `links` links are all refused.
+
+    The failure limiter is lifted so that every request reaches crypto and is refused: the worst case for the
+    audit log, whatever admission control would shed. The store lives under the working tree's filesystem
+    (not tmpfs), so its fsynced writes reach /proc/self/io's write_bytes.
+    """
+    lifted = ServiceConfig(limiter=FailureLimiter(1e9, 1e9, 1e9, 1e9),
+                           actuations=ActuationLimiter(burst=1e9, per_minute=1e9))
+    with tempfile.TemporaryDirectory(prefix="dkb", dir=_HERE) as tmp:
+        b = Bench(Path(tmp), 1, lifted)
+        await b.service.start()
+        rows_before = b.service.audit.head()[0]
+        frame = _bogus_frame()
+        written_before = _write_bytes()
+        for _ in range(links):
+            conn = await b.air.central().connect((await b.air.central().scan(1))[0])
+            answered = asyncio.Event()
+            await conn.subscribe(lambda _d, ev=answered: ev.set())
+            await asyncio.sleep(0)
+            for _ in range(n // links):
+                answered.clear()
+                await conn.write(frame)
+                await asyncio.wait_for(answered.wait(), 2.0)  # the signed refusal
+            await conn.disconnect()
+        while b.service.links:  # noqa: ASYNC110 - the service's state, no event to wait on
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        b.service.refusals.flush()  # what the window's end or the server's stop would write
+        written = _write_bytes() - written_before
+        rows = b.service.audit.head()[0] - rows_before
+        refused = b.service.stats.refused
+        await b.close()
+    return written, rows, refused
+
+
 class AttackFigures:
     """What one admission-control attack did, measured while an honest device kept unlocking."""
 
@@ -349,6 +398,10 @@ async def main() -> None:
     print(f"| honest unlock (connect+unlock+disconnect) under {sent / 5:.0f} bogus frames/s (p50 / p99) | "
           f"{statistics.median(lat) * 1e3:.2f} ms / {pct(lat, 0.99) * 1e3:.2f} ms, {ok} of {ok} succeeded |")
     print(f"| bogus writes refused by the rate limiter before any crypto | {limited} of {sent} |")
+    for links in (1, 100):
+        written, rows, refused = await disk_figures(links=links)
+        print(f"| bytes written to disk per 1,000 bogus COMMANDs refused (limiter lifted; {links} link(s)): "
+              f"audit rows added | {written / 1024:.0f} KiB: {rows} rows for {refused} refusals |")
     print_attack("one link pipelining 2,000 bogus COMMANDs", await attack_figures("pipeline"))
     print_attack("200 fresh links, one bogus COMMAND each", await attack_figures("fresh"))
 

@@ -276,6 +276,9 @@ def _allowed(kind: Any, rule: Setting) -> str:
         high = f"{rule.max:g}" if rule.max is not None else None
         bounds = _range(low, high)
         return what + (bounds.replace("from", "of", 1) + " characters" if bounds else "")
+    if base is int:  # whole numbers in full: 10000000, not 1e+07
+        return what + _range(str(int(rule.min)) if rule.min is not None else None,
+                             str(int(rule.max)) if rule.max is not None else None)
     if base in (int, float):
         return what + _range(f"{rule.min:g}" if rule.min is not None else None,
                              f"{rule.max:g}" if rule.max is not None else None)

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from dkey_link.contract import Advertisement, Central, RadioError
 from protocol import (
+    AuditHead,
     AuditRecord,
+    AuthenticationError,
     Command,
     DecodeError,
     KeyInfo,
@@ -26,6 +28,7 @@ from protocol import (
     StatusReport,
     decode_audit_page,
     decode_key_page,
+    decode_public_key,
     list_keys_args,
     parse_code,
     read_audit_args,
@@ -33,6 +36,7 @@ from protocol import (
 )
 
 from . import driver
+from .audit_pins import AuditPins, AuditTampered, Pin, PinCheck, check
 from .driver import CONNECT_ATTEMPTS, WINDOW_PER_ATTEMPT, Clock, Target, VehicleLink, connect_vehicle, find_vehicles
 from .errors import (
     ClientError,
@@ -109,10 +113,16 @@ class Revocation:
 
 @dataclass(frozen=True, slots=True)
 class AuditListing:
-    """Consecutive audit records read from a vehicle, oldest first."""
+    """Consecutive audit records read from a vehicle, oldest first, with its signed head checked against the pin.
+
+    `problem` says why the log cannot be the one this device saw before (cut or rewritten); the pin then stays.
+    """
 
     entry: VehicleEntry
     records: list[AuditRecord]
+    head: Pin | None = None  # the vehicle's signed head, as pinned now (SEQ:HASH for `audit --verify --pinned`)
+    pinned_before: Pin | None = None
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,26 +340,66 @@ class DeviceApp:
         if after is not None and after < 0:
             raise UsageError(f"--after must be a sequence number >= 0, not {after}")
 
+        pins = AuditPins(self.keychain(create=False).path)
+
         async def action(link: VehicleLink, entry: VehicleEntry) -> AuditListing:
+            vehicle_key = decode_public_key(entry.vehicle_public_key)
+            pin = pins.get(entry.vehicle_id)
+            heads: list[AuditHead] = []
+
+            async def read(after_seq: int, n: int) -> list[AuditRecord]:
+                try:
+                    head, page = decode_audit_page(
+                        (await link.secure(Command.READ_AUDIT, read_audit_args(after_seq, n))).data)
+                except DecodeError as exc:
+                    raise ProtocolViolation(f"the vehicle's audit page does not parse: {exc}") from exc
+                try:
+                    head.verify(vehicle_key, entry.vehicle_id)
+                except AuthenticationError:
+                    raise AuditTampered(f"WARNING: {entry.name}'s signature on its audit head does not verify: "
+                                        "the answer is not the vehicle's own") from None
+                if heads and head.seq < heads[-1].seq:
+                    raise AuditTampered(f"WARNING: {entry.name}'s audit head went back from {heads[-1].seq} to "
+                                        f"{head.seq} during one read: its log is being cut")
+                if page and page[-1].seq == head.seq and page[-1].entry_hash != head.entry_hash:
+                    raise AuditTampered(f"WARNING: {entry.name}'s newest audit entry does not match its signed "
+                                        "head: the log was edited")
+                heads.append(head)
+                return page
+
             start = after
             if start is None:
-                # The page total is the newest sequence number: one small read tells where "the last N" start.
-                total, _ = decode_audit_page((await link.secure(Command.READ_AUDIT, read_audit_args(0, 1))).data)
-                start = max(0, total - limit)
+                # The head is the newest sequence number: one small read tells where "the last N" start.
+                await read(0, 1)
+                start = max(0, heads[-1].seq - limit)
             records: list[AuditRecord] = []
             while len(records) < limit:
                 ask = min(AUDIT_PAGE, limit - len(records))
-                head, page = decode_audit_page((await link.secure(Command.READ_AUDIT,
-                                                                  read_audit_args(start, ask))).data)
+                page = await read(start, ask)
                 records += page
-                # Each page says where the log ends (its total is the newest seq): stop there rather than ask
-                # for an empty page, so a large --limit costs the pages that exist and not one more.
-                if not page or page[-1].seq >= head:
+                # Each page says where the log ends (its head): stop there rather than ask for an empty page,
+                # so a large --limit costs the pages that exist and not one more.
+                if not page or page[-1].seq >= heads[-1].seq:
                     break
                 start = page[-1].seq
-            return AuditListing(entry, records)
+            at_pin: bytes | None = None
+            if pin is not None and heads[-1].pruned_through < pin.seq < heads[-1].seq:
+                # The fork check needs the entry at the pinned seq: from this listing, or one more small read.
+                found = next((r for r in records if r.seq == pin.seq), None)
+                if found is None:
+                    extra = await read(pin.seq - 1, 1)
+                    found = extra[0] if extra and extra[0].seq == pin.seq else None
+                at_pin = found.entry_hash if found is not None else None
+            last = heads[-1]
+            head = Pin(last.seq, last.entry_hash, last.pruned_through, last.signature)
+            return AuditListing(entry, records, head, pin,
+                                check(pin, head, PinCheck(at_pin)))
 
-        return await self._owner_session(vehicle, action)
+        listing = await self._owner_session(vehicle, action)
+        if listing.problem is None and listing.head is not None:
+            # The pin only moves forward, and never past a log that failed the check.
+            pins.advance(listing.entry.vehicle_id, listing.head)
+        return listing
 
     # ------------------------------------------------------------------ scan and pair
 

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
 # The codes key-client can return (the --help epilog and docs/CLIENT.md list exactly these).
 CLIENT_CODES = (ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE, ExitCode.DENIED, ExitCode.NOT_FOUND,
-                ExitCode.TIMED_OUT, ExitCode.OUTCOME_UNKNOWN, ExitCode.BUSY, ExitCode.KEYS, ExitCode.CONFIG,
-                ExitCode.INTERRUPTED)
+                ExitCode.TIMED_OUT, ExitCode.OUTCOME_UNKNOWN, ExitCode.BUSY, ExitCode.KEYS, ExitCode.AUDIT_TAMPERED,
+                ExitCode.CONFIG, ExitCode.INTERRUPTED)
 # With --json these print one JSON array (`[]` when empty, like key-server's lists); the others one object per
 # result, and `auto` one per event as they happen.
 LIST_COMMANDS = frozenset({"scan", "keys", "audit", "vehicles"})
@@ -631,6 +631,21 @@ async def cmd_audit(args: argparse.Namespace, out: Printer, _interrupts: _Interr
                                    f"{r.key_id.hex() if r.key_id else '-':8s}  {r.detail}")
     if not listing.records:
         out.note("no audit entries")
+    head = listing.head
+    if head is not None:
+        # The head to pin elsewhere: `key-server audit --verify --pinned SEQ:HASH` on the Pi checks the same chain.
+        out.result({"head": head.text, "seq": head.seq, "hash": head.entry_hash.hex(),
+                    "pruned_through": head.pruned_through, "signature": head.signature.hex()},
+                   f"head {head.text}" + (f"  (entries up to {head.pruned_through} pruned by retention)"
+                                          if head.pruned_through else ""))
+    if listing.problem is not None:
+        from .audit_pins import AuditTampered
+
+        pinned = listing.pinned_before.text if listing.pinned_before is not None else "?"
+        # A failed list command: the text lines above stay on screen, --json prints the error object alone.
+        raise AuditTampered(f"WARNING: the audit log of {listing.entry.name} was tampered with: "
+                            f"{listing.problem}. This device keeps its pin {pinned}; on the vehicle, run "
+                            f"`key-server audit --verify --pinned {pinned}`")
     return int(ExitCode.OK)
 
 

@@ -43,4 +43,9 @@ def legacy_paths() -> list[Path]:
     return found
 
 
-__all__ = ["default_path", "legacy_paths", "platform_path"]
+def audit_pins_path(keychain_dir: Path) -> Path:
+    """The audit pins file (key_client/audit_pins.py) of the keychain in `keychain_dir`: beside its index."""
+    return Path(keychain_dir) / "audit_pins.json"
+
+
+__all__ = ["audit_pins_path", "default_path", "legacy_paths", "platform_path"]

@@ -13,13 +13,21 @@ Atomicity with store changes: append() runs in KeyStore.transaction(), and joins
 
 commits the revocation and its entry together, synced to disk, or neither.
 
+Retention (docs/THREAT_MODEL.md, "The audit log"): with `max_entries`, an append that would leave more than that
+many entries prunes the oldest tenth in the same transaction and records it in an `audit_pruned` entry. The last
+pruned entry's seq and hash stay in the meta table as the anchor, so verify() checks the kept chain from there:
+a pruned prefix is not a break. Appends without `max_entries` (the CLI's few rows) never prune.
+
 Limits: the chain is unkeyed, so someone who can write the file can also recompute every hash; it catches
-corruption and casual edits. Clients that read the log can pin the head hash they last saw to detect rewrites.
+corruption and casual edits. A head pinned elsewhere (an owner's client, `audit --verify --pinned`) catches a
+rewritten or truncated tail: verify_pinned().
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import functools
 import hashlib
 import json
 import logging
@@ -33,7 +41,9 @@ from key_server.store import KeyStore, StoreError
 from protocol import Command
 
 __all__ = [
+    "AUDIT_ANCHOR_KEY",
     "AUDIT_HEAD_KEY",
+    "DEFAULT_MAX_ENTRIES",
     "EVENTS",
     "GENESIS_HASH",
     "MAX_READ",
@@ -48,6 +58,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AUDIT_HEAD_KEY: Final = "audit_head"
+AUDIT_ANCHOR_KEY: Final = "audit_anchor"  # "seq:hash" of the last pruned entry; absent: nothing pruned
+# Retention default: 100,000 entries are years of honest use (a few tens a day) and, at about 250 bytes each with
+# the index, about 25 MB of an SD card. Refusals are aggregated (key_server/refusals.py), so a flood adds few rows.
+DEFAULT_MAX_ENTRIES: Final = 100_000
+MIN_MAX_ENTRIES: Final = 100
 GENESIS_HASH: Final = bytes(32)
 MAX_READ: Final = 1000  # one read() page; callers page with after_seq
 _DOMAIN: Final = "dkey-audit/1"  # versioned, so a future encoding can never collide with this one
@@ -75,6 +90,10 @@ class AuditEvent(enum.StrEnum):
     REVOKE = "revoke"
     ADMIN = "admin"  # detail: {"action": "list_keys" | "read_audit" | ...}
     RATE_LIMITED = "rate_limited"  # detail: {"what": "actuation", "refused": refusals since the key's last such row}
+    # Refusals of unauthenticated requests, counted per link and window (key_server/refusals.py); detail:
+    # {"link", "links", "count", "first", "last", "statuses", "reasons"}.
+    REFUSALS = "refusals"
+    AUDIT_PRUNED = "audit_pruned"  # detail: {"entries": n, "through": last pruned seq, "anchor": its hash hex}
     SERVER_START = "server_start"
     SERVER_STOP = "server_stop"
 
@@ -120,6 +139,9 @@ class AuditVerdict:
     entries: int
     first_bad_seq: int | None
     reason: str
+    head_seq: int = 0  # the chain's newest seq and hash as walked (meaningful when ok)
+    head_hash: bytes = GENESIS_HASH
+    pruned_through: int = 0  # the anchor: entries up to this seq were pruned by retention
 
 
 def entry_hash(
@@ -133,9 +155,12 @@ def entry_hash(
 class AuditLog:
     """Append-only, hash-chained audit entries in the store's file (see the module docstring)."""
 
-    def __init__(self, store: KeyStore) -> None:
-        """Use the audit table of `store` (created by its migrations)."""
+    def __init__(self, store: KeyStore, *, max_entries: int | None = None) -> None:
+        """Use the audit table of `store`; with `max_entries` (>= MIN_MAX_ENTRIES), appends prune the oldest."""
+        if max_entries is not None and max_entries < MIN_MAX_ENTRIES:
+            raise ValueError(f"max_entries must be at least {MIN_MAX_ENTRIES}")
         self._store = store
+        self.max_entries = max_entries
 
     def append(
         self,
@@ -166,11 +191,39 @@ class AuditLog:
                 "INSERT INTO audit (seq, ts, event, key_id, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (seq, ts, event, key_id, _canonical(clean).decode("ascii"), head_hash, digest),
             )
-            store._execute(
-                "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-                (AUDIT_HEAD_KEY, f"{seq}:{digest.hex()}"),
-            )
+            _set_meta(store, AUDIT_HEAD_KEY, seq, digest)
+            if self.max_entries is not None:
+                self._prune(seq, digest, ts)
         return AuditEntry(seq, ts, event, key_id, types.MappingProxyType(clean), digest, head_hash)
+
+    def _prune(self, head_seq: int, head_hash: bytes, ts: int) -> None:
+        """Inside append's transaction: if more than max_entries are kept, drop the oldest tenth and say so."""
+        assert self.max_entries is not None  # noqa: S101 - only called with retention on
+        store = self._store
+        anchor_seq, _ = _parse_head(store.get_meta(AUDIT_ANCHOR_KEY))
+        if head_seq - anchor_seq <= self.max_entries:
+            return
+        # Keep max_entries - slack entries (the audit_pruned row below is one of them): one DELETE per slack
+        # appends, not one per append.
+        slack = max(1, self.max_entries // 10)
+        through = head_seq + 1 - (self.max_entries - slack)
+        row = store._execute("SELECT hash FROM audit WHERE seq = ?", (through,)).fetchone()
+        if row is None:  # the chain is already broken there (verify reports it): never prune around damage
+            log.warning("audit retention: entry %d is missing, not pruning", through)
+            return
+        anchor_hash = bytes(row[0])
+        store._execute("DELETE FROM audit WHERE seq <= ?", (through,))
+        _set_meta(store, AUDIT_ANCHOR_KEY, through, anchor_hash)
+        detail: dict[str, DetailValue] = {"entries": through - anchor_seq, "through": through,
+                                          "anchor": anchor_hash.hex()}
+        seq = head_seq + 1
+        digest = entry_hash(head_hash, seq, ts, AuditEvent.AUDIT_PRUNED.value, None, detail)
+        store._execute(
+            "INSERT INTO audit (seq, ts, event, key_id, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, ts, AuditEvent.AUDIT_PRUNED.value, None, _canonical(detail).decode("ascii"), head_hash, digest),
+        )
+        _set_meta(store, AUDIT_HEAD_KEY, seq, digest)
+        log.info("audit retention: pruned entries %d..%d", anchor_seq + 1, through)
 
     def record(
         self,
@@ -216,40 +269,88 @@ class AuditLog:
         """The recorded head: (last seq, its hash); (0, GENESIS_HASH) for an empty log."""
         return _parse_head(self._store.get_meta(AUDIT_HEAD_KEY))
 
+    def pruned_through(self) -> int:
+        """The last seq removed by retention (0: nothing pruned)."""
+        return _parse_head(self._store.get_meta(AUDIT_ANCHOR_KEY))[0]
+
+    def entry(self, seq: int) -> AuditEntry | None:
+        """The entry with this seq, if it is kept."""
+        rows = self._store._query(
+            "SELECT seq, ts, event, key_id, detail, prev_hash, hash FROM audit WHERE seq = ?", (seq,))
+        return _entry_from_row(rows[0]) if rows else None
+
     def verify(self) -> AuditVerdict:
-        """Walk the whole chain and the head record; report the first entry that does not check out."""
+        """Walk the kept chain from the retention anchor and the head record; report the first entry that fails."""
         with self._store._snapshot() as db:
             raw_head = db.execute("SELECT v FROM meta WHERE k = ?", (AUDIT_HEAD_KEY,)).fetchone()
+            raw_anchor = db.execute("SELECT v FROM meta WHERE k = ?", (AUDIT_ANCHOR_KEY,)).fetchone()
+            try:
+                anchor_seq, prev = _parse_head(None if raw_anchor is None else str(raw_anchor[0]))
+            except StoreError as exc:
+                return AuditVerdict(False, 0, None, str(exc))
             cursor = db.execute("SELECT seq, ts, event, key_id, detail, prev_hash, hash FROM audit ORDER BY seq")
-            prev = GENESIS_HASH
-            expected = 1
+            expected = anchor_seq + 1
             count = 0
             for row in cursor:
                 seq = row[0]
                 problem = _check_row(row, expected, prev)
                 if problem is not None:
                     bad = expected if isinstance(seq, int) and seq > expected else seq
-                    return AuditVerdict(False, count, bad, problem)
+                    return AuditVerdict(False, count, bad, problem, pruned_through=anchor_seq)
                 prev = row[6]
                 expected += 1
                 count += 1
+        last = expected - 1
+        pruned = f" (entries up to {anchor_seq} pruned by retention)" if anchor_seq else ""
         if raw_head is None:
-            if count:
-                return AuditVerdict(False, count, None, "the audit head record is missing")
+            if count or anchor_seq:
+                return AuditVerdict(False, count, None, "the audit head record is missing", pruned_through=anchor_seq)
             return AuditVerdict(True, 0, None, "empty log")
         try:
             head_seq, head_hash = _parse_head(str(raw_head[0]))
         except StoreError as exc:
-            return AuditVerdict(False, count, None, str(exc))
-        if head_seq > count:
-            return AuditVerdict(
-                False, count, count + 1, f"entries {count + 1}..{head_seq} are missing (newest entries deleted)"
-            )
-        if head_seq < count:
-            return AuditVerdict(False, count, head_seq + 1, f"entries after {head_seq} were added outside the log")
+            return AuditVerdict(False, count, None, str(exc), pruned_through=anchor_seq)
+        if head_seq > last:
+            return AuditVerdict(False, count, last + 1,
+                                f"entries {last + 1}..{head_seq} are missing (newest entries deleted)",
+                                pruned_through=anchor_seq)
+        if head_seq < last:
+            return AuditVerdict(False, count, head_seq + 1, f"entries after {head_seq} were added outside the log",
+                                pruned_through=anchor_seq)
         if head_hash != prev:
-            return AuditVerdict(False, count, head_seq or None, "the last entry does not match the head record")
-        return AuditVerdict(True, count, None, f"{count} entries, chain intact")
+            return AuditVerdict(False, count, head_seq or None, "the last entry does not match the head record",
+                                pruned_through=anchor_seq)
+        return AuditVerdict(True, count, None, f"{count} entries, chain intact{pruned}", head_seq, head_hash,
+                            anchor_seq)
+
+    def verify_pinned(self, pin_seq: int, pin_hash: bytes) -> AuditVerdict:
+        """verify(), then check that the chain still holds a head seen earlier (`key-server audit --pinned`).
+
+        Fails when the chain is shorter than the pin (its tail was cut) or holds another entry at the pin's seq
+        (it was rewritten: a fork). A pin inside the pruned prefix can be checked for length only, unless it is
+        the anchor itself; the verdict's reason says so.
+        """
+        verdict = self.verify()
+        if not verdict.ok:
+            return verdict
+        fail = functools.partial(AuditVerdict, False, verdict.entries, pruned_through=verdict.pruned_through)
+        if pin_seq > verdict.head_seq:
+            return fail(verdict.head_seq + 1, f"the log ends at entry {verdict.head_seq}, before the pinned head "
+                                              f"{pin_seq}: its newest entries were cut (truncated)")
+        if pin_seq == 0:
+            found: bytes | None = GENESIS_HASH
+        elif pin_seq == verdict.pruned_through:
+            found = _parse_head(self._store.get_meta(AUDIT_ANCHOR_KEY))[1]
+        elif pin_seq < verdict.pruned_through:
+            return dataclasses.replace(verdict, reason=f"{verdict.reason}; the pinned entry {pin_seq} was pruned by "
+                                                        f"retention: only the chain's length was checked against it")
+        else:
+            kept = self.entry(pin_seq)
+            found = kept.hash if kept is not None else None
+        if found != pin_hash:
+            return fail(pin_seq, f"entry {pin_seq} is not the pinned one (hash {_short(found)}, pinned "
+                                 f"{_short(pin_hash)}): the log was rewritten from there (a fork)")
+        return dataclasses.replace(verdict, reason=f"{verdict.reason}; holds the pinned head {pin_seq}")
 
 
 def _check_row(row: tuple[Any, ...], expected_seq: int, prev: bytes) -> str | None:
@@ -307,6 +408,16 @@ def _canonical(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode(
         "ascii"
     )
+
+
+def _set_meta(store: KeyStore, key: str, seq: int, digest: bytes) -> None:
+    """Write a 'seq:hexhash' record (inside the caller's transaction)."""
+    store._execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                   (key, f"{seq}:{digest.hex()}"))
+
+
+def _short(digest: bytes | None) -> str:
+    return "none" if digest is None else digest.hex()[:16]
 
 
 def _parse_head(raw: str | None) -> tuple[int, bytes]:

@@ -226,14 +226,19 @@ def cmd_audit(cfg: Config, args: argparse.Namespace) -> int:
     """Show or verify the hash-chained audit log."""
     with _open_store(cfg) as store:
         admin = _admin(store)
+        if args.pinned is not None and not args.verify:
+            raise CliError("--pinned SEQ:HASH checks the chain: use it with --verify", ExitCode.USAGE)
         if args.verify:
-            verdict = admin.verify_audit()
+            verdict = admin.verify_audit(args.pinned)
             if args.json:
                 print(json.dumps({"ok": verdict.ok, "entries": verdict.entries, "first_bad_seq": verdict.first_bad_seq,
-                                  "reason": verdict.reason}))
+                                  "reason": verdict.reason, "head": _head_text(verdict.head_seq, verdict.head_hash)
+                                  if verdict.ok else None, "pruned_through": verdict.pruned_through}))
+            elif verdict.ok:
+                print(f"audit log OK: {verdict.reason}; head {_head_text(verdict.head_seq, verdict.head_hash)}")
             else:
-                print(f"audit log {'OK' if verdict.ok else 'TAMPERED'}: {verdict.entries} entries"
-                      + ("" if verdict.ok else f"; first bad entry {verdict.first_bad_seq}: {verdict.reason}"))
+                print(f"audit log TAMPERED: {verdict.entries} entries"
+                      f"; first bad entry {verdict.first_bad_seq}: {verdict.reason}")
             return ExitCode.OK if verdict.ok else ExitCode.AUDIT_TAMPERED
         entries = admin.audit_tail(args.limit)
     if args.json:
@@ -243,6 +248,23 @@ def cmd_audit(cfg: Config, args: argparse.Namespace) -> int:
         detail = " ".join(f"{k}={v}" for k, v in dict(e.detail).items())
         print(f"{e.seq:6d}  {_when(e.ts)}  {str(e.event):12s} {e.key_id.hex() if e.key_id else '-':8s}  {detail}")
     return ExitCode.OK
+
+
+def _head_text(seq: int, digest: bytes) -> str:
+    return f"{seq}:{digest.hex()}"
+
+
+def _pin(text: str) -> tuple[int, bytes]:
+    """argparse type of --pinned: SEQ:HASH, as `key-client audit` and `audit --verify` print a head."""
+    seq_text, sep, hash_hex = text.strip().partition(":")
+    try:
+        seq, digest = int(seq_text), bytes.fromhex(hash_hex)
+    except ValueError:
+        seq, digest = -1, b""
+    if not sep or not 0 <= seq <= 2**63 - 1 or len(digest) != 32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a head: give SEQ:HASH, a sequence number and 64 hex "
+                                         "digits, as `key-client audit` prints it")
+    return seq, digest
 
 
 def cmd_config(cfg: Config | None, args: argparse.Namespace) -> int:
@@ -392,7 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_revoke)
 
     s = sub.add_parser("audit", help="show the audit log, or --verify its hash chain")
-    s.add_argument("--verify", action="store_true")
+    s.add_argument("--verify", action="store_true", help="check the hash chain (exit 11 if it does not verify)")
+    s.add_argument("--pinned", type=_pin, metavar="SEQ:HASH",
+                   help="with --verify: also check that the chain still holds this head, as an owner's "
+                        "`key-client audit` printed it (exit 11 if it was cut or rewritten)")
     s.add_argument("--limit", type=_ranged(int, 1, MAX_READ), default=50, help=f"newest entries, 1..{MAX_READ} (50)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_audit)

@@ -23,10 +23,12 @@ from typing import Final
 from hardware import ActuatorError, ActuatorStatus, DoorOpenError, Lock, NotConfiguredError
 from protocol import (
     ACTUATING_COMMANDS,
+    AuditHead,
     AuditRecord,
     Command,
     DecodeError,
     KeyInfo,
+    KeyPair,
     LockState,
     Status,
     StatusReport,
@@ -95,8 +97,11 @@ class KeyCommands:
     """Authorize and carry out commands of enrolled keys."""
 
     def __init__(self, admin: KeyAdmin, lock: Lock, *, tz: tzinfo | None = None, reply_after: float = 0.1,
-                 actuations: ActuationLimiter | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 actuations: ActuationLimiter | None = None, monotonic: Callable[[], float] = time.monotonic,
+                 identity: KeyPair | None = None) -> None:
         """Act on `lock`; `tz` reads guest schedules (None: the local zone); see run() for `reply_after`.
+
+        `identity` is the vehicle key that signs the audit head in READ_AUDIT answers (without it: NOT_SUPPORTED).
 
         `actuations` limits how often one key may move the vehicle, on the `monotonic` clock (a wall clock set
         forward or back must neither refill nor freeze the buckets).
@@ -107,6 +112,8 @@ class KeyCommands:
         self.reply_after = reply_after
         self.actuations = actuations if actuations is not None else ActuationLimiter()
         self._mono = monotonic
+        self.identity = identity
+        self._head: AuditHead | None = None  # the last head signed: most reads find the log unchanged
         self._pulses: set[asyncio.Task[ActuatorStatus]] = set()  # answered actuations still driving the lock
 
     async def run(self, key_id: bytes, command: Command, args: bytes) -> Outcome:
@@ -224,10 +231,13 @@ class KeyCommands:
             return Status.OK, data, None
         if cmd is Command.READ_AUDIT:
             after, limit = parse_read_audit_args(args)
-            entries, head = self.admin.audit_after(after, min(limit, AUDIT_PAGE_MAX))
+            if self.identity is None:
+                return Status.NOT_SUPPORTED, b"", None
+            entries, (head_seq, head_hash), pruned = self.admin.audit_page(after, min(limit, AUDIT_PAGE_MAX))
             records = [AuditRecord(e.seq, e.ts, str(e.event), _json(dict(e.detail)), e.hash, e.key_id)
                        for e in entries]
-            data, _ = encode_audit_page(records, head)
+            # min(): an anchor past the head exists only in a tampered store; answer (verify reports it) not crash.
+            data, _ = encode_audit_page(records, self._signed_head(head_seq, head_hash, min(pruned, head_seq)))
             return Status.OK, data, None
         if cmd is Command.REVOKE_KEY:
             target, force = parse_revoke_args(args)
@@ -239,6 +249,14 @@ class KeyCommands:
                 return Status.BAD_REQUEST, b"", None
             return Status.OK, b"", target
         return Status.NOT_SUPPORTED, b"", None
+
+    def _signed_head(self, seq: int, entry_hash: bytes, pruned_through: int) -> AuditHead:
+        """The head statement signed by the vehicle key (PROTOCOL.md §5.6), reused while the log is unchanged."""
+        head = self._head
+        if head is None or (head.seq, head.entry_hash, head.pruned_through) != (seq, entry_hash, pruned_through):
+            assert self.identity is not None  # noqa: S101 - checked by the caller
+            head = self._head = AuditHead.signed(self.identity, seq, entry_hash, pruned_through)
+        return head
 
     async def _actuate(self, op: Callable[[], Awaitable[ActuatorStatus]], commanded: LockState | None,
                        key_id: bytes) -> StatusReport:

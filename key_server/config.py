@@ -31,6 +31,7 @@ from dkey_link.settings import (
 from hardware import ActuatorConfig, ActuatorConfigError
 from protocol import DEFAULT_CHALLENGE_TTL
 
+from .audit import DEFAULT_MAX_ENTRIES, MIN_MAX_ENTRIES
 from .enrollment import MAX_ATTEMPTS
 from .radio import NAME_ALLOWED, NAME_PATTERN
 from .ratelimit import (
@@ -188,8 +189,19 @@ class RateLimitOptions:
                                        min=60, max=3_600)
 
 
+@dataclass(slots=True)
+class AuditOptions:
+    """The [audit] table: how much of the audit log the server keeps (docs/THREAT_MODEL.md, "The audit log")."""
+
+    # Below 100 a burst of honest activity would prune what the owner has not read yet; 10 million rows are
+    # about 2.5 GB, already more than a small SD card should give to a log.
+    max_entries: int = setting(DEFAULT_MAX_ENTRIES, help="entries kept; past it the oldest tenth is pruned "
+                               "(its last hash is kept, so the rest still verifies)",
+                               min=MIN_MAX_ENTRIES, max=10_000_000)
+
+
 TABLES: Final[Mapping[str, type]] = {"server": ServerOptions, "pairing": PairingOptions,
-                                     "rate_limit": RateLimitOptions}
+                                     "rate_limit": RateLimitOptions, "audit": AuditOptions}
 ACTUATOR_TABLE: Final = "actuator"
 
 
@@ -201,6 +213,7 @@ class Config:
     server: ServerOptions = field(default_factory=ServerOptions)
     pairing: PairingOptions = field(default_factory=PairingOptions)
     rate_limit: RateLimitOptions = field(default_factory=RateLimitOptions)
+    audit: AuditOptions = field(default_factory=AuditOptions)
     actuator: ActuatorConfig = field(default_factory=ActuatorConfig)
     source: Path | None = None  # the file it was read from, if any
 
@@ -255,7 +268,7 @@ def parse_config(data: Mapping[str, object], *, file: str | Path, state_dir: Pat
         raise ConfigError.from_settings(exc) from None
     cfg = Config(
         state_dir=state_dir or (Path(top.state_dir) if top.state_dir else default_state_dir()),
-        server=tables["server"], pairing=tables["pairing"], rate_limit=tables["rate_limit"],
+        server=tables["server"], pairing=tables["pairing"], rate_limit=tables["rate_limit"], audit=tables["audit"],
         actuator=_actuator(data.get(ACTUATOR_TABLE, {}), file=file),
     )
     _check_across(cfg, file=file)
@@ -365,4 +378,7 @@ SAMPLE_CONFIG: Final = "\n".join([
     "# Token buckets: failed attempts (bad signatures, stale challenges, wrong or abandoned pairing codes,",
     "# garbage) per central and overall; actuations (unlock, lock, start) per key, refused with BUSY.",
     *sample_table(RateLimitOptions, "rate_limit", examples=_EXAMPLES),
+    "",
+    "# The audit log's retention bound, applied by the running server.",
+    *sample_table(AuditOptions, "audit", examples=_EXAMPLES),
 ]) + "\n" + _ACTUATOR_SAMPLE

@@ -48,14 +48,18 @@ class KeyAdmin:
         """The newest `limit` entries (1..MAX_READ), oldest first."""
         return self.audit.tail(_bounded(limit, MAX_READ))
 
-    def audit_after(self, after_seq: int, limit: int) -> tuple[list[AuditEntry], int]:
-        """Up to `limit` entries after `after_seq` (limit clamped to 1..MAX_READ), and the newest seq."""
-        entries = self.audit.read(after_seq=after_seq, limit=max(1, min(limit, MAX_READ)))
-        return entries, self.audit.head()[0]
+    def audit_page(self, after_seq: int, limit: int) -> tuple[list[AuditEntry], tuple[int, bytes], int]:
+        """Up to `limit` entries after `after_seq` (clamped to 1..MAX_READ), the head (seq, hash) and the anchor.
 
-    def verify_audit(self) -> AuditVerdict:
-        """Walk the audit log's hash chain."""
-        return self.audit.verify()
+        Read in one snapshot, so the head a page is sent with is never older than its entries.
+        """
+        with self.store._snapshot():
+            entries = self.audit.read(after_seq=after_seq, limit=max(1, min(limit, MAX_READ)))
+            return entries, self.audit.head(), self.audit.pruned_through()
+
+    def verify_audit(self, pinned: tuple[int, bytes] | None = None) -> AuditVerdict:
+        """Walk the audit log's hash chain; with `pinned` (seq, hash), also check it still holds that head."""
+        return self.audit.verify() if pinned is None else self.audit.verify_pinned(*pinned)
 
 
 def _bounded(limit: int, most: int) -> int:

@@ -96,8 +96,9 @@ async def serve(cfg: Config) -> int:
 
     restore = install_signal_failsafe(lock, on_signal=on_signal)
     rl = cfg.rate_limit
+    audit = AuditLog(store, max_entries=cfg.audit.max_entries)
     service = KeyService(
-        identity=identity, store=store, audit=AuditLog(store), clock=clock, lock=lock, peripheral=peripheral,
+        identity=identity, store=store, audit=audit, clock=clock, lock=lock, peripheral=peripheral,
         config=ServiceConfig(
             challenge_ttl=cfg.server.challenge_ttl, link_idle_timeout=cfg.server.link_idle_timeout, tz=tz,
             limiter=FailureLimiter(rl.link_burst, rl.link_rate, rl.global_burst, rl.global_rate),

@@ -50,6 +50,7 @@ from .config import DEFAULT_LINK_IDLE_TIMEOUT
 from .enrollment import Enrollment
 from .keyadmin import KeyAdmin
 from .ratelimit import LINK_QUEUE, MAX_LINK_LIFETIME, MAX_LINKS, ActuationLimiter, FailureLimiter
+from .refusals import MAX_ROWS_PER_WINDOW, REFUSAL_WINDOW, RefusalDigest
 from .store import KeyStore, PendingPairing
 
 log = logging.getLogger("key_server.service")
@@ -70,6 +71,8 @@ class ServiceConfig:
     max_link_lifetime: float = MAX_LINK_LIFETIME  # a link connected longer is dropped, busy or not
     limiter: FailureLimiter = field(default_factory=FailureLimiter)
     actuations: ActuationLimiter = field(default_factory=ActuationLimiter)
+    refusal_window: float = REFUSAL_WINDOW  # unauthenticated refusals are audited as counts per link and window
+    refusal_rows: int = MAX_ROWS_PER_WINDOW  # at most this many such rows per window
 
 
 @dataclass(slots=True)
@@ -146,7 +149,9 @@ class KeyService:
         self.admin = KeyAdmin(store, audit, clock)
         self.enrollment = Enrollment(store, audit, clock, identity.key_id)
         self.commands = KeyCommands(self.admin, lock, tz=self.config.tz, reply_after=self.config.reply_after,
-                                    actuations=self.config.actuations, monotonic=monotonic)
+                                    actuations=self.config.actuations, monotonic=monotonic, identity=identity)
+        self.refusals = RefusalDigest(self._write_refusals, window=self.config.refusal_window,
+                                      max_rows=self.config.refusal_rows)
         self._mono = monotonic
         self.challenges = ChallengeBook(ttl=self.config.challenge_ttl)
         self.limiter = self.config.limiter
@@ -188,6 +193,7 @@ class KeyService:
             self._end_attempt(central, "abandoned: the server stopped", failure=False)
             self._end_reads(central)
         self.links.clear()
+        self.refusals.flush()
         await self.peripheral.stop()
         self.audit.append(AuditEvent.SERVER_STOP, ts=self.clock.now())
 
@@ -306,10 +312,11 @@ class KeyService:
             self._end_reads(central)
 
     def _forget(self, central: _Central) -> None:
-        """After a link ended: charge an abandoned pairing, then free the link's bucket (bounded memory)."""
+        """After a link ended: charge an abandoned pairing, free the link's bucket (bounded memory), write its count."""
         self._end_attempt(central, "abandoned")
         if central.link not in self.links:  # not reconnected under the same id meanwhile
             self.limiter.forget(central.link)
+            self.refusals.end_link(central.link, self._mono())  # its refusal count: one audit row, now
 
     # ------------------------------------------------------------------ processing
 
@@ -351,8 +358,9 @@ class KeyService:
                 self.limiter.failed(central.link, now, central.lane)
                 if central.attempt is not None:  # mid-PAKE: the attempt's own row says why it failed
                     self._end_attempt(central, f"protocol error: {exc}", failure=False)
-                else:
-                    self._note(AuditEvent.REFUSED, None, reason=f"protocol error: {exc}", status="MALFORMED")
+                else:  # counted, not written now: a malformed message proves nothing about its sender
+                    self.refusals.refused(central.link, now, self.clock.now(), status="MALFORMED",
+                                          reason=f"protocol error: {exc}")
                 await self._send(central.link, central.session.data_to_send())
                 await self._drop(central)
                 return
@@ -375,15 +383,19 @@ class KeyService:
 
     def _answer_internal_error(self, central: _Central) -> bool:
         """Answer a command whose handling failed with INTERNAL_ERROR (the link stays up); False if none waits."""
-        if not central.session.awaiting_response:
+        key_id = central.session.pending_key_id
+        if key_id is None:
             return False  # mid-pairing or between commands: nothing to answer, the link is dropped
         self.stats.internal_errors += 1
         try:
             central.session.respond(Status.INTERNAL_ERROR)
         except KeyProtocolError:
             return False
-        with contextlib.suppress(Exception):  # the failure may be the audit log's own (a failing disk)
-            self._note(AuditEvent.REFUSED, central.session.key_id, reason="internal error", status="INTERNAL_ERROR")
+        try:  # the failure may be the audit log's own (a failing disk): the answer above already went out
+            self.audit.record(AuditEvent.REFUSED, ts=self.clock.now(), key_id=key_id,
+                              detail={"reason": "internal error", "status": Status.INTERNAL_ERROR.name})
+        except Exception:  # noqa: BLE001 - logged; a second failure must not take the link down too
+            log.exception("could not audit the internal error")
         central.after.clear()  # whatever the failed handler queued belongs to an answer that was never given
         return True
 
@@ -395,11 +407,12 @@ class KeyService:
         self._end_reads(central)
         if central.link not in self.links:
             self.limiter.forget(central.link)
+            self.refusals.end_link(central.link, self._mono())
         with contextlib.suppress(Exception):
             await self.peripheral.disconnect(central.link)
 
-    def _note(self, event: AuditEvent, key_id: bytes | None, **detail: str | int | bool | None) -> None:
-        self.audit.record(event, ts=self.clock.now(), key_id=key_id, detail=detail or None)
+    def _write_refusals(self, detail: dict[str, str | int | bool | None], key_id: bytes | None) -> None:
+        self.audit.record(AuditEvent.REFUSALS, ts=self.clock.now(), key_id=key_id, detail=detail)
 
     async def _handle(self, central: _Central, event: Event, now: float) -> None:
         if isinstance(event, CommandRequested):
@@ -407,8 +420,10 @@ class KeyService:
         elif isinstance(event, Refused):
             self.stats.refused += 1
             self.limiter.failed(central.link, now, central.lane)
-            central.after.append(lambda: self._note(AuditEvent.REFUSED, event.key_id, reason=event.reason,
-                                                    status=event.status.name))
+            # Counted under the link, written as one row per link and window (key_server/refusals.py): nothing
+            # here is authenticated, so a flood of these must cost no disk write each.
+            self.refusals.refused(central.link, now, self.clock.now(), status=event.status.name,
+                                  reason=event.reason, key_id=event.key_id)
         elif isinstance(event, SessionOpened):
             central.secure_key_id = event.key_id
         elif isinstance(event, PairingRequested):
@@ -529,4 +544,5 @@ class KeyService:
                 self._spawn(self._drop(central))
         self.check_store_changes()
         self.challenges.purge(now)
+        self.refusals.tick(now)
         self.clock.now()  # advances (and persists) the high-water mark while the server runs

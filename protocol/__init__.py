@@ -52,6 +52,7 @@ from ._keys import (
 from ._pairing_code import CODE_DIGITS, QR_SCHEME, SECRET_DIGITS, pairing_uri, parse_code
 from ._pake import PakeError
 from ._payloads import (
+    AuditHead,
     AuditRecord,
     KeyInfo,
     StatusReport,
@@ -86,6 +87,7 @@ __all__ = [
     "QR_SCHEME",
     "SECRET_DIGITS",
     "VERSION",
+    "AuditHead",
     "AuditRecord",
     "AuthenticationError",
     "ChallengeBook",

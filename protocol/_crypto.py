@@ -29,6 +29,7 @@ LABEL_PAIR_CONFIRM_V2D = b"dkey/1 v2d pair confirm"
 LABEL_PAIR_CONFIRM_D2V = b"dkey/1 d2v pair confirm"
 LABEL_PAIR_DEVICE_KEY = b"dkey/1 d2v pair device key"
 LABEL_PAIR_VEHICLE_KEY = b"dkey/1 v2d pair vehicle key"
+LABEL_AUDIT_HEAD = b"dkey/1 v2d audit head"
 
 DIR_D2V = 0x01
 DIR_V2D = 0x02
@@ -52,6 +53,12 @@ def result_transcript(vehicle_id: bytes, key_id: bytes, challenge: bytes, comman
     """What the vehicle signs in a RESULT: the answer and SHA-256 of the exact request message it answers."""
     return transcript(LABEL_RESULT, vehicle_id, key_id, challenge, bytes((command,)), args, bytes((status,)), data,
                       hashlib.sha256(request).digest())
+
+
+def audit_head_transcript(vehicle_id: bytes, seq: int, entry_hash: bytes, pruned_through: int) -> bytes:
+    """What the vehicle signs about its audit log (PROTOCOL.md §5.6): its id, the head and the pruned prefix."""
+    return transcript(LABEL_AUDIT_HEAD, vehicle_id, seq.to_bytes(8, "big"), entry_hash,
+                      pruned_through.to_bytes(8, "big"))
 
 
 def hkdf(ikm: bytes, *, salt: bytes, info: bytes, length: int) -> bytes:

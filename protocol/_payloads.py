@@ -2,7 +2,8 @@
 
 Records are field records of the shared TLV codec (`_tlv`, PROTOCOL.md §3.1). Unlike a message's optional
 fields, a record's 0-length fields (an empty key name or audit detail) are sent, not omitted. A page is a
-`TOTAL` field followed by fields that all carry one record tag, each a `record_tag || length || record`.
+`TOTAL` field followed by fields that all carry one record tag, each a `record_tag || length || record`; an audit
+page has the vehicle's signed head (`AuditHead`, PROTOCOL.md §5.6) between the two.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ._crypto import audit_head_transcript
 from ._errors import DecodeError
+from ._keys import KEY_ID_LEN, SIGNATURE_LEN, KeyPair, verify
 from ._tlv import decode_fields, encode_field, encode_fields, iter_fields
 from ._vocab import DoorState, LockState
 
@@ -137,16 +142,62 @@ class AuditRecord:
                    _text(f[0x54]), f[0x55], f.get(0x01))
 
 
+@dataclass(frozen=True, slots=True)
+class AuditHead:
+    """The vehicle's signed statement of its audit log's head (PROTOCOL.md §5.6), carried in every audit page.
+
+    `seq` and `entry_hash` are the newest entry (0 and 32 zero bytes for an empty log); `pruned_through` is the
+    last sequence number removed by retention (0: nothing pruned), so entries up to it are gone by design.
+    """
+
+    seq: int
+    entry_hash: bytes
+    pruned_through: int
+    signature: bytes
+
+    @classmethod
+    def signed(cls, vehicle: KeyPair, seq: int, entry_hash: bytes, pruned_through: int) -> AuditHead:
+        """The head signed with the vehicle key."""
+        if not 0 <= pruned_through <= seq <= MAX_AUDIT_SEQ or len(entry_hash) != 32:
+            raise ValueError("an audit head needs 0 <= pruned_through <= seq <= 2^63-1 and a 32-byte hash")
+        statement = audit_head_transcript(vehicle.key_id, seq, entry_hash, pruned_through)
+        return cls(seq, entry_hash, pruned_through, vehicle.sign(statement))
+
+    def verify(self, vehicle_key: ec.EllipticCurvePublicKey, vehicle_id: bytes) -> None:
+        """Raise AuthenticationError unless the vehicle with this key and id signed this head."""
+        if len(vehicle_id) != KEY_ID_LEN:
+            raise ValueError(f"vehicle_id must be {KEY_ID_LEN} bytes")
+        verify(vehicle_key, self.signature,
+               audit_head_transcript(vehicle_id, self.seq, self.entry_hash, self.pruned_through))
+
+    def encode(self) -> bytes:
+        """The head record (without its page wrapper)."""
+        return encode_fields([(0x51, _u(self.seq, 8)), (0x55, self.entry_hash), (0x56, _u(self.pruned_through, 8)),
+                              (0x57, self.signature)])
+
+    @classmethod
+    def decode(cls, data: bytes) -> AuditHead:
+        """Parse a head record; DecodeError if malformed (the signature is checked by verify())."""
+        f = decode_fields(data, {0x51: (8, 8), 0x55: (32, 32), 0x56: (8, 8), 0x57: (SIGNATURE_LEN, SIGNATURE_LEN)})
+        if not {0x51, 0x55, 0x56, 0x57} <= f.keys():
+            raise DecodeError("audit head lacks a required field")
+        seq, pruned = int.from_bytes(f[0x51], "big"), int.from_bytes(f[0x56], "big")
+        if not pruned <= seq <= MAX_AUDIT_SEQ:
+            raise DecodeError("audit head sequence numbers out of range")
+        return cls(seq, f[0x55], pruned, f[0x57])
+
+
 # ------------------------------------------------------------------ lists and arguments
 
 _KEY_RECORD = 0x40
 _AUDIT_RECORD = 0x50
+_AUDIT_HEAD = 0x5E
 _TOTAL = 0x3F
 
 
-def encode_page(records: Sequence[bytes], total: int, record_tag: int) -> tuple[bytes, int]:
-    """A page `TOTAL(u32) || records...` that fits MAX_DATA; returns (bytes, how many records fit)."""
-    out = bytearray(encode_field(_TOTAL, _u(total, 4)))
+def encode_page(records: Sequence[bytes], total: int, record_tag: int, header: bytes = b"") -> tuple[bytes, int]:
+    """A page `TOTAL(u32) || header || records...` that fits MAX_DATA; returns (bytes, how many records fit)."""
+    out = bytearray(encode_field(_TOTAL, _u(total, 4)) + header)
     fitted = 0
     for rec in records:
         if len(out) + len(rec) > MAX_DATA:  # cannot fit with any header (and may be too long to encode at all)
@@ -184,15 +235,29 @@ def decode_key_page(data: bytes) -> tuple[int, list[KeyInfo]]:
     return total, [KeyInfo.decode(r) for r in raws]
 
 
-def encode_audit_page(entries: Sequence[AuditRecord], total: int) -> tuple[bytes, int]:
-    """READ_AUDIT result data; returns (data, number of entries that fit)."""
-    return encode_page([e.encode() for e in entries], total, _AUDIT_RECORD)
+def encode_audit_page(entries: Sequence[AuditRecord], head: AuditHead) -> tuple[bytes, int]:
+    """READ_AUDIT result data: TOTAL (the head's seq, low 32 bits), the signed head, then the entries that fit."""
+    return encode_page([e.encode() for e in entries], head.seq & 0xFFFFFFFF, _AUDIT_RECORD,
+                       encode_field(_AUDIT_HEAD, head.encode()))
 
 
-def decode_audit_page(data: bytes) -> tuple[int, list[AuditRecord]]:
-    """Parse READ_AUDIT result data into (total entries, this page)."""
-    total, raws = decode_page(data, _AUDIT_RECORD)
-    return total, [AuditRecord.decode(r) for r in raws]
+def decode_audit_page(data: bytes) -> tuple[AuditHead, list[AuditRecord]]:
+    """Parse READ_AUDIT result data into (the signed head, this page); the head's signature is not checked here."""
+    fields = iter_fields(data)
+    first, second = next(fields, None), next(fields, None)
+    if first is None or first[0] != _TOTAL or len(first[1]) != 4:
+        raise DecodeError("page lacks its total")
+    if second is None or second[0] != _AUDIT_HEAD:
+        raise DecodeError("audit page lacks its signed head")
+    head = AuditHead.decode(second[1])
+    if int.from_bytes(first[1], "big") != head.seq & 0xFFFFFFFF:
+        raise DecodeError("audit page total does not match its head")
+    records = []
+    for tag, rec in fields:
+        if tag != _AUDIT_RECORD:
+            raise DecodeError(f"field 0x{tag:02x} in a page of 0x{_AUDIT_RECORD:02x} records")
+        records.append(AuditRecord.decode(rec))
+    return head, records
 
 
 def list_keys_args(offset: int = 0, limit: int = 50) -> bytes:

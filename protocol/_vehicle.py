@@ -155,6 +155,11 @@ class VehicleSession:
         return self._pending is not None
 
     @property
+    def pending_key_id(self) -> bytes | None:
+        """The key id of the CommandRequested awaiting respond(), if any."""
+        return self._pending.key_id if self._pending is not None else None
+
+    @property
     def key_id(self) -> bytes | None:
         """The key of the open confidential session, if any."""
         return self._secure.key_id if self._secure else None

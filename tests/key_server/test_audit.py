@@ -63,7 +63,7 @@ def row(path: Path, seq: int) -> tuple[Any, ...]:
 
 def test_events_constant() -> None:
     assert {"pair_start", "pair", "pair_failed", "unlock", "lock", "status", "start", "refused", "revoke", "admin",
-            "actuate", "rate_limited", "server_start", "server_stop"} == EVENTS
+            "actuate", "rate_limited", "refusals", "audit_pruned", "server_start", "server_stop"} == EVENTS
     assert AuditEvent("refused") is AuditEvent.REFUSED
 
 
@@ -285,3 +285,68 @@ def make_key(name: str, role: Role) -> KeyRecord:
         .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
     )
     return KeyRecord(hashlib.sha256(pub).digest()[:4], pub, name, role, None, None, None, NOW)
+
+
+# ---- retention -------------------------------------------------------------------------------------------------
+
+
+def test_retention_keeps_at_most_max_entries_and_the_rest_verifies(store: KeyStore) -> None:
+    log = AuditLog(store, max_entries=100)
+    for i in range(1000):
+        log.append(AuditEvent.REFUSED, ts=NOW + i, detail={"i": i})
+        head_seq, _ = log.head()
+        assert head_seq - log.pruned_through() <= 100  # the bound holds after every append
+    kept = log.read(after_seq=0, limit=MAX_READ)
+    assert len(kept) <= 100 and kept[0].seq == log.pruned_through() + 1
+    verdict = log.verify()
+    assert verdict.ok and "pruned by retention" in verdict.reason and verdict.head_seq == log.head()[0]
+    pruned = [e for e in kept if e.event == AuditEvent.AUDIT_PRUNED]
+    assert pruned and pruned[-1].detail["through"] == log.pruned_through()  # each prune says so in the log
+    # The first kept entry chains to the anchor: the pruned prefix is not a break.
+    assert kept[0].prev_hash.hex() == next(e for e in kept if e.event == "audit_pruned"
+                                           and e.detail["through"] == log.pruned_through()).detail["anchor"]
+
+
+def test_without_a_bound_nothing_is_pruned(log: AuditLog) -> None:
+    fill(log, 150)
+    assert log.pruned_through() == 0 and len(log.read(limit=MAX_READ)) == 150
+
+
+def test_deleting_the_oldest_kept_entry_after_a_prune_is_detected(db_path: Path, store: KeyStore) -> None:
+    log = AuditLog(store, max_entries=100)
+    fill(log, 130)
+    first = log.pruned_through() + 1
+    assert first > 1
+    tamper(db_path, ("DELETE FROM audit WHERE seq = ?", (first,)))
+    verdict = log.verify()
+    assert not verdict.ok and verdict.first_bad_seq == first
+
+
+def test_a_moved_anchor_is_detected(db_path: Path, store: KeyStore) -> None:
+    log = AuditLog(store, max_entries=100)
+    fill(log, 130)
+    through = log.pruned_through()
+    # Pretend more was pruned: delete the next entry too and move the anchor over it, keeping the old hash.
+    _, anchor_hash = (through, store.get_meta("audit_anchor"))
+    tamper(db_path, ("DELETE FROM audit WHERE seq = ?", (through + 1,)),
+           ("UPDATE meta SET v = ? WHERE k = 'audit_anchor'", (f"{through + 1}:{str(anchor_hash).split(':')[1]}",)))
+    assert not log.verify().ok
+
+
+def test_max_entries_has_a_floor(store: KeyStore) -> None:
+    with pytest.raises(ValueError, match="at least 100"):
+        AuditLog(store, max_entries=10)
+
+
+def test_verify_pinned_catches_a_cut_tail_and_passes_growth(db_path: Path, log: AuditLog) -> None:
+    fill(log, 10)
+    pin = log.head()
+    fill(log, 3)
+    assert log.verify_pinned(*pin).ok  # grown: still holds the pinned entry
+    assert log.verify_pinned(*log.head()).ok
+    assert not log.verify_pinned(pin[0], bytes(32)).ok  # another hash at that seq: a fork
+    tamper(db_path, ("DELETE FROM audit WHERE seq > 8", ()),
+           ("UPDATE meta SET v = ? WHERE k = ?", (f"8:{row(db_path, 8)[6].hex()}", AUDIT_HEAD_KEY)))
+    assert log.verify().ok  # the cut alone goes unseen...
+    verdict = log.verify_pinned(*pin)
+    assert not verdict.ok and "truncated" in verdict.reason  # ...but not against the pin

@@ -180,3 +180,34 @@ def test_ctrl_c_in_a_command_is_interrupted(state, capsys, monkeypatch) -> None:
     monkeypatch.setattr("key_server.cli._admin", interrupted)
     assert run(state, "revoke", "x") == ExitCode.INTERRUPTED
     assert capsys.readouterr().err == "key-server: interrupted\n"
+
+
+async def test_run_applies_the_configured_audit_retention(state, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[audit] max_entries reaches the audit log the running server appends to (the CLI's own appends never prune)."""
+    from key_server import runner
+    from key_server.config import load_config
+
+    (state / "config.toml").write_text((state / "config.toml").read_text().replace(
+        "max_entries = 100000", "max_entries = 250"))
+    seen: list[int | None] = []
+
+    class Stop(Exception):
+        pass
+
+    class FakeService:
+        def __init__(self, **kw: object) -> None:
+            seen.append(kw["audit"].max_entries)  # type: ignore[attr-defined]
+
+        async def start(self) -> None:
+            raise Stop
+
+        async def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(runner, "KeyService", FakeService)
+    cfg = load_config(None, state)
+    cfg.server.radio = "sim"
+    cfg.server.sim_dir = str(state.parent / "air")
+    with pytest.raises(Stop):
+        await runner.serve(cfg)
+    assert seen == [250]

@@ -121,6 +121,9 @@ def test_the_message_names_file_key_value_and_what_is_allowed(tmp_path: Path) ->
     ("[rate_limit]\nmax_links = 2.5", "rate_limit.max_links"),
     ("[rate_limit]\nmax_link_lifetime = 59", "rate_limit.max_link_lifetime"),
     ("[rate_limit]\nmax_link_lifetime = 3601", "rate_limit.max_link_lifetime"),
+    ("[audit]\nmax_entries = 99", "audit.max_entries"),  # a burst of honest entries would prune unread ones
+    ("[audit]\nmax_entries = 10000001", "audit.max_entries"),
+    ("[audit]\nmax_entries = 1e5", "audit.max_entries"),
     ('state_dir = "relative/dir"', "state_dir"),
     ("state_dir = 5", "state_dir"),
 ])
@@ -148,6 +151,8 @@ link_burst = 1
 link_rate = 0.01
 global_burst = 10000
 global_rate = 1000
+[audit]
+max_entries = 100
 [actuator]
 kind = "two-line"
 unlock_pin = 5
@@ -162,6 +167,7 @@ active_high = false
     assert isinstance(cfg.server.challenge_ttl, float)
     assert cfg.pairing == PairingOptions(code_ttl="1d", attempts=20) and cfg.pairing.code_ttl_s == 86_400
     assert cfg.rate_limit == RateLimitOptions(1.0, 0.01, 10_000.0, 1000.0)
+    assert cfg.audit.max_entries == 100
     assert cfg.actuator == ActuatorConfig(kind="two-line", unlock_pin=5, lock_pin="GPIO6", active_high=False)
 
 
@@ -191,7 +197,7 @@ def test_the_name_rule_fits_the_sim_radio_and_a_scan_response() -> None:
 def test_unknown_tables_and_keys_are_refused_with_a_suggestion(tmp_path: Path) -> None:
     err = refused(tmp_path, "[sever]\nname = 'x'\n")
     assert err.key == "sever" and "unknown table; did you mean server?" in str(err)
-    assert "(allowed: state_dir, server, pairing, rate_limit, actuator)" in str(err)
+    assert "(allowed: state_dir, server, pairing, rate_limit, audit, actuator)" in str(err)
     err = refused(tmp_path, "[server]\nradoi = 'sim'\n")
     assert err.key == "server.radoi" and "did you mean radio?" in str(err)
     err = refused(tmp_path, "statedir = '/x'\n")

@@ -284,9 +284,10 @@ async def test_owner_reads_audit_over_confidential_session(h: Harness) -> None:
     await unlock(h, owner)
     link = await h.connect(owner)
     await link.open_secure()
-    total, records = decode_audit_page((await link.secure(Command.READ_AUDIT, read_audit_args(0, 50))).data)
+    head, records = decode_audit_page((await link.secure(Command.READ_AUDIT, read_audit_args(0, 50))).data)
     await link.close()
-    assert total >= 2 and "unlock" in [r.event for r in records]
+    head.verify(h.identity.private_key.public_key(), h.identity.key_id)  # signed by the vehicle key
+    assert head.seq >= 2 and head.entry_hash == records[-1].entry_hash and "unlock" in [r.event for r in records]
     assert h.audit.verify().ok
 
 

@@ -4,7 +4,8 @@ import protocol
 
 EXPECTED = {
     "DEFAULT_CHALLENGE_TTL",
-    "ACTUATING_COMMANDS", "AuditRecord", "AuthenticationError", "CODE_DIGITS", "ChallengeBook", "ChallengeError",
+    "ACTUATING_COMMANDS", "AuditHead", "AuditRecord", "AuthenticationError", "CODE_DIGITS", "ChallengeBook",
+    "ChallengeError",
     "ChallengeReceived", "Command", "CommandFailed", "CommandRequested", "CommandResult", "DState", "DecodeError",
     "DeviceSession", "DoorState", "Event", "FAST_COMMANDS", "FramingError", "KEY_ID_LEN", "KeyInfo", "KeyPair",
     "KeyProtocolError", "LocalProtocolError", "LockState", "MAX_ATT_MTU", "MAX_MESSAGE", "MIN_ATT_MTU", "Message",

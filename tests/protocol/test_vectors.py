@@ -175,3 +175,27 @@ def test_negative_vectors(case: dict[str, Any]) -> None:
         except RemoteProtocolError:
             seen.append("RemoteProtocolError")
     assert seen == case["expect"]
+
+
+def test_audit_head_vector() -> None:
+    """The head statement is rebuilt from its parts, its signature verifies, the page decodes to the same head."""
+    from protocol import AuditHead, AuthenticationError, decode_audit_page
+    from protocol._crypto import audit_head_transcript
+
+    v = load("audit_head.json")
+    inp = v["inputs"]
+    vehicle_id, entry_hash = bytes.fromhex(inp["vehicle_id"]), bytes.fromhex(inp["entry_hash"])
+    key = decode_public_key(bytes.fromhex(inp["vehicle_public_key"]))
+    statement = audit_head_transcript(vehicle_id, inp["seq"], entry_hash, inp["pruned_through"])
+    assert statement.hex() == v["statement"]
+    head = AuditHead.decode(bytes.fromhex(v["head_record"]))
+    assert (head.seq, head.entry_hash, head.pruned_through, head.signature.hex()) == (
+        inp["seq"], entry_hash, inp["pruned_through"], v["signature"])
+    head.verify(key, vehicle_id)
+    page_head, records = decode_audit_page(bytes.fromhex(v["page"]))
+    assert page_head == head and [r.seq for r in records] == [inp["seq"]]
+    for case in v["must_not_verify"]:
+        forged = AuditHead(case.get("seq", head.seq), head.entry_hash, case.get("pruned_through", head.pruned_through),
+                           head.signature)
+        with pytest.raises(AuthenticationError):
+            forged.verify(key, bytes.fromhex(case.get("vehicle_id", inp["vehicle_id"])))

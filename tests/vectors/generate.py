@@ -11,8 +11,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protocol import Command, KeyInfo, Paired, Role, Status, chunk_size_for_mtu, decode, encode_key_page, split
+from protocol import (
+    AuditHead,
+    AuditRecord,
+    Command,
+    KeyInfo,
+    Paired,
+    Role,
+    Status,
+    chunk_size_for_mtu,
+    decode,
+    encode_audit_page,
+    encode_key_page,
+    split,
+)
 from protocol._codec import CommandMessage, Message
+from protocol._crypto import audit_head_transcript
 from protocol._keys import encode_public_key
 from tests.protocol.helpers import DEVICE_SCALAR, OTHER_SCALAR, VEHICLE_SCALAR, Pair, fixed_key, make_pair
 
@@ -234,6 +248,37 @@ def negative() -> dict[str, Any]:
     }
 
 
+def audit_head() -> dict[str, Any]:
+    """The signed audit head (PROTOCOL.md §5.6): statement, signature, head record and a READ_AUDIT page."""
+    vehicle = fixed_key(VEHICLE_SCALAR)
+    # Any 32 bytes stand for the newest entry's hash (the statement does not recompute the chain); 1..3 pruned.
+    detail = '{"status":"OK"}'
+    entry_hash = bytes.fromhex("5d1c3a1f2b7e4a9c8d6e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e")
+    head = AuditHead.signed(vehicle, 5, entry_hash, 3)
+    page, fitted = encode_audit_page([AuditRecord(5, 1_700_000_000, "unlock", detail, entry_hash,
+                                                  fixed_key(DEVICE_SCALAR).key_id)], head)
+    assert fitted == 1
+    other_vehicle = fixed_key(OTHER_SCALAR)
+    return {
+        "description": "the vehicle's signed audit head and a READ_AUDIT page carrying it (PROTOCOL.md §5.6)",
+        "inputs": {
+            "vehicle_private_scalar": f"{VEHICLE_SCALAR:064x}",
+            "vehicle_public_key": vehicle.public_bytes.hex(),
+            "vehicle_id": vehicle.key_id.hex(),
+            "seq": head.seq, "entry_hash": entry_hash.hex(), "pruned_through": head.pruned_through,
+        },
+        "statement": audit_head_transcript(vehicle.key_id, head.seq, entry_hash, head.pruned_through).hex(),
+        "signature": head.signature.hex(),
+        "head_record": head.encode().hex(),
+        "page": page.hex(),
+        "must_not_verify": [
+            {"name": "another_vehicle_id", "vehicle_id": other_vehicle.key_id.hex()},
+            {"name": "seq_changed", "seq": head.seq - 1},
+            {"name": "pruned_through_changed", "pruned_through": 0},
+        ],
+    }
+
+
 VECTORS: dict[str, Callable[[], dict[str, Any]]] = {
     "unlock_mtu23.json": lambda: unlock(23),
     "unlock_mtu247.json": lambda: unlock(247),
@@ -242,6 +287,7 @@ VECTORS: dict[str, Callable[[], dict[str, Any]]] = {
     "framing_mtu23.json": lambda: framing(23),
     "framing_mtu247.json": lambda: framing(247),
     "negative.json": negative,
+    "audit_head.json": audit_head,
 }
 
 
