@@ -31,6 +31,7 @@ from dkey_link.settings import (
 from hardware import ActuatorConfig, ActuatorConfigError
 from protocol import DEFAULT_CHALLENGE_TTL
 
+from .clock import DRIVER_MAX_FORWARD, OWNER_MAX_FORWARD
 from .enrollment import MAX_ATTEMPTS
 from .radio import NAME_ALLOWED, NAME_PATTERN
 from .ratelimit import (
@@ -188,8 +189,40 @@ class RateLimitOptions:
                                        min=60, max=3_600)
 
 
+@dataclass(slots=True)
+class ClockOptions:
+    """The [clock] table: which sources may confirm the vehicle's clock (docs/PROTOCOL.md §5.6, DEPLOY.md §7).
+
+    Until one of them does, guests and keys with a validity window or schedule are refused CLOCK_UNTRUSTED.
+    """
+
+    trust_rtc: bool = setting(True, help="a real-time clock the kernel can read (/sys/class/rtc) confirms the time")
+    trust_ntp: bool = setting(True, help="a synchronised NTP clock (the kernel's adjtimex state) confirms the time")
+    trust_owner: bool = setting(True, help="an owner's device confirms the time when it connects (SET_TIME)")
+    trust_driver: bool = setting(True, help="a driver's device (no validity window) confirms it too (SET_TIME)")
+    # The system clock at start is what a Pi without an RTC gets wrong: only for a machine whose clock is known good.
+    trust_system: bool = setting(False, help="trust the system clock as it is (a dev machine; never a Pi without RTC)")
+    # At least an hour (a statement must be able to bridge a real power cut), at most ten years.
+    owner_max_forward: str = setting(
+        f"{OWNER_MAX_FORWARD // 86_400}d", help="how far ahead of the vehicle's last known time an owner may set it",
+        duration=True, min=3_600, max=3_660 * 86_400)
+    driver_max_forward: str = setting(
+        f"{DRIVER_MAX_FORWARD // 86_400}d", help="the same for a driver (keep it short: it can start a guest early)",
+        duration=True, min=3_600, max=3_660 * 86_400)
+
+    @property
+    def owner_max_forward_s(self) -> int:
+        """owner_max_forward in seconds."""
+        return parse_duration(self.owner_max_forward)
+
+    @property
+    def driver_max_forward_s(self) -> int:
+        """driver_max_forward in seconds."""
+        return parse_duration(self.driver_max_forward)
+
+
 TABLES: Final[Mapping[str, type]] = {"server": ServerOptions, "pairing": PairingOptions,
-                                     "rate_limit": RateLimitOptions}
+                                     "rate_limit": RateLimitOptions, "clock": ClockOptions}
 ACTUATOR_TABLE: Final = "actuator"
 
 
@@ -201,6 +234,7 @@ class Config:
     server: ServerOptions = field(default_factory=ServerOptions)
     pairing: PairingOptions = field(default_factory=PairingOptions)
     rate_limit: RateLimitOptions = field(default_factory=RateLimitOptions)
+    clock: ClockOptions = field(default_factory=ClockOptions)
     actuator: ActuatorConfig = field(default_factory=ActuatorConfig)
     source: Path | None = None  # the file it was read from, if any
 
@@ -255,7 +289,7 @@ def parse_config(data: Mapping[str, object], *, file: str | Path, state_dir: Pat
         raise ConfigError.from_settings(exc) from None
     cfg = Config(
         state_dir=state_dir or (Path(top.state_dir) if top.state_dir else default_state_dir()),
-        server=tables["server"], pairing=tables["pairing"], rate_limit=tables["rate_limit"],
+        server=tables["server"], pairing=tables["pairing"], rate_limit=tables["rate_limit"], clock=tables["clock"],
         actuator=_actuator(data.get(ACTUATOR_TABLE, {}), file=file),
     )
     _check_across(cfg, file=file)
@@ -365,4 +399,8 @@ SAMPLE_CONFIG: Final = "\n".join([
     "# Token buckets: failed attempts (bad signatures, stale challenges, wrong or abandoned pairing codes,",
     "# garbage) per central and overall; actuations (unlock, lock, start) per key, refused with BUSY.",
     *sample_table(RateLimitOptions, "rate_limit", examples=_EXAMPLES),
+    "",
+    "# Until one of these sources confirms the time after start, guests and keys with a validity window or",
+    "# schedule are refused (\"the vehicle's clock is not yet trusted\"); owners and drivers without one work.",
+    *sample_table(ClockOptions, "clock", examples=_EXAMPLES),
 ]) + "\n" + _ACTUATOR_SAMPLE

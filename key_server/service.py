@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 
@@ -37,6 +37,7 @@ from protocol import (
     PairingRequested,
     Refused,
     RemoteProtocolError,
+    Role,
     SessionOpened,
     Status,
     VehicleSession,
@@ -45,7 +46,7 @@ from protocol import (
 
 from .audit import AuditEvent, AuditLog
 from .clock import GuardedClock
-from .commands import KeyCommands
+from .commands import DEFAULT_STATEMENTS, KeyCommands
 from .config import DEFAULT_LINK_IDLE_TIMEOUT
 from .enrollment import Enrollment
 from .keyadmin import KeyAdmin
@@ -53,6 +54,7 @@ from .ratelimit import LINK_QUEUE, MAX_LINK_LIFETIME, MAX_LINKS, ActuationLimite
 from .store import KeyStore, PendingPairing
 
 log = logging.getLogger("key_server.service")
+CLOCK_TRUSTED_EVENT = "clock_trusted"  # audit event: a source (rtc, ntp, system) first confirmed the clock
 
 
 
@@ -70,6 +72,8 @@ class ServiceConfig:
     max_link_lifetime: float = MAX_LINK_LIFETIME  # a link connected longer is dropped, busy or not
     limiter: FailureLimiter = field(default_factory=FailureLimiter)
     actuations: ActuationLimiter = field(default_factory=ActuationLimiter)
+    # Roles whose SET_TIME counts, and how far each may move an untrusted clock forward ([clock] in the config).
+    statements: Mapping[Role, int] = field(default_factory=lambda: dict(DEFAULT_STATEMENTS))
 
 
 @dataclass(slots=True)
@@ -145,7 +149,8 @@ class KeyService:
         self.admin = KeyAdmin(store, audit, clock)
         self.enrollment = Enrollment(store, audit, clock, identity.key_id)
         self.commands = KeyCommands(self.admin, lock, tz=self.config.tz, reply_after=self.config.reply_after,
-                                    actuations=self.config.actuations, monotonic=monotonic)
+                                    actuations=self.config.actuations, monotonic=monotonic,
+                                    statements=self.config.statements)
         self._mono = monotonic
         self.challenges = ChallengeBook(ttl=self.config.challenge_ttl)
         self.limiter = self.config.limiter
@@ -165,6 +170,7 @@ class KeyService:
         self._change_counter = self.store.change_counter()
         self.audit.append(AuditEvent.SERVER_START, ts=self.clock.now(),
                           detail={"vehicle_id": self.identity.key_id.hex()})
+        self._refresh_clock(force=True)
         await self.peripheral.start(self)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
@@ -512,4 +518,16 @@ class KeyService:
                 self._spawn(self._drop(central))
         self.check_store_changes()
         self.challenges.purge(now)
+        self._refresh_clock()
         self.clock.now()  # advances (and persists) the high-water mark while the server runs
+
+    def _refresh_clock(self, *, force: bool = False) -> None:
+        """Ask the clock's sources (RTC, NTP) again; audit the moment one of them first confirms the time."""
+        if self.clock.trusted:
+            self.clock.refresh(force=force)  # keeps the anchor fresh against the monotonic clock's drift
+            return
+        self.clock.refresh(force=force)
+        if self.clock.trusted:
+            source = self.clock.trusted_by or "unknown"
+            log.info("the clock is now trusted (confirmed by %s)", source)
+            self.audit.record(CLOCK_TRUSTED_EVENT, ts=self.clock.now(), detail={"source": str(source)})

@@ -53,6 +53,7 @@ from ._pairing_code import CODE_DIGITS, QR_SCHEME, SECRET_DIGITS, pairing_uri, p
 from ._pake import PakeError
 from ._payloads import (
     AuditRecord,
+    ClockReport,
     KeyInfo,
     StatusReport,
     decode_audit_page,
@@ -63,8 +64,11 @@ from ._payloads import (
     parse_list_keys_args,
     parse_read_audit_args,
     parse_revoke_args,
+    parse_set_time_args,
     read_audit_args,
     revoke_args,
+    set_time_args,
+    with_time_wanted,
 )
 from ._state import DState, VState
 from ._vehicle import VehicleSession
@@ -91,6 +95,7 @@ __all__ = [
     "ChallengeBook",
     "ChallengeError",
     "ChallengeReceived",
+    "ClockReport",
     "Command",
     "CommandFailed",
     "CommandRequested",
@@ -145,8 +150,11 @@ __all__ = [
     "parse_list_keys_args",
     "parse_read_audit_args",
     "parse_revoke_args",
+    "parse_set_time_args",
     "read_audit_args",
     "revoke_args",
     "serialize_private_key",
+    "set_time_args",
     "split",
+    "with_time_wanted",
 ]

@@ -61,6 +61,7 @@ class Command(_Labelled):
     LIST_KEYS = 0x10
     REVOKE_KEY = 0x11
     READ_AUDIT = 0x12
+    SET_TIME = 0x13  # an owner's or driver's statement of the current time (PROTOCOL.md §5.6)
 
 
 FAST_COMMANDS = frozenset({Command.UNLOCK, Command.LOCK, Command.STATUS, Command.START})

@@ -31,6 +31,14 @@ async def h(tmp_path):
     await harness.stop()
 
 
+@pytest.fixture
+async def ht(tmp_path):
+    """A vehicle whose clock a trusted source confirmed at start: for tests of guests and windows."""
+    harness = await Harness(tmp_path, trusted_clock=True).start()
+    yield harness
+    await harness.stop()
+
+
 async def unlock(h: Harness, device: KeyPair, cmd: Command = Command.UNLOCK, **kw) -> StatusReport:
     link = await h.connect(device, **kw)
     try:
@@ -150,7 +158,8 @@ async def test_last_owner_cannot_revoke_itself_without_force(h: Harness) -> None
     await link.close()
 
 
-async def test_guest_outside_window_and_schedule(h: Harness) -> None:
+async def test_guest_outside_window_and_schedule(ht: Harness) -> None:
+    h = ht
     weekend = h.enroll(Role.GUEST, "brother", valid_from=int(h.wall) + 3600, valid_until=int(h.wall) + 7200)
     with pytest.raises(VehicleRefused) as info:
         await unlock(h, weekend)
@@ -163,7 +172,8 @@ async def test_guest_outside_window_and_schedule(h: Harness) -> None:
     assert info.value.status is S.KEY_EXPIRED
 
 
-async def test_guest_may_not_start_or_read_keys(h: Harness) -> None:
+async def test_guest_may_not_start_or_read_keys(ht: Harness) -> None:
+    h = ht
     guest = h.enroll(Role.GUEST, "guest")
     with pytest.raises(VehicleRefused) as info:
         await unlock(h, guest, Command.START)
@@ -177,7 +187,8 @@ async def test_guest_may_not_start_or_read_keys(h: Harness) -> None:
     await link.close()
 
 
-async def test_clock_set_back_does_not_revive_an_expired_key(h: Harness) -> None:
+async def test_clock_set_back_does_not_revive_an_expired_key(ht: Harness) -> None:
+    h = ht
     guest = h.enroll(Role.GUEST, valid_until=int(h.wall) + 100)
     h.wall += 200
     with pytest.raises(VehicleRefused):
