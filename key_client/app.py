@@ -183,13 +183,13 @@ class DeviceApp:
         note: Callable[[str], None] | None = None,
         clock: Clock | None = None,
         central_factory: Callable[[], Central] | None = None,
-        wall: Callable[[], float] = time.time,
+        wall: Callable[[], float] | None = None,
     ) -> None:
         """`progress` hears what the radio is doing, `note` remarks meant for the person; both may be None.
 
-        `wall` is this device's own clock, which it states to a vehicle that asks for the time.
+        `wall` is this device's own clock (None: time.time), which it states to a vehicle that asks for the time.
         """
-        self._wall = wall
+        self._wall = wall or time.time
         self.keychain_path = keychain
         self.radio = radio
         self.scan_time = scan_time
