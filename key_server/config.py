@@ -31,7 +31,7 @@ from dkey_link.settings import (
 from hardware import ActuatorConfig, ActuatorConfigError
 from protocol import DEFAULT_CHALLENGE_TTL
 
-from .clock import DRIVER_MAX_FORWARD, OWNER_MAX_FORWARD
+from .clock import DRIVER_MAX_FORWARD, OWNER_MAX_FORWARD, Probe, Source, probes_for
 from .enrollment import MAX_ATTEMPTS
 from .radio import NAME_ALLOWED, NAME_PATTERN
 from .ratelimit import (
@@ -219,6 +219,10 @@ class ClockOptions:
     def driver_max_forward_s(self) -> int:
         """driver_max_forward in seconds."""
         return parse_duration(self.driver_max_forward)
+
+    def probes(self) -> dict[Source, Probe]:
+        """The probes of the machine sources this table trusts (rtc, ntp, system), for GuardedClock."""
+        return probes_for(rtc=self.trust_rtc, ntp=self.trust_ntp, system=self.trust_system)
 
 
 TABLES: Final[Mapping[str, type]] = {"server": ServerOptions, "pairing": PairingOptions,

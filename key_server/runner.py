@@ -14,7 +14,7 @@ from protocol import KeyPair, Role
 
 from .audit import AuditLog
 from .cli_errors import CliError
-from .clock import GuardedClock, probes_for
+from .clock import GuardedClock
 from .config import ClockOptions, Config
 from .identity import load_identity
 from .radio import check_advertised_name
@@ -41,11 +41,6 @@ def schedule_zone(cfg: Config) -> tzinfo | None:
         return named_zone(cfg.server.timezone)
     except ValueError as exc:
         raise CliError(f"configuration error: {exc}", ExitCode.CONFIG) from None
-
-
-def make_clock(store: KeyStore, opts: ClockOptions) -> GuardedClock:
-    """The guarded clock with the probes of the sources [clock] trusts (docs/PROTOCOL.md §5.6)."""
-    return GuardedClock(store, probes=probes_for(rtc=opts.trust_rtc, ntp=opts.trust_ntp, system=opts.trust_system))
 
 
 def statement_bounds(opts: ClockOptions) -> dict[Role, int]:
@@ -96,7 +91,7 @@ async def serve(cfg: Config) -> int:
     peripheral = make_peripheral(cfg)
     store = KeyStore.open(cfg.store_path)
     try:
-        clock = make_clock(store, cfg.clock)
+        clock = GuardedClock(store, probes=cfg.clock.probes())
         lock = build_lock(cfg.actuator, on_change=_log_actuator)
     except BaseException:
         store.close()

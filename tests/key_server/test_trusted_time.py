@@ -327,3 +327,46 @@ async def test_the_service_asks_its_sources_at_start_and_audits_the_confirmation
         assert len(rows) == 1 and rows[0].detail["source"] == "rtc"
     finally:
         await h.stop()
+
+
+# ---------------------------------------------------------------------------------------------- config and doctor
+
+
+def _doctor(tmp_path: Path, clock_table: str) -> dict[str, tuple[str, str]]:
+    from key_server.cli import main as cli_main
+    from key_server.config import load_config
+    from key_server.doctor import run_checks
+
+    assert cli_main(["--state-dir", str(tmp_path), "init"]) == 0
+    path = tmp_path / "config.toml"
+    path.write_text('[server]\nradio = "sim"\n\n[clock]\n' + clock_table)
+    checks = asyncio.run(run_checks(load_config(path, tmp_path)))
+    return {c.name: (c.level, c.detail) for c in checks}
+
+
+def test_doctor_reports_each_trusted_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    checks = _doctor(tmp_path, "trust_rtc = false\ntrust_ntp = false\ntrust_system = true\n")
+    assert checks["clock source system"][0] == "ok" and "clock source rtc" not in checks
+    assert "owner or driver device" in checks["clock source devices"][1] and "clock trust" not in checks
+
+
+def test_doctor_warns_when_nothing_can_confirm_the_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    off = "".join(f"trust_{s} = false\n" for s in ("rtc", "ntp", "owner", "driver", "system"))
+    checks = _doctor(tmp_path, off)
+    assert checks["clock trust"][0] == "warn" and "always refused" in checks["clock trust"][1]
+
+
+def test_clock_options_are_checked(tmp_path: Path) -> None:
+    from key_server.config import ConfigError, load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('[clock]\ndriver_max_forward = "10m"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, tmp_path)
+    assert info.value.key == "clock.driver_max_forward"
+    path.write_text('[clock]\ntrust_driver = false\nowner_max_forward = "30d"\n')
+    opts = load_config(path, tmp_path).clock
+    assert not opts.trust_driver and opts.owner_max_forward_s == 30 * DAY and Source.RTC in opts.probes()
+    from key_server.runner import statement_bounds
+
+    assert statement_bounds(opts) == {Role.OWNER: 30 * DAY}
