@@ -199,15 +199,21 @@ class GuardedClock:
             return "behind"
         return None
 
-    def confirm(self, at: int, source: Source) -> bool:
-        """A trusted source says it is `at` now: trust the clock from here on (never moving it back); durable."""
+    def confirm(self, at: int, source: Source, *, durable: bool = True) -> bool:
+        """A trusted source says it is `at` now: trust the clock from here on (never moving it back).
+
+        With `durable` (and always for the first confirmation) the mark is written before this returns; a probe
+        re-confirming a trusted clock every few seconds leaves that to now()'s periodic writes (SD card wear).
+        """
         if self.acceptable(at) is not None:
             return False
+        first = self._anchor is None
         trusted_time = max(self.now(), at)
         self._anchor = (trusted_time, self._mono())
         self.trusted_by = source
         self._high = max(self._high, trusted_time)
-        self.persist()
+        if durable or first:
+            self.persist()
         return True
 
     def confirm_statement(self, at: int, source: Source, max_forward: int) -> Statement:
@@ -237,7 +243,7 @@ class GuardedClock:
                 said = probe().time
             except OSError:
                 continue
-            if said is not None and self.confirm(said, name):
+            if said is not None and self.confirm(said, name, durable=False):
                 return
 
     def describe(self) -> list[tuple[Source, ProbeResult]]:
@@ -321,8 +327,11 @@ def read_adjtimex() -> tuple[int, int]:
     if name is None:
         raise OSError("no C library to call adjtimex with")
     libc = ctypes.CDLL(name, use_errno=True)
+    call = getattr(libc, "adjtimex", None)
+    if call is None:  # not Linux: no such call, so nothing says the clock is synchronised
+        raise OSError("this system has no adjtimex")
     tx = _Timex()
-    rc = int(libc.adjtimex(ctypes.byref(tx)))
+    rc = int(call(ctypes.byref(tx)))
     if rc < 0:
         raise OSError(ctypes.get_errno(), "adjtimex failed")
     return rc, int(tx.maxerror)

@@ -138,7 +138,10 @@ class KeyCommands:
         if refusal is Refusal.EXPIRED:
             # Durable before the answer: after a power cut the mark is at least this time, so the key stays
             # expired (otherwise up to persist_every seconds of the mark could be lost with the refusal).
-            clock.persist_now()
+            try:
+                clock.persist_now()
+            except StoreError:  # a failing disk: the refusal stands; only its survival of a power cut is lost
+                log.exception("could not write the time mark before refusing an expired key")
         if refusal is not None:
             return Outcome(key_id, command, wall, REFUSAL_STATUS[refusal], refusal=refusal)
         if command is Command.SET_TIME:

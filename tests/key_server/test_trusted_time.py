@@ -370,3 +370,29 @@ def test_clock_options_are_checked(tmp_path: Path) -> None:
     from key_server.runner import statement_bounds
 
     assert statement_bounds(opts) == {Role.OWNER: 30 * DAY}
+
+
+# ---------------------------------------------------------------------------------------------- wire forms
+
+
+def test_time_wanted_and_the_clock_report_round_trip() -> None:
+    from protocol import DecodeError, DoorState, parse_set_time_args, with_time_wanted
+
+    plain = StatusReport(LockState.LOCKED, DoorState.CLOSED, False)
+    assert plain.encode() == bytes.fromhex("300101310101320100")  # unchanged when not asked
+    wanted = with_time_wanted(plain.encode())
+    assert wanted == bytes.fromhex("300101310101320100330101") and StatusReport.decode(wanted).time_wanted
+    assert StatusReport.decode(with_time_wanted(b"")).time_wanted
+    assert ClockReport.decode(ClockReport(T0, False).encode()) == ClockReport(T0, False)
+    for bad in (b"", bytes.fromhex("600800000000000000ff"), bytes.fromhex("6008000000006b49d200610102")):
+        with pytest.raises(DecodeError):
+            ClockReport.decode(bad)
+    assert parse_set_time_args(set_time_args(T0)) == T0
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="adjtimex is Linux's")
+def test_the_real_adjtimex_can_be_read_without_privilege() -> None:
+    from key_server.clock import read_adjtimex
+
+    rc, maxerror = read_adjtimex()
+    assert 0 <= rc <= 5 and maxerror >= 0
