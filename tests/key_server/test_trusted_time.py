@@ -18,6 +18,7 @@ from key_server.clock import (
     NTP_MAX_ERROR_US,
     SKEW,
     GuardedClock,
+    ProbeResult,
     Source,
     ntp_probe,
     rtc_probe,
@@ -396,3 +397,22 @@ def test_the_real_adjtimex_can_be_read_without_privilege() -> None:
 
     rc, maxerror = read_adjtimex()
     assert 0 <= rc <= 5 and maxerror >= 0
+
+
+def test_re_confirming_a_trusted_clock_does_not_write_to_disk_each_time(tmp_path: Path) -> None:
+    """The RTC is asked every few seconds: only the first confirmation is written at once (SD card wear)."""
+    reading = {"t": str(T0)}
+    root = tmp_path / "rtc" / "rtc0"
+    root.mkdir(parents=True)
+
+    def probe() -> ProbeResult:
+        (root / "since_epoch").write_text(reading["t"])
+        return rtc_probe(tmp_path / "rtc")()
+
+    with KeyStore.open(tmp_path / "k.db", create=True) as s:
+        clock = GuardedClock(s, source=Fake(0), probes={Source.RTC: probe}, persist_every=60)
+        clock.refresh(force=True)
+        assert clock.trusted and s.get_meta(HIGH_WATER_KEY) == str(T0)
+        reading["t"] = str(T0 + 30)
+        clock.refresh(force=True)
+        assert clock.now() >= T0 + 30 and s.get_meta(HIGH_WATER_KEY) == str(T0)  # within persist_every: not yet
