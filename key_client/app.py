@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from protocol import (
     AuditHead,
     AuditRecord,
     AuthenticationError,
+    ClockReport,
     Command,
     DecodeError,
     KeyInfo,
@@ -33,6 +35,7 @@ from protocol import (
     parse_code,
     read_audit_args,
     revoke_args,
+    set_time_args,
 )
 
 from . import driver
@@ -87,6 +90,17 @@ class CommandDone:
     entry: VehicleEntry
     command: Command
     report: StatusReport | None
+    clock: ClockReport | None = None  # the vehicle asked for the time and this device stated it (PROTOCOL.md §5.7)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeStated:
+    """This device's statement of the time and the vehicle's verdict on it (`key-client set-time`)."""
+
+    entry: VehicleEntry
+    stated: int  # the Unix time this device sent
+    accepted: bool
+    clock: ClockReport  # the vehicle's guarded time after the statement, and whether it now trusts its clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +197,13 @@ class DeviceApp:
         note: Callable[[str], None] | None = None,
         clock: Clock | None = None,
         central_factory: Callable[[], Central] | None = None,
+        wall: Callable[[], float] | None = None,
     ) -> None:
-        """`progress` hears what the radio is doing, `note` remarks meant for the person; both may be None."""
+        """`progress` hears what the radio is doing, `note` remarks meant for the person; both may be None.
+
+        `wall` is this device's own clock (None: time.time), which it states to a vehicle that asks for the time.
+        """
+        self._wall = wall or time.time
         self.keychain_path = keychain
         self._keychain_dir: Path | None = None  # resolved (and an old default moved) on first use
         self.radio = radio
@@ -235,12 +254,21 @@ class DeviceApp:
         """
         link = await self._connect(central, device, Target(entry.vehicle_public_key, entry.vehicle_id),
                                    hint=entry.address_hint)
+        clock: ClockReport | None = None
         try:
             if cmd is Command.STATUS:
                 await link.open_secure()
                 result = await link.secure(cmd)
             else:
                 result = await link.command(cmd)
+            try:  # STATUS: the whole report, sealed; the fast path: empty, or the time_wanted hint alone (§5.3)
+                report = StatusReport.decode(result.data)
+            except DecodeError as exc:
+                raise ProtocolViolation(f"the vehicle's signed answer does not parse: {exc}") from exc
+            if report.time_wanted:
+                # The vehicle does not trust its clock yet and this key may confirm it: state the time on this
+                # link now (a confidential session), so guests work again without anyone doing anything.
+                clock = await self._state_time_after(link, entry, session_open=cmd is Command.STATUS)
         except OutcomeUnknown as exc:
             raise OutcomeUnknown(f"{exc} (key-client never resends a command whose outcome is unknown)") from exc
         except BaseException:
@@ -248,15 +276,28 @@ class DeviceApp:
             raise
         await _close_keeping_result(link)
         entry = kc.remember_address(entry, link.advertisement.address)
-        if cmd is not Command.STATUS:
-            return CommandDone(entry, cmd, None)
+        return CommandDone(entry, cmd, report if cmd is Command.STATUS else None, clock)
+
+    async def _state_time_after(self, link: VehicleLink, entry: VehicleEntry, *,
+                                session_open: bool) -> ClockReport | None:
+        """Best effort after a command that succeeded: state the time; a failure is a note, never the result."""
         try:
-            return CommandDone(entry, cmd, StatusReport.decode(result.data))
-        except DecodeError as exc:
-            raise ProtocolViolation(f"the vehicle's signed answer does not parse: {exc}") from exc
+            if not session_open:
+                await link.open_secure()
+            stated = await _state_time(link, self._wall)
+        except ClientError as exc:
+            self._note(f"{entry.name} asked for the time but stating it failed: {exc}")
+            return None
+        if stated[0]:
+            self._note(f"{entry.name} asked for the time: stated it; the vehicle's clock is now trusted")
+        else:
+            self._note(f"{entry.name} asked for the time but refused this device's ({_skew(stated[1], stated[2])}): "
+                       "check this device's clock")
+        return stated[2]
 
     async def _owner_session(self, vehicle: str | None,
-                             action: Callable[[VehicleLink, VehicleEntry], Awaitable[T]]) -> T:
+                             action: Callable[[VehicleLink, VehicleEntry], Awaitable[T]], *,
+                             not_permitted: str = "only owner keys can manage keys and read the audit log") -> T:
         """Connect, open the confidential session, run `action`, disconnect."""
         kc = self.keychain()
         entry = kc.select(vehicle)
@@ -271,8 +312,8 @@ class DeviceApp:
             except VehicleRefused as exc:
                 if exc.status is Status.NOT_PERMITTED and entry.role != "owner":
                     raise VehicleRefused(exc.status, authenticated=exc.authenticated,
-                                         message=f"this device holds a {entry.role} key for {entry.name}: only "
-                                                 "owner keys can manage keys and read the audit log") from exc
+                                         message=f"this device holds a {entry.role} key for {entry.name}: "
+                                                 f"{not_permitted}") from exc
                 raise
             except BaseException:
                 await link.close()
@@ -308,6 +349,16 @@ class DeviceApp:
             await central.aclose()
 
     # ------------------------------------------------------------------ owner commands
+
+    async def set_time(self, vehicle: str | None = None) -> TimeStated:
+        """State this device's time to the vehicle (owner and driver keys; PROTOCOL.md §5.7)."""
+
+        async def action(link: VehicleLink, entry: VehicleEntry) -> TimeStated:
+            accepted, stated, report = await _state_time(link, self._wall)
+            return TimeStated(entry, stated, accepted, report)
+
+        return await self._owner_session(vehicle, action, not_permitted=(
+            "only owner and driver keys without a validity window or schedule can state the time"))
 
     async def keys(self, vehicle: str | None = None) -> KeyListing:
         """Every key enrolled on the vehicle (owner keys only)."""
@@ -630,4 +681,22 @@ def audit_detail(record: AuditRecord) -> Any:
 
 __all__ = ["AUDIT_PAGE", "MAX_AUDIT_LIMIT", "PAIR_TIMEOUT", "RELAY_WARNING", "AuditListing",
            "AutoEvent", "AutoOptions", "CommandDone", "DeviceApp", "KeyListing", "PassphraseSource", "RadioChoice",
-           "Revocation", "Sighting", "audit_detail", "resolve_key"]
+           "Revocation", "Sighting", "TimeStated", "audit_detail", "resolve_key"]
+
+
+async def _state_time(link: VehicleLink, wall: Callable[[], float]) -> tuple[bool, int, ClockReport]:
+    """SET_TIME with this device's time on an open confidential session: (accepted, stated, the vehicle's clock)."""
+    stated = int(wall())
+    result = await link.secure(Command.SET_TIME, set_time_args(stated),
+                               accept=frozenset({Status.OK, Status.BAD_REQUEST}))
+    try:
+        report = ClockReport.decode(result.data)
+    except DecodeError as exc:
+        raise ProtocolViolation(f"the vehicle's answer to SET_TIME does not parse: {exc}") from exc
+    return result.status is Status.OK, stated, report
+
+
+def _skew(stated: int, vehicle: ClockReport) -> str:
+    """How the vehicle's clock and this device's differ, in words."""
+    diff = vehicle.time - stated
+    return f"the vehicle's clock is {abs(diff)} s {'ahead of' if diff > 0 else 'behind'} this device's"

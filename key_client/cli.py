@@ -294,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("lock", "lock the vehicle")
     cmd("status", "show lock, door and start-enable state")
     cmd("start", "enable the start output (if the vehicle has one wired)")
+    cmd("set-time", "tell the vehicle this device's time, confirming its clock (owner and driver keys)")
     cmd("keys", "list the keys enrolled on the vehicle (owner keys only)")
     s = cmd("revoke", "revoke a key on the vehicle, effective at once (owner keys only)")
     s.add_argument("key", help="hex key-id prefix or name, as `key-client keys` shows them")
@@ -649,6 +650,23 @@ async def cmd_audit(args: argparse.Namespace, out: Printer, _interrupts: _Interr
     return int(ExitCode.OK)
 
 
+async def cmd_set_time(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
+    """`set-time`: state this device's time over the confidential session (PROTOCOL.md §5.7)."""
+    async with Progress(sys.stderr, verbose=args.verbose > 0) as say:
+        r = await _app(args, say, out.note).set_time(args.vehicle)
+    obj = {"ok": r.accepted, "vehicle": r.entry.name, "stated": r.stated, "vehicle_time": r.clock.time,
+           "trusted": r.clock.trusted}
+    if r.accepted:
+        out.result(obj, f"{r.entry.name} accepted this device's time ({_when(r.stated)}); its clock is trusted")
+        return int(ExitCode.OK)
+    diff = r.clock.time - r.stated
+    out.result(obj, f"{r.entry.name} refused this device's time: its clock reads {_when(r.clock.time)}, "
+                    f"{abs(diff)} s {'ahead of' if diff > 0 else 'behind'} this device's "
+                    f"({'it trusts its own clock' if r.clock.trusted else 'too far to move it'}); "
+                    "check this device's clock")
+    return int(ExitCode.DENIED)
+
+
 async def cmd_vehicles(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
     """`vehicles`: what this device's keychain holds."""
     path, entries = _app(args, note=out.note).vehicles()
@@ -750,6 +768,7 @@ _COMMANDS: dict[str, Handler] = {
     "start": _fast("start"),
     "keys": cmd_keys,
     "revoke": cmd_revoke,
+    "set-time": cmd_set_time,
     "audit": cmd_audit,
     "vehicles": cmd_vehicles,
     "forget": cmd_forget,

@@ -290,8 +290,12 @@ class VehicleLink:
         if isinstance(ev, VehicleError):
             raise VehicleRefused(ev.status, authenticated=False)
 
-    async def secure(self, cmd: Command, args: bytes = b"", *, timeout: float = ANSWER_TIMEOUT) -> CommandResult:
-        """Run a command inside the confidential session (cancelled once an acting one was written: OutcomeUnknown)."""
+    async def secure(self, cmd: Command, args: bytes = b"", *, timeout: float = ANSWER_TIMEOUT,
+                     accept: frozenset[Status] = frozenset({Status.OK})) -> CommandResult:
+        """Run a command inside the confidential session (cancelled once an acting one was written: OutcomeUnknown).
+
+        A status outside `accept` raises VehicleRefused; one inside it is returned with its data.
+        """
         try:
             sent = await self._send_request(lambda: self.session.send_secure(cmd, args))
             result = _check(await self._await_answer((CommandResult,), timeout, sent))
@@ -299,7 +303,7 @@ class VehicleLink:
             if self.unanswered and cmd in MAY_ACT:
                 raise self._interrupted(f"{cmd.label} command") from None
             raise
-        if result.status is not Status.OK:
+        if result.status not in accept:
             raise VehicleRefused(result.status, authenticated=True)
         return result
 

@@ -118,6 +118,7 @@ def _refusal_text(status: Status) -> str:
         Status.CHALLENGE_INVALID: "the vehicle's challenge expired before the command arrived",
         Status.BAD_REQUEST: "the vehicle did not understand the request arguments",
         Status.MALFORMED: "the vehicle could not parse our message",
+        Status.CLOCK_UNTRUSTED: "the vehicle's clock is not yet trusted; an owner's device fixes this by connecting",
     }
     return text.get(status, f"vehicle refused: {status.name.lower()}")
 

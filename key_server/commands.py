@@ -1,7 +1,8 @@
 """What an authenticated key asks of the vehicle, and what the vehicle does about it.
 
-authorize, then act: drive the lock (unlock, lock, start), report its status, or serve an owner's admin command
-(list keys, read the audit log, revoke) through KeyAdmin, the same code `key-server` runs on the Pi. The result
+authorize, then act: drive the lock (unlock, lock, start), report its status, take an owner's or driver's statement
+of the time (SET_TIME, docs/PROTOCOL.md §5.7), or serve an owner's admin command (list keys, read the audit log,
+revoke) through KeyAdmin, the same code `key-server` runs on the Pi. The result
 is a protocol Status and payload; the session service only carries them. An actuation's intent ("actuate") is
 committed to the audit log before the lock is driven, so a crash at any instant leaves a record of it; what is
 written afterwards (last use, the outcome's audit entry) is split out into record(), which the service runs once
@@ -15,7 +16,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import tzinfo
 from typing import Final
@@ -25,11 +26,13 @@ from protocol import (
     ACTUATING_COMMANDS,
     AuditHead,
     AuditRecord,
+    ClockReport,
     Command,
     DecodeError,
     KeyInfo,
     KeyPair,
     LockState,
+    Role,
     Status,
     StatusReport,
     encode_audit_page,
@@ -37,11 +40,14 @@ from protocol import (
     parse_list_keys_args,
     parse_read_audit_args,
     parse_revoke_args,
+    parse_set_time_args,
+    with_time_wanted,
 )
 
 from .audit import AuditEvent
+from .clock import DRIVER_MAX_FORWARD, OWNER_MAX_FORWARD, Source
 from .keyadmin import KeyAdmin
-from .policy import Refusal, authorize
+from .policy import Refusal, authorize, may_state_time
 from .ratelimit import ActuationLimiter
 from .store import LastOwnerError, StoreError, UnknownKey
 from .timezone import local_zone
@@ -58,18 +64,25 @@ REFUSAL_STATUS: Final[dict[Refusal, Status]] = {
     Refusal.EXPIRED: Status.KEY_EXPIRED,
     Refusal.OUTSIDE_SCHEDULE: Status.OUTSIDE_SCHEDULE,
     Refusal.NOT_PERMITTED: Status.NOT_PERMITTED,
+    Refusal.CLOCK_UNTRUSTED: Status.CLOCK_UNTRUSTED,
 }
+# Whose time statements count, and how far ahead of the guarded time an untrusted clock may be moved by one
+# (PROTOCOL.md §5.7): the [clock] trust_owner / trust_driver and *_max_forward options.
+DEFAULT_STATEMENTS: Final[Mapping[Role, int]] = {Role.OWNER: OWNER_MAX_FORWARD, Role.DRIVER: DRIVER_MAX_FORWARD}
+_STATEMENT_SOURCE: Final[Mapping[Role, Source]] = {Role.OWNER: Source.OWNER, Role.DRIVER: Source.DRIVER}
 # Commands that move something: each spends one of the key's actuations (ratelimit.ActuationLimiter).
 ACTUATIONS: Final = ACTUATING_COMMANDS
 # Commands that use the vehicle (recorded as their own event and as the key's last use); the rest are admin.
 _USE_EVENT: Final[dict[Command, AuditEvent]] = {cmd: AuditEvent.use_of(cmd) for cmd in ACTUATIONS | {Command.STATUS}}
-# Commands that take no arguments: ARGS sent with one is a malformed request (PROTOCOL.md §5.4), not ignored.
-_NO_ARGS: Final = ACTUATIONS | {Command.STATUS}
+# Commands answered with a status report. They take no arguments: ARGS sent with one is a malformed request
+# (PROTOCOL.md §5.4), not ignored.
+_REPORTING: Final = ACTUATIONS | {Command.STATUS}
 AUDIT_PAGE_MAX: Final = 100  # entries per READ_AUDIT answer: keeps one confidential message small
 # Reads that change nothing. Audited as one "admin" row per session and command with a count (count_read /
 # record_reads), not one row per page: a client paging through the log would otherwise flood it with its own
 # reads (docs/THREAT_MODEL.md, "The audit log").
 READS: Final = frozenset({Command.LIST_KEYS, Command.READ_AUDIT})
+SET_TIME_EVENT: Final = Command.SET_TIME.label  # audit event of a time statement (detail: verdict, stated, ...)
 
 
 def to_status_report(status: ActuatorStatus) -> StatusReport:
@@ -91,6 +104,7 @@ class Outcome:
     rate_limited: bool = False  # refused with BUSY: the key used up its actuations (nothing moved)
     refusals_to_audit: int = 0  # rate-limit refusals of this key to write now, as one aggregated row
     intent: int | None = None  # seq of the "actuate" row written before the lock was driven
+    detail: Mapping[str, str | int | bool] | None = None  # a time statement's verdict, for its audit row
 
 
 class KeyCommands:
@@ -98,14 +112,16 @@ class KeyCommands:
 
     def __init__(self, admin: KeyAdmin, lock: Lock, *, tz: tzinfo | None = None, reply_after: float = 0.1,
                  actuations: ActuationLimiter | None = None, monotonic: Callable[[], float] = time.monotonic,
-                 identity: KeyPair | None = None) -> None:
+                 identity: KeyPair | None = None, statements: Mapping[Role, int] | None = None) -> None:
         """Act on `lock`; `tz` reads guest schedules (None: the local zone); see run() for `reply_after`.
 
         `identity` is the vehicle key that signs the audit head in READ_AUDIT answers (without it: NOT_SUPPORTED).
 
         `actuations` limits how often one key may move the vehicle, on the `monotonic` clock (a wall clock set
-        forward or back must neither refill nor freeze the buckets).
+        forward or back must neither refill nor freeze the buckets). `statements` maps the roles whose SET_TIME
+        counts to how far ahead they may move an untrusted clock (seconds); other roles are NOT_PERMITTED.
         """
+        self.statements = dict(DEFAULT_STATEMENTS if statements is None else statements)
         self.admin = admin
         self.lock = lock
         self.tz = tz
@@ -122,12 +138,26 @@ class KeyCommands:
         Long actuations are answered once they have been driving for `reply_after` seconds (their relay is
         energised by then); a revocation is committed and audited before this returns.
         """
-        store, wall = self.admin.store, self.admin.clock.now()
-        refusal = authorize(store.get_key(key_id), command, wall, self.tz or local_zone())
+        store, clock = self.admin.store, self.admin.clock
+        wall = clock.now()
+        rec = store.get_key(key_id)
+        refusal = authorize(rec, command, wall, self.tz or local_zone(), trusted=clock.trusted)
+        if refusal is None and command is Command.SET_TIME and rec is not None and rec.role not in self.statements:
+            refusal = Refusal.NOT_PERMITTED  # this vehicle's [clock] config does not count that role's statements
+        if refusal is Refusal.EXPIRED:
+            # Durable before the answer: after a power cut the mark is at least this time, so the key stays
+            # expired (otherwise up to persist_every seconds of the mark could be lost with the refusal).
+            try:
+                clock.persist_now()
+            except StoreError:  # a failing disk: the refusal stands; only its survival of a power cut is lost
+                log.exception("could not write the time mark before refusing an expired key")
         if refusal is not None:
             return Outcome(key_id, command, wall, REFUSAL_STATUS[refusal], refusal=refusal)
-        if args and command in _NO_ARGS:
+        if args and command in _REPORTING:
             return Outcome(key_id, command, wall, Status.BAD_REQUEST)
+        if command is Command.SET_TIME:
+            assert rec is not None  # authorize() refuses an unknown key
+            return self._set_time(rec.role, key_id, args, wall)
         earlier = 0
         if command in ACTUATIONS:
             mono = self._mono()
@@ -159,8 +189,29 @@ class KeyCommands:
             status = Status.ACTUATOR_FAILED
         except DecodeError:
             status = Status.BAD_REQUEST
+        if (status is Status.OK and command in _REPORTING and not self.admin.clock.trusted and rec is not None
+                and may_state_time(rec) and rec.role in self.statements):
+            # This key could confirm the clock: say so in its signed (or sealed) answer, so its device follows up
+            # with SET_TIME in a confidential session (PROTOCOL.md §5.7) and guests work again.
+            data = with_time_wanted(data)
         return Outcome(key_id, command, wall, status, data, revoked=revoked, refusals_to_audit=earlier,
                        intent=intent)
+
+    def _set_time(self, role: Role, key_id: bytes, args: bytes, wall: int) -> Outcome:
+        """Judge a time statement (PROTOCOL.md §5.7): OK and the clock confirmed, or BAD_REQUEST; both report it."""
+        try:
+            stated = parse_set_time_args(args)
+        except DecodeError:
+            return Outcome(key_id, Command.SET_TIME, wall, Status.BAD_REQUEST,
+                           detail={"status": Status.BAD_REQUEST.name, "verdict": "malformed"})
+        clock = self.admin.clock
+        was_trusted, before = clock.trusted, clock.now()
+        verdict = clock.confirm_statement(stated, _STATEMENT_SOURCE[role], self.statements[role])
+        status = Status.OK if verdict.accepted else Status.BAD_REQUEST
+        return Outcome(key_id, Command.SET_TIME, verdict.time, status,
+                       ClockReport(verdict.time, verdict.trusted).encode(),
+                       detail={"status": status.name, "verdict": verdict.reason, "stated": stated,
+                               "before": before, "after": verdict.time, "was_trusted": was_trusted})
 
     def record(self, outcome: Outcome) -> None:
         """Account for an answered command: the key's last use and the audit entry (a revocation has its own)."""
@@ -172,6 +223,9 @@ class KeyCommands:
         if outcome.refusal is not None:
             audit.record(AuditEvent.REFUSED, ts=self.admin.clock.now(), key_id=kid,
                          detail={"reason": outcome.refusal.value, "command": cmd.name.lower()})
+        elif cmd is Command.SET_TIME:
+            # Accepted or not, a statement about the time is worth its own row: it moves what every expiry means.
+            audit.record(SET_TIME_EVENT, ts=self.admin.clock.now(), key_id=kid, detail=outcome.detail)
         elif cmd in _USE_EVENT:
             try:
                 self.admin.store.mark_used(kid, outcome.at)

@@ -32,6 +32,7 @@ from hardware import ActuatorConfig, ActuatorConfigError
 from protocol import DEFAULT_CHALLENGE_TTL
 
 from .audit import DEFAULT_MAX_ENTRIES, MIN_MAX_ENTRIES
+from .clock import DRIVER_MAX_FORWARD, OWNER_MAX_FORWARD, Probe, Source, probes_for
 from .enrollment import MAX_ATTEMPTS
 from .radio import NAME_ALLOWED, NAME_PATTERN
 from .ratelimit import (
@@ -199,9 +200,44 @@ class AuditOptions:
                                "(its last hash is kept, so the rest still verifies)",
                                min=MIN_MAX_ENTRIES, max=10_000_000)
 
+@dataclass(slots=True)
+class ClockOptions:
+    """The [clock] table: which sources may confirm the vehicle's clock (docs/PROTOCOL.md §5.7, DEPLOY.md §7).
+
+    Until one of them does, guests and keys with a validity window or schedule are refused CLOCK_UNTRUSTED.
+    """
+
+    trust_rtc: bool = setting(True, help="a real-time clock the kernel can read (/sys/class/rtc) confirms the time")
+    trust_ntp: bool = setting(True, help="a synchronised NTP clock (the kernel's adjtimex state) confirms the time")
+    trust_owner: bool = setting(True, help="an owner's device confirms the time when it connects (SET_TIME)")
+    trust_driver: bool = setting(True, help="a driver's device (no validity window) confirms it too (SET_TIME)")
+    # The system clock at start is what a Pi without an RTC gets wrong: only for a machine whose clock is known good.
+    trust_system: bool = setting(False, help="trust the system clock as it is (a dev machine; never a Pi without RTC)")
+    # At least an hour (a statement must be able to bridge a real power cut), at most ten years.
+    owner_max_forward: str = setting(
+        f"{OWNER_MAX_FORWARD // 86_400}d", help="how far ahead of the vehicle's last known time an owner may set it",
+        duration=True, min=3_600, max=3_660 * 86_400)
+    driver_max_forward: str = setting(
+        f"{DRIVER_MAX_FORWARD // 86_400}d", help="the same for a driver (keep it short: it can start a guest early)",
+        duration=True, min=3_600, max=3_660 * 86_400)
+
+    @property
+    def owner_max_forward_s(self) -> int:
+        """owner_max_forward in seconds."""
+        return parse_duration(self.owner_max_forward)
+
+    @property
+    def driver_max_forward_s(self) -> int:
+        """driver_max_forward in seconds."""
+        return parse_duration(self.driver_max_forward)
+
+    def probes(self) -> dict[Source, Probe]:
+        """The probes of the machine sources this table trusts (rtc, ntp, system), for GuardedClock."""
+        return probes_for(rtc=self.trust_rtc, ntp=self.trust_ntp, system=self.trust_system)
+
 
 TABLES: Final[Mapping[str, type]] = {"server": ServerOptions, "pairing": PairingOptions,
-                                     "rate_limit": RateLimitOptions, "audit": AuditOptions}
+                                     "rate_limit": RateLimitOptions, "audit": AuditOptions, "clock": ClockOptions}
 ACTUATOR_TABLE: Final = "actuator"
 
 
@@ -214,6 +250,7 @@ class Config:
     pairing: PairingOptions = field(default_factory=PairingOptions)
     rate_limit: RateLimitOptions = field(default_factory=RateLimitOptions)
     audit: AuditOptions = field(default_factory=AuditOptions)
+    clock: ClockOptions = field(default_factory=ClockOptions)
     actuator: ActuatorConfig = field(default_factory=ActuatorConfig)
     source: Path | None = None  # the file it was read from, if any
 
@@ -269,6 +306,7 @@ def parse_config(data: Mapping[str, object], *, file: str | Path, state_dir: Pat
     cfg = Config(
         state_dir=state_dir or (Path(top.state_dir) if top.state_dir else default_state_dir()),
         server=tables["server"], pairing=tables["pairing"], rate_limit=tables["rate_limit"], audit=tables["audit"],
+        clock=tables["clock"],
         actuator=_actuator(data.get(ACTUATOR_TABLE, {}), file=file),
     )
     _check_across(cfg, file=file)
@@ -381,4 +419,7 @@ SAMPLE_CONFIG: Final = "\n".join([
     "",
     "# The audit log's retention bound, applied by the running server.",
     *sample_table(AuditOptions, "audit", examples=_EXAMPLES),
+    "# Until one of these sources confirms the time after start, guests and keys with a validity window or",
+    "# schedule are refused (\"the vehicle's clock is not yet trusted\"); owners and drivers without one work.",
+    *sample_table(ClockOptions, "clock", examples=_EXAMPLES),
 ]) + "\n" + _ACTUATOR_SAMPLE

@@ -83,14 +83,38 @@ def _files(cfg: Config) -> list[DoctorCheck]:
             verdict = AuditLog(store).verify()
             out.append(DoctorCheck("ok" if verdict.ok else "fail", "audit log",
                         f"{verdict.entries} entries, chain intact" if verdict.ok else verdict.reason))
-            clock = GuardedClock(store)
+            clock = GuardedClock(store, probes=cfg.clock.probes())
             behind = clock.source_behind_by()
             out.append(DoctorCheck("ok" if behind < 60 else "warn", "clock",
                         "system time is current" if behind < 60 else
                         f"system time is {behind} s behind the last time seen: no RTC/NTP yet? expiry uses the later"))
+            out += _clock_trust(clock, cfg)
             clock.close()
     else:
         out.append(DoctorCheck("fail", "key store", f"{cfg.store_path} missing: run `key-server init`"))
+    return out
+
+
+def _clock_trust(clock: GuardedClock, cfg: Config) -> list[DoctorCheck]:
+    """Which sources may confirm the clock after a start (docs/PROTOCOL.md §5.7), and what each says now."""
+    out: list[DoctorCheck] = []
+    vouching = False
+    for source, said in clock.describe():
+        vouching = vouching or said.time is not None
+        out.append(DoctorCheck("ok" if said.time is not None else "warn", f"clock source {source}", said.detail))
+    devices = [role for role, on in (("owner", cfg.clock.trust_owner), ("driver", cfg.clock.trust_driver)) if on]
+    if devices:
+        out.append(DoctorCheck("ok", "clock source devices",
+                               f"an {' or '.join(devices)} device confirms the time when it connects (SET_TIME)"))
+    if not vouching and devices:
+        out.append(DoctorCheck("warn", "clock trust",
+                               "nothing on this machine confirms the time now: after each start, guests and keys with "
+                               f"a validity window or schedule are refused until an {' or '.join(devices)} device "
+                               "connects; an RTC avoids that (docs/HARDWARE.md)"))
+    elif not vouching:
+        out.append(DoctorCheck("warn", "clock trust",
+                               "no source can confirm the time: guests and keys with a validity window or schedule "
+                               "are always refused; turn on a [clock] trust_* option (docs/DEPLOY.md)"))
     return out
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 from dkey_link.contract import Peripheral, RadioError
 from dkey_link.exit_codes import ExitCode
 from hardware import ActuatorEvent, LockChanged, OutputChanged, build_lock, install_signal_failsafe
-from protocol import KeyPair
+from protocol import KeyPair, Role
 
 from .audit import AuditLog
 from .cli_errors import CliError
 from .clock import GuardedClock
-from .config import Config
+from .config import ClockOptions, Config
 from .identity import load_identity
 from .radio import check_advertised_name
 from .ratelimit import ActuationLimiter, FailureLimiter
@@ -41,6 +41,16 @@ def schedule_zone(cfg: Config) -> tzinfo | None:
         return named_zone(cfg.server.timezone)
     except ValueError as exc:
         raise CliError(f"configuration error: {exc}", ExitCode.CONFIG) from None
+
+
+def statement_bounds(opts: ClockOptions) -> dict[Role, int]:
+    """The roles whose SET_TIME counts, each with how far it may move an untrusted clock forward (seconds)."""
+    bounds: dict[Role, int] = {}
+    if opts.trust_owner:
+        bounds[Role.OWNER] = opts.owner_max_forward_s
+    if opts.trust_driver:
+        bounds[Role.DRIVER] = opts.driver_max_forward_s
+    return bounds
 
 
 def make_peripheral(cfg: Config) -> Peripheral:
@@ -81,7 +91,7 @@ async def serve(cfg: Config) -> int:
     peripheral = make_peripheral(cfg)
     store = KeyStore.open(cfg.store_path)
     try:
-        clock = GuardedClock(store)
+        clock = GuardedClock(store, probes=cfg.clock.probes())
         lock = build_lock(cfg.actuator, on_change=_log_actuator)
     except BaseException:
         store.close()
@@ -103,7 +113,8 @@ async def serve(cfg: Config) -> int:
             challenge_ttl=cfg.server.challenge_ttl, link_idle_timeout=cfg.server.link_idle_timeout, tz=tz,
             limiter=FailureLimiter(rl.link_burst, rl.link_rate, rl.global_burst, rl.global_rate),
             actuations=ActuationLimiter(rl.actuation_burst, rl.actuation_per_minute),
-            link_queue=rl.link_queue, max_links=rl.max_links, max_link_lifetime=rl.max_link_lifetime),
+            link_queue=rl.link_queue, max_links=rl.max_links, max_link_lifetime=rl.max_link_lifetime,
+            statements=statement_bounds(cfg.clock)),
     )
     try:
         await service.start()

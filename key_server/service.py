@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 
@@ -37,15 +37,17 @@ from protocol import (
     PairingRequested,
     Refused,
     RemoteProtocolError,
+    Role,
     SessionOpened,
     Status,
     VehicleSession,
     decode_public_key,
+    fast_result_data,
 )
 
 from .audit import AuditEvent, AuditLog
 from .clock import GuardedClock
-from .commands import KeyCommands
+from .commands import DEFAULT_STATEMENTS, KeyCommands
 from .config import DEFAULT_LINK_IDLE_TIMEOUT
 from .enrollment import Enrollment
 from .keyadmin import KeyAdmin
@@ -54,6 +56,7 @@ from .refusals import MAX_ROWS_PER_WINDOW, REFUSAL_WINDOW, RefusalDigest
 from .store import KeyStore, PendingPairing
 
 log = logging.getLogger("key_server.service")
+CLOCK_TRUSTED_EVENT = "clock_trusted"  # audit event: a source (rtc, ntp, system) first confirmed the clock
 
 
 
@@ -73,6 +76,8 @@ class ServiceConfig:
     actuations: ActuationLimiter = field(default_factory=ActuationLimiter)
     refusal_window: float = REFUSAL_WINDOW  # unauthenticated refusals are audited as counts per link and window
     refusal_rows: int = MAX_ROWS_PER_WINDOW  # at most this many such rows per window
+    # Roles whose SET_TIME counts, and how far each may move an untrusted clock forward ([clock] in the config).
+    statements: Mapping[Role, int] = field(default_factory=lambda: dict(DEFAULT_STATEMENTS))
 
 
 @dataclass(slots=True)
@@ -149,7 +154,8 @@ class KeyService:
         self.admin = KeyAdmin(store, audit, clock)
         self.enrollment = Enrollment(store, audit, clock, identity.key_id)
         self.commands = KeyCommands(self.admin, lock, tz=self.config.tz, reply_after=self.config.reply_after,
-                                    actuations=self.config.actuations, monotonic=monotonic, identity=identity)
+                                    actuations=self.config.actuations, monotonic=monotonic, identity=identity,
+                                    statements=self.config.statements)
         self.refusals = RefusalDigest(self._write_refusals, window=self.config.refusal_window,
                                       max_rows=self.config.refusal_rows)
         self._mono = monotonic
@@ -171,6 +177,7 @@ class KeyService:
         self._change_counter = self.store.change_counter()
         self.audit.append(AuditEvent.SERVER_START, ts=self.clock.now(),
                           detail={"vehicle_id": self.identity.key_id.hex()})
+        self._refresh_clock(force=True)
         await self.peripheral.start(self)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
@@ -476,7 +483,7 @@ class KeyService:
             self._end_sessions_of(outcome.revoked, keep=central.link if outcome.revoked != ev.key_id else None)
         with contextlib.suppress(KeyProtocolError):  # the central left mid-command: still audit what was done
             # Result data only inside a confidential session: a signed RESULT is readable by anyone (§5.3).
-            central.session.respond(outcome.status, outcome.data if ev.secure else b"")
+            central.session.respond(outcome.status, outcome.data if ev.secure else fast_result_data(outcome.data))
         if self.commands.is_counted_read(outcome):
             central.after.append(lambda: self._count_read(central, outcome.command))
         else:
@@ -545,4 +552,16 @@ class KeyService:
         self.check_store_changes()
         self.challenges.purge(now)
         self.refusals.tick(now)
+        self._refresh_clock()
         self.clock.now()  # advances (and persists) the high-water mark while the server runs
+
+    def _refresh_clock(self, *, force: bool = False) -> None:
+        """Ask the clock's sources (RTC, NTP) again; audit the moment one of them first confirms the time."""
+        if self.clock.trusted:
+            self.clock.refresh(force=force)  # keeps the anchor fresh against the monotonic clock's drift
+            return
+        self.clock.refresh(force=force)
+        if self.clock.trusted:
+            source = self.clock.trusted_by or "unknown"
+            log.info("the clock is now trusted (confirmed by %s)", source)
+            self.audit.record(CLOCK_TRUSTED_EVENT, ts=self.clock.now(), detail={"source": str(source)})

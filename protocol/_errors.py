@@ -23,6 +23,7 @@ class Status(enum.IntEnum):
     PAIRING_REFUSED = 0x0C  # uniform: unknown, expired or exhausted pairing slot, or wrong code
     MALFORMED = 0x0D  # the message did not decode or was not expected now
     INTERNAL_ERROR = 0x0E
+    CLOCK_UNTRUSTED = 0x0F  # a time-limited key, while the vehicle's clock is not yet confirmed (§5.7)
 
     @property
     def may_have_acted(self) -> bool:
@@ -38,7 +39,8 @@ class Status(enum.IntEnum):
 # Statuses after which the vehicle may have moved the lock; everything else means it did nothing.
 _MAY_HAVE_ACTED = frozenset({Status.OK, Status.ACTUATOR_FAILED, Status.INTERNAL_ERROR})
 # Statuses that a retry (with a fresh challenge, or a little later) can cure.
-_TEMPORARY = frozenset({Status.CHALLENGE_INVALID, Status.BUSY, Status.OUTSIDE_SCHEDULE, Status.KEY_NOT_YET_VALID})
+_TEMPORARY = frozenset({Status.CHALLENGE_INVALID, Status.BUSY, Status.OUTSIDE_SCHEDULE, Status.KEY_NOT_YET_VALID,
+                        Status.CLOCK_UNTRUSTED})
 
 
 class KeyProtocolError(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -56,19 +57,86 @@ class StatusReport:
     lock: LockState
     door: DoorState
     start_enabled: bool
+    # The vehicle's clock is not yet trusted and this key may confirm it: send SET_TIME (PROTOCOL.md §5.7).
+    time_wanted: bool = False
 
     def encode(self) -> bytes:
-        """Result data bytes."""
-        return encode_fields([(0x30, _u(self.lock, 1)), (0x31, _u(self.door, 1)), (0x32, _u(self.start_enabled, 1))])
+        """Result data bytes (the time_wanted field only when set)."""
+        fields = [(0x30, _u(self.lock, 1)), (0x31, _u(self.door, 1)), (0x32, _u(self.start_enabled, 1))]
+        if self.time_wanted:
+            fields.append((_TIME_WANTED, b"\x01"))
+        return encode_fields(fields)
 
     @classmethod
     def decode(cls, data: bytes) -> StatusReport:
         """Parse result data; DecodeError if malformed."""
-        f = decode_fields(data, {0x30: (1, 1), 0x31: (1, 1), 0x32: (1, 1)})
+        f = decode_fields(data, {0x30: (1, 1), 0x31: (1, 1), 0x32: (1, 1), _TIME_WANTED: (1, 1)})
         try:
-            return cls(LockState(_int(f, 0x30) or 0), DoorState(_int(f, 0x31) or 0), bool(_int(f, 0x32)))
+            return cls(LockState(_int(f, 0x30) or 0), DoorState(_int(f, 0x31) or 0), bool(_int(f, 0x32)),
+                       bool(_int(f, _TIME_WANTED)))
         except ValueError as exc:
             raise DecodeError(str(exc)) from exc
+
+
+_TIME_WANTED = 0x33
+# The only result data a fast-path RESULT may carry (PROTOCOL.md §5.3, §5.7): `33 01 01`.
+TIME_WANTED_HINT: Final = bytes((_TIME_WANTED, 1, 1))
+
+
+def fast_result_data(data: bytes) -> bytes:
+    """What of command result data may travel in a signed (clear) RESULT: the time_wanted hint alone, or nothing.
+
+    The lock, door and start-enable state never do (PROTOCOL.md §5.3); `data` is a status report or empty.
+    """
+    return TIME_WANTED_HINT if data and StatusReport.decode(data).time_wanted else b""
+
+
+def with_time_wanted(data: bytes) -> bytes:
+    """Fast-command result data with the time_wanted field added (the data may be empty or a status report)."""
+    f = decode_fields(data, {0x30: (1, 1), 0x31: (1, 1), 0x32: (1, 1), _TIME_WANTED: (1, 1)})
+    f[_TIME_WANTED] = b"\x01"
+    return encode_fields(sorted(f.items()))
+
+
+# ------------------------------------------------------------------ the vehicle's clock (SET_TIME)
+
+
+@dataclass(frozen=True, slots=True)
+class ClockReport:
+    """SET_TIME result data: the vehicle's guarded time after the statement, and whether it now trusts it."""
+
+    time: int  # Unix seconds
+    trusted: bool
+
+    def encode(self) -> bytes:
+        """Result data bytes."""
+        return encode_fields([(0x60, _u(self.time, 8)), (0x61, _u(self.trusted, 1))])
+
+    @classmethod
+    def decode(cls, data: bytes) -> ClockReport:
+        """Parse SET_TIME result data; DecodeError if malformed or incomplete."""
+        f = decode_fields(data, {0x60: (8, 8), 0x61: (1, 1)})
+        if not {0x60, 0x61} <= f.keys() or f[0x61][0] > 1:
+            raise DecodeError("clock report lacks a field or has a bad flag")
+        return cls(int.from_bytes(f[0x60], "big"), bool(f[0x61][0]))
+
+
+MAX_STATED_TIME = (1 << 63) - 1  # a statement above this is out of range (BAD_REQUEST), like an audit seq
+
+
+def set_time_args(unix_seconds: int) -> bytes:
+    """SET_TIME arguments: the device's current time as u64 Unix seconds."""
+    return _u(unix_seconds, 8)
+
+
+def parse_set_time_args(args: bytes) -> int:
+    """The stated Unix time from SET_TIME arguments; DecodeError unless exactly 8 bytes within range."""
+    if len(args) != 8:
+        raise DecodeError("SET_TIME takes 8 argument bytes (u64 Unix seconds)")
+    stated = int.from_bytes(args, "big")
+    if stated > MAX_STATED_TIME:
+        raise DecodeError(f"SET_TIME time is above {MAX_STATED_TIME}")
+    return stated
 
 
 # ------------------------------------------------------------------ key list

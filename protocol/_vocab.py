@@ -61,6 +61,7 @@ class Command(_Labelled):
     LIST_KEYS = 0x10
     REVOKE_KEY = 0x11
     READ_AUDIT = 0x12
+    SET_TIME = 0x13  # an owner's or driver's statement of the current time (PROTOCOL.md §5.7)
 
 
 # STATUS is secure-only: its report (lock, door, start output) says whether the car is open (PROTOCOL.md §5).

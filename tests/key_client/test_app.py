@@ -125,6 +125,7 @@ async def test_rejects_a_listener_reading_the_lock_and_door_state_from_status(h:
     from protocol import MAX_MESSAGE, Reassembler, decode
     from protocol._codec import Result, SecureResponse
 
+    h.trust_clock()  # a guest's key is limited in time: it works only once the vehicle trusts its clock
     app = device_app(h, tmp_path)
     await app.pair(h.new_code(role=Role.GUEST, name="guest watch"))  # any role, not only owners
     await app.command(Command.UNLOCK)
@@ -143,3 +144,54 @@ async def test_rejects_a_listener_reading_the_lock_and_door_state_from_status(h:
     messages = [decode(m) for ch in heard if (m := rx.feed(ch, 0.0)) is not None]
     assert any(isinstance(m, SecureResponse) for m in messages)
     assert not any(isinstance(m, Result) and m.data for m in messages), "a status report travelled in clear"
+
+
+async def test_an_owners_unlock_states_the_time_when_the_vehicle_asks_so_guests_work_again(h: Harness,
+                                                                                          tmp_path: Path) -> None:
+    """After a power cut the vehicle asks for the time in its answer; the owner's device states it on that link."""
+    from key_client.errors import VehicleRefused
+    from protocol import Status
+
+    notes: list[str] = []
+    guest = h.enroll(Role.GUEST, "guest", valid_until=1_800_003_600)
+    app = DeviceApp(tmp_path / "kc", RadioChoice("mock"), passphrase=no_passphrase, scan_time=1.0,
+                    central_factory=lambda: h.air.central(name="key-client"), note=notes.append,
+                    wall=lambda: 1_800_000_000.5)
+    await app.pair(h.new_code(role=Role.OWNER, name="phone"))
+    h.wall = 0  # the vehicle rebooted with its clock at zero (no RTC, no network): not trusted
+    link = await h.connect(guest)
+    with pytest.raises(VehicleRefused) as info:
+        await link.command(Command.UNLOCK)
+    await link.close()
+    assert info.value.status is Status.CLOCK_UNTRUSTED and "an owner's device fixes this by connecting" in str(
+        info.value)
+    done = await app.command(Command.UNLOCK)  # no extra step for the person
+    # The fast path's answer carried only the time_wanted hint; the device stated the time on the same link.
+    assert done.report is None and h.lock.status().lock is LockState.UNLOCKED
+    assert done.clock is not None and done.clock.trusted and done.clock.time == 1_800_000_000
+    assert h.clock.trusted and any("now trusted" in n for n in notes)
+    link = await h.connect(guest)
+    assert (await link.command(Command.UNLOCK)).status is Status.OK
+    await link.close()
+    again = await app.command(Command.LOCK)
+    assert again.report is None and again.clock is None  # trusted: no hint, nothing more is sent
+
+
+async def test_set_time_reports_a_refused_statement_with_the_vehicles_time(h: Harness, tmp_path: Path) -> None:
+    app = DeviceApp(tmp_path / "kc", RadioChoice("mock"), passphrase=no_passphrase, scan_time=1.0,
+                    central_factory=lambda: h.air.central(name="key-client"), wall=lambda: h.wall - 3600)
+    await app.pair(h.new_code(role=Role.OWNER, name="phone"))
+    stated = await app.set_time()  # this device's clock is an hour slow
+    assert not stated.accepted and stated.clock.time == int(h.wall) and not stated.clock.trusted
+    fixed = DeviceApp(tmp_path / "kc", RadioChoice("mock"), passphrase=no_passphrase, scan_time=1.0,
+                      central_factory=lambda: h.air.central(name="key-client"), wall=lambda: h.wall + 60)
+    ok = await fixed.set_time()
+    assert ok.accepted and ok.clock.trusted and ok.clock.time == int(h.wall) + 60
+
+
+async def test_a_guest_asking_to_set_the_time_is_told_who_may(h: Harness, tmp_path: Path) -> None:
+    app = device_app(h, tmp_path)
+    await app.pair(h.new_code(role=Role.GUEST, name="guest watch"))
+    with pytest.raises(VehicleRefused) as info:
+        await app.set_time()
+    assert "only owner and driver keys" in str(info.value) and not h.clock.trusted

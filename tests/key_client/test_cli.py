@@ -112,6 +112,7 @@ async def test_passphrase_protected_key(run: Cli, h: Harness, monkeypatch) -> No
 
 
 async def test_unlock_lock_status_start(run: Cli, h: Harness) -> None:
+    h.trust_clock()  # not about the clock: the vehicle asks no one for the time
     await pair(run, h)
     r = await run("unlock")
     assert r.code == ExitCode.OK, r.err
@@ -232,6 +233,7 @@ async def test_owner_commands_refused_for_a_driver_key(run: Cli, h: Harness) -> 
 
 
 async def test_audit_shows_the_newest_entries(run: Cli, h: Harness) -> None:
+    h.trust_clock()  # not about the clock: no time statements among the rows
     await pair(run, h)
     for _ in range(3):
         await run("status")
@@ -315,7 +317,7 @@ def test_every_command_is_either_a_list_or_prints_objects() -> None:
     # A new command must choose: one array (a list) or one object per result (docs/CLIENT.md, --json).
     assert cli.LIST_COMMANDS == {"scan", "keys", "audit", "vehicles"}
     assert set(cli._COMMANDS) - cli.LIST_COMMANDS == {"pair", "unlock", "lock", "status", "start", "revoke",
-                                                      "forget", "auto"}
+                                                      "forget", "auto", "set-time"}
 
 
 # ---------------------------------------------------------------------- options and plumbing
@@ -386,3 +388,27 @@ async def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(run
     assert r.err == "key-client: unexpected error: ZeroDivisionError: division by zero (run with --debug for details)\n"
     r = await run("--debug", "unlock")
     assert r.code == ExitCode.ERROR and "Traceback" in r.err and r.err.endswith("(traceback above)\n")
+
+
+# ---------------------------------------------------------------------- the vehicle's clock
+
+
+async def test_a_guest_refused_while_the_clock_is_untrusted_is_told_an_owner_fixes_it(run: Cli, h: Harness) -> None:
+    await pair(run, h, Role.GUEST)
+    r = await run("unlock")
+    assert r.code == ExitCode.DENIED
+    assert "the vehicle's clock is not yet trusted; an owner's device fixes this by connecting" in r.err
+
+
+async def test_set_time_states_this_devices_clock(run: Cli, h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    await pair(run, h)
+    monkeypatch.setattr(time, "time", lambda: h.wall + 5)  # this device's clock agrees with the vehicle's
+    r = await run("--json", "set-time")
+    assert r.code == ExitCode.OK, r.err
+    (obj,) = r.json()
+    assert obj["ok"] and obj["trusted"] and obj["vehicle_time"] == int(h.wall) + 5 and h.clock.trusted
+    monkeypatch.setattr(time, "time", lambda: h.wall + 86_400)  # a day fast: the trusted vehicle refuses it
+    r = await run("set-time")
+    assert r.code == ExitCode.DENIED and "refused this device's time" in r.out and "behind this device's" in r.out

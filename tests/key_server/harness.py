@@ -11,7 +11,7 @@ from dkey_link.mock import MockAir, MockPeripheral
 from hardware import ActuatorConfig, SimulatedLock
 from key_client.driver import Target, VehicleLink, connect_vehicle
 from key_server.audit import AuditLog
-from key_server.clock import GuardedClock
+from key_server.clock import GuardedClock, Probe, Source
 from key_server.pairing import issue_code
 from key_server.ratelimit import LINK_QUEUE, MAX_LINK_LIFETIME, MAX_LINKS, ActuationLimiter, FailureLimiter
 from key_server.service import KeyService, ServiceConfig
@@ -37,11 +37,19 @@ class Harness:
     max_links: int = MAX_LINKS
     max_link_lifetime: float = MAX_LINK_LIFETIME
     monotonic: Callable[[], float] = time.monotonic  # the service's clock: tests of lifetimes move it by hand
+    # The vehicle starts with an untrusted clock, as after a boot: guests and windowed keys are refused
+    # CLOCK_UNTRUSTED. Tests about something else that use such keys say trusted_clock=True (as if an RTC had
+    # confirmed `wall` at start).
+    trusted_clock: bool = False
+    probes: dict[Source, Probe] = field(default_factory=dict)  # the clock's RTC/NTP sources (none: statements only)
+    statements: dict[Role, int] | None = None  # ServiceConfig.statements (None: the defaults)
 
     def __post_init__(self) -> None:
         self.store = KeyStore.open(self.tmp / "keys.db", create=True)
         self.audit = AuditLog(self.store)
-        self.clock = GuardedClock(self.store, source=lambda: self.wall)
+        self.clock = GuardedClock(self.store, source=lambda: self.wall, probes=self.probes)
+        if self.trusted_clock:
+            self.trust_clock()
         self.identity = KeyPair.generate()
         self.peripheral: MockPeripheral = self.air.peripheral("test-car", broadcast_notify=self.broadcast)
         self.service = KeyService(identity=self.identity, store=self.store, audit=self.audit, clock=self.clock,
@@ -49,8 +57,14 @@ class Harness:
                                   config=ServiceConfig(limiter=self.limiter, actuations=self.actuations,
                                                        poll_interval=0.05, reply_after=self.reply_after,
                                                        link_queue=self.link_queue, max_links=self.max_links,
-                                                       max_link_lifetime=self.max_link_lifetime),
+                                                       max_link_lifetime=self.max_link_lifetime,
+                                                       **({} if self.statements is None
+                                                          else {"statements": self.statements})),
                                   monotonic=self.monotonic)
+
+    def trust_clock(self) -> None:
+        """Confirm the vehicle's clock at `wall`, as an RTC or NTP would."""
+        assert self.clock.confirm(int(self.wall), Source.RTC)
 
     async def start(self) -> Harness:
         await self.service.start()

@@ -74,7 +74,7 @@ async def test_the_intent_is_committed_before_the_lock_is_driven(tmp_path: Path,
 
 async def test_a_refused_or_rate_limited_command_writes_no_intent(tmp_path: Path) -> None:
     lock = WitnessLock(tmp_path / "keys.db", pulse_ms=5)
-    h = await Harness(tmp_path, lock=lock).start()
+    h = await Harness(tmp_path, lock=lock, trusted_clock=True).start()
     try:
         guest = h.enroll(Role.GUEST, "guest", valid_from=int(h.wall) + 3600)  # not yet valid
         link = await h.connect(guest)

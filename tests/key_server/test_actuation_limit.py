@@ -12,7 +12,7 @@ import pytest
 from hardware import ActuatorConfig, SimulatedLock
 from key_client.errors import VehicleRefused
 from key_server.audit import AuditLog
-from key_server.clock import GuardedClock
+from key_server.clock import GuardedClock, Source
 from key_server.commands import KeyCommands
 from key_server.config import ConfigError, parse_config
 from key_server.keyadmin import KeyAdmin
@@ -27,7 +27,7 @@ T0 = 1_800_000_000
 
 async def test_a_guest_toggling_the_relay_is_refused_busy_after_the_burst_and_audited_once(tmp_path: Path) -> None:
     # One actuation a minute after a burst of 3: nothing refills while the test runs.
-    h = await Harness(tmp_path, actuations=ActuationLimiter(burst=3, per_minute=1)).start()
+    h = await Harness(tmp_path, actuations=ActuationLimiter(burst=3, per_minute=1), trusted_clock=True).start()
     try:
         guest, owner = h.enroll(Role.GUEST, "guest"), h.enroll(Role.OWNER, "owner")
         link = await h.connect(guest)
@@ -71,7 +71,9 @@ class Mono:
 def setup(tmp_path: Path) -> Iterator[tuple[KeyCommands, KeyAdmin, bytes, Mono]]:
     mono = Mono()
     with KeyStore.open(tmp_path / "keys.db", create=True) as store:
-        admin = KeyAdmin(store, AuditLog(store), GuardedClock(store, source=lambda: T0))
+        clock = GuardedClock(store, source=lambda: T0)
+        clock.confirm(T0, Source.RTC)  # a guest's key is limited in time: the clock must be trusted for it to act
+        admin = KeyAdmin(store, AuditLog(store), clock)
         kp = KeyPair.generate()
         store.add_key(KeyRecord(kp.key_id, kp.public_bytes, "guest", Role.GUEST, None, None, None, T0))
         lock = SimulatedLock(ActuatorConfig(kind="sim", pulse_ms=1))

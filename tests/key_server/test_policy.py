@@ -58,7 +58,7 @@ def at(year: int, month: int, day: int, hour: int, minute: int = 0, tz: tzinfo =
 
 ALLOWED = {
     Role.OWNER: set(Command) - {Command.SESSION},  # SESSION marks a refused SESSION_OPEN; never a command
-    Role.DRIVER: {Command.UNLOCK, Command.LOCK, Command.STATUS, Command.START},
+    Role.DRIVER: {Command.UNLOCK, Command.LOCK, Command.STATUS, Command.START, Command.SET_TIME},
     Role.GUEST: {Command.UNLOCK, Command.LOCK, Command.STATUS},
 }
 
@@ -67,51 +67,51 @@ ALLOWED = {
 @pytest.mark.parametrize("command", list(Command))
 def test_role_command_matrix(role: Role, command: Command) -> None:
     expected = None if command in ALLOWED[role] else Refusal.NOT_PERMITTED
-    assert authorize(key(role), command, MONDAY_NOON, UTC) is expected
+    assert authorize(key(role), command, MONDAY_NOON, UTC, trusted=True) is expected
     assert (command in PERMISSIONS[role]) == (command in ALLOWED[role])
 
 
 @pytest.mark.parametrize("role", list(Role))
 def test_unknown_and_revoked(role: Role) -> None:
-    assert authorize(None, Command.UNLOCK, MONDAY_NOON, UTC) is Refusal.UNKNOWN_KEY
-    assert authorize(key(role, revoked_at=1), Command.UNLOCK, MONDAY_NOON, UTC) is Refusal.REVOKED
+    assert authorize(None, Command.UNLOCK, MONDAY_NOON, UTC, trusted=True) is Refusal.UNKNOWN_KEY
+    assert authorize(key(role, revoked_at=1), Command.UNLOCK, MONDAY_NOON, UTC, trusted=True) is Refusal.REVOKED
     # Revocation wins over everything else.
     rec = key(role, revoked_at=1, valid_until=5, schedule="garbage")
-    assert authorize(rec, Command.LIST_KEYS, MONDAY_NOON, UTC) is Refusal.REVOKED
+    assert authorize(rec, Command.LIST_KEYS, MONDAY_NOON, UTC, trusted=True) is Refusal.REVOKED
 
 
 @pytest.mark.parametrize("role", list(Role))
 def test_validity_window_applies_to_every_role(role: Role) -> None:
     rec = key(role, valid_from=1000, valid_until=2000)
-    assert authorize(rec, Command.UNLOCK, 999, UTC) is Refusal.NOT_YET_VALID
-    assert authorize(rec, Command.UNLOCK, 1000, UTC) is None  # start inclusive
-    assert authorize(rec, Command.UNLOCK, 1999, UTC) is None
-    assert authorize(rec, Command.UNLOCK, 2000, UTC) is Refusal.EXPIRED  # end exclusive
-    assert authorize(key(role, valid_until=2000), Command.UNLOCK, 10**10, UTC) is Refusal.EXPIRED
-    assert authorize(key(role, valid_from=2000), Command.UNLOCK, 0, UTC) is Refusal.NOT_YET_VALID
+    assert authorize(rec, Command.UNLOCK, 999, UTC, trusted=True) is Refusal.NOT_YET_VALID
+    assert authorize(rec, Command.UNLOCK, 1000, UTC, trusted=True) is None  # start inclusive
+    assert authorize(rec, Command.UNLOCK, 1999, UTC, trusted=True) is None
+    assert authorize(rec, Command.UNLOCK, 2000, UTC, trusted=True) is Refusal.EXPIRED  # end exclusive
+    assert authorize(key(role, valid_until=2000), Command.UNLOCK, 10**10, UTC, trusted=True) is Refusal.EXPIRED
+    assert authorize(key(role, valid_from=2000), Command.UNLOCK, 0, UTC, trusted=True) is Refusal.NOT_YET_VALID
 
 
 def test_guest_with_window_and_schedule() -> None:
     rec = key(Role.GUEST, valid_from=at(2026, 3, 6, 0), valid_until=at(2026, 3, 9, 0),
               schedule="Fri 18:00-24:00; Sat-Sun 08:00-22:00")
-    assert authorize(rec, Command.UNLOCK, at(2026, 3, 6, 17, 59), BERLIN) is Refusal.OUTSIDE_SCHEDULE
-    assert authorize(rec, Command.UNLOCK, at(2026, 3, 6, 18), BERLIN) is None
-    assert authorize(rec, Command.LOCK, at(2026, 3, 7, 7, 59), BERLIN) is Refusal.OUTSIDE_SCHEDULE
-    assert authorize(rec, Command.STATUS, at(2026, 3, 8, 21, 59), BERLIN) is None
-    assert authorize(rec, Command.START, at(2026, 3, 8, 12), BERLIN) is Refusal.NOT_PERMITTED
-    assert authorize(rec, Command.UNLOCK, at(2026, 3, 13, 19), BERLIN) is Refusal.EXPIRED  # next Friday
+    assert authorize(rec, Command.UNLOCK, at(2026, 3, 6, 17, 59), BERLIN, trusted=True) is Refusal.OUTSIDE_SCHEDULE
+    assert authorize(rec, Command.UNLOCK, at(2026, 3, 6, 18), BERLIN, trusted=True) is None
+    assert authorize(rec, Command.LOCK, at(2026, 3, 7, 7, 59), BERLIN, trusted=True) is Refusal.OUTSIDE_SCHEDULE
+    assert authorize(rec, Command.STATUS, at(2026, 3, 8, 21, 59), BERLIN, trusted=True) is None
+    assert authorize(rec, Command.START, at(2026, 3, 8, 12), BERLIN, trusted=True) is Refusal.NOT_PERMITTED
+    assert authorize(rec, Command.UNLOCK, at(2026, 3, 13, 19), BERLIN, trusted=True) is Refusal.EXPIRED  # next Friday
 
 
 def test_schedule_uses_the_vehicle_time_zone() -> None:
     rec = key(Role.GUEST, schedule="Mon 13:00-14:00")
-    assert authorize(rec, Command.UNLOCK, MONDAY_NOON, BERLIN) is None  # 13:00 in Berlin
-    assert authorize(rec, Command.UNLOCK, MONDAY_NOON, UTC) is Refusal.OUTSIDE_SCHEDULE  # 12:00 in UTC
+    assert authorize(rec, Command.UNLOCK, MONDAY_NOON, BERLIN, trusted=True) is None  # 13:00 in Berlin
+    assert authorize(rec, Command.UNLOCK, MONDAY_NOON, UTC, trusted=True) is Refusal.OUTSIDE_SCHEDULE  # 12:00 in UTC
 
 
 def test_a_schedule_restricts_any_role_and_a_broken_one_refuses() -> None:
-    assert authorize(key(Role.DRIVER, schedule="Sun 10:00-11:00"), Command.START, MONDAY_NOON, UTC) \
+    assert authorize(key(Role.DRIVER, schedule="Sun 10:00-11:00"), Command.START, MONDAY_NOON, UTC, trusted=True) \
         is Refusal.OUTSIDE_SCHEDULE
-    assert authorize(key(Role.GUEST, schedule="Moonday 10:00-11:00"), Command.UNLOCK, MONDAY_NOON, UTC) \
+    assert authorize(key(Role.GUEST, schedule="Moonday 10:00-11:00"), Command.UNLOCK, MONDAY_NOON, UTC, trusted=True) \
         is Refusal.OUTSIDE_SCHEDULE
 
 
@@ -308,15 +308,15 @@ def test_clock_set_back_does_not_revive_an_expired_key(tmp_path: Path) -> None:
     with KeyStore.open(path, create=True) as s:
         s.add_key(guest)
         with GuardedClock(s, source=fake) as clock:
-            assert authorize(s.get_key(guest.key_id), Command.UNLOCK, clock.now(), UTC) is None
+            assert authorize(s.get_key(guest.key_id), Command.UNLOCK, clock.now(), UTC, trusted=True) is None
             fake.t = 5010
-            assert authorize(s.get_key(guest.key_id), Command.UNLOCK, clock.now(), UTC) is Refusal.EXPIRED
+            assert authorize(s.get_key(guest.key_id), Command.UNLOCK, clock.now(), UTC, trusted=True) is Refusal.EXPIRED
     # Restart after someone (or a power cut without an RTC) set the clock back.
     fake.t = 4500
     with KeyStore.open(path, create=True) as s:
         clock = GuardedClock(s, source=fake)
         assert clock.now() == 5010
-        assert authorize(s.get_key(guest.key_id), Command.UNLOCK, clock.now(), UTC) is Refusal.EXPIRED
+        assert authorize(s.get_key(guest.key_id), Command.UNLOCK, clock.now(), UTC, trusted=True) is Refusal.EXPIRED
         clock.close()
 
 

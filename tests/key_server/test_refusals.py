@@ -117,7 +117,7 @@ async def test_refusals_pending_at_shutdown_are_written(tmp_path) -> None:
 
 async def test_an_enrolled_key_refused_by_policy_keeps_its_own_row(tmp_path) -> None:
     """What an owner wants to see (a guest outside its validity) is not folded into counts."""
-    h = await Harness(tmp_path).start()
+    h = await Harness(tmp_path, trusted_clock=True).start()
     try:
         guest = h.enroll(Role.GUEST, "expired guest", valid_until=int(T0) - 10)
         link = await h.connect(guest)

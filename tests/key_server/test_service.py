@@ -21,6 +21,7 @@ from protocol import (
     revoke_args,
 )
 from protocol import Status as S
+from protocol._payloads import TIME_WANTED_HINT
 
 from .harness import Harness
 
@@ -28,6 +29,14 @@ from .harness import Harness
 @pytest.fixture
 async def h(tmp_path):
     harness = await Harness(tmp_path).start()
+    yield harness
+    await harness.stop()
+
+
+@pytest.fixture
+async def ht(tmp_path):
+    """A vehicle whose clock a trusted source confirmed at start: for tests of guests and windows."""
+    harness = await Harness(tmp_path, trusted_clock=True).start()
     yield harness
     await harness.stop()
 
@@ -43,7 +52,8 @@ async def unlock(h: Harness, device: KeyPair, cmd: Command = Command.UNLOCK, **k
             await link.open_secure()
             return StatusReport.decode((await link.secure(cmd)).data)
         result = await link.command(cmd)
-        assert result.status is S.OK and result.data == b"", "a fast-path RESULT must carry nothing in clear"
+        # Nothing in clear but, while the clock is untrusted, the time_wanted hint (PROTOCOL.md §5.3).
+        assert result.status is S.OK and result.data in (b"", TIME_WANTED_HINT), "a fast-path RESULT carried state"
         return to_status_report(h.lock.status())
     finally:
         await link.close()
@@ -160,7 +170,8 @@ async def test_last_owner_cannot_revoke_itself_without_force(h: Harness) -> None
     await link.close()
 
 
-async def test_guest_outside_window_and_schedule(h: Harness) -> None:
+async def test_guest_outside_window_and_schedule(ht: Harness) -> None:
+    h = ht
     weekend = h.enroll(Role.GUEST, "brother", valid_from=int(h.wall) + 3600, valid_until=int(h.wall) + 7200)
     with pytest.raises(VehicleRefused) as info:
         await unlock(h, weekend)
@@ -173,7 +184,8 @@ async def test_guest_outside_window_and_schedule(h: Harness) -> None:
     assert info.value.status is S.KEY_EXPIRED
 
 
-async def test_guest_may_not_start_or_read_keys(h: Harness) -> None:
+async def test_guest_may_not_start_or_read_keys(ht: Harness) -> None:
+    h = ht
     guest = h.enroll(Role.GUEST, "guest")
     with pytest.raises(VehicleRefused) as info:
         await unlock(h, guest, Command.START)
@@ -187,7 +199,8 @@ async def test_guest_may_not_start_or_read_keys(h: Harness) -> None:
     await link.close()
 
 
-async def test_clock_set_back_does_not_revive_an_expired_key(h: Harness) -> None:
+async def test_clock_set_back_does_not_revive_an_expired_key(ht: Harness) -> None:
+    h = ht
     guest = h.enroll(Role.GUEST, valid_until=int(h.wall) + 100)
     h.wall += 200
     with pytest.raises(VehicleRefused):

@@ -232,7 +232,7 @@ def test_unknown_secure_command_is_echoed_as_not_supported() -> None:
     p.device.open_session()
     p.flush_up()
     p.flush_down()
-    p.device.send_secure(0x13)  # a command from a newer protocol revision
+    p.device.send_secure(0x7E)  # a command from a newer protocol revision
     [ev] = p.flush_up()
     assert isinstance(ev, Refused) and ev.status is Status.NOT_SUPPORTED
     [res] = p.flush_down()

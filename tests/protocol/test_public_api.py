@@ -18,6 +18,8 @@ EXPECTED = {
     "parse_code", "parse_list_keys_args", "parse_read_audit_args", "parse_revoke_args", "read_audit_args",
     "revoke_args", "serialize_private_key", "split",
     "PUBLISHED_TEST_KEYS", "is_published_test_key",  # PROTOCOL.md §10.1: what a vehicle refuses to run with or enroll
+    "ClockReport", "set_time_args", "parse_set_time_args", "with_time_wanted",  # PROTOCOL.md §5.7: SET_TIME
+    "fast_result_data",  # PROTOCOL.md §5.3: the only result data of a fast-path RESULT
 }
 
 

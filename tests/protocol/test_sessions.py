@@ -15,10 +15,12 @@ from protocol import (
     SessionOpened,
     SessionReady,
     Status,
+    StatusReport,
     VState,
     split,
 )
 from protocol._codec import decode
+from protocol._payloads import TIME_WANTED_HINT
 
 from .helpers import make_pair, run_pairing
 
@@ -63,6 +65,15 @@ def test_rejects_result_data_on_the_fast_path() -> None:
     p.vehicle.respond(Status.OK)  # the honest answer: the status alone, signed
     [res] = p.flush_down()
     assert res.status is Status.OK and res.data == b""
+    # The one exception (§5.7): the time_wanted hint, which says nothing about the car.
+    p.device.request_challenge()
+    p.flush_up()
+    p.flush_down()
+    p.device.send_command(Command.LOCK)
+    p.flush_up()
+    p.vehicle.respond(Status.OK, TIME_WANTED_HINT)
+    [res] = p.flush_down()
+    assert res.data == TIME_WANTED_HINT and StatusReport.decode(res.data).time_wanted
 
 
 def test_status_is_not_a_fast_command() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from protocol import (
     ChallengeBook,
+    ClockReport,
     Command,
     CommandRequested,
     CommandResult,
@@ -28,6 +29,8 @@ from protocol import (
     chunk_size_for_mtu,
     decode_key_page,
     decode_public_key,
+    parse_set_time_args,
+    set_time_args,
     split,
 )
 from protocol._keys import private_key_from_scalar
@@ -102,7 +105,7 @@ def test_confidential_vector_through_public_api() -> None:
     v = load("confidential.json")
     now = v["inputs"]["now"]
     vehicle, device, _ = _sides(v)
-    challenge, open_, accept, request, response = v["steps"]
+    challenge, open_, accept, request, response, set_time, clock = v["steps"]
     vehicle.push_challenge(now)
     assert vehicle.data_to_send() == _chunks(challenge)
     _feed(device, challenge, now)
@@ -120,6 +123,15 @@ def test_confidential_vector_through_public_api() -> None:
     [res] = _feed(device, response, now)
     total, [key] = decode_key_page(res.data)
     assert total == 1 and key.name == "test device"
+    stated = v["inputs"]["stated_time"]
+    device.send_secure(Command.SET_TIME, set_time_args(stated))
+    assert device.data_to_send() == _chunks(set_time)
+    [req] = _feed(vehicle, set_time, now)
+    assert req.secure and req.command is Command.SET_TIME and parse_set_time_args(req.args) == stated
+    vehicle.respond(Status.OK, ClockReport(stated, True).encode())
+    assert vehicle.data_to_send() == _chunks(clock)
+    [res] = _feed(device, clock, now)
+    assert res.status is Status.OK and ClockReport.decode(res.data) == ClockReport(stated, True)
 
 
 def test_pairing_vector_through_public_api() -> None:
@@ -169,12 +181,14 @@ def test_negative_vectors(case: dict[str, Any]) -> None:
             while (ev := vehicle.next_event(now)) is not None:
                 if isinstance(ev, CommandRequested):
                     seen.append("CommandRequested")
-                    vehicle.respond(Status.OK)
+                    vehicle.respond(Status[case.get("app_status", "OK")])
                 elif isinstance(ev, Refused):
                     seen.append(f"Refused:{ev.status.name}")
         except RemoteProtocolError:
             seen.append("RemoteProtocolError")
     assert seen == case["expect"]
+    if "result_chunks" in case:  # the application's signed answer, byte for byte
+        assert [c.hex() for c in vehicle.data_to_send()] == case["result_chunks"]
 
 
 def test_audit_head_vector() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from protocol import (
     AuditHead,
     AuditRecord,
+    ClockReport,
     Command,
     KeyInfo,
     Paired,
@@ -23,6 +24,7 @@ from protocol import (
     decode,
     encode_audit_page,
     encode_key_page,
+    set_time_args,
     split,
 )
 from protocol._codec import CommandMessage, Message
@@ -35,6 +37,9 @@ CODE = "42123456"
 # A LIST_KEYS answer with one key record (the test device key, owner, created at T0 seconds).
 SAMPLE_KEY_PAGE = encode_key_page([KeyInfo(fixed_key(DEVICE_SCALAR).key_id, 1, "test device", 1000)], 1)[0]
 T0 = 1000.0
+# A SET_TIME statement (PROTOCOL.md §5.7) and the vehicle's answer: accepted, its clock now trusted at that time.
+STATED_TIME = 1_800_000_000
+SAMPLE_CLOCK_REPORT = ClockReport(STATED_TIME, True).encode()
 
 
 def _hex_chunks(chunks: list[bytes]) -> list[str]:
@@ -118,7 +123,7 @@ def unlock(mtu: int) -> dict[str, Any]:
 
 
 def confidential(mtu: int = 247) -> dict[str, Any]:
-    """SESSION_OPEN / SESSION_ACCEPT then a sealed LIST_KEYS and its sealed answer."""
+    """SESSION_OPEN / SESSION_ACCEPT, a sealed LIST_KEYS and its answer, then a sealed SET_TIME and its answer."""
     seed = b"vector-confidential"
     p = make_pair(chunk_size=chunk_size_for_mtu(mtu), rng_seed=seed)
     r = Recorder(p)
@@ -131,8 +136,12 @@ def confidential(mtu: int = 247) -> dict[str, Any]:
     r.up()
     p.vehicle.respond(Status.OK, SAMPLE_KEY_PAGE)
     r.down()
-    return {"description": "confidential session and a sealed LIST_KEYS", "inputs": _inputs(mtu, seed),
-            "steps": r.steps}
+    p.device.send_secure(Command.SET_TIME, set_time_args(STATED_TIME))
+    r.up()
+    p.vehicle.respond(Status.OK, SAMPLE_CLOCK_REPORT)
+    r.down()
+    return {"description": "confidential session, a sealed LIST_KEYS, then a sealed SET_TIME",
+            "inputs": _inputs(mtu, seed, stated_time=STATED_TIME), "steps": r.steps}
 
 
 def pairing(mtu: int = 247) -> dict[str, Any]:
@@ -216,6 +225,14 @@ def negative() -> dict[str, Any]:
     never_issued = CommandMessage(real.key_id, bytes(range(16)), 0x7F, bytes(range(64)), bytes(64))
     unknown_forged = CommandMessage(real.key_id, real.challenge, 0x7F, bytes(range(64)), real.signature)
     args_added = CommandMessage(real.key_id, real.challenge, real.command, b"\x01", real.signature)
+    # The application's refusal of a guest while the clock is untrusted (§5.7): a signed RESULT with status 0x0f.
+    untrusted = make_pair(chunk_size=244, rng_seed=seed)
+    untrusted.vehicle.push_challenge(untrusted.now)
+    untrusted.vehicle.data_to_send()
+    untrusted.vehicle.receive_data(honest, untrusted.now)
+    untrusted.vehicle.next_event(untrusted.now)
+    untrusted.vehicle.respond(Status.CLOCK_UNTRUSTED)
+    untrusted_result = untrusted.vehicle.data_to_send()
     return {
         "description": "writes a vehicle must refuse after pushing the challenge of the first step",
         "inputs": _inputs(247, seed),
@@ -244,6 +261,9 @@ def negative() -> dict[str, Any]:
              "expect": ["Refused:NOT_SUPPORTED"]},
             {"name": "args_added_to_signed_command", "writes": [_one_write(args_added)],
              "expect": ["Refused:DENIED"]},
+            {"name": "time_limited_key_while_clock_untrusted", "writes": [honest.hex()],
+             "expect": ["CommandRequested"], "app_status": "CLOCK_UNTRUSTED",
+             "result_chunks": _hex_chunks(untrusted_result)},
         ],
     }
 
