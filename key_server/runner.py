@@ -19,6 +19,7 @@ from .config import Config
 from .identity import load_identity
 from .radio import check_advertised_name
 from .ratelimit import ActuationLimiter, FailureLimiter
+from .sdnotify import Notifier, watchdog
 from .service import KeyService, ServiceConfig
 from .store import KeyStore
 from .timezone import named_zone
@@ -104,14 +105,21 @@ async def serve(cfg: Config) -> int:
             actuations=ActuationLimiter(rl.actuation_burst, rl.actuation_per_minute),
             link_queue=rl.link_queue, max_links=rl.max_links, max_link_lifetime=rl.max_link_lifetime),
     )
+    systemd = Notifier.from_environ()
+    # Pinged from this loop from the start: registering with BlueZ can take a while, and a loop that hangs
+    # then is as dead as one that hangs later (docs/DEPLOY.md, "Run as a service").
+    pinger = asyncio.create_task(watchdog(systemd), name="systemd watchdog")
     try:
         await service.start()
-        print(f"advertising as {cfg.server.name} (vehicle id {identity.key_id.hex()}, radio {cfg.server.radio})",
-              flush=True)
+        ready = f"advertising as {cfg.server.name} (vehicle id {identity.key_id.hex()}, radio {cfg.server.radio})"
+        print(ready, flush=True)
+        systemd.ready(ready)
         await stop.wait()
         log.info("stopping")
         return ExitCode.OK
     finally:
+        systemd.stopping()
+        pinger.cancel()
         try:
             await service.stop()
         finally:
