@@ -56,7 +56,7 @@ def make_peripheral(cfg: Config) -> Peripheral:
         except ImportError as exc:
             from .radio.ble import bless_missing
 
-            raise CliError(bless_missing(exc)) from None
+            raise CliError(bless_missing(exc), ExitCode.HARDWARE_UNAVAILABLE) from None
         from .radio.ble import BlessPeripheral
 
         return BlessPeripheral(cfg.server.name, adapter=cfg.server.adapter)
