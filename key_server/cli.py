@@ -34,7 +34,7 @@ from .keyadmin import KeyAdmin
 from .pairing import PairingTicket
 from .policy import parse_schedule, parse_when
 from .radio import check_advertised_name
-from .runner import load_vehicle, schedule_zone
+from .runner import load_vehicle, missing_store, schedule_zone
 from .store import PAIRING_SLOTS, KeyRecord, KeyStore, LastOwnerError, NoFreeSlot, StoreError, UnknownKey
 from .timezone import local_zone
 
@@ -73,8 +73,7 @@ config: --config FILE, else whichever of <state-dir>/config.toml and /etc/dkey/c
 @contextlib.contextmanager
 def _open_store(cfg: Config) -> Iterator[KeyStore]:
     if not cfg.store_path.exists():
-        raise CliError(f"no key store in {cfg.state_dir}: run `key-server --state-dir {cfg.state_dir} init` first",
-                       ExitCode.NOT_INITIALISED)
+        raise CliError(missing_store(cfg), ExitCode.NOT_INITIALISED)
     with KeyStore.open(cfg.store_path) as store:
         yield store
 
@@ -260,6 +259,41 @@ def cmd_config(cfg: Config | None, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_backup(cfg: Config, args: argparse.Namespace) -> int:
+    """Write a consistent copy of keys.db (safe while the server runs) to a new file, mode 0600."""
+    from .backup import AuditChainBroken, backup
+
+    if not cfg.store_path.exists():
+        raise CliError(f"no key store at {cfg.store_path}: nothing to back up", ExitCode.NOT_INITIALISED)
+    try:
+        entries = backup(cfg.store_path, args.path)
+    except FileExistsError:
+        raise CliError(f"{args.path} exists: a backup never overwrites a file; name a new one",
+                       ExitCode.ALREADY_EXISTS) from None
+    except AuditChainBroken as exc:
+        raise CliError(str(exc), ExitCode.AUDIT_TAMPERED) from None
+    print(f"backed up {cfg.store_path} to {args.path} (mode 0600, {entries} audit entries, chain intact); "
+          f"back up {cfg.identity_path} too")
+    return ExitCode.OK
+
+
+def cmd_restore(cfg: Config, args: argparse.Namespace) -> int:
+    """Put a backup of keys.db back, after checking its schema, integrity and audit chain."""
+    from .backup import RestoreRefused, restore
+
+    if not args.path.is_file():
+        raise CliError(f"{args.path}: no such backup file", ExitCode.NOT_FOUND)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        entries = restore(args.path, cfg.store_path, force=args.force)
+    except RestoreRefused as exc:
+        raise CliError(str(exc), ExitCode.ALREADY_EXISTS) from None
+    print(f"restored {cfg.store_path} from {args.path} ({entries} audit entries, chain intact)")
+    if not cfg.identity_path.exists():
+        print(f"no vehicle key at {cfg.identity_path}: restore it too (install -m 600 BACKUP {cfg.identity_path})")
+    return ExitCode.OK
+
+
 def cmd_print_file(cfg: Config | None, args: argparse.Namespace) -> int:
     """Print one deployment file shipped in the package (the unit, the drop-in, the udev rule, the sample config)."""
     print(deploy_file(args.name), end="")
@@ -431,6 +465,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hold", type=_ranged(float, 0, MAX_HOLD_S), default=2.0,
                    help=f"seconds before relocking, 0..{MAX_HOLD_S:g} (2)")
     s.set_defaults(func=cmd_actuate)
+
+    s = sub.add_parser("backup", help="write a consistent copy of keys.db to a new file (safe while running)")
+    s.add_argument("path", type=Path, metavar="PATH", help="the new backup file (never overwritten)")
+    s.set_defaults(func=cmd_backup)
+
+    s = sub.add_parser("restore", help="put a verified backup of keys.db back (stop the service first)")
+    s.add_argument("path", type=Path, metavar="PATH", help="a file written by `key-server backup`")
+    s.add_argument("--force", action="store_true", help="replace an existing keys.db")
+    s.set_defaults(func=cmd_restore)
 
     s = sub.add_parser("config", help="print a sample config file with every option")
     s.set_defaults(func=cmd_config)

@@ -90,7 +90,9 @@ def _files(cfg: Config) -> list[DoctorCheck]:
                         f"system time is {behind} s behind the last time seen: no RTC/NTP yet? expiry uses the later"))
             clock.close()
     else:
-        out.append(DoctorCheck("fail", "key store", f"{cfg.store_path} missing: run `key-server init`"))
+        out.append(DoctorCheck("fail", "key store", f"{cfg.store_path} missing: " + (
+            "restore it from a backup (`key-server restore BACKUP`)" if cfg.identity_path.exists()
+            else "run `key-server init`")))
     return out
 
 

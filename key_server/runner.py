@@ -64,10 +64,19 @@ def make_peripheral(cfg: Config) -> Peripheral:
         raise CliError(f"cannot set up the {cfg.server.radio} radio: {exc}") from None
 
 
+def missing_store(cfg: Config) -> str:
+    """What to do about a missing keys.db: init on a fresh state dir, restore where the vehicle key exists."""
+    if cfg.identity_path.exists():
+        # init refuses here (the vehicle key exists), and a new empty store would orphan every paired device.
+        return (f"no key store at {cfg.store_path}, but the vehicle key exists: restore keys.db from a backup "
+                f"(`key-server --state-dir {cfg.state_dir} restore BACKUP`)")
+    return f"{cfg.state_dir} is not initialised: run `key-server --state-dir {cfg.state_dir} init` first"
+
+
 def load_vehicle(cfg: Config) -> KeyPair:
     """The vehicle identity; CliError(NOT_INITIALISED) before `init`; load_identity's errors for a bad key file."""
     if not cfg.identity_path.exists() or not cfg.store_path.exists():
-        raise CliError(f"{cfg.state_dir} is not initialised: run `key-server init` first", ExitCode.NOT_INITIALISED)
+        raise CliError(missing_store(cfg), ExitCode.NOT_INITIALISED)
     return load_identity(cfg.identity_path)
 
 

@@ -761,6 +761,33 @@ class KeyStore:
         result = [str(row[0]) for row in self._query("PRAGMA integrity_check")]
         return [] if result == ["ok"] else result
 
+    def backup_to(self, dest: Path) -> None:
+        """Copy the whole store to a new file `dest` (mode 0600) with SQLite's online backup API.
+
+        One snapshot: keys, pairings and the audit chain as of one moment, even while the server writes (the
+        copy restarts if a writer changes a page mid-way). The copy is a single file (rollback journal, not WAL).
+        Raises FileExistsError if `dest` exists: a backup never overwrites anything.
+        """
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        os.close(fd)
+        try:
+            target = sqlite3.connect(dest, isolation_level=None)
+            try:
+                with self._lock:
+                    self._conn().backup(target)
+                target.execute("PRAGMA journal_mode=DELETE")  # no -wal file beside the backup
+                problems = [str(r[0]) for r in target.execute("PRAGMA integrity_check")]
+                if problems != ["ok"]:
+                    raise StoreError(f"the backup {dest} does not verify: {problems}")
+            finally:
+                target.close()
+            with open(dest, "rb") as fh:
+                os.fsync(fh.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(dest)
+            raise
+
 
 # --------------------------------------------------------------------------------------------------------------
 # helpers
