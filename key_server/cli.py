@@ -117,6 +117,8 @@ def cmd_init(cfg: Config, args: argparse.Namespace) -> int:
         # A config exists already (--config, /etc/dkey/config.toml): a second one in the state dir would shadow it
         # or make the two ambiguous (config.find_config), so init writes none.
         print(f"configuration: {cfg.source}")
+        if args.name is not None:
+            print(f"--name not written anywhere: set [server] name = \"{args.name}\" in {cfg.source}")
     elif not config_file.exists():
         # args.name passed check_advertised_name: it cannot break out of the TOML string.
         text = SAMPLE_CONFIG if args.name is None else SAMPLE_CONFIG.replace('name = "dkey"', f'name = "{args.name}"')
