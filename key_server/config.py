@@ -121,7 +121,7 @@ class TopLevel:
     """Keys outside any table."""
 
     state_dir: str | None = setting(
-        None, help="where the vehicle key, key store and config live (default: /var/lib/dkey for root)",
+        None, help="where the vehicle key, key store and config live (default: /var/lib/dkey for root and its owner)",
         min=1, check=_absolute_path, allowed="an absolute path")
 
 
