@@ -38,7 +38,7 @@ MEANING: dict[ExitCode, str] = {
     ExitCode.OUTCOME_UNKNOWN: "outcome unknown: the command was sent but not answered; the vehicle may have acted",
     ExitCode.BUSY: "the vehicle is busy or rate-limiting: retry in a few seconds",
     ExitCode.KEYS: "key file or keychain problem (missing key, unsafe permissions, unreadable, passphrase)",
-    ExitCode.NOT_INITIALISED: "not initialised: run `key-server init` first",
+    ExitCode.NOT_INITIALISED: "not initialised: `key-server init` (or `key-server restore` if the vehicle key exists)",
     ExitCode.ALREADY_EXISTS: "already initialised (init never overwrites a vehicle identity)",
     ExitCode.AUDIT_TAMPERED: "the audit log failed verification",
     ExitCode.CHECK_FAILED: "a check failed (`doctor`, or `actuate --test` found an actuator fault)",
