@@ -68,7 +68,9 @@ async def check_hardware(config: ActuatorConfig, *, pin_factory: Any = None) -> 
     try:
         factory_detail = _pin_factory_detail(pin_factory)
     except Exception as exc:  # noqa: BLE001  # whatever fails here is a finding to report, not raise
-        checks.append(Check("gpio backend", CheckLevel.FAIL, f"{type(exc).__name__}: {exc}"))
+        checks.append(Check("gpio backend", CheckLevel.FAIL, f"no GPIO backend loads ({type(exc).__name__}: {exc}): "
+                            "a Pi needs lgpio, from the system package python3-lgpio in a venv made with "
+                            "--system-site-packages (docs/DEPLOY.md)"))
         return checks
     checks.append(Check("gpio backend", CheckLevel.OK, factory_detail))
     try:

@@ -225,3 +225,17 @@ def test_kernel_warning_names_only_the_affected_builds(release: str, warned: boo
     assert (warning is not None) == warned
     if warning:
         assert release in warning and "raspberrypi/linux#7473" in warning
+
+
+def test_doctor_fails_in_plain_words_when_no_gpio_backend_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from gpiozero import Device
+
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "no-such-factory")
+    monkeypatch.setattr(Device, "pin_factory", None)
+    path = tmp_path / "config.toml"
+    path.write_text('[server]\nradio = "sim"\n[actuator]\nkind = "pulse"\nunlock_pin = 17\nactive_high = true\n')
+    code = main(["--state-dir", str(tmp_path / "s"), "--config", str(path), "doctor", "--json"])
+    assert code == ExitCode.CHECK_FAILED
+    (backend,) = [c for c in json.loads(capsys.readouterr().out) if c["check"] == "gpio: gpio backend"]
+    assert backend["level"] == "fail" and "python3-lgpio" in backend["detail"]
