@@ -1,4 +1,4 @@
-"""A wall clock that never goes backwards, even across restarts (docs/DEPLOY.md §7, docs/THREAT_MODEL.md §4.6).
+"""A wall clock that never goes backwards, even across restarts (docs/DEPLOY.md §9, docs/THREAT_MODEL.md §4.6).
 
 A Raspberry Pi has no real-time clock: after a power cut it boots with whatever time it saved last (or 1970)
 until NTP answers, and anyone with a shell can set the clock back. Expiry must survive both, so the server asks

@@ -1,6 +1,6 @@
 """The vehicle's key store: enrolled device keys, pending pairings and small metadata in one SQLite file.
 
-Durability and sharing (docs/PROTOCOL.md §11 property 6, docs/DEPLOY.md §5):
+Durability and sharing (docs/PROTOCOL.md §11 property 6, docs/DEPLOY.md §6):
 - WAL journal + ``synchronous=FULL``: every committed change (a revocation above all) is fsynced to the WAL
   before the call returns, so an acknowledged change survives a crash or a power cut.
 - The running server and the CLI are separate processes on the same file. Every change runs in one
@@ -812,7 +812,7 @@ _HEADER_LEN: Final = 100
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 # The tables schema version 1 made; a file at version >= 1 without them is not ours, whatever it claims.
 _SCHEMA_1_TABLES: Final = frozenset({"keys", "pairings", "meta", "audit"})
-_RESTORE: Final = "restore keys.db from a backup (docs/DEPLOY.md §6); key-server will not re-create it"
+_RESTORE: Final = "restore keys.db from a backup (`key-server restore`, docs/DEPLOY.md §7); it is never re-created"
 
 
 def _check_state_dir(directory: Path) -> None:
