@@ -24,6 +24,7 @@ class ExitCode(enum.IntEnum):
     CHECK_FAILED = 12  # `doctor` found a failing check, or `actuate --test` an actuator fault
     CONFIG = 13  # a configuration file is invalid: the message names the file, key, value and what is allowed
     STORE_UNUSABLE = 14  # keys.db is empty, truncated, not SQLite or another schema: restore it, never re-created
+    HARDWARE_UNAVAILABLE = 16  # the GPIO backend (lgpio) or the vehicle install (bless) is missing: no restart helps
     INTERRUPTED = 130  # Ctrl-C or SIGTERM before anything was sent (after an actuating command: OUTCOME_UNKNOWN)
 
 
@@ -37,12 +38,13 @@ MEANING: dict[ExitCode, str] = {
     ExitCode.OUTCOME_UNKNOWN: "outcome unknown: the command was sent but not answered; the vehicle may have acted",
     ExitCode.BUSY: "the vehicle is busy or rate-limiting: retry in a few seconds",
     ExitCode.KEYS: "key file or keychain problem (missing key, unsafe permissions, unreadable, passphrase)",
-    ExitCode.NOT_INITIALISED: "not initialised: run `key-server init` first",
+    ExitCode.NOT_INITIALISED: "not initialised: `key-server init` (or `key-server restore` if the vehicle key exists)",
     ExitCode.ALREADY_EXISTS: "already initialised (init never overwrites a vehicle identity)",
     ExitCode.AUDIT_TAMPERED: "the audit log failed verification",
     ExitCode.CHECK_FAILED: "a check failed (`doctor`, or `actuate --test` found an actuator fault)",
     ExitCode.CONFIG: "invalid configuration (file, key, value and what is allowed are named)",
     ExitCode.STORE_UNUSABLE: "the key store is empty, truncated or not a key store: restore it from a backup",
+    ExitCode.HARDWARE_UNAVAILABLE: "the GPIO backend or the vehicle install is missing (see docs/DEPLOY.md)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C / SIGTERM) before anything was sent",
 }
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ._config import ActuatorConfig, Pin, bcm_number
 from ._drivers import EventListener
-from ._errors import ActuatorError, HardwareUnavailableError
+from ._errors import ActuatorError, BackendUnavailableError
 from ._sim import SimulatedLock
 from ._types import ActuatorStatus, Lock
 
@@ -23,7 +23,7 @@ def build_lock(config: ActuatorConfig, *, pin_factory: Any = None, on_change: Ev
     try:
         gpio = importlib.import_module("hardware.gpio")  # lazily: the package imports without gpiozero
     except ImportError as exc:
-        raise HardwareUnavailableError(
+        raise BackendUnavailableError(
             f"{config.kind} relay needs gpiozero: pip install 'wearable-dkey[pi]' ({exc})"
         ) from exc
     lock: Lock = gpio.build_gpio_lock(config, pin_factory=pin_factory, on_change=on_change)
@@ -68,7 +68,9 @@ async def check_hardware(config: ActuatorConfig, *, pin_factory: Any = None) -> 
     try:
         factory_detail = _pin_factory_detail(pin_factory)
     except Exception as exc:  # noqa: BLE001  # whatever fails here is a finding to report, not raise
-        checks.append(Check("gpio backend", CheckLevel.FAIL, f"{type(exc).__name__}: {exc}"))
+        checks.append(Check("gpio backend", CheckLevel.FAIL, f"no GPIO backend loads ({type(exc).__name__}: {exc}): "
+                            "a Pi needs lgpio, from the system package python3-lgpio in a venv made with "
+                            "--system-site-packages (docs/DEPLOY.md)"))
         return checks
     checks.append(Check("gpio backend", CheckLevel.OK, factory_detail))
     try:
@@ -93,7 +95,7 @@ def _pin_factory_detail(pin_factory: Any) -> str:
     try:
         from gpiozero import Device
     except ImportError as exc:
-        raise HardwareUnavailableError("gpiozero is not installed: pip install 'wearable-dkey[pi]'") from exc
+        raise BackendUnavailableError("gpiozero is not installed: pip install 'wearable-dkey[pi]'") from exc
     if pin_factory is not None:
         return type(pin_factory).__name__
     with warnings.catch_warnings(record=True) as caught:

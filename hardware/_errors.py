@@ -33,6 +33,10 @@ class HardwareUnavailableError(ActuatorError):
     """The GPIO backend or a pin could not be opened: gpiozero/lgpio missing, not a Pi, pin busy or invalid."""
 
 
+class BackendUnavailableError(HardwareUnavailableError):
+    """No GPIO backend loads (gpiozero or lgpio missing, no pin factory works): an install problem, not a busy pin."""
+
+
 class NotConfiguredError(ActuatorError):
     """The command needs an output that is not wired (e.g. start-enable without ``start_pin``)."""
 

@@ -15,7 +15,7 @@ from gpiozero import DigitalInputDevice, OutputDevice
 from ._backend import BinaryInput, Relay
 from ._config import ActuatorConfig, DoorPull, Pin
 from ._drivers import DRIVERS, EventListener, RelayLock
-from ._errors import HardwareUnavailableError
+from ._errors import BackendUnavailableError, HardwareUnavailableError
 
 _PULL_UP: dict[DoorPull, bool | None] = {"up": True, "down": False, "none": None}
 
@@ -79,6 +79,13 @@ class GpioInput:
         self._device.close()
 
 
+def _backend_missing(exc: Exception) -> bool:
+    """Whether gpiozero failed for want of a pin factory (a missing module), not over a pin (busy, invalid)."""
+    from gpiozero import BadPinFactory
+
+    return isinstance(exc, ImportError | BadPinFactory)
+
+
 def build_gpio_lock(
     config: ActuatorConfig, *, pin_factory: Any = None, on_change: EventListener | None = None
 ) -> RelayLock:
@@ -95,6 +102,10 @@ def build_gpio_lock(
             if config.door_pin is not None:
                 door = GpioInput(config.door_pin, pull=config.door_pull, pin_factory=pin_factory)
         except Exception as exc:  # gpiozero: BadPinFactory, GPIOPinInUse, PinInvalidPin, lgpio errors...
+            if _backend_missing(exc):
+                raise BackendUnavailableError(
+                    f"no GPIO backend loads ({type(exc).__name__}: {exc}): a Pi needs lgpio, from the system package "
+                    "python3-lgpio in a venv made with --system-site-packages (docs/DEPLOY.md)") from exc
             raise HardwareUnavailableError(f"could not open the GPIO pins: {type(exc).__name__}: {exc}") from exc
         return DRIVERS[config.relay_kind](config, relays, door=door, on_change=on_change)
     except BaseException:

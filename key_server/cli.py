@@ -1,4 +1,4 @@
-"""The `key-server` command line: init, run, pair, keys, revoke, audit, doctor, actuate, config.
+"""The `key-server` command line: init, run, pair, keys, revoke, audit, doctor, actuate, config, print-file.
 
 Each command is a thin shell over the use cases (keyadmin.py, enrollment.py) or the runner; every failure ends
 as one line on stderr and an exit code from dkey_link.exit_codes (cli_errors.explain), never a traceback.
@@ -27,13 +27,14 @@ from .audit import MAX_READ, AuditEvent, AuditLog
 from .cli_errors import CliError, explain
 from .clock import GuardedClock
 from .config import CHALLENGE_TTL_MAX, CHALLENGE_TTL_MIN, SAMPLE_CONFIG, Config, ConfigError, load_config, override
+from .deploy_files import DEPLOY_FILES, deploy_file
 from .enrollment import MAX_ATTEMPTS, Enrollment
 from .identity import IdentityExists, create_identity
 from .keyadmin import KeyAdmin
 from .pairing import PairingTicket
 from .policy import parse_schedule, parse_when
 from .radio import check_advertised_name
-from .runner import load_vehicle, schedule_zone
+from .runner import load_vehicle, missing_store, schedule_zone
 from .store import PAIRING_SLOTS, KeyRecord, KeyStore, LastOwnerError, NoFreeSlot, StoreError, UnknownKey
 from .timezone import local_zone
 
@@ -46,7 +47,7 @@ MAX_HOLD_S: Final = 60.0  # actuate --test: longer than any sane strike hold, sh
 SERVER_EXIT_CODES: Final = (
     ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE, ExitCode.DENIED, ExitCode.NOT_FOUND, ExitCode.KEYS,
     ExitCode.NOT_INITIALISED, ExitCode.ALREADY_EXISTS, ExitCode.AUDIT_TAMPERED, ExitCode.CHECK_FAILED,
-    ExitCode.CONFIG, ExitCode.STORE_UNUSABLE, ExitCode.INTERRUPTED,
+    ExitCode.CONFIG, ExitCode.STORE_UNUSABLE, ExitCode.HARDWARE_UNAVAILABLE, ExitCode.INTERRUPTED,
 )
 
 EPILOG = help_table(SERVER_EXIT_CODES) + """
@@ -56,9 +57,13 @@ environment:
   DKEY_RADIO      ble | sim: the radio `run` serves (--radio, else $DKEY_RADIO, else [server] radio)
   DKEY_SIM_DIR    sim radio air directory (--sim-dir, else $DKEY_SIM_DIR, else [server] sim_dir)
 
-files: <state-dir>/vehicle_key.pem (0600), <state-dir>/keys.db (0600; only init creates it),
-       <state-dir>/config.toml; the state dir must not be writable by others (init makes it 0700)
-state dir: --state-dir, else $DKEY_STATE_DIR, else /var/lib/dkey as root, else ~/.local/state/dkey
+files: <state-dir>/vehicle_key.pem (0600), <state-dir>/keys.db (0600; only init creates it);
+       the state dir must not be writable by others (init makes it 0700)
+state dir: --state-dir, else $DKEY_STATE_DIR, else /var/lib/dkey as root or as the user owning it (the service
+       user), else ~/.local/state/dkey
+config: --config FILE, else whichever of <state-dir>/config.toml and /etc/dkey/config.toml exists (both: an
+       error, never a silent pick), else the defaults (simulated lock); init writes <state-dir>/config.toml only
+       when neither exists
 """
 
 
@@ -68,8 +73,7 @@ state dir: --state-dir, else $DKEY_STATE_DIR, else /var/lib/dkey as root, else ~
 @contextlib.contextmanager
 def _open_store(cfg: Config) -> Iterator[KeyStore]:
     if not cfg.store_path.exists():
-        raise CliError(f"no key store in {cfg.state_dir}: run `key-server --state-dir {cfg.state_dir} init` first",
-                       ExitCode.NOT_INITIALISED)
+        raise CliError(missing_store(cfg), ExitCode.NOT_INITIALISED)
     with KeyStore.open(cfg.store_path) as store:
         yield store
 
@@ -109,7 +113,13 @@ def cmd_init(cfg: Config, args: argparse.Namespace) -> int:
     with KeyStore.open(cfg.store_path, create=True) as store:  # the one command that may create a store
         AuditLog(store).append(AuditEvent.ADMIN, ts=GuardedClock(store).now(), detail={"action": "init"})
     config_file = cfg.state_dir / "config.toml"
-    if not config_file.exists():
+    if cfg.source is not None:
+        # A config exists already (--config, /etc/dkey/config.toml): a second one in the state dir would shadow it
+        # or make the two ambiguous (config.find_config), so init writes none.
+        print(f"configuration: {cfg.source}")
+        if args.name is not None:
+            print(f"--name not written anywhere: set [server] name = \"{args.name}\" in {cfg.source}")
+    elif not config_file.exists():
         # args.name passed check_advertised_name: it cannot break out of the TOML string.
         text = SAMPLE_CONFIG if args.name is None else SAMPLE_CONFIG.replace('name = "dkey"', f'name = "{args.name}"')
         config_file.write_text(text)
@@ -273,6 +283,56 @@ def cmd_config(cfg: Config | None, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_backup(cfg: Config, args: argparse.Namespace) -> int:
+    """Write a consistent copy of keys.db (safe while the server runs) to a new file, mode 0600."""
+    from .backup import AuditChainBroken, backup
+
+    if not cfg.store_path.exists():
+        raise CliError(f"no key store at {cfg.store_path}: nothing to back up", ExitCode.NOT_INITIALISED)
+    try:
+        entries = backup(cfg.store_path, args.path)
+    except FileExistsError:
+        raise CliError(f"{args.path} exists: a backup never overwrites a file; name a new one",
+                       ExitCode.ALREADY_EXISTS) from None
+    except AuditChainBroken as exc:
+        raise CliError(str(exc), ExitCode.AUDIT_TAMPERED) from None
+    print(f"backed up {cfg.store_path} to {args.path} (mode 0600, {entries} audit entries, chain intact); "
+          f"back up {cfg.identity_path} too")
+    return ExitCode.OK
+
+
+def cmd_restore(cfg: Config, args: argparse.Namespace) -> int:
+    """Put a backup of keys.db back, after checking its schema, integrity and audit chain."""
+    from .backup import RestoreRefused, restore
+
+    if not args.path.is_file():
+        raise CliError(f"{args.path}: no such backup file", ExitCode.NOT_FOUND)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        entries = restore(args.path, cfg.store_path, force=args.force)
+    except RestoreRefused as exc:
+        raise CliError(str(exc), ExitCode.ALREADY_EXISTS) from None
+    print(f"restored {cfg.store_path} from {args.path} ({entries} audit entries, chain intact)")
+    if not cfg.identity_path.exists():
+        print(f"no vehicle key at {cfg.identity_path}: restore it too (install -m 600 BACKUP {cfg.identity_path})")
+    return ExitCode.OK
+
+
+def cmd_print_file(cfg: Config | None, args: argparse.Namespace) -> int:
+    """Print one deployment file shipped in the package (the unit, the drop-in, the udev rule, the sample config)."""
+    print(deploy_file(args.name), end="")
+    return ExitCode.OK
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wearable-dkey")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def cmd_actuate(cfg: Config, args: argparse.Namespace) -> int:
     """Pulse the lock once with no key, to test the wiring."""
     if not args.test:
@@ -367,9 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = _Parser(prog="key-server", description="The vehicle side of the wearable digital key.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"key-server {_version()}")
     p.add_argument("--state-dir", type=Path, help="where the vehicle key, key store and config live")
     p.add_argument("--config", type=Path,
-                   help="config file (default: <state-dir>/config.toml, else /etc/dkey/config.toml)")
+                   help="config file (default: <state-dir>/config.toml or /etc/dkey/config.toml, whichever exists)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--debug", action="store_true", help="debug logging, and the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -432,8 +493,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds before relocking, 0..{MAX_HOLD_S:g} (2)")
     s.set_defaults(func=cmd_actuate)
 
+    s = sub.add_parser("backup", help="write a consistent copy of keys.db to a new file (safe while running)")
+    s.add_argument("path", type=Path, metavar="PATH", help="the new backup file (never overwritten)")
+    s.set_defaults(func=cmd_backup)
+
+    s = sub.add_parser("restore", help="put a verified backup of keys.db back (stop the service first)")
+    s.add_argument("path", type=Path, metavar="PATH", help="a file written by `key-server backup`")
+    s.add_argument("--force", action="store_true", help="replace an existing keys.db")
+    s.set_defaults(func=cmd_restore)
+
     s = sub.add_parser("config", help="print a sample config file with every option")
     s.set_defaults(func=cmd_config)
+
+    where = "; ".join(f"{name} -> {path}" for name, path in DEPLOY_FILES.items())
+    s = sub.add_parser("print-file", help="print a shipped deployment file: the systemd unit, drop-in, udev rule, "
+                       "Pi config", description=f"Print a file docs/DEPLOY.md installs ({where}).")
+    s.add_argument("name", choices=list(DEPLOY_FILES), metavar="NAME", help=", ".join(DEPLOY_FILES))
+    s.set_defaults(func=cmd_print_file)
     return p
 
 
@@ -474,8 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help, or a usage error argparse has already printed
             return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
         debug = bool(args.debug)
-        if args.command == "config":
-            return cmd_config(None, args)
+        if args.command in ("config", "print-file"):  # need no config: they help write one
+            return int(args.func(None, args))
         if args.command == "doctor":  # reports a bad config as a failing check instead of stopping at it
             return cmd_doctor(None, args)
         cfg = load_config(args.config, args.state_dir)

@@ -11,7 +11,7 @@ import sqlite3
 from dkey_link.contract import RadioError
 from dkey_link.exit_codes import ExitCode
 from dkey_link.secretfile import SecretFileError
-from hardware import ActuatorConfigError, ActuatorError, HardwareUnavailableError
+from hardware import ActuatorConfigError, ActuatorError, BackendUnavailableError, HardwareUnavailableError
 
 from .config import ConfigError
 from .identity import UnusableIdentity
@@ -53,7 +53,9 @@ def explain(exc: BaseException) -> tuple[str, ExitCode]:
         return one_line(exc), ExitCode.STORE_UNUSABLE
     if isinstance(exc, StoreError | sqlite3.Error):
         return f"key store error: {one_line(exc)}", ExitCode.ERROR
-    if isinstance(exc, HardwareUnavailableError):
+    if isinstance(exc, BackendUnavailableError):  # an install problem: the unit's RestartPreventExitStatus stops here
+        return f"actuator unavailable: {one_line(exc)}", ExitCode.HARDWARE_UNAVAILABLE
+    if isinstance(exc, HardwareUnavailableError):  # a busy or invalid pin: a restart may find it free
         return f"actuator unavailable: {one_line(exc)}", ExitCode.ERROR
     if isinstance(exc, ActuatorError):
         return f"actuator fault: {one_line(exc)}", ExitCode.ERROR

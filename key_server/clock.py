@@ -1,5 +1,5 @@
 """The vehicle's clock: never goes backwards, and is not trusted until a source confirms it (docs/THREAT_MODEL.md
-§4.6, docs/PROTOCOL.md §5.7, docs/DEPLOY.md §7).
+§4.6, docs/PROTOCOL.md §5.7, docs/DEPLOY.md §9).
 
 A Raspberry Pi has no real-time clock unless one is fitted: after a power cut it boots with whatever time it saved
 last (or 1970) until NTP answers, and a car has no network. Two guards follow.

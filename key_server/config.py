@@ -79,14 +79,21 @@ class ConfigError(ValueError):
 
 
 def default_state_dir() -> Path:
-    """$DKEY_STATE_DIR, else /var/lib/dkey for root (the service), else ~/.local/state/dkey."""
+    """$DKEY_STATE_DIR, else /var/lib/dkey for root or its owner (the service user), else ~/.local/state/dkey."""
     env = os.environ.get("DKEY_STATE_DIR")
     if env:
         return Path(env)
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 or _owned_by_me(SYSTEM_STATE_DIR):
         return SYSTEM_STATE_DIR
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "dkey"
+
+
+def _owned_by_me(path: Path) -> bool:
+    try:
+        return path.stat().st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -116,7 +123,7 @@ class TopLevel:
     """Keys outside any table."""
 
     state_dir: str | None = setting(
-        None, help="where the vehicle key, key store and config live (default: /var/lib/dkey for root)",
+        None, help="where the vehicle key, key store and config live (default: /var/lib/dkey for root and its owner)",
         min=1, check=_absolute_path, allowed="an absolute path")
 
 
@@ -202,7 +209,7 @@ class AuditOptions:
 
 @dataclass(slots=True)
 class ClockOptions:
-    """The [clock] table: which sources may confirm the vehicle's clock (docs/PROTOCOL.md §5.7, DEPLOY.md §7).
+    """The [clock] table: which sources may confirm the vehicle's clock (docs/PROTOCOL.md §5.7, DEPLOY.md §9).
 
     Until one of them does, guests and keys with a validity window or schedule are refused CLOCK_UNTRUSTED.
     """
@@ -268,15 +275,35 @@ class Config:
 # ---------------------------------------------------------------------------------------------- loading
 
 
+def find_config(state_dir: Path) -> Path | None:
+    """The one config file without --config: <state_dir>/config.toml or /etc/dkey/config.toml, never a silent pick.
+
+    Both present is a ConfigError: one would shadow the other, and which lock key-server drives must not depend
+    on a file someone forgot (`init` once wrote a simulated-lock config into the state dir that won over /etc).
+    """
+    found = [c for c in (state_dir / "config.toml", SYSTEM_CONFIG) if c.exists()]
+    if len(found) == 2 and not _same_file(*found):
+        raise ConfigError(f"two config files, {found[0]} and {found[1]}: pass --config with the one to use, or move "
+                          "the other away", file=found[0])
+    return found[0] if found else None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
 def load_config(path: Path | None, state_dir: Path | None = None) -> Config:
-    """Read `path` (or <state_dir>/config.toml, or /etc/dkey/config.toml, whichever exists) over the defaults.
+    """Read `path`, else the one file find_config names, over the defaults.
 
     Every key is checked here, so a bad file stops the program at start with one ConfigError line.
     """
     sd = state_dir or default_state_dir()
     if path is not None and not path.exists():
         raise ConfigError(f"{path}: no such config file", file=path)
-    source = path if path is not None else next((c for c in (sd / "config.toml", SYSTEM_CONFIG) if c.exists()), None)
+    source = path if path is not None else find_config(sd)
     data: dict[str, Any] = {}
     if source is not None:
         try:

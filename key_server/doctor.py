@@ -8,7 +8,7 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 from hardware import CheckLevel, check_hardware
 from protocol import Role
@@ -91,7 +91,9 @@ def _files(cfg: Config) -> list[DoctorCheck]:
             out += _clock_trust(clock, cfg)
             clock.close()
     else:
-        out.append(DoctorCheck("fail", "key store", f"{cfg.store_path} missing: run `key-server init`"))
+        out.append(DoctorCheck("fail", "key store", f"{cfg.store_path} missing: " + (
+            "restore it from a backup (`key-server restore BACKUP`)" if cfg.identity_path.exists()
+            else "run `key-server init`")))
     return out
 
 
@@ -154,12 +156,35 @@ def _bluetooth(cfg: Config) -> list[DoctorCheck]:
         out.append(DoctorCheck("ok" if "bluetooth" in groups else "warn", "permissions",
                     "in group bluetooth" if "bluetooth" in groups else
                     "not root and not in group 'bluetooth': BlueZ may refuse to register the GATT application"))
-    release = os.uname().release
-    if release.startswith(("6.12.", "6.18.")) and "rpi" in release:
-        out.append(DoctorCheck("warn", "kernel",
-                               f"{release}: some Pi kernels fail LE advertising with 'Invalid Parameters "
-                               "(0x0d)' (raspberrypi/linux#7473); see docs/DEPLOY.md"))
+    warning = kernel_warning(os.uname().release)
+    if warning:
+        out.append(DoctorCheck("warn", "kernel", warning))
     return out
+
+
+# Raspberry Pi kernel builds whose LE advertising through BlueZ's D-Bus API fails with "Invalid Parameters (0x0d)":
+# 6.12.93+rpt (6.12.87+rpt works: RPi-Distro/repo#407, bluez#2269) and 6.18.34+rpt (raspberrypi/linux#7473,
+# bluez#2268). Only these are named: a warning on every 6.12 kernel would teach people to ignore it.
+ADVERTISING_BROKEN_KERNELS: Final = ("6.12.93", "6.18.34")
+
+
+def kernel_warning(release: str) -> str | None:
+    """The warning for a Pi kernel build known to break LE advertising, or None (`uname -r` as `release`)."""
+    version, _, build = release.partition("+")
+    if version in ADVERTISING_BROKEN_KERNELS and ("rpt" in build or "rpi" in build):
+        return (f"{release}: this Raspberry Pi kernel build fails LE advertising with 'Invalid Parameters (0x0d)' "
+                "(raspberrypi/linux#7473); use another kernel (docs/DEPLOY.md, Bluetooth set-up)")
+    return None
+
+
+def check_lock_matches_radio(cfg: Config) -> DoctorCheck | None:
+    """A real radio with the simulated lock: phones would 'unlock' a car whose lock never moves."""
+    if cfg.server.radio == "ble" and cfg.actuator.kind == "sim":
+        return DoctorCheck("fail", "actuator",
+                           "the real Bluetooth radio is configured with the simulated lock ([actuator] kind = "
+                           f"\"sim\" in {cfg.source or 'the defaults'}): set kind and pins (docs/HARDWARE.md), "
+                           "or use --radio sim for a test")
+    return None
 
 
 def _system_bus_present() -> bool:
@@ -198,6 +223,9 @@ async def run_checks(cfg: Config) -> list[DoctorCheck]:
     if checks[0].level == "fail":
         return [*checks, DoctorCheck("warn", "other checks", "skipped: fix the config first")]
     checks += _files(cfg) + _bluetooth(cfg) + await _bluez_over_dbus(cfg)
+    mismatch = check_lock_matches_radio(cfg)
+    if mismatch is not None:
+        checks.append(mismatch)
     try:
         for c in await check_hardware(cfg.actuator):
             checks.append(DoctorCheck(_GPIO_LEVEL.get(c.level, "warn"), f"gpio: {c.name}", c.detail))

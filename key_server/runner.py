@@ -19,6 +19,7 @@ from .config import ClockOptions, Config
 from .identity import load_identity
 from .radio import check_advertised_name
 from .ratelimit import ActuationLimiter, FailureLimiter
+from .sdnotify import Notifier, watchdog
 from .service import KeyService, ServiceConfig
 from .store import KeyStore
 from .timezone import named_zone
@@ -65,7 +66,7 @@ def make_peripheral(cfg: Config) -> Peripheral:
         except ImportError as exc:
             from .radio.ble import bless_missing
 
-            raise CliError(bless_missing(exc)) from None
+            raise CliError(bless_missing(exc), ExitCode.HARDWARE_UNAVAILABLE) from None
         from .radio.ble import BlessPeripheral
 
         return BlessPeripheral(cfg.server.name, adapter=cfg.server.adapter)
@@ -73,10 +74,19 @@ def make_peripheral(cfg: Config) -> Peripheral:
         raise CliError(f"cannot set up the {cfg.server.radio} radio: {exc}") from None
 
 
+def missing_store(cfg: Config) -> str:
+    """What to do about a missing keys.db: init on a fresh state dir, restore where the vehicle key exists."""
+    if cfg.identity_path.exists():
+        # init refuses here (the vehicle key exists), and a new empty store would orphan every paired device.
+        return (f"no key store at {cfg.store_path}, but the vehicle key exists: restore keys.db from a backup "
+                f"(`key-server --state-dir {cfg.state_dir} restore BACKUP`)")
+    return f"{cfg.state_dir} is not initialised: run `key-server --state-dir {cfg.state_dir} init` first"
+
+
 def load_vehicle(cfg: Config) -> KeyPair:
     """The vehicle identity; CliError(NOT_INITIALISED) before `init`; load_identity's errors for a bad key file."""
     if not cfg.identity_path.exists() or not cfg.store_path.exists():
-        raise CliError(f"{cfg.state_dir} is not initialised: run `key-server init` first", ExitCode.NOT_INITIALISED)
+        raise CliError(missing_store(cfg), ExitCode.NOT_INITIALISED)
     return load_identity(cfg.identity_path)
 
 
@@ -116,14 +126,21 @@ async def serve(cfg: Config) -> int:
             link_queue=rl.link_queue, max_links=rl.max_links, max_link_lifetime=rl.max_link_lifetime,
             statements=statement_bounds(cfg.clock)),
     )
+    systemd = Notifier.from_environ()
+    # Pinged from this loop from the start: registering with BlueZ can take a while, and a loop that hangs
+    # then is as dead as one that hangs later (docs/DEPLOY.md, "Run as a service").
+    pinger = asyncio.create_task(watchdog(systemd), name="systemd watchdog")
     try:
         await service.start()
-        print(f"advertising as {cfg.server.name} (vehicle id {identity.key_id.hex()}, radio {cfg.server.radio})",
-              flush=True)
+        ready = f"advertising as {cfg.server.name} (vehicle id {identity.key_id.hex()}, radio {cfg.server.radio})"
+        print(ready, flush=True)
+        systemd.ready(ready)
         await stop.wait()
         log.info("stopping")
         return ExitCode.OK
     finally:
+        systemd.stopping()
+        pinger.cancel()
         try:
             await service.stop()
         finally:

@@ -1,6 +1,6 @@
 """The vehicle's key store: enrolled device keys, pending pairings and small metadata in one SQLite file.
 
-Durability and sharing (docs/PROTOCOL.md §11 property 6, docs/DEPLOY.md §5):
+Durability and sharing (docs/PROTOCOL.md §11 property 6, docs/DEPLOY.md §6):
 - WAL journal + ``synchronous=FULL``: every committed change (a revocation above all) is fsynced to the WAL
   before the call returns, so an acknowledged change survives a crash or a power cut.
 - The running server and the CLI are separate processes on the same file. Every change runs in one
@@ -761,6 +761,33 @@ class KeyStore:
         result = [str(row[0]) for row in self._query("PRAGMA integrity_check")]
         return [] if result == ["ok"] else result
 
+    def backup_to(self, dest: Path) -> None:
+        """Copy the whole store to a new file `dest` (mode 0600) with SQLite's online backup API.
+
+        One snapshot: keys, pairings and the audit chain as of one moment, even while the server writes (the
+        copy restarts if a writer changes a page mid-way). The copy is a single file (rollback journal, not WAL).
+        Raises FileExistsError if `dest` exists: a backup never overwrites anything.
+        """
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        os.close(fd)
+        try:
+            target = sqlite3.connect(dest, isolation_level=None)
+            try:
+                with self._lock:
+                    self._conn().backup(target)
+                target.execute("PRAGMA journal_mode=DELETE")  # no -wal file beside the backup
+                problems = [str(r[0]) for r in target.execute("PRAGMA integrity_check")]
+                if problems != ["ok"]:
+                    raise StoreError(f"the backup {dest} does not verify: {problems}")
+            finally:
+                target.close()
+            with open(dest, "rb") as fh:
+                os.fsync(fh.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(dest)
+            raise
+
 
 # --------------------------------------------------------------------------------------------------------------
 # helpers
@@ -785,7 +812,7 @@ _HEADER_LEN: Final = 100
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 # The tables schema version 1 made; a file at version >= 1 without them is not ours, whatever it claims.
 _SCHEMA_1_TABLES: Final = frozenset({"keys", "pairings", "meta", "audit"})
-_RESTORE: Final = "restore keys.db from a backup (docs/DEPLOY.md §6); key-server will not re-create it"
+_RESTORE: Final = "restore keys.db from a backup (`key-server restore`, docs/DEPLOY.md §7); it is never re-created"
 
 
 def _check_state_dir(directory: Path) -> None:

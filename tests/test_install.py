@@ -6,7 +6,9 @@
 - The client install resolves on Windows, macOS and Linux to bleak 3.x from wheels alone, with nothing older than
   the newest release our bounds allow (while bless was a base dependency, Windows on Python 3.12+ only resolved by
   falling back to bless 0.2.6: bless 0.3 pins winrt 2.0.0b1 there, which bleak 3 refuses). `[server]` and `[pi]`
-  resolve for Linux on x86-64 and on a Pi's aarch64.
+  resolve for Linux on x86-64 and aarch64; the documented Pi install resolves for 64-bit Python 3.11 and 3.13
+  and 32-bit ARM Python 3.11 with wheels and the system packages docs/DEPLOY.md installs, never a compiler.
+- The wheel ships the deploy files (`key-server print-file`), the sdist the docs, and both pass `twine check`.
 
 The cross-platform part uses uv's resolver (`uv pip compile --python-platform`): `pip install --dry-run --platform`
 checks wheel tags for the target but evaluates environment markers (sys_platform == 'linux', ...) for this
@@ -230,7 +232,147 @@ def test_vehicle_installs_resolve_for_linux(uv: Path, wheel: Path, platform: str
     server = resolve(uv, f"wearable-dkey[server] @ {wheel.as_uri()}", platform, "3.11")
     assert server["bless"].startswith("0.3.") and server["bleak"].startswith("3."), server
     assert {"dbus-next", "segno"} <= server.keys() and "gpiozero" not in server
-    # lgpio has no ARM wheel on PyPI: a Pi builds it from source (docs/DEPLOY.md), so sources are allowed here.
-    pi = resolve(uv, f"wearable-dkey[pi] @ {wheel.as_uri()}", platform, "3.11", binary_only=False)
+    pi = resolve(uv, f"wearable-dkey[pi] @ {wheel.as_uri()}", platform, "3.11")
     assert "gpiozero" in pi and pi["bless"] == server["bless"]
-    assert ("lgpio" in pi) == platform.startswith("aarch64"), pi
+
+
+# ------------------------------------------------------------------------------------------------ the Pi targets
+#
+# docs/DEPLOY.md installs `[pi]` with `pip install --only-binary cffi,cryptography` into a venv made with
+# --system-site-packages, after `apt-get install python3-cffi python3-lgpio`. These tests check that this
+# resolves on every Pi target from PyPI's wheels plus those system packages, and fail where pip would have to
+# compile something (no compiler, no swig on a stock Pi OS): 64-bit Python 3.11 (Pi OS 12) and 3.13 (Pi OS 13)
+# with uv's resolver, 32-bit ARM Python 3.11 (Pi OS 12 armhf) with pip's (uv has no armv7 target).
+
+DEPLOY_MD = ROOT / "docs" / "DEPLOY.md"
+# The python3-cffi of Debian 12, the only 32-bit target: what --system-site-packages shows pip there.
+DEBIAN12_CFFI = "1.15.1"
+
+
+def deploy_apt_packages() -> set[str]:
+    """The packages DEPLOY.md's `apt-get install` lines install."""
+    found: set[str] = set()
+    for line in DEPLOY_MD.read_text().splitlines():
+        words = line.split()
+        if words[:2] == ["apt-get", "install"]:
+            found |= {w for w in words[2:] if not w.startswith("-")}
+    return found
+
+
+def test_the_gpio_library_comes_from_the_documented_system_package(wheel: Path) -> None:
+    """[pi] never asks pip for lgpio (no wheel for armv7 or Python 3.13: pip would need swig and a compiler)."""
+    assert {"python3-lgpio", "python3-cffi", "python3-venv", "bluez"} <= deploy_apt_packages()
+    assert "python3 -m venv --system-site-packages /opt/dkey/venv" in DEPLOY_MD.read_text()
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as zf:
+        meta = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    assert not [r for r in requires if "lgpio" in r], requires
+
+
+@pytest.mark.parametrize("python", ["3.11", "3.13"])
+def test_pi_install_resolves_from_wheels_on_64_bit_pi_os(uv: Path, wheel: Path, python: str) -> None:
+    pins = resolve(uv, f"wearable-dkey[pi] @ {wheel.as_uri()}", "aarch64-unknown-linux-gnu", python)
+    assert {"gpiozero", "bless", "cryptography", "dbus-fast"} <= pins.keys(), pins
+    assert "lgpio" not in pins  # python3-lgpio
+
+
+def _stub_wheel(directory: Path, name: str, version: str, requires: list[str]) -> Path:
+    """A wheel with metadata only: stands for a Debian package that --system-site-packages makes visible."""
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    files = {f"{dist}/METADATA": "Metadata-Version: 2.1\n" f"Name: {name}\nVersion: {version}\n"
+             + "".join(f"Requires-Dist: {r}\n" for r in requires),
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{dist}/RECORD"] = "".join(f"{n},,\n" for n in files) + f"{dist}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, text in files.items():
+            zf.writestr(n, text)
+    return path
+
+
+def _pure_python_wheel_from_source(tools: Venv, requirement: str, out: Path) -> Path:
+    """Build `requirement` from its sdist with no C compiler; fail if the wheel holds compiled code."""
+    import zipfile
+
+    built = out / "built"
+    env = {**os.environ, "CC": "/bin/false", "CXX": "/bin/false", "LDSHARED": "/bin/false"}
+    name = re.split(r"[=<>!~ ]", requirement, maxsplit=1)[0]
+    ok(tools.bin / "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps", "--no-binary", name,
+       requirement, "-w", built, env=env, timeout=600)
+    (path,) = built.glob("*.whl")
+    with zipfile.ZipFile(path) as zf:
+        compiled = [n for n in zf.namelist() if n.endswith((".so", ".pyd"))]
+    assert not compiled, f"{requirement} needs a compiler: {compiled}"
+    # Pure Python, so the same files on ARM: retag it for the target's resolver.
+    name, version = path.name.split("-")[:2]
+    pure = out / f"{name}-{version}-py3-none-any.whl"
+    shutil.copy(path, pure)
+    return pure
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory: pytest.TempPathFactory) -> Venv:
+    """A venv with build and twine from PyPI."""
+    v = Venv(tmp_path_factory.mktemp("tools") / "venv")
+    v.install("build>=1")
+    v.install("twine>=5")
+    return v
+
+
+def test_pi_install_resolves_without_a_compiler_on_32_bit_pi_os(uv: Path, wheel: Path, tools: Venv,
+                                                                  tmp_path: Path) -> None:
+    # On armv7 PyPI has no wheel of cffi 2 or of dbus-fast: cffi is the system's python3-cffi (a stand-in wheel
+    # here), dbus-fast must build from source with no compiler (pure Python).
+    pins = resolve(uv, f"wearable-dkey[pi] @ {wheel.as_uri()}", "aarch64-unknown-linux-gnu", "3.11")
+    links = tmp_path / "links"
+    links.mkdir()
+    _stub_wheel(links, "cffi", DEBIAN12_CFFI, ["pycparser"])
+    _pure_python_wheel_from_source(tools, f"dbus-fast=={pins['dbus-fast']}", links)
+    (links / "constraints.txt").write_text(f"cffi=={DEBIAN12_CFFI}\n")  # installed: pip cannot replace it
+    # Debian 12's glibc is 2.36; PyPI's armv7 wheels are manylinux_2_17 .. _2_36 or plain linux_armv7l.
+    platforms = [arg for m in range(17, 37) for arg in ("--platform", f"manylinux_2_{m}_armv7l")]
+    report = tmp_path / "report.json"
+    proc = run(sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q",
+               "--disable-pip-version-check", "--report", report, "--target", tmp_path / "target",
+               "--only-binary", ":all:", "--platform", "linux_armv7l", "--platform", "manylinux2014_armv7l",
+               *platforms, "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+               "--find-links", links, "-c", links / "constraints.txt", f"{wheel}[pi]", timeout=600)
+    assert proc.returncode == 0, f"[pi] does not resolve for armv7 Python 3.11 without a compiler:\n{proc.stderr}"
+    chosen = {canonical(i["metadata"]["name"]): i["metadata"]["version"]
+              for i in json.loads(report.read_text())["install"]}
+    assert {"gpiozero", "bless", "cryptography", "dbus-fast"} <= chosen.keys(), chosen
+    assert chosen["cffi"] == DEBIAN12_CFFI and "lgpio" not in chosen
+
+
+# ------------------------------------------------------------------------------------------------ the artefacts
+
+
+def test_the_wheel_ships_the_deploy_files_and_prints_them(server_venv: Venv, wheel: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    shipped = {p.name for p in (ROOT / "key_server" / "deploy").iterdir() if p.is_file()}
+    assert {f"key_server/deploy/{n}" for n in shipped} <= names
+    env = server_venv.env(tmp_path)
+    for name in shipped:
+        printed = ok(server_venv.bin / "key-server", "print-file", name, env=env, cwd=tmp_path)
+        assert printed == (ROOT / "key_server" / "deploy" / name).read_text()
+    assert ok(server_venv.bin / "key-server", "--version", env=env).strip() == f"key-server {wheel.name.split('-')[1]}"
+
+
+def test_the_sdist_has_docs_and_deploy_files_and_both_pass_twine(tools: Venv, wheel: Path, tmp_path: Path) -> None:
+    import tarfile
+
+    src = wheel.parent.parent / "src"  # the copy of the tracked files the wheel was built from
+    ok(tools.bin / "python", "-m", "build", "--sdist", "--outdir", tmp_path, src, timeout=600)
+    (sdist,) = tmp_path.glob("wearable_dkey-*.tar.gz")
+    with tarfile.open(sdist) as tf:
+        names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
+    assert {"docs/DEPLOY.md", "docs/HARDWARE.md", "key_server/deploy/key-server.service",
+            "key_server/deploy/config.toml"} <= names, sorted(names)
+    ok(tools.bin / "twine", "check", "--strict", wheel, sdist)

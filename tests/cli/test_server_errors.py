@@ -336,7 +336,9 @@ def test_gpio_actuator_without_gpio(vehicle: Vehicle, argv: list[str]) -> None:
     # An unknown pin factory fails the same way on a laptop and on a Pi, and never drives a real pin.
     vehicle.config.write_text(vehicle.config.read_text().replace('kind = "sim"', 'kind = "pulse"')
                               .replace("# unlock_pin = 5", "unlock_pin = 5"))
-    fails_cleanly(vehicle.run(*argv, GPIOZERO_PIN_FACTORY="no-such-factory"), ExitCode.ERROR, "actuator unavailable")
+    line = fails_cleanly(vehicle.run(*argv, GPIOZERO_PIN_FACTORY="no-such-factory"), ExitCode.HARDWARE_UNAVAILABLE,
+                         "actuator unavailable: no GPIO backend loads")
+    assert "python3-lgpio" in line  # says what to install (the unit does not restart on this exit code)
 
 
 # ---------------------------------------------------------------------------------------------- missing radio
@@ -380,7 +382,7 @@ runpy.run_module("key_server", run_name="__main__")
 def test_ble_radio_on_a_client_only_install(vehicle: Vehicle) -> None:
     proc = subprocess.run([sys.executable, "-c", _WITHOUT_BLESS, "run", "--radio", "ble"], capture_output=True,
                           text=True, cwd=ROOT, env=vehicle.env(), timeout=TIMEOUT, check=False)
-    fails_cleanly(proc, ExitCode.ERROR, "pip install 'wearable-dkey[server]'")
+    fails_cleanly(proc, ExitCode.HARDWARE_UNAVAILABLE, "pip install 'wearable-dkey[server]'")
 
 
 # ---------------------------------------------------------------------------------------------- Ctrl-C

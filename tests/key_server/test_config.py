@@ -313,15 +313,15 @@ def test_what_the_test_rig_and_init_rely_on_is_in_the_sample() -> None:
 
 
 def test_the_deployed_sample_loads() -> None:
-    cfg = load_config(ROOT / "deploy" / "config.toml", Path("/var/lib/dkey"))
+    cfg = load_config(ROOT / "key_server" / "deploy" / "config.toml", Path("/var/lib/dkey"))
     assert cfg.actuator.kind == "pulse" and cfg.server.radio == "ble"
 
 
 def test_the_deployed_sample_is_the_generated_one_above_actuator() -> None:
-    deployed = (ROOT / "deploy" / "config.toml").read_text()
+    deployed = (ROOT / "key_server" / "deploy" / "config.toml").read_text()
     body = deployed[deployed.index("\n", deployed.index("\n") + 1) + 1 : deployed.index("\n[actuator]\n")]
     sample = SAMPLE_CONFIG[SAMPLE_CONFIG.index("\n") + 1 : SAMPLE_CONFIG.index("\n[actuator]\n")]
-    assert body == sample, "regenerate the top of deploy/config.toml from `key-server config`"
+    assert body == sample, "regenerate the top of key_server/deploy/config.toml from `key-server config`"
     keys = re.findall(r"^(?:# )?([a-z_]+) = ", deployed[deployed.index("\n[actuator]\n"):], re.MULTILINE)
     assert set(keys) <= {f.name for f in dataclasses.fields(ActuatorConfig)}
 
