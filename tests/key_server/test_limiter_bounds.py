@@ -44,3 +44,33 @@ def test_an_empty_global_bucket_still_admits_an_enrolled_key_from_its_own_lane()
     kid = b"\x01\x02\x03\x04"
     assert not limiter.allow("phone", 0.0)  # no key named: refused
     assert limiter.allow("phone", 0.0, key_id=kid)  # the owner's phone still gets through a flood
+
+
+def test_a_bucket_holding_exactly_one_token_still_admits() -> None:
+    limiter = FailureLimiter(link_burst=2, link_rate=0.001, global_burst=1, global_rate=0.001)
+    assert limiter.allow("fresh", 0.0)  # the global bucket holds exactly 1 token
+    limiter = FailureLimiter(link_burst=2, link_rate=0.001)
+    limiter.failed("link", 0.0)  # its bucket: 2 -> exactly 1
+    assert limiter.link_allows("link", 0.0) and limiter.allow("link", 0.0)
+    limiter.failed("link", 0.0)  # 1 -> 0
+    assert not limiter.link_allows("link", 0.0) and not limiter.allow("link", 0.0)
+
+
+def test_link_buckets_never_exceed_max_tracked() -> None:
+    limiter = FailureLimiter(max_tracked=3)
+    for i in range(10):
+        limiter.failed(f"link{i}", float(i))
+        assert len(limiter._links) <= 3
+
+
+def test_refused_actuations_are_reported_at_most_once_per_interval_even_after_a_flush() -> None:
+    from key_server.ratelimit import ActuationLimiter
+
+    kid = b"\x00\x00\x00\x01"
+    limiter = ActuationLimiter(burst=1, per_minute=0.001, report_every=60.0)
+    assert limiter.allow(kid, 0.0) and not limiter.allow(kid, 0.0)
+    assert limiter.flush_all(10.0) == {kid: 1}  # reported at 10
+    assert not limiter.allow(kid, 20.0)
+    assert limiter.to_report(kid, 69.0) == 0  # 59 s after the last report: held back
+    assert not limiter.allow(kid, 69.5)
+    assert limiter.to_report(kid, 70.0) == 2  # exactly 60 s after it: both, in one row

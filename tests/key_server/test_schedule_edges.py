@@ -64,3 +64,19 @@ def test_the_longest_duration_is_a_hundred_366_day_years_and_not_a_minute_more()
     assert parse_when("1m", 1000, UTC) == 1060  # the shortest
     with pytest.raises(ValueError, match="longer than zero"):
         parse_when("0m", 1000, UTC)
+
+
+def test_a_day_group_followed_by_more_days_keeps_them_all() -> None:
+    s = parse_schedule("weekends,Wed 10:00-11:00")
+    assert [s.contains(_at(d, 10)) for d in range(7)] == [False, False, True, False, False, True, True]
+
+
+def test_a_day_range_wraps_over_the_end_of_the_week() -> None:
+    s = parse_schedule("Sat-Mon 10:00-11:00")
+    assert [s.contains(_at(d, 10)) for d in range(7)] == [True, False, False, False, False, True, True]
+    assert all(end <= 7 * 1440 for _, end in s.windows)
+
+
+def test_a_bad_range_end_names_the_whole_item() -> None:
+    with pytest.raises(ValueError, match="unknown day 'Mon-Fry'"):
+        parse_schedule("Mon-Fry 08:00-18:00")
