@@ -277,3 +277,52 @@ def test_shed_keeps_the_session_usable_for_the_next_honest_command() -> None:
     assert p.vehicle.shed(Status.BUSY)
     p.vehicle.data_to_send()
     assert p.command(Command.UNLOCK).status is Status.OK
+
+
+# ------------------------------------------------------------------ more refusals that must fail closed, not crash
+
+
+def test_fast_command_inside_a_secure_session_is_refused_as_malformed() -> None:
+    p = make_pair()
+    _open_session(p)
+    p.vehicle.data_to_send()
+    forged = CommandMessage(p.device.device.key_id, bytes(CHALLENGE_LEN), Command.UNLOCK, b"", bytes(64))
+    with pytest.raises(RemoteProtocolError, match="inside a secure session"):
+        _send(p, forged)
+    [err] = _vehicle_messages(p)
+    assert isinstance(err, Error) and err.status == Status.MALFORMED and p.vehicle.state is VState.ERROR
+
+
+def test_a_vehicle_to_device_message_sent_to_the_vehicle_is_malformed() -> None:
+    p = make_pair()
+    p.subscribe()
+    p.vehicle.data_to_send()
+    with pytest.raises(RemoteProtocolError, match="not for the vehicle"):
+        _send(p, Error(status=Status.DENIED))
+    [err] = _vehicle_messages(p)
+    assert isinstance(err, Error) and err.status == Status.MALFORMED and p.vehicle.state is VState.ERROR
+
+
+def test_a_refusal_names_the_key_it_refused_for_the_audit_log() -> None:
+    p = make_pair()
+    p.subscribe()
+    kid = p.device.device.key_id
+    [ev] = _send(p, CommandMessage(kid, p.device.challenge, Command.UNLOCK, b"", b"\x01" * 64))
+    assert isinstance(ev, Refused) and ev.status is Status.DENIED
+    assert ev.key_id == kid and ev.reason == "bad signature"  # enrolled key, wrong signature: said as such
+
+
+def test_an_invalid_pake_share_fails_with_its_slot_and_routes_to_the_pairing_challenge() -> None:
+    from protocol._codec import PairStart
+
+    p = make_pair(enrolled=False)
+    p.subscribe()
+    challenge = p.device.challenge
+    p.vehicle.data_to_send()
+    [ev] = _send(p, PairStart(slot=42, challenge=challenge, share=bytes(32)))
+    assert isinstance(ev, PairingRequested)
+    p.vehicle.accept_pairing(pairing_prs("42123456", vehicle_id=p.vehicle.vehicle_id, slot=42))
+    failed = p.vehicle.next_event(p.now)
+    assert isinstance(failed, PairingFailed) and failed.slot == 42 and failed.reason == "invalid PAKE share"
+    [err] = _vehicle_messages(p)
+    assert isinstance(err, Error) and err.status == Status.PAIRING_REFUSED and err.challenge == challenge
