@@ -74,7 +74,8 @@ def test_a_day_group_followed_by_more_days_keeps_them_all() -> None:
 def test_a_day_range_wraps_over_the_end_of_the_week() -> None:
     s = parse_schedule("Sat-Mon 10:00-11:00")
     assert [s.contains(_at(d, 10)) for d in range(7)] == [True, False, False, False, False, True, True]
-    assert all(end <= 7 * 1440 for _, end in s.windows)
+    assert s.windows == ((600, 660), (5 * 1440 + 600, 5 * 1440 + 660), (6 * 1440 + 600, 6 * 1440 + 660))
+    assert not s.contains(_at(0, 9))  # Monday is day 0 of the week, not a day 7 that wraps into Monday morning
 
 
 def test_a_bad_range_end_names_the_whole_item() -> None:

@@ -22,6 +22,12 @@ def test_every_att_mtu_from_23_to_517_is_accepted_and_nothing_outside() -> None:
             chunk_size_for_mtu(bad)
 
 
+def test_split_refuses_chunks_smaller_than_the_smallest_att_mtu_carries() -> None:
+    assert len(split(bytes(17), 20)) == 1
+    with pytest.raises(ValueError, match="below the 20 bytes"):
+        split(bytes(17), 19)
+
+
 @pytest.mark.parametrize("chunk_size", [20, 21, 64, 244, 514])
 def test_chunk_count_is_exactly_how_many_chunks_split_makes(chunk_size: int) -> None:
     lengths = {2, 3, chunk_size - 4, chunk_size - 3, chunk_size - 2, chunk_size, chunk_size + 1,
