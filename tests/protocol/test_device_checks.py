@@ -150,3 +150,30 @@ def test_device_ignores_a_session_accept_while_a_command_is_in_flight() -> None:
     p.vehicle.respond(Status.OK)
     [res] = p.flush_down()
     assert isinstance(res, CommandResult) and res.status is Status.OK
+
+
+def test_pairing_terms_are_read_as_whole_64_bit_fields() -> None:
+    p = make_pair(enrolled=False)
+    p.subscribe()
+    p.device.start_pairing("42123456", 42)
+    p.flush_up()
+    p.vehicle.accept_pairing(pairing_prs("42123456", vehicle_id=p.vehicle.vehicle_id, slot=42))
+    p.flush_down()
+    p.flush_up()
+    p.vehicle.finish_pairing(Role.GUEST, valid_from=0x0102030405060708, valid_until=0x1112131415161718)
+    [paired] = p.flush_down()
+    assert isinstance(paired, Paired)
+    assert (paired.valid_from, paired.valid_until) == (0x0102030405060708, 0x1112131415161718)
+
+
+def test_device_ignores_a_session_accept_for_another_challenge_while_opening() -> None:
+    p = make_pair()
+    p.subscribe()
+    p.device.open_session()
+    forged = SessionAccept(challenge=bytes(16), ephemeral=p.vehicle.identity.public_bytes,
+                           session_id=bytes(8), signature=bytes(64))
+    assert _deliver_to_device(p, forged) == []  # another central's answer: not ours, not fatal
+    assert p.device.state is DState.OPENING
+    p.flush_up()
+    [ready] = p.flush_down()
+    assert isinstance(ready, SessionReady)
