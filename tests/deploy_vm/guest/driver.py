@@ -56,15 +56,15 @@ def uptime() -> float:
 
 def sh(argv: list[str] | str, *, timeout: float = 120, check: bool = False, quiet: bool = False,
        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a command, log it and its output; raise on a non-zero exit when check is set."""
+    """Run a command, log it and its output (quiet: neither); raise on a non-zero exit when check is set."""
     cmd = argv if isinstance(argv, list) else ["bash", "-c", argv]
     shown = argv if isinstance(argv, str) else shlex.join(argv)
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                        env={**os.environ, **env} if env else None)
-    with LOG.open("a") as f:
-        f.write(f"$ {shown}   # exit {p.returncode} in {time.monotonic() - t0:.1f}s\n{p.stdout}{p.stderr}")
     if not quiet:
+        with LOG.open("a") as f:
+            f.write(f"$ {shown}   # exit {p.returncode} in {time.monotonic() - t0:.1f}s\n{p.stdout}{p.stderr}")
         log(f"$ {shown} -> {p.returncode} ({time.monotonic() - t0:.1f}s)")
     if check and p.returncode != 0:
         raise AssertionError(f"{shown} exited {p.returncode}: {(p.stderr or p.stdout).strip()[-400:]}")
@@ -480,6 +480,7 @@ def finish(code: int) -> None:
 
 def main() -> int:
     STATE.mkdir(parents=True, exist_ok=True)
+    KEYCHAINS.mkdir(mode=0o700, exist_ok=True)
     phase = (STATE / "phase").read_text().strip() if (STATE / "phase").exists() else "1"
     if (STATE / "results.json").exists():
         results.update(json.loads((STATE / "results.json").read_text()))
