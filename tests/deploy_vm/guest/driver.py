@@ -470,7 +470,13 @@ def install_support_units() -> None:
     for unit in ("dkey-vm-prepare.service", "dkey-vm-btvirt.service"):
         shutil.copy(GUEST_DIR / unit, f"/etc/systemd/system/{unit}")
     sh(["systemctl", "daemon-reload"], check=True)
-    sh(["systemctl", "enable", "--now", "dkey-vm-prepare.service", "dkey-vm-btvirt.service"], check=True)
+    sh(["systemctl", "enable", "--now", "dkey-vm-prepare.service"], check=True)
+    # btvirt's unit restarts itself until both controllers initialised (dkey-vm-btvirt.service): wait for that.
+    sh(["systemctl", "enable", "--now", "--no-block", "dkey-vm-btvirt.service"], check=True)
+    deadline = time.monotonic() + 300
+    while unit_prop("ActiveState", "dkey-vm-btvirt") != "active" and time.monotonic() < deadline:
+        time.sleep(1)
+    ensure(unit_prop("ActiveState", "dkey-vm-btvirt") == "active", "btvirt's controllers did not come up in 300 s")
     # bluetoothd saw no controller when it started (btvirt came later); it picks them up, but a restart makes
     # the start state the same as on every later boot.
     sh(["systemctl", "restart", "bluetooth"], check=True)
@@ -496,8 +502,7 @@ def main() -> int:
     only = set(filter(None, os.environ.get("DEPLOY_VM_ONLY", "").split(",")))
     try:
         if phase == "1":
-            install_support_units()
-            if not scenario("deploy", deploy):
+            if not scenario("deploy", lambda: (install_support_units(), deploy())[1]):
                 finish(1)
                 return 1
             ok = scenario("s1_unlock", s1_unlock)
