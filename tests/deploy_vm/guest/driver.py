@@ -148,8 +148,8 @@ def key_client(keychain: str, *args: str, check: bool = False, timeout: float = 
 
 
 def cursor() -> str:
-    out = sh(["journalctl", "-n", "0", "--show-cursor", "-q"], quiet=True).stdout
-    return out.strip().split("cursor: ", 1)[1] if "cursor: " in out else ""
+    out = sh(["journalctl", "-n", "1", "--show-cursor", "-q", "-o", "cat"], quiet=True).stdout
+    return out.strip().rsplit("cursor: ", 1)[1].strip() if "cursor: " in out else ""
 
 
 def journal(after: str, unit: str = UNIT) -> list[dict[str, Any]]:
@@ -172,6 +172,12 @@ def message(e: dict[str, Any]) -> str:
 def mono(e: dict[str, Any]) -> float:
     """An entry's time as seconds since boot (CLOCK_MONOTONIC, the same clock as /proc/uptime)."""
     return int(e["__MONOTONIC_TIMESTAMP"]) / 1e6
+
+
+def fresh_cursor() -> str:
+    c = fresh_cursor()
+    ensure(bool(c), "journalctl gave no cursor")
+    return c
 
 
 def wait_advertising(after: str, timeout: float = 120) -> float:
@@ -234,12 +240,13 @@ class Line:
     def wait(self, energised: bool, timeout: float) -> float | None:
         """The first time (monotonic) the watched line is at the level, waiting up to timeout."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for t, v in self.changes:
+        while True:  # looks at least once (timeout 0: what was seen so far)
+            for t, v in list(self.changes):
                 if v == energised:
                     return t
+            if time.monotonic() >= deadline:
+                return None
             time.sleep(0.01)
-        return None
 
 
 def describe(changes: list[tuple[float, bool]], t0: float) -> str:
@@ -312,7 +319,7 @@ def s2_kill_mid_pulse() -> dict[str, Any]:
     """SIGKILL while the relay is energised: the line is off at once, systemd restarts the service."""
     line = Line()
     restarts = int(unit_prop("NRestarts") or 0)
-    c = cursor()
+    c = fresh_cursor()
     line.start()
     t0 = time.monotonic()
     client = key_client("owner", "unlock", popen=True)
@@ -352,7 +359,7 @@ def s3_broken_config() -> dict[str, Any]:
     cfg = Path(config)
     original = cfg.read_text()
     xfail = "13" not in prevent.split()
-    c = cursor()
+    c = fresh_cursor()
     try:
         # challenge_ttl's range is 0.5..60 (key-server config): one wrong value in an otherwise good file.
         cfg.write_text(original.replace("challenge_ttl = 5.0", "challenge_ttl = 500.0", 1))
@@ -377,7 +384,7 @@ def s3_broken_config() -> dict[str, Any]:
         return {"journal_line": own[0], "starts": starts}
     finally:
         cfg.write_text(original)
-        c2 = cursor()
+        c2 = fresh_cursor()
         sh(["systemctl", "reset-failed", UNIT])
         sh(["systemctl", "restart", UNIT])
         wait_advertising(c2, timeout=120)
@@ -390,7 +397,7 @@ def s4_watchdog() -> dict[str, Any]:
         return {"status": "xfail", "reason": f"the unit has no WatchdogSec (Type={unit_prop('Type')}): needs "
                 "wip-deploy's Type=notify unit"}
     restarts = int(unit_prop("NRestarts") or 0)
-    c = cursor()
+    c = fresh_cursor()
     sh(["systemctl", "kill", "-s", "STOP", "--kill-whom=main", UNIT], check=True)
     t_stop = time.monotonic()
     t_adv = wait_advertising(c, timeout=180)
@@ -406,7 +413,7 @@ def s6_bluetoothd_restart() -> dict[str, Any]:
     ensure(unit_prop("Restart", "bluetooth") in ("on-failure", "always", "on-abnormal"),
            f"bluetooth.service has Restart={unit_prop('Restart', 'bluetooth')}")
     pid = unit_prop("MainPID", "bluetooth")
-    c = cursor()
+    c = fresh_cursor()
     sh(["systemctl", "kill", "-s", "SEGV", "--kill-whom=main", "bluetooth"], check=True)
     t_kill = time.monotonic()
     deadline = time.monotonic() + 120
@@ -458,8 +465,8 @@ def s5_after_reboot() -> dict[str, Any]:
 
 def boot_cursor() -> str:
     """A cursor just before this boot's first journal entry ('' = everything: this boot's are the newest)."""
-    out = sh(["journalctl", "-b", "-1", "-n", "0", "--show-cursor", "-q"], quiet=True).stdout
-    return out.strip().split("cursor: ", 1)[1] if "cursor: " in out else ""
+    out = sh(["journalctl", "-b", "-1", "-n", "1", "--show-cursor", "-q", "-o", "cat"], quiet=True).stdout
+    return out.strip().rsplit("cursor: ", 1)[1].strip() if "cursor: " in out else ""
 
 
 # ------------------------------------------------------------------------------------------------------ main
