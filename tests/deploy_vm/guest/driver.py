@@ -175,7 +175,7 @@ def mono(e: dict[str, Any]) -> float:
 
 
 def fresh_cursor() -> str:
-    c = fresh_cursor()
+    c = cursor()
     ensure(bool(c), "journalctl gave no cursor")
     return c
 
