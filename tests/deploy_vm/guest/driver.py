@@ -331,10 +331,12 @@ def s2_kill_mid_pulse() -> dict[str, Any]:
     while not line.energised() and time.monotonic() < deadline and client.poll() is None:
         time.sleep(0.001)
     ensure(line.energised(), "the relay line never went on (unlock failed?)")
+    t_seen = time.monotonic()
     os.kill(main_pid, 9)
     t_kill = time.monotonic()
-    t_on = line.wait(True, 1)
-    ensure(t_on is not None, "the watcher missed the line going on")
+    t_watch = line.wait(True, 1)
+    ensure(t_watch is not None, "the watcher missed the line going on")
+    t_on = min(t_watch, t_seen)  # whichever saw it first: this loop or the watcher
     t_off = next((t for t, v in line.changes if not v and t > t_on), None)
     deadline = time.monotonic() + 5
     while t_off is None and time.monotonic() < deadline:
