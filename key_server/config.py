@@ -136,7 +136,7 @@ class ServerOptions:
         allowed=NAME_ALLOWED)
     radio: str = setting("ble", help="the radio: ble is BlueZ via bless, sim a local simulated radio",
                          choices=("ble", "sim"))
-    adapter: str | None = setting(None, help="BlueZ adapter; default: BlueZ's default adapter",
+    adapter: str | None = setting(None, help="BlueZ adapter; default: hci0 (bless's default)",
                                   pattern=r"hci[0-9]{1,3}", allowed="an adapter name like hci0")
     sim_dir: str | None = setting(
         None, help="sim radio only: the air directory (default: $DKEY_SIM_DIR or /tmp/dkey-sim-<uid>)",

@@ -17,6 +17,7 @@ from .audit import AuditLog
 from .clock import GuardedClock
 from .config import Config, ConfigError, validate
 from .identity import load_identity
+from .radio import DEFAULT_ADAPTER
 from .store import KeyStore, StoreError
 
 Level = Literal["ok", "warn", "fail"]
@@ -126,7 +127,8 @@ def _bluetooth(cfg: Config) -> list[DoctorCheck]:
     out: list[DoctorCheck] = []
     adapters = sorted(p.name for p in Path("/sys/class/bluetooth").glob("hci*")) if Path(
         "/sys/class/bluetooth").exists() else []
-    want = cfg.server.adapter
+    # No adapter configured means hci0 to bless (get_adapter's default), not "any": check the one `run` will use.
+    want = cfg.server.adapter or DEFAULT_ADAPTER
     if not adapters:
         out.append(DoctorCheck("fail", "adapter",
                                "no Bluetooth adapter (no /sys/class/bluetooth/hci*): is the kernel module "
@@ -204,14 +206,16 @@ async def _bluez_over_dbus(cfg: Config) -> list[DoctorCheck]:
         return [DoctorCheck("fail", "BlueZ over D-Bus", report["error"] or "org.bluez not reachable")]
     out: list[DoctorCheck] = []
     for ad in report["adapters"]:
-        if cfg.server.adapter and ad.get("name") != cfg.server.adapter:
+        if ad.get("name") != (cfg.server.adapter or DEFAULT_ADAPTER):
             continue
         ok = ad.get("powered") and ad.get("gatt_server") and ad.get("advertising")
         out.append(DoctorCheck("ok" if ok else "fail", f"adapter {ad.get('name')}",
                     f"{ad.get('address')} powered={ad.get('powered')} gatt={ad.get('gatt_server')} "
                     f"advertising={ad.get('advertising')} slots={ad.get('supported_advertisements')}"
                     + ("" if ok else ": power it on (`bluetoothctl power on`) and check LE support")))
-    return out or [DoctorCheck("fail", "BlueZ over D-Bus", "BlueZ runs but reports no usable adapter")]
+    return out or [DoctorCheck("fail", "BlueZ over D-Bus",
+                               f"BlueZ runs but does not report {cfg.server.adapter or DEFAULT_ADAPTER}, the adapter "
+                               "`run` uses (set [server] adapter to use another)")]
 
 
 _GPIO_LEVEL: dict[CheckLevel, Level] = {CheckLevel.OK: "ok", CheckLevel.WARN: "warn", CheckLevel.FAIL: "fail"}

@@ -15,6 +15,8 @@ SERVER_INSTALL: Final = "pip install 'wearable-dkey[server]'"  # the vehicle ins
 #   header, so 29 ASCII characters is the longest name a scanner receives whole (longer ones are shortened);
 # - the adapter alias bless sets (BlueZ takes up to 248 bytes: no tighter limit there).
 # No spaces or '/': a shell, a file name and a D-Bus path all take the name as it is.
+# The adapter bless uses when none is named (bless.backends.bluezdbus.dbus.utils.get_adapter), so doctor checks it.
+DEFAULT_ADAPTER: Final = "hci0"
 NAME_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,28}"
 NAME_ALLOWED: Final = "1 to 29 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
 _NAME_RE: Final = re.compile(NAME_PATTERN)
