@@ -211,3 +211,27 @@ async def test_run_applies_the_configured_audit_retention(state, monkeypatch: py
     with pytest.raises(Stop):
         await runner.serve(cfg)
     assert seen == [250]
+
+
+def test_doctor_checks_the_adapter_run_uses_not_any_adapter_that_is_up(monkeypatch) -> None:
+    """No [server] adapter means hci0 to bless: hci1 up and hci0 missing is a failure, not a pass."""
+    import asyncio
+
+    from key_server import doctor
+    from key_server.config import Config
+    from key_server.radio import ble
+
+    async def probe(timeout: float = 3.0) -> dict[str, object]:
+        return {"bluez": True, "error": None, "adapters": [
+            {"name": "hci1", "address": "00:AA:01:01:00:01", "powered": True, "gatt_server": True,
+             "advertising": True, "supported_advertisements": 4}]}
+
+    monkeypatch.setattr(ble, "probe_bluez", probe)
+    monkeypatch.setattr(doctor, "_system_bus_present", lambda: True)
+    cfg = Config()
+    cfg.server.radio = "ble"
+    [check] = asyncio.run(doctor._bluez_over_dbus(cfg))
+    assert check.level == "fail" and "hci0" in check.detail
+    cfg.server.adapter = "hci1"  # the honest case: the adapter that is up is the one configured
+    [check] = asyncio.run(doctor._bluez_over_dbus(cfg))
+    assert check.level == "ok" and "hci1" in check.name
