@@ -252,13 +252,19 @@ class KeyService:
         central = self.links[link] = _Central(link, self._new_session(mtu - 3), now, now)
         return central
 
+    def on_mtu(self, link: str, mtu: int) -> None:
+        """The link's ATT MTU became known after it connected: reply in chunks that use it."""
+        central = self.links.get(link)
+        if central is not None:
+            central.session.link_mtu(mtu)
+
     async def _disconnect(self, link: str) -> None:
         with contextlib.suppress(Exception):
             await self.peripheral.disconnect(link)
 
     def _central(self, link: str) -> _Central | None:
         central = self.links.get(link)
-        if central is None:  # a backend that saw the write before the connection (bless learns links from writes)
+        if central is None:  # a write from a link the backend did not report connecting (bless: a missed signal)
             central = self._admit_link(link, 23)
         return central
 

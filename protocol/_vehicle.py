@@ -170,6 +170,10 @@ class VehicleSession:
         """Bytes per notification used for replies (never above what the largest ATT MTU, 517, carries)."""
         return min(MAX_ATT_MTU - 3, max(self._min_chunk, self._rx.largest_chunk))
 
+    def link_mtu(self, att_mtu: int) -> None:
+        """The link's ATT MTU, learnt after the session started: reply in chunks up to MTU - 3 (PROTOCOL.md §1.4)."""
+        self._min_chunk = max(self._min_chunk, min(MAX_ATT_MTU, att_mtu) - 3)
+
     def data_to_send(self) -> list[bytes]:
         """Drain the queued notification chunks, in order."""
         out, self._out = self._out, []

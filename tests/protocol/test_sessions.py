@@ -130,6 +130,17 @@ def test_vehicle_replies_in_chunks_as_large_as_the_device_writes() -> None:
     assert max(len(c) for c in p.downlink) == len(p.uplink[0]) > 20
 
 
+def test_a_link_mtu_learnt_late_sizes_the_replies_and_never_shrinks_them() -> None:
+    p = make_pair(chunk_size=244)
+    p.vehicle.link_mtu(247)  # bless learns the MTU at the first write, after the session started
+    p.vehicle.link_mtu(23)
+    p.subscribe()
+    p.command(Command.STATUS)
+    assert p.vehicle.chunk_size == 244 and max(len(c) for c in p.downlink) > len(p.uplink[0])
+    p.vehicle.link_mtu(10_000)
+    assert p.vehicle.chunk_size == 514  # what the largest ATT MTU (517) carries
+
+
 def test_lock_after_unlock_in_one_connection_with_a_requested_challenge() -> None:
     p = make_pair()
     p.subscribe()
