@@ -37,6 +37,7 @@ from protocol import (
     PairingRequested,
     Refused,
     RemoteProtocolError,
+    RetryAfter,
     Role,
     SessionOpened,
     Status,
@@ -488,8 +489,12 @@ class KeyService:
         if outcome.revoked is not None:  # committed: end its other sessions now; the asker hears the answer first
             self._end_sessions_of(outcome.revoked, keep=central.link if outcome.revoked != ev.key_id else None)
         with contextlib.suppress(KeyProtocolError):  # the central left mid-command: still audit what was done
-            # Result data only inside a confidential session: a signed RESULT is readable by anyone (§5.3).
-            central.session.respond(outcome.status, outcome.data if ev.secure else fast_result_data(outcome.data))
+            # Result data only inside a confidential session: a signed RESULT is readable by anyone (§5.3), but for
+            # the time_wanted hint and a BUSY's retry record (when to try again, §5.4): neither says anything about
+            # the lock or the door.
+            retry = outcome.status is Status.BUSY and RetryAfter.fits(outcome.data)
+            clear = outcome.data if retry else fast_result_data(outcome.data)
+            central.session.respond(outcome.status, outcome.data if ev.secure else clear)
         if self.commands.is_counted_read(outcome):
             central.after.append(lambda: self._count_read(central, outcome.command))
         else:
