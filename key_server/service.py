@@ -557,8 +557,12 @@ class KeyService:
                 # Busy or not: a link that keeps itself busy must not hold its slot forever. A drain task in
                 # progress finishes its current event; the closed session yields no more.
                 self.stats.links_expired += 1
+                log.info("dropping %s: connected for %.1f s (max_link_lifetime)", central.link,
+                         now - central.connected_at)
                 self._spawn(self._drop(central))
             elif not busy and now - central.last_activity > self.config.link_idle_timeout:
+                # A silent central too: with bless, BlueZ does not advertise while it is connected.
+                log.info("dropping %s: idle for %.1f s (link_idle_timeout)", central.link, now - central.last_activity)
                 self._spawn(self._drop(central))
         self.check_store_changes()
         self.challenges.purge(now)

@@ -363,11 +363,15 @@ class BlessPeripheral:
         server = self._server
         if server is None or link not in self._links:
             return
-        if link.startswith("/"):
-            await self._call_disconnect(server, link)
+        ok = not link.startswith("/") or await self._call_disconnect(server, link)
         self._forget(link)  # usually the Connected=False signal has already done it
+        if not ok and await self._still_connected(server, link):
+            # Still there: report it anew, so the service's idle timeout runs again and retries the disconnect
+            # (forgotten, it would hold the adapter unwatched: BlueZ does not advertise meanwhile).
+            self._connected(link)
 
-    async def _call_disconnect(self, server: Any, link: str) -> None:
+    async def _call_disconnect(self, server: Any, link: str) -> bool:
+        """Ask BlueZ to drop the device at `link`; False if BlueZ refused or did not answer."""
         from dbus_next.constants import MessageType
         from dbus_next.message import Message
 
@@ -376,11 +380,27 @@ class BlessPeripheral:
                 reply = await server.bus.call(
                     Message(destination=BLUEZ, path=link, interface=DEVICE_IFACE, member="Disconnect")
                 )
-        except Exception as exc:  # noqa: BLE001 - the link may already be gone; nothing else to do
+        except Exception as exc:  # noqa: BLE001 - the link may already be gone
             log.info("ble peripheral: Disconnect %s failed: %s", link, exc or type(exc).__name__)
-            return
+            return False
         if reply is not None and reply.message_type is MessageType.ERROR:
             log.info("ble peripheral: Disconnect %s: %s %s", link, reply.error_name, reply.body)
+            return False
+        return True
+
+    async def _still_connected(self, server: Any, link: str) -> bool:
+        """BlueZ's Device1.Connected of `link` (False if it cannot be read: the device is gone)."""
+        from dbus_next.constants import MessageType
+        from dbus_next.message import Message
+
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                reply = await server.bus.call(Message(destination=BLUEZ, path=link, interface=PROPERTIES_IFACE,
+                                                      member="Get", signature="ss", body=[DEVICE_IFACE, "Connected"]))
+        except Exception:  # noqa: BLE001 - no answer: treat as gone
+            return False
+        return (reply is not None and reply.message_type is not MessageType.ERROR
+                and getattr(reply.body[0], "value", None) is True)
 
     # ------------------------------------------------------------------ hooks (D-Bus callbacks, in the loop)
 

@@ -184,6 +184,7 @@ class FakeDevice(ServiceInterface):
         self._address = address
         self._connected = connected
         self.disconnect_calls = 0
+        self.refuse_disconnect = False  # answer Disconnect with an error and stay connected
 
     @dbus_property(access=PropertyAccess.READ)
     def Address(self) -> "s":
@@ -196,6 +197,8 @@ class FakeDevice(ServiceInterface):
     @method()
     def Disconnect(self):
         self.disconnect_calls += 1
+        if self.refuse_disconnect:
+            raise DBusError("org.bluez.Error.Failed", "Operation failed")
         self.set_connected(False)
 
     def set_connected(self, value: bool) -> None:

@@ -102,6 +102,22 @@ async def test_a_central_that_never_writes_is_a_link_and_disconnect_drops_it(
 
 
 @needs_dbus
+async def test_a_central_bluez_would_not_disconnect_is_reported_again_so_the_drop_is_retried(
+    car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ
+) -> None:
+    p, rec = car
+    dev = bluez.add_device()
+    await wait_until(lambda: p.links == (dev,))
+    bluez.devices[dev].refuse_disconnect = True
+    await p.disconnect(dev)
+    # forgotten and reported again: the service's idle timeout starts over and it asks once more
+    assert rec.events == [("connect", dev, 23), ("disconnect", dev), ("connect", dev, 23)] and p.links == (dev,)
+    bluez.devices[dev].refuse_disconnect = False
+    await p.disconnect(dev)
+    assert bluez.devices[dev].disconnect_calls == 2 and p.links == ()
+
+
+@needs_dbus
 async def test_a_known_device_that_connects_again_is_a_link_again(
     car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ
 ) -> None:
