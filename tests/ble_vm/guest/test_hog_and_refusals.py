@@ -195,15 +195,20 @@ def test_a_rate_limited_owner_hears_busy_and_when(vehicle: Vehicle, owner: Devic
     """One actuation per key, then one every 2 minutes: the next unlock is refused with a signed BUSY naming the
     wait, and key-client says so in plain words (exit 7). Before, such refusals at the radio level never reached
     the client over BlueZ."""
-    first = owner.run("unlock", label="hog-unlock-budget")  # spends the budget (if the silent test has not)
-    assert first.rc in (ExitCode.OK, ExitCode.BUSY), first.result.stderr
+    # The budget refills one actuation per 120 s, and a key-client run under TCG can take a minute (retried
+    # connects): an OK run empties the bucket, so the run after it is refused.
     t = time.time()
-    run = owner.run("unlock", label="hog-unlock-busy")
+    for n in range(1, 4):
+        run = owner.run("unlock", label=f"hog-unlock-busy-{n}")
+        assert run.rc in (ExitCode.OK, ExitCode.BUSY), (run.rc, run.result.stderr)
+        if run.rc == ExitCode.BUSY:
+            break
+        t = time.time()
     assert run.rc == ExitCode.BUSY, (run.rc, run.result.stderr)
     words = re.search(r"the vehicle is busy: this key has moved it too often; try again in (\d+) s",
                       run.result.stderr)
     assert words, run.result.stderr
-    assert 60 <= int(words.group(1)) <= 120, words.group(0)
+    assert 1 <= int(words.group(1)) <= 120, words.group(0)  # the vehicle's own figure: at most one refill period
     assert run.obj["ok"] is False and run.obj["may_have_succeeded"] is False and run.obj["temporary"] is True
     assert not [ln for ln in vehicle.actuator_events(t) if "energised" in ln.message], "a refused unlock moved"
     _save(out_dir, "busy", {"stderr_words": words.group(0), "exit": run.rc})
