@@ -187,9 +187,9 @@ async def test_a_silent_central_is_dropped_after_the_idle_timeout(
     await wait_until(lambda: dev in service.links)
     t0 = loop.time()
     await wait_until(lambda: bluez.devices[dev].disconnect_calls == 1, timeout=5.0)
-    assert 0.4 <= loop.time() - t0 < 2.0
-    assert dev not in service.links and service.peripheral.links == ()  # type: ignore[attr-defined]
-    assert not bluez.devices[dev]._connected
+    assert 0.3 <= loop.time() - t0 < 4.0  # not before the idle timeout (t0 is a little after the connection)
+    await wait_until(lambda: service.peripheral.links == ())  # type: ignore[attr-defined]
+    assert dev not in service.links and not bluez.devices[dev]._connected
 
 
 @needs_dbus
@@ -215,5 +215,5 @@ async def test_a_central_that_keeps_writing_is_not_idle_but_is_dropped_at_the_li
         if loop.time() - t0 < 1.0:
             assert bluez.devices[dev].disconnect_calls == 0, "a busy link was dropped as idle"
     assert bluez.devices[dev].disconnect_calls == 1
-    assert 1.2 <= loop.time() - t0 < 2.5
+    assert 1.2 <= loop.time() - t0 < 4.0
     assert service.stats.links_expired == 1
