@@ -199,21 +199,23 @@ async def test_a_central_that_keeps_writing_is_not_idle_but_is_dropped_at_the_li
     """The honest side of the idle timeout (a link in use stays), and the hog: activity does not buy a link past
     max_link_lifetime."""
     service, config = served
-    config.link_idle_timeout = 0.4
-    config.max_link_lifetime = 1.2
+    config.link_idle_timeout = 1.0
+    config.max_link_lifetime = 2.5
     await service.start()
     loop = asyncio.get_running_loop()
     dev = bluez.add_device()
     await wait_until(lambda: dev in service.links)
     t0 = loop.time()
     seq = 0
-    while bluez.devices[dev].disconnect_calls == 0 and loop.time() - t0 < 5.0:
+    while bluez.devices[dev].disconnect_calls == 0 and loop.time() - t0 < 8.0:
         # a first chunk announcing a long message, then continuations: each write is activity, none a failure
-        assert await bluez.write(dev, b"\x80\x07\xd0" if seq == 0 else bytes((seq,)) + b"x") is None
+        answer = await bluez.write(dev, b"\x80\x07\xd0" if seq == 0 else bytes((seq,)) + b"x")
+        if bluez.devices[dev].disconnect_calls == 0:  # (a write racing the drop may find the link gone)
+            assert answer is None
         seq += 1
         await asyncio.sleep(0.1)
-        if loop.time() - t0 < 1.0:
+        if loop.time() - t0 < 2.0:
             assert bluez.devices[dev].disconnect_calls == 0, "a busy link was dropped as idle"
     assert bluez.devices[dev].disconnect_calls == 1
-    assert 1.2 <= loop.time() - t0 < 4.0
+    assert 2.5 <= loop.time() - t0 < 6.0
     assert service.stats.links_expired == 1
