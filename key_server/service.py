@@ -492,9 +492,13 @@ class KeyService:
             # Result data only inside a confidential session: a signed RESULT is readable by anyone (§5.3), but for
             # the time_wanted hint and a BUSY's retry record (when to try again, §5.4): neither says anything about
             # the lock or the door.
-            retry = outcome.status is Status.BUSY and RetryAfter.fits(outcome.data)
-            clear = outcome.data if retry else fast_result_data(outcome.data)
-            central.session.respond(outcome.status, outcome.data if ev.secure else clear)
+            if ev.secure:
+                data = outcome.data
+            elif outcome.status is Status.BUSY and RetryAfter.fits(outcome.data):
+                data = outcome.data
+            else:
+                data = fast_result_data(outcome.data)
+            central.session.respond(outcome.status, data)
         if self.commands.is_counted_read(outcome):
             central.after.append(lambda: self._count_read(central, outcome.command))
         else:
