@@ -18,7 +18,7 @@ from protocol import MIN_ATT_MTU
 
 # Service and characteristic UUIDs (docs/PROTOCOL.md §1).
 SERVICE_UUID = "7d4f0001-5e2a-4c1b-9f3a-6b1c2d3e4f50"
-RX_CHAR_UUID = "7d4f0002-5e2a-4c1b-9f3a-6b1c2d3e4f50"  # central -> vehicle: write, write without response
+RX_CHAR_UUID = "7d4f0002-5e2a-4c1b-9f3a-6b1c2d3e4f50"  # central -> vehicle: write (with response) only
 TX_CHAR_UUID = "7d4f0003-5e2a-4c1b-9f3a-6b1c2d3e4f50"  # vehicle -> central: notify
 
 DEFAULT_ATT_MTU = MIN_ATT_MTU  # every link starts here until an MTU exchange raises it (up to MAX_ATT_MTU)
@@ -66,7 +66,14 @@ class PeripheralHandler(Protocol):
     """What a peripheral backend calls; every method is synchronous, cheap and must not block."""
 
     def on_connect(self, link: str, mtu: int) -> None:
-        """A central connected; `mtu` is the ATT MTU if the backend knows it, else 23."""
+        """A central connected (reported before its first write); `mtu` is the ATT MTU if known, else 23.
+
+        Every backend reports a link when it connects, not when it first writes, so a central that connects and
+        never writes is seen: the service's idle timeout and lifetime cap then drop it (disconnect(link)).
+        """
+
+    def on_mtu(self, link: str, mtu: int) -> None:
+        """The ATT MTU of a connected link became known after on_connect (bless learns it at the first write)."""
 
     def on_subscribe(self, link: str | None) -> None:
         """A central enabled notifications on TX; `link` is None when the backend cannot tell which."""

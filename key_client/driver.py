@@ -23,6 +23,7 @@ from protocol import (
     ChallengeReceived,
     Command,
     CommandResult,
+    DecodeError,
     DeviceSession,
     DState,
     Event,
@@ -31,12 +32,14 @@ from protocol import (
     KeyProtocolError,
     LocalProtocolError,
     Paired,
+    RetryAfter,
     SessionReady,
     Status,
     VehicleError,
 )
 
 from .errors import (
+    BUSY_ATT_TEXT,
     ClientError,
     ConnectFailed,
     OutcomeUnknown,
@@ -157,8 +160,12 @@ class VehicleLink:
             try:
                 await self.conn.write(chunk, response=True)
             except AttError as exc:
+                # RX is write-with-response only (PROTOCOL.md §1.1), so the vehicle's refusals arrive here.
                 if exc.code == AttErrorCode.APP_BUSY:
-                    raise VehicleRefused(Status.BUSY, authenticated=False) from exc
+                    raise VehicleRefused(Status.BUSY, authenticated=False, message=BUSY_ATT_TEXT) from exc
+                if exc.code == AttErrorCode.APP_REJECTED:
+                    raise TimedOut("the vehicle rejected our message as malformed or out of place (ATT error 0x81); "
+                                   "it did not act") from exc
                 raise TimedOut(f"the vehicle rejected our write (ATT error 0x{exc.code:02x})") from exc
             except RadioError as exc:
                 if last:
@@ -276,7 +283,7 @@ class VehicleLink:
                 # Signed proof that the vehicle did nothing: safe to retry; wait_challenge asks for a fresh one.
                 continue
             if result.status is not Status.OK:
-                raise VehicleRefused(result.status, authenticated=True)
+                raise VehicleRefused(result.status, authenticated=True, retry_after=_retry_after(result))
             return result
         raise AssertionError("unreachable")
 
@@ -304,7 +311,7 @@ class VehicleLink:
                 raise self._interrupted(f"{cmd.label} command") from None
             raise
         if result.status not in accept:
-            raise VehicleRefused(result.status, authenticated=True)
+            raise VehicleRefused(result.status, authenticated=True, retry_after=_retry_after(result))
         return result
 
     async def pair(self, code: str, slot: int, *, timeout: float = ANSWER_TIMEOUT) -> Paired:
@@ -333,6 +340,16 @@ class VehicleLink:
                                  authenticated=False)
         assert isinstance(ev, Paired)
         return ev
+
+
+def _retry_after(result: CommandResult) -> int | None:
+    """The seconds a signed BUSY names (PROTOCOL.md §5.4), or None (another status, or a vehicle that does not say)."""
+    if result.status is not Status.BUSY or not result.data:
+        return None
+    try:
+        return RetryAfter.decode(result.data).seconds
+    except DecodeError:
+        return None
 
 
 def _check(ev: Event) -> CommandResult:

@@ -62,10 +62,12 @@ class OutcomeUnknown(ClientError):
 class VehicleRefused(ClientError):
     """The vehicle refused; `authenticated` says whether the refusal was signed by the pinned vehicle key."""
 
-    def __init__(self, status: Status, *, authenticated: bool, message: str | None = None) -> None:
-        super().__init__(message or _refusal_text(status))
+    def __init__(self, status: Status, *, authenticated: bool, message: str | None = None,
+                 retry_after: int | None = None) -> None:
+        super().__init__(message or _refusal_text(status, retry_after))
         self.status = status
         self.authenticated = authenticated
+        self.retry_after = retry_after  # seconds, when the vehicle said (a signed BUSY, PROTOCOL.md §5.4)
 
     @property
     def exit_code(self) -> ExitCode:  # type: ignore[override]
@@ -99,9 +101,16 @@ class ProtocolViolation(ClientError):
 
 
 
-def _refusal_text(status: Status) -> str:
-    """What a refusal with `status` means, in plain words."""
+BUSY_ATT_TEXT = ("the vehicle is busy: it is rate-limiting this connection (too many failed attempts, requests "
+                 "waiting or devices connected); try again in a few seconds")
+
+
+def _refusal_text(status: Status, retry_after: int | None = None) -> str:
+    """What a refusal with `status` means, in plain words (`retry_after`: seconds the vehicle named for a BUSY)."""
     from protocol import Status
+
+    if status is Status.BUSY and retry_after is not None:
+        return f"the vehicle is busy: this key has moved it too often; try again in {max(1, retry_after)} s"
 
     text = {
         Status.DENIED: "the vehicle refused this key (unknown, revoked, or not this vehicle's key)",
@@ -109,8 +118,8 @@ def _refusal_text(status: Status) -> str:
         Status.KEY_EXPIRED: "this key has expired",
         Status.KEY_NOT_YET_VALID: "this key is not valid yet",
         Status.OUTSIDE_SCHEDULE: "this key is outside its allowed schedule right now",
-        Status.BUSY: "the vehicle is busy or rate-limiting (failed attempts, or this key acting too often); try again "
-                     "in a few seconds",
+        Status.BUSY: "the vehicle is busy: it is rate-limiting (too many failed attempts nearby, or this key "
+                     "acting too often); try again in a few seconds",
         Status.ACTUATOR_FAILED: "the vehicle accepted the command but its lock actuator reported a fault",
         Status.DOOR_OPEN: "the door is open: close it before locking",
         Status.NOT_SUPPORTED: "the vehicle does not support that command (is the output wired and configured?)",

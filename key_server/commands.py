@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -32,6 +33,7 @@ from protocol import (
     KeyInfo,
     KeyPair,
     LockState,
+    RetryAfter,
     Role,
     Status,
     StatusReport,
@@ -162,7 +164,9 @@ class KeyCommands:
         if command in ACTUATIONS:
             mono = self._mono()
             if not self.actuations.allow(key_id, mono):
-                return Outcome(key_id, command, wall, Status.BUSY, rate_limited=True,
+                # The signed answer says when to try again (PROTOCOL.md §5.4), so the person is told a number.
+                wait = RetryAfter(math.ceil(self.actuations.retry_after(key_id, mono))).encode()
+                return Outcome(key_id, command, wall, Status.BUSY, data=wait, rate_limited=True,
                                refusals_to_audit=self.actuations.to_report(key_id, mono))
             earlier = self.actuations.to_report(key_id, mono, flush=True)  # the spell is over: its last count
         intent: int | None = None

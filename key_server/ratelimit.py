@@ -62,6 +62,11 @@ class Bucket:
         self._refill(now)
         return self.tokens
 
+    def wait(self, now: float) -> float:
+        """Seconds until the bucket holds one token again (0 if it holds one now)."""
+        self._refill(now)
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
     def take(self, now: float) -> bool:
         """Spend one token; False if the bucket is empty."""
         self._refill(now)
@@ -168,6 +173,11 @@ class ActuationLimiter:
             return True
         self._tallies.setdefault(key_id, _Tally()).unreported += 1
         return False
+
+    def retry_after(self, key_id: bytes, now: float) -> float:
+        """Seconds until `key_id` may act again (0 if it may now)."""
+        bucket = self._buckets.get(key_id)
+        return 0.0 if bucket is None else bucket.wait(now)
 
     def to_report(self, key_id: bytes, now: float, *, flush: bool = False) -> int:
         """How many refusals of `key_id` to audit now in one row (0: none yet).

@@ -37,6 +37,7 @@ from protocol import (
     PairingRequested,
     Refused,
     RemoteProtocolError,
+    RetryAfter,
     Role,
     SessionOpened,
     Status,
@@ -252,13 +253,19 @@ class KeyService:
         central = self.links[link] = _Central(link, self._new_session(mtu - 3), now, now)
         return central
 
+    def on_mtu(self, link: str, mtu: int) -> None:
+        """The link's ATT MTU became known after it connected: reply in chunks that use it."""
+        central = self.links.get(link)
+        if central is not None:
+            central.session.link_mtu(mtu)
+
     async def _disconnect(self, link: str) -> None:
         with contextlib.suppress(Exception):
             await self.peripheral.disconnect(link)
 
     def _central(self, link: str) -> _Central | None:
         central = self.links.get(link)
-        if central is None:  # a backend that saw the write before the connection (bless learns links from writes)
+        if central is None:  # a write from a link the backend did not report connecting (bless: a missed signal)
             central = self._admit_link(link, 23)
         return central
 
@@ -482,8 +489,16 @@ class KeyService:
         if outcome.revoked is not None:  # committed: end its other sessions now; the asker hears the answer first
             self._end_sessions_of(outcome.revoked, keep=central.link if outcome.revoked != ev.key_id else None)
         with contextlib.suppress(KeyProtocolError):  # the central left mid-command: still audit what was done
-            # Result data only inside a confidential session: a signed RESULT is readable by anyone (§5.3).
-            central.session.respond(outcome.status, outcome.data if ev.secure else fast_result_data(outcome.data))
+            # Result data only inside a confidential session: a signed RESULT is readable by anyone (§5.3), but for
+            # the time_wanted hint and a BUSY's retry record (when to try again, §5.4): neither says anything about
+            # the lock or the door.
+            if ev.secure:
+                data = outcome.data
+            elif outcome.status is Status.BUSY and RetryAfter.fits(outcome.data):
+                data = outcome.data
+            else:
+                data = fast_result_data(outcome.data)
+            central.session.respond(outcome.status, data)
         if self.commands.is_counted_read(outcome):
             central.after.append(lambda: self._count_read(central, outcome.command))
         else:
@@ -546,8 +561,12 @@ class KeyService:
                 # Busy or not: a link that keeps itself busy must not hold its slot forever. A drain task in
                 # progress finishes its current event; the closed session yields no more.
                 self.stats.links_expired += 1
+                log.info("dropping %s: connected for %.1f s (max_link_lifetime)", central.link,
+                         now - central.connected_at)
                 self._spawn(self._drop(central))
             elif not busy and now - central.last_activity > self.config.link_idle_timeout:
+                # A silent central too: with bless, BlueZ does not advertise while it is connected.
+                log.info("dropping %s: idle for %.1f s (link_idle_timeout)", central.link, now - central.last_activity)
                 self._spawn(self._drop(central))
         self.check_store_changes()
         self.challenges.purge(now)

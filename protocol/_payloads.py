@@ -139,6 +139,39 @@ def parse_set_time_args(args: bytes) -> int:
     return stated
 
 
+# ------------------------------------------------------------------ busy (unlock, lock, start over a key's rate)
+
+MAX_RETRY_AFTER = 0xFFFF  # seconds: a u16; a longer wait is sent as this
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAfter:
+    """Result data of a BUSY refusal: whole seconds until the vehicle takes that command from this key again."""
+
+    seconds: int
+
+    def encode(self) -> bytes:
+        """Result data bytes (`34 02 seconds`)."""
+        return encode_fields([(0x34, _u(max(0, min(self.seconds, MAX_RETRY_AFTER)), 2))])
+
+    @classmethod
+    def decode(cls, data: bytes) -> RetryAfter:
+        """Parse result data; DecodeError if malformed or without the field."""
+        seconds = _int(decode_fields(data, {0x34: (2, 2)}), 0x34)
+        if seconds is None:
+            raise DecodeError("retry_after missing")
+        return cls(seconds)
+
+    @classmethod
+    def fits(cls, data: bytes) -> bool:
+        """True if `data` is exactly one retry record (what a signed BUSY may carry in clear, PROTOCOL.md §5.4)."""
+        try:
+            cls.decode(data)
+        except DecodeError:
+            return False
+        return True
+
+
 # ------------------------------------------------------------------ key list
 
 

@@ -66,7 +66,7 @@ from ._keys import (
     verify,
 )
 from ._pake import CPace, PakeError
-from ._payloads import TIME_WANTED_HINT
+from ._payloads import TIME_WANTED_HINT, RetryAfter
 from ._state import VEHICLE_WAITING_FOR_APP, VehicleStateMachine, VInput, VState
 from ._vocab import FAST_COMMANDS, SECURE_COMMANDS, Command, Role
 
@@ -169,6 +169,10 @@ class VehicleSession:
     def chunk_size(self) -> int:
         """Bytes per notification used for replies (never above what the largest ATT MTU, 517, carries)."""
         return min(MAX_ATT_MTU - 3, max(self._min_chunk, self._rx.largest_chunk))
+
+    def link_mtu(self, att_mtu: int) -> None:
+        """The link's ATT MTU, learnt after the session started: reply in chunks up to MTU - 3 (PROTOCOL.md §1.4)."""
+        self._min_chunk = max(self._min_chunk, min(MAX_ATT_MTU, att_mtu) - 3)
 
     def data_to_send(self) -> list[bytes]:
         """Drain the queued notification chunks, in order."""
@@ -426,12 +430,16 @@ class VehicleSession:
         """Answer the pending CommandRequested: signed on the fast path (status only), sealed with `data` in a session.
 
         Result data travels only sealed (PROTOCOL.md §5.3): a status report in a signed RESULT would tell any
-        listener whether the door is open. On the fast path `data` may only be empty or the time_wanted hint
-        (`fast_result_data`); anything else raises LocalProtocolError.
+        listener whether the door is open. On the fast path `data` may only be empty, the time_wanted hint
+        (`fast_result_data`) or a BUSY's retry record (when to try again, §5.4); anything else raises
+        LocalProtocolError.
         """
         pending = self._pending
-        if pending is not None and data not in (b"", TIME_WANTED_HINT) and self._sm.state is VState.AWAIT_APP:
-            raise LocalProtocolError("a fast-path RESULT carries no data but the time_wanted hint (PROTOCOL.md §5.3)")
+        retry = status is Status.BUSY and RetryAfter.fits(data)
+        if (pending is not None and data not in (b"", TIME_WANTED_HINT) and not retry
+                and self._sm.state is VState.AWAIT_APP):  # the fast path's wait
+            raise LocalProtocolError("a fast-path RESULT carries no data but the time_wanted hint or a BUSY's retry "
+                                     "record (PROTOCOL.md §5.3)")
         self._sm.advance(VInput.APP_RESPOND)
         assert pending is not None
         self._pending = None

@@ -11,16 +11,25 @@ every subscriber (docs/PROTOCOL.md §1.3). Three hooks close the gap, all runnin
   refused write, an easy log flood for anyone in radio range. install_write_hook() still replaces bless's
   BlueZGattCharacteristic.WriteValue (dbus-next collects D-Bus methods per class when an object is created, so
   this must happen before the characteristics exist) for any call the handler does not take. The device object
-  path becomes the link id; the first write of a link reports on_connect(link, mtu). An AttError raised by
-  on_write becomes the D-Bus error that BlueZ turns into that ATT error code (dbus_error_for). BlueZ 5.66
-  only waits for that answer on characteristics without the write-without-response property (gatt-database.c
-  chrc_write_cb); on ours it acknowledges the ATT write itself, so the refusal stays local (the data is still
-  dropped, and logged at DEBUG).
+  path is the link id; the first write of a link reports on_mtu(link, mtu) with the MTU BlueZ names. An
+  AttError raised by on_write becomes the D-Bus error that BlueZ turns into that ATT error code
+  (dbus_error_for). RX has the write property only: BlueZ 5.66 waits for the application's answer only on
+  characteristics without write-without-response (gatt-database.c chrc_write_cb) and acknowledges every write
+  to such a characteristic itself, so with that property busy (0x80) and rejected (0x81) would never reach the
+  central. A Write Command to RX still arrives (BlueZ does not check the property) and is handled alike; its
+  central cannot see a refusal, which is logged at DEBUG.
 - StartNotify: bluetoothd calls the application's StartNotify for every central's CCC enable (BlueZ 5.66
   gatt-database.c), without identity; bless sets app.StartNotify to a no-op lambda in its setup. Ours calls
   on_subscribe(None): the service pushes a challenge that every subscriber receives (docs/PROTOCOL.md §1.3, §5.1).
-- Disconnects: org.bluez.Device1 PropertiesChanged(Connected=False) and InterfacesRemoved signals for the device
-  paths seen in writes call on_disconnect; so does bluetoothd leaving the bus.
+- Connections: links come from BlueZ itself, not from writes. A Device1 object under our adapter whose Connected
+  property is true (at start: GetManagedObjects; later: InterfacesAdded, or PropertiesChanged(Connected=True))
+  reports on_connect(path, 23) before any write, so a central that connects and never writes is idle-dropped
+  by the service like any other (disconnect() calls Device1.Disconnect); while it is connected BlueZ does not
+  advertise, so it would otherwise lock everyone out. Every connected device on that adapter counts, our
+  centrals or not: the adapter must be dedicated to key-server (docs/DEPLOY.md). A write from a device not
+  seen connecting (a missed signal) still reports on_connect first.
+- Disconnects: Device1 PropertiesChanged(Connected=False) and InterfacesRemoved signals for known links call
+  on_disconnect; so does bluetoothd leaving the bus.
 - bluetoothd restarts: a crash (BlueZ 5.66 has segfaults on reconnects; seen in tests/ble_vm) or a restart takes
   the registered service and advertisement with it. When org.bluez gets an owner again, the peripheral waits for
   an adapter to be powered and registers everything anew on a fresh bless server (a new bus connection; the old
@@ -87,9 +96,11 @@ _HOOK_ATTR = "_dkey_write_value"  # set on a bless BlueZGattApplication: our Wri
 _HOOK_MARK = "_dkey_write_hook"  # marks the replaced BlueZGattCharacteristic.WriteValue
 
 _MATCH_RULES = (
-    # a device's connection state (Connected=False ends a link)
+    # a device's connection state (Connected=True starts a link, Connected=False ends it)
     f"type='signal',sender='{BLUEZ}',interface='{PROPERTIES_IFACE}',member='PropertiesChanged',"
     f"arg0='{DEVICE_IFACE}'",
+    # a device object appearing (a new central; its properties may already say Connected=True)
+    f"type='signal',sender='{BLUEZ}',interface='{OBJECT_MANAGER_IFACE}',member='InterfacesAdded'",
     # a device object vanishing (BlueZ removes temporary devices some time after they disconnect)
     f"type='signal',sender='{BLUEZ}',interface='{OBJECT_MANAGER_IFACE}',member='InterfacesRemoved'",
     # bluetoothd leaving or restarting: every link is gone
@@ -205,7 +216,8 @@ class BlessPeripheral:
         self._call_timeout = call_timeout
         self._server: Any = None
         self._handler: PeripheralHandler | None = None
-        self._links: dict[str, int] = {}  # device object path -> ATT MTU reported when first seen
+        self._links: dict[str, int] = {}  # device object path -> ATT MTU reported (23 until a write names it)
+        self._adapter_path: str | None = None  # our adapter's object path: its Device1 children are our links
         self._bluez_owner: str | None = None  # unique bus name of bluetoothd: only it may end our links
         self._rx: Any = None  # bless's BlueZGattCharacteristic for RX, whose WriteValue calls _on_method_call answers
         self._recovery: asyncio.Task[None] | None = None  # re-registration after bluetoothd came back
@@ -217,7 +229,7 @@ class BlessPeripheral:
 
     @property
     def links(self) -> tuple[str, ...]:
-        """Device object paths of the centrals that have written since they connected."""
+        """Device object paths of the connected centrals (BlueZ's Device1 Connected, or a write from them)."""
         return tuple(self._links)
 
     @property
@@ -274,15 +286,16 @@ class BlessPeripheral:
         setattr(app, _HOOK_ATTR, self._on_write_value)
         app.StartNotify = self._on_start_notify  # bless's setup installed a no-op; it is called with None
         props, perms = bless.GATTCharacteristicProperties, bless.GATTAttributePermissions
-        await server.add_new_characteristic(
-            SERVICE_UUID, RX_CHAR_UUID, props.write | props.write_without_response, None, perms.writeable
-        )
+        # Write only: with write-without-response BlueZ would acknowledge every write itself (module docstring).
+        await server.add_new_characteristic(SERVICE_UUID, RX_CHAR_UUID, props.write, None, perms.writeable)
         await server.add_new_characteristic(SERVICE_UUID, TX_CHAR_UUID, props.notify, None, perms.readable)
         rx = server.get_characteristic(RX_CHAR_UUID)
         self._rx = getattr(rx, "gatt", None)
+        self._adapter_path = str(server.adapter.path)  # bless picked it (the named one, else BlueZ's first)
         await self._watch_links(server.bus)
         if not await server.start():  # export + RegisterApplication + RegisterAdvertisement
             raise RadioError("bless refused to start")
+        await self._adopt_connected(server.bus)
 
     async def stop(self) -> None:
         """Disconnect every known central, stop advertising, unregister the service; idempotent."""
@@ -350,11 +363,15 @@ class BlessPeripheral:
         server = self._server
         if server is None or link not in self._links:
             return
-        if link.startswith("/"):
-            await self._call_disconnect(server, link)
+        ok = not link.startswith("/") or await self._call_disconnect(server, link)
         self._forget(link)  # usually the Connected=False signal has already done it
+        if not ok and await self._still_connected(server, link):
+            # Still there: report it anew, so the service's idle timeout runs again and retries the disconnect
+            # (forgotten, it would hold the adapter unwatched: BlueZ does not advertise meanwhile).
+            self._connected(link)
 
-    async def _call_disconnect(self, server: Any, link: str) -> None:
+    async def _call_disconnect(self, server: Any, link: str) -> bool:
+        """Ask BlueZ to drop the device at `link`; False if BlueZ refused or did not answer."""
         from dbus_next.constants import MessageType
         from dbus_next.message import Message
 
@@ -363,11 +380,27 @@ class BlessPeripheral:
                 reply = await server.bus.call(
                     Message(destination=BLUEZ, path=link, interface=DEVICE_IFACE, member="Disconnect")
                 )
-        except Exception as exc:  # noqa: BLE001 - the link may already be gone; nothing else to do
+        except Exception as exc:  # noqa: BLE001 - the link may already be gone
             log.info("ble peripheral: Disconnect %s failed: %s", link, exc or type(exc).__name__)
-            return
+            return False
         if reply is not None and reply.message_type is MessageType.ERROR:
             log.info("ble peripheral: Disconnect %s: %s %s", link, reply.error_name, reply.body)
+            return False
+        return True
+
+    async def _still_connected(self, server: Any, link: str) -> bool:
+        """BlueZ's Device1.Connected of `link` (False if it cannot be read: the device is gone)."""
+        from dbus_next.constants import MessageType
+        from dbus_next.message import Message
+
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                reply = await server.bus.call(Message(destination=BLUEZ, path=link, interface=PROPERTIES_IFACE,
+                                                      member="Get", signature="ss", body=[DEVICE_IFACE, "Connected"]))
+        except Exception:  # noqa: BLE001 - no answer: treat as gone
+            return False
+        return (reply is not None and reply.message_type is not MessageType.ERROR
+                and getattr(reply.body[0], "value", None) is True)
 
     # ------------------------------------------------------------------ hooks (D-Bus callbacks, in the loop)
 
@@ -380,11 +413,15 @@ class BlessPeripheral:
             raise _dbus_error(AttErrorCode.INVALID_OFFSET)
         link = _option(options, "device") or UNKNOWN_LINK
         link = str(link)
-        if link not in self._links:
-            mtu = _option(options, "mtu")
-            mtu = int(mtu) if isinstance(mtu, int) and mtu >= DEFAULT_ATT_MTU else DEFAULT_ATT_MTU
+        mtu = _option(options, "mtu")
+        mtu = int(mtu) if isinstance(mtu, int) and mtu >= DEFAULT_ATT_MTU else DEFAULT_ATT_MTU
+        known = self._links.get(link)
+        if known is None:  # a connection we did not see (a missed signal): report it now
             self._links[link] = mtu
             self._call("on_connect", link, mtu)
+        elif mtu > known:
+            self._links[link] = mtu
+            self._call("on_mtu", link, mtu)
         try:
             handler.on_write(link, bytes(value))
         except AttError as exc:
@@ -438,11 +475,18 @@ class BlessPeripheral:
             return None
         body = msg.body
         if msg.member == "PropertiesChanged" and msg.interface == PROPERTIES_IFACE:
-            if msg.path in self._links and self._from_bluez(msg) and len(body) >= 2 and body[0] == DEVICE_IFACE:
+            if self._from_bluez(msg) and len(body) >= 2 and body[0] == DEVICE_IFACE:
                 connected = body[1].get("Connected")
-                if connected is not None and connected.value is False:
+                if connected is not None and connected.value is False and msg.path in self._links:
                     log.debug("ble peripheral: %s disconnected", msg.path)
                     self._forget(msg.path)
+                elif connected is not None and connected.value is True:
+                    self._connected(msg.path)
+        elif msg.member == "InterfacesAdded" and msg.interface == OBJECT_MANAGER_IFACE:
+            if len(body) >= 2 and DEVICE_IFACE in body[1] and self._from_bluez(msg):
+                connected = body[1][DEVICE_IFACE].get("Connected")
+                if connected is not None and connected.value is True:
+                    self._connected(body[0])
         elif msg.member == "InterfacesRemoved" and msg.interface == OBJECT_MANAGER_IFACE:
             if len(body) >= 2 and body[0] in self._links and DEVICE_IFACE in body[1] and self._from_bluez(msg):
                 self._forget(body[0])
@@ -537,6 +581,33 @@ class BlessPeripheral:
 
     def _from_bluez(self, msg: Any) -> bool:
         return self._bluez_owner is None or msg.sender == self._bluez_owner
+
+    def _ours(self, path: str) -> bool:
+        """True if `path` is a device object of our adapter (/org/bluez/hciN/dev_XX_..., nothing below it)."""
+        prefix = f"{self._adapter_path}/dev_"
+        return self._adapter_path is not None and path.startswith(prefix) and "/" not in path[len(prefix):]
+
+    def _connected(self, path: str) -> None:
+        """BlueZ says a device of our adapter is connected: a new link, reported before any write."""
+        if self._handler is None or path in self._links or not self._ours(path):
+            return
+        log.debug("ble peripheral: %s connected", path)
+        self._links[path] = DEFAULT_ATT_MTU
+        self._call("on_connect", path, DEFAULT_ATT_MTU)
+
+    async def _adopt_connected(self, bus: Any) -> None:
+        """Report the devices already connected to our adapter (e.g. a central that stayed through a restart)."""
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                objects = await _managed_objects(bus)
+        except Exception as exc:  # noqa: BLE001 - the signals still report every later connection
+            log.warning("ble peripheral %r: could not list connected devices: %s", self.name,
+                        exc or type(exc).__name__)
+            return
+        for path, interfaces in sorted(objects.items()):
+            connected = interfaces.get(DEVICE_IFACE, {}).get("Connected")
+            if getattr(connected, "value", connected) is True:
+                self._connected(path)
 
     def _forget(self, link: str) -> None:
         if self._links.pop(link, None) is not None:

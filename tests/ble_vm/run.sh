@@ -4,7 +4,7 @@
 #   bash tests/ble_vm/run.sh [extra pytest args, e.g. -k smoke -x]
 # Environment:
 #   BLE_VM_WORK     work dir (default .ble-vm/): kernel, initramfs, out/ with the guest's logs
-#   BLE_VM_TIMEOUT  hard limit for the whole VM in seconds (default 540)
+#   BLE_VM_TIMEOUT  hard limit for the whole VM in seconds (default 1500)
 #   BLE_VM_BTMON=1  also capture HCI traffic to out/btmon.snoop
 #   BLE_VM_PRODUCT_RACE_FIX=1  run the product's CLIs with the test-only bleak patch too (default: without)
 #   BLE_VM_CPUS, BLE_VM_MEM (MiB), BLE_VM_ACCEL (default TCG: this host's /dev/kvm cannot boot
@@ -14,7 +14,7 @@ set -euo pipefail
 # shellcheck source=tests/ble_vm/common.sh
 . "$(dirname "$(readlink -f "$0")")/common.sh"
 
-TIMEOUT=${BLE_VM_TIMEOUT:-540}
+TIMEOUT=${BLE_VM_TIMEOUT:-1500}
 LOG_LINES=${BLE_VM_LOG_LINES:-200}
 OUT=$WORK/out
 

@@ -179,11 +179,12 @@ class _LEAdvertisingManager1(ServiceInterface):
 class FakeDevice(ServiceInterface):
     """org.bluez.Device1 of one connected central."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, connected: bool = True) -> None:
         super().__init__("org.bluez.Device1")
         self._address = address
-        self._connected = True
+        self._connected = connected
         self.disconnect_calls = 0
+        self.refuse_disconnect = False  # answer Disconnect with an error and stay connected
 
     @dbus_property(access=PropertyAccess.READ)
     def Address(self) -> "s":
@@ -196,6 +197,8 @@ class FakeDevice(ServiceInterface):
     @method()
     def Disconnect(self):
         self.disconnect_calls += 1
+        if self.refuse_disconnect:
+            raise DBusError("org.bluez.Error.Failed", "Operation failed")
         self.set_connected(False)
 
     def set_connected(self, value: bool) -> None:
@@ -299,10 +302,12 @@ class FakeBlueZ:
 
     # ------------------------------------------------------------------ playing centrals
 
-    def add_device(self, name: str = "dev_AA_BB_CC_DD_EE_01", adapter: str | None = None) -> str:
-        """A connected central: its Device1 object path (the peripheral's link id)."""
+    def add_device(self, name: str = "dev_AA_BB_CC_DD_EE_01", adapter: str | None = None, *,
+                   connected: bool = True) -> str:
+        """A central's Device1 object (connected, unless told otherwise), announced with InterfacesAdded like
+        bluetoothd does; returns its object path (the peripheral's link id)."""
         path = f"/org/bluez/{adapter or self.app_adapter or self.adapter_names[0]}/{name}"
-        self.devices[path] = FakeDevice(name[4:].replace("_", ":"))
+        self.devices[path] = FakeDevice(name[4:].replace("_", ":"), connected)
         self.bus.export(path, self.devices[path])
         return path
 
@@ -413,7 +418,7 @@ class FakeScanner:
 
 
 def gatt(rx_size: int | Callable[[], int] = 182, *, with_service: bool = True) -> BleakGATTServiceCollection:
-    """A discovered GATT database with our service (RX write+wwr, TX notify), from real bleak classes."""
+    """A discovered GATT database with our service (RX write, TX notify), from real bleak classes."""
     services = BleakGATTServiceCollection()
     if not with_service:
         other = BleakGATTService(None, 1, "0000180f-0000-1000-8000-00805f9b34fb")
@@ -423,7 +428,7 @@ def gatt(rx_size: int | Callable[[], int] = 182, *, with_service: bool = True) -
     services.add_service(svc)
     size = rx_size if callable(rx_size) else (lambda: rx_size)
     services.add_characteristic(
-        BleakGATTCharacteristic(("rx",), 11, RX_CHAR_UUID, ["write", "write-without-response"], size, svc))
+        BleakGATTCharacteristic(("rx",), 11, RX_CHAR_UUID, ["write"], size, svc))
     services.add_characteristic(BleakGATTCharacteristic(("tx",), 13, TX_CHAR_UUID, ["notify"], lambda: 20, svc))
     return services
 

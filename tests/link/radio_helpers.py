@@ -25,6 +25,10 @@ class Recorder:
         self.events.append(("connect", link, mtu))
         self.mtus[link] = mtu
 
+    def on_mtu(self, link: str, mtu: int) -> None:
+        self.events.append(("mtu", link, mtu))
+        self.mtus[link] = mtu
+
     def on_subscribe(self, link: str | None) -> None:
         self.events.append(("subscribe", link))
         if self.on_subscribe_hook is not None:

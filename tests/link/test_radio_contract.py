@@ -240,6 +240,18 @@ async def test_peripheral_disconnect_is_seen_by_the_central(kit: RadioKit) -> No
     await p.disconnect(rec.links[0])  # gone already: a no-op
 
 
+async def test_a_central_that_never_writes_is_reported_at_connect_and_can_be_dropped(kit: RadioKit) -> None:
+    """The contract bless now keeps too (test_ble_peripheral_links.py): a link is reported when it connects, not at
+    its first write, so the service can idle-drop a silent central."""
+    p, rec = await kit.peripheral()
+    conn = await kit.connect(kit.central())
+    await wait_until(lambda: len(rec.of("connect")) == 1)
+    assert rec.of("write") == [] and rec.of("subscribe") == []
+    await p.disconnect(rec.links[0])
+    await wait_until(lambda: not conn.is_connected)
+    assert rec.of("disconnect") == [("disconnect", rec.links[0])]
+
+
 async def test_stop_disconnects_everyone_and_is_idempotent(kit: RadioKit) -> None:
     p, rec = await kit.peripheral()
     conns = [await kit.connect(kit.central(name=f"c{i}")) for i in range(3)]

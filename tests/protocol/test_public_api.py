@@ -10,7 +10,7 @@ EXPECTED = {
     "DeviceSession", "DoorState", "Event", "FAST_COMMANDS", "FramingError", "KEY_ID_LEN", "KeyInfo", "KeyPair",
     "KeyProtocolError", "LocalProtocolError", "LockState", "MAX_ATT_MTU", "MAX_MESSAGE", "MIN_ATT_MTU", "Message",
     "MsgType", "PUBLIC_KEY_LEN", "Paired", "PairingFailed", "PairingKeyReceived", "PairingRequested", "PakeError",
-    "QR_SCHEME", "Reassembler", "Refused", "RemoteProtocolError", "ReplayError", "Role", "SECRET_DIGITS",
+    "QR_SCHEME", "Reassembler", "Refused", "RetryAfter", "RemoteProtocolError", "ReplayError", "Role", "SECRET_DIGITS",
     "SECURE_COMMANDS", "SIGNATURE_LEN", "SessionOpened", "SessionReady", "Status", "StatusReport", "VERSION",
     "VState", "VehicleError", "VehicleSession", "chunk_count", "chunk_size_for_mtu", "decode", "decode_audit_page",
     "decode_key_page", "decode_public_key", "encode_audit_page", "encode_key_page", "encode_public_key",

@@ -130,6 +130,32 @@ def test_vehicle_replies_in_chunks_as_large_as_the_device_writes() -> None:
     assert max(len(c) for c in p.downlink) == len(p.uplink[0]) > 20
 
 
+def test_a_link_mtu_learnt_late_sizes_the_replies_and_never_shrinks_them() -> None:
+    p = make_pair(chunk_size=244)
+    p.vehicle.link_mtu(247)  # bless learns the MTU at the first write, after the session started
+    p.vehicle.link_mtu(23)
+    p.subscribe()
+    assert p.vehicle.chunk_size == 244 and len(p.downlink) == 1  # the challenge in one notification, not two
+    p.vehicle.link_mtu(10_000)
+    assert p.vehicle.chunk_size == 514  # what the largest ATT MTU (517) carries
+
+
+def test_a_fast_path_result_carries_a_retry_record_only_in_a_busy_answer() -> None:
+    from protocol import LocalProtocolError, RetryAfter
+
+    wait = RetryAfter(30).encode()
+    p = make_pair()
+    p.subscribe()
+    assert p.command(Command.UNLOCK, status=Status.BUSY, data=wait).data == wait  # signed, so the device trusts it
+    for status, data in ((Status.OK, wait), (Status.BUSY, b"\x30\x01\x02"), (Status.BUSY, wait + b"\x00")):
+        q = make_pair()
+        q.subscribe()
+        q.device.send_command(Command.UNLOCK)
+        q.flush_up()
+        with pytest.raises(LocalProtocolError):
+            q.vehicle.respond(status, data)  # nothing else travels in clear (§5.3)
+
+
 def test_lock_after_unlock_in_one_connection_with_a_requested_challenge() -> None:
     p = make_pair()
     p.subscribe()

@@ -82,8 +82,12 @@ def _chunks(step: dict[str, Any]) -> list[bytes]:
     return [bytes.fromhex(c) for c in step["chunks"]]
 
 
-@pytest.mark.parametrize("name", ["unlock_mtu23.json", "unlock_mtu247.json"])
-def test_unlock_vector_through_public_api(name: str) -> None:
+@pytest.mark.parametrize(("name", "status", "data"), [
+    ("unlock_mtu23.json", Status.OK, ""),  # a fast-path RESULT carries no status report (§5.3)
+    ("unlock_mtu247.json", Status.OK, ""),
+    ("busy.json", Status.BUSY, "3402001e"),  # §5.4: retry_after 30 s, the one other data a fast-path RESULT carries
+])
+def test_unlock_vector_through_public_api(name: str, status: Status, data: str) -> None:
     v = load(name)
     now = v["inputs"]["now"]
     vehicle, device, _ = _sides(v)
@@ -95,10 +99,10 @@ def test_unlock_vector_through_public_api(name: str) -> None:
     assert device.data_to_send() == _chunks(command)
     [req] = _feed(vehicle, command, now)
     assert isinstance(req, CommandRequested) and req.command is Command.UNLOCK
-    vehicle.respond(Status.OK)  # a fast-path RESULT carries no data (PROTOCOL.md §5.3)
+    vehicle.respond(status, bytes.fromhex(data))
     assert vehicle.data_to_send() == _chunks(result)
     [res] = _feed(device, result, now)
-    assert res == CommandResult(Command.UNLOCK, Status.OK, b"", secure=False)
+    assert res == CommandResult(Command.UNLOCK, status, bytes.fromhex(data), secure=False)
 
 
 def test_confidential_vector_through_public_api() -> None:

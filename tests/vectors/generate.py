@@ -18,6 +18,7 @@ from protocol import (
     Command,
     KeyInfo,
     Paired,
+    RetryAfter,
     Role,
     Status,
     chunk_size_for_mtu,
@@ -120,6 +121,21 @@ def unlock(mtu: int) -> dict[str, Any]:
     p.vehicle.respond(Status.OK)
     r.down()
     return {"description": f"fast-path unlock at ATT MTU {mtu}", "inputs": _inputs(mtu, seed), "steps": r.steps}
+
+
+def busy(mtu: int = 247) -> dict[str, Any]:
+    """Subscribe, challenge, UNLOCK, signed RESULT BUSY naming the seconds to wait (a key over its actuation rate)."""
+    seed = b"vector-busy"
+    p = make_pair(chunk_size=chunk_size_for_mtu(mtu), rng_seed=seed)
+    r = Recorder(p)
+    p.vehicle.push_challenge(p.now)
+    r.down()
+    p.device.send_command(Command.UNLOCK)
+    r.up()
+    p.vehicle.respond(Status.BUSY, RetryAfter(30).encode())
+    r.down()
+    return {"description": f"fast-path unlock refused BUSY with retry_after 30 s at ATT MTU {mtu}",
+            "inputs": _inputs(mtu, seed), "steps": r.steps}
 
 
 def confidential(mtu: int = 247) -> dict[str, Any]:
@@ -302,6 +318,7 @@ def audit_head() -> dict[str, Any]:
 VECTORS: dict[str, Callable[[], dict[str, Any]]] = {
     "unlock_mtu23.json": lambda: unlock(23),
     "unlock_mtu247.json": lambda: unlock(247),
+    "busy.json": busy,
     "confidential.json": confidential,
     "pairing.json": pairing,
     "framing_mtu23.json": lambda: framing(23),

@@ -254,9 +254,11 @@ async def test_garbage_and_oversize_writes_leave_the_server_up(vehicle: Vehicle,
     a whole message that does not decode. The vehicle refuses each (its log), drops the link after the last, stays
     up, and the next honest unlock from the owner's watch works.
 
-    What the central sees is BlueZ's doing: RX also allows Write Without Response, so bluetoothd 5.66 answers every
-    Write Request to it with success before asking the application (gatt-database.c chrc_write_cb); only values
-    BlueZ itself refuses (over 510 bytes) get an ATT error. The outcomes are recorded, not asserted."""
+    The central sees the refusals: RX takes Write Requests only, so bluetoothd 5.66 waits for the application's
+    answer (with write-without-response on RX it acknowledged every write itself, gatt-database.c chrc_write_cb,
+    and the central saw only successes). Bad frames get ATT error 0x81 from the vehicle; values over 510 bytes
+    get 0x0d from BlueZ itself; the undecodable whole message is a valid frame (acknowledged), answered by an
+    ERROR notification and a disconnect."""
     from bleak import BleakClient
 
     from key_client.radio.ble import _att_code
@@ -311,6 +313,8 @@ async def test_garbage_and_oversize_writes_leave_the_server_up(vehicle: Vehicle,
         {"outcomes": outcomes, "vehicle_refusals": refusals, "dropped": dropped, "heard": len(heard)}, indent=1))
     assert heard, "no challenge was pushed to the raw central on subscription"
     assert len(outcomes) == len(frames), outcomes
+    assert [o for _, o in outcomes[:3]] == ["ATT error 0x81"] * 3, outcomes  # the vehicle's refusals arrive
+    assert outcomes[-1][1] == "ATT write acknowledged", outcomes
     assert len(refusals) >= 3, vehicle.output()[log_mark:]
     assert dropped, "the vehicle kept a link that sent an undecodable message"
     refused = [e for e in vehicle.audit(since) if e["event"] == "refusals"]  # counted, written as the link dropped
