@@ -12,11 +12,13 @@ from hardware import ActuatorConfig, SimulatedLock
 from key_client.driver import Target, VehicleLink, connect_vehicle
 from key_server.audit import AuditLog
 from key_server.clock import GuardedClock, Probe, Source
+from key_server.commands import to_status_report
 from key_server.pairing import issue_code
 from key_server.ratelimit import LINK_QUEUE, MAX_LINK_LIFETIME, MAX_LINKS, ActuationLimiter, FailureLimiter
 from key_server.service import KeyService, ServiceConfig
 from key_server.store import KeyRecord, KeyStore
-from protocol import KeyPair, Role
+from protocol import Command, KeyPair, Role, Status, StatusReport
+from protocol._payloads import TIME_WANTED_HINT
 
 T0 = 1_800_000_000  # a fixed "now" (2027-01-15) for validity windows
 
@@ -97,3 +99,21 @@ class Harness:
         central = self.air.central(mtu=mtu)
         target = Target(self.identity.public_bytes if pinned else None)
         return await connect_vehicle(central, device, target, scan_time=1.0, attempts=1)
+
+
+async def unlock(h: Harness, device: KeyPair, cmd: Command = Command.UNLOCK, **kw: object) -> StatusReport:
+    """Run `cmd` as a device would (STATUS inside a confidential session) and return the lock's report after it.
+
+    A fast-path RESULT carries no report (PROTOCOL.md §5.3), so the state is read from the vehicle's lock.
+    """
+    link = await h.connect(device, **kw)  # type: ignore[arg-type]
+    try:
+        if cmd is Command.STATUS:
+            await link.open_secure()
+            return StatusReport.decode((await link.secure(cmd)).data)
+        result = await link.command(cmd)
+        # Nothing in clear but, while the clock is untrusted, the time_wanted hint (PROTOCOL.md §5.3).
+        assert result.status is Status.OK and result.data in (b"", TIME_WANTED_HINT), "a fast-path RESULT carried state"
+        return to_status_report(h.lock.status())
+    finally:
+        await link.close()

@@ -18,14 +18,12 @@ from dkey_link.contract import AttError, AttErrorCode
 from dkey_link.mock import MockConnection
 from key_client.errors import VehicleRefused
 from key_server.audit import AuditEvent
-from key_server.commands import to_status_report
 from key_server.ratelimit import FailureLimiter
-from protocol import Command, KeyPair, LockState, StatusReport, split
+from protocol import Command, KeyPair, LockState, split
 from protocol import Status as S
 from protocol._codec import CommandMessage
-from protocol._payloads import TIME_WANTED_HINT
 
-from .harness import Harness
+from .harness import Harness, unlock
 
 SLOW = 0.0001  # tokens per second: none is earned while a test runs
 
@@ -99,24 +97,6 @@ def _refused_rows(h: Harness, after: int) -> int:
                                                                                   AuditEvent.REFUSALS)]
     assert len(rows) <= h.service.refusals.max_rows  # one window's share, whatever the number of refusals
     return sum(int(e.detail.get("count", 1) or 0) for e in rows)
-
-
-async def unlock(h: Harness, device: KeyPair, cmd: Command = Command.UNLOCK, **kw) -> StatusReport:
-    """Run `cmd` as a device would (STATUS inside a confidential session) and return the lock's report after it.
-
-    A fast-path RESULT carries no report (PROTOCOL.md §5.3), so the state is read from the vehicle's lock.
-    """
-    link = await h.connect(device, **kw)
-    try:
-        if cmd is Command.STATUS:
-            await link.open_secure()
-            return StatusReport.decode((await link.secure(cmd)).data)
-        result = await link.command(cmd)
-        # Nothing in clear but, while the clock is untrusted, the time_wanted hint (PROTOCOL.md §5.3).
-        assert result.status is S.OK and result.data in (b"", TIME_WANTED_HINT), "a fast-path RESULT carried state"
-        return to_status_report(h.lock.status())
-    finally:
-        await link.close()
 
 
 async def test_pipelined_bogus_commands_are_cut_at_the_budget_before_crypto(tmp_path, crypto) -> None:

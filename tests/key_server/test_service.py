@@ -7,23 +7,20 @@ import asyncio
 import pytest
 
 from key_client.errors import OutcomeUnknown, VehicleRefused
-from key_server.commands import to_status_report
 from key_server.ratelimit import FailureLimiter
 from protocol import (
     Command,
     KeyPair,
     LockState,
     Role,
-    StatusReport,
     decode_key_page,
     list_keys_args,
     read_audit_args,
     revoke_args,
 )
 from protocol import Status as S
-from protocol._payloads import TIME_WANTED_HINT
 
-from .harness import Harness
+from .harness import Harness, unlock
 
 
 @pytest.fixture
@@ -39,24 +36,6 @@ async def ht(tmp_path):
     harness = await Harness(tmp_path, trusted_clock=True).start()
     yield harness
     await harness.stop()
-
-
-async def unlock(h: Harness, device: KeyPair, cmd: Command = Command.UNLOCK, **kw) -> StatusReport:
-    """Run `cmd` as a device would (STATUS inside a confidential session) and return the lock's report after it.
-
-    A fast-path RESULT carries no report (PROTOCOL.md §5.3), so the state is read from the vehicle's lock.
-    """
-    link = await h.connect(device, **kw)
-    try:
-        if cmd is Command.STATUS:
-            await link.open_secure()
-            return StatusReport.decode((await link.secure(cmd)).data)
-        result = await link.command(cmd)
-        # Nothing in clear but, while the clock is untrusted, the time_wanted hint (PROTOCOL.md §5.3).
-        assert result.status is S.OK and result.data in (b"", TIME_WANTED_HINT), "a fast-path RESULT carried state"
-        return to_status_report(h.lock.status())
-    finally:
-        await link.close()
 
 
 @pytest.mark.parametrize("mtu", [23, 247])
