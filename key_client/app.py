@@ -140,6 +140,16 @@ class AuditListing:
 
 
 @dataclass(frozen=True, slots=True)
+class ShareRequest:
+    """What `request-share` shows: the request text (its QR payload) and the key it names."""
+
+    uri: str
+    key_id: bytes
+    name: str
+    reused: bool  # the key of an earlier request that no vehicle uses yet
+
+
+@dataclass(frozen=True, slots=True)
 class Sighting:
     """One vehicle heard in a scan; `vehicle_id` only with identify (a claim, checked by no signature)."""
 
@@ -334,6 +344,35 @@ class DeviceApp:
     def forget(self, vehicle: str) -> VehicleEntry:
         """Delete this device's key for `vehicle`; the vehicle keeps listing it until an owner revokes it."""
         return self.keychain(create=False).forget(vehicle)
+
+    # ------------------------------------------------------------------ shares (PROTOCOL.md §12)
+
+    def request_share(self, name: str | None = None, *, now: int | None = None) -> ShareRequest:
+        """Make (or reuse: one that no vehicle uses yet) a device key for a share and return its request text."""
+        from .sharebook import PendingRequest, ShareBook
+        from .share_uri import MAX_NAME, share_request_uri
+
+        if name is not None and (len(name) > MAX_NAME or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)):
+            raise UsageError(f"--name must be at most {MAX_NAME} characters without control characters")
+        kc = self.keychain()
+        book = ShareBook(kc.path)
+        when = int(now if now is not None else self._wall())
+        # Reuse the newest request whose key no vehicle took yet: showing the request twice must not make two
+        # keys, and an owner may already hold the first text.
+        pending = [r for r in book.requests() if kc.find_key_id(r.key_id) is None]
+        for request in reversed(pending):
+            try:
+                pair = kc.load_request_key(request.key_id)
+            except KeychainError:
+                book.drop_request(request.key_id)  # its key file is gone: that request can never be used
+                continue
+            chosen = request.name if name is None else name
+            if chosen != request.name:
+                book.add_request(PendingRequest(request.key_id, chosen, request.created_at))
+            return ShareRequest(share_request_uri(pair.public_bytes, chosen), pair.key_id, chosen, reused=True)
+        pair = kc.new_device_key()
+        book.add_request(PendingRequest(pair.key_id, name or "", when))
+        return ShareRequest(share_request_uri(pair.public_bytes, name or ""), pair.key_id, name or "", reused=False)
 
     # ------------------------------------------------------------------ fast path
 
@@ -681,7 +720,7 @@ def audit_detail(record: AuditRecord) -> Any:
 
 __all__ = ["AUDIT_PAGE", "MAX_AUDIT_LIMIT", "PAIR_TIMEOUT", "RELAY_WARNING", "AuditListing",
            "AutoEvent", "AutoOptions", "CommandDone", "DeviceApp", "KeyListing", "PassphraseSource", "RadioChoice",
-           "Revocation", "Sighting", "TimeStated", "audit_detail", "resolve_key"]
+           "Revocation", "ShareRequest", "Sighting", "TimeStated", "audit_detail", "resolve_key"]
 
 
 async def _state_time(link: VehicleLink, wall: Callable[[], float]) -> tuple[bool, int, ClockReport]:

@@ -307,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("vehicles", "list the vehicles in this device's keychain")
     s = cmd("forget", "delete this device's key for a vehicle (revoke it on the vehicle too)")
     s.add_argument("name", metavar="VEHICLE")
+    s = cmd("request-share", "show this device's share request (text and QR) for an owner to turn into a share")
+    s.add_argument("--name", help="the name this device suggests for its key, at most 64 characters "
+                                  "(default: the earlier request's, else none)")
+    s.add_argument("--no-qr", action="store_true", help="do not print the QR code")
     s = cmd("auto", "passive entry: unlock when near, lock when you walk away (weaker against relay attacks)")
     s.add_argument("--i-understand-relay-risk", action="store_true", help="opt in (see the warning in docs)")
     s.add_argument("--unlock-rssi", type=_number(-127, 20, integer=True), metavar="DBM",
@@ -550,6 +554,22 @@ def _done_text(entry: VehicleEntry, cmd: Command, rep: StatusReport | None) -> s
     return f"{_DONE[cmd.label]} {entry.name}"
 
 
+def _print_qr(text: str, args: argparse.Namespace, out: Printer) -> None:
+    """The QR code of `text` on stdout, like `key-server pair` (text mode only; needs segno: wearable-dkey[qr])."""
+    if out.json or getattr(args, "no_qr", False):
+        return
+    try:
+        import segno
+    except ImportError:
+        out.note("(no QR code: segno is not installed; `pip install 'wearable-dkey[qr]'` adds it)")
+        return
+    import contextlib
+
+    with contextlib.suppress(Exception):  # a QR code is a convenience; never fail the command over it
+        segno.make(text, error="m").terminal(out=sys.stdout, compact=True)
+        sys.stdout.flush()
+
+
 # ---------------------------------------------------------------------- commands
 
 Handler = Callable[[argparse.Namespace, Printer, _Interrupts], Awaitable[int]]
@@ -759,6 +779,18 @@ def _auto_event(ev: AutoEvent, out: Printer) -> None:
         out.note(f"{ev.action} refused for now, will try again: {ev.error}")
 
 
+async def cmd_request_share(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
+    """`request-share`: this device's public key as a dkey://share-request text and QR code."""
+    r = _app(args, note=out.note).request_share(args.name)
+    out.result({"request": r.uri, "key_id": r.key_id.hex()}, r.uri)
+    _print_qr(r.uri, args, out)
+    out.note(f"share request for this device's key {r.key_id.hex()}"
+             + (" (the same key as the earlier request)" if r.reused else "")
+             + ": the owner runs `key-client share REQUEST --vehicle V --role driver|guest --name N`, "
+               "then this device runs `key-client import-share SHARE`")
+    return int(ExitCode.OK)
+
+
 _COMMANDS: dict[str, Handler] = {
     "scan": cmd_scan,
     "pair": cmd_pair,
@@ -773,6 +805,7 @@ _COMMANDS: dict[str, Handler] = {
     "vehicles": cmd_vehicles,
     "forget": cmd_forget,
     "auto": cmd_auto,
+    "request-share": cmd_request_share,
 }
 
 __all__ = ["CLIENT_CODES", "LIST_COMMANDS", "Interrupted", "Printer", "amain", "build_parser", "installed_version",
