@@ -57,6 +57,7 @@ from .radios import make_central
 
 if TYPE_CHECKING:
     from .proximity import Action, ProximityPolicy
+    from .shares import ImportedResult, IssuedResult
 
 T = TypeVar("T")
 
@@ -373,6 +374,38 @@ class DeviceApp:
         pair = kc.new_device_key()
         book.add_request(PendingRequest(pair.key_id, name or "", when))
         return ShareRequest(share_request_uri(pair.public_bytes, name or ""), pair.key_id, name or "", reused=False)
+
+    async def share(self, request_text: str, vehicle: str | None, *, role: str, name: str | None,
+                    valid_from: str | None = None, valid_until: str | None = None,
+                    schedule: str | None = None) -> IssuedResult:
+        """Sign a share for the key in `request_text` on `vehicle` (owner keys only) and record it; offline."""
+        from dkey_link.when import parse_when
+        from protocol import Role
+
+        from .shares import issue_share
+
+        now = int(self._wall())
+        try:
+            start = parse_when(valid_from, now) if valid_from else now
+            end = parse_when(valid_until, now, end_of_day=True) if valid_until else None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        kc = self.keychain()
+        entry = kc.select(vehicle)
+        if entry.role != "owner":
+            from .shares import NotAllowed
+
+            raise NotAllowed(f"this device holds a {entry.role} key for {entry.name}: only an owner's key can sign "
+                             "a share")
+        device = await self._device_key(kc, entry)
+        return issue_share(kc, entry, device, request_text, role=Role(role), name=name,
+                           valid_from=start, valid_until=end, schedule=schedule, now=now)
+
+    def import_share(self, text: str, *, name: str | None = None) -> ImportedResult:
+        """Import a dkey://share text (or @FILE) for a key this device requested; offline."""
+        from .shares import import_share, read_share_text
+
+        return import_share(self.keychain(), read_share_text(text), name=name, now=int(self._wall()))
 
     # ------------------------------------------------------------------ fast path
 

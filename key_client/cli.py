@@ -311,6 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="the name this device suggests for its key, at most 64 characters "
                                   "(default: the earlier request's, else none)")
     s.add_argument("--no-qr", action="store_true", help="do not print the QR code")
+    s = cmd("share", "sign a share for another device's request: its key works on the vehicle without a code "
+                     "(owner keys only; offline)")
+    s.add_argument("request", metavar="REQUEST", help="the dkey://share-request?... text `request-share` showed")
+    s.add_argument("--role", choices=("driver", "guest"), required=True, help="what the shared key may do")
+    s.add_argument("--name", help="the key's name in the vehicle's key list, at most 32 bytes "
+                                  "(default: the name in the request)")
+    s.add_argument("--from", dest="valid_from", metavar="T",
+                   help="valid from (default: now): 2026-12-24, 2026-12-24T18:00, or from now: 90m, 2h, 3d, 1w")
+    s.add_argument("--until", dest="valid_until", metavar="T", help="valid until (same formats; default: no expiry)")
+    s.add_argument("--schedule", metavar="S", help='weekly schedule, at most 64 bytes, e.g. "Mon-Fri 08:00-18:00"')
+    s.add_argument("--out", type=Path, metavar="FILE", help="also write the share text to FILE")
+    s.add_argument("--no-qr", action="store_true", help="do not print the QR code")
+    s = cmd("import-share", "keep a share an owner signed for this device's request; the first connection "
+                            "enrols the key")
+    s.add_argument("share", metavar="SHARE", help="the dkey://share?... text, or @FILE to read it from FILE")
+    s.add_argument("--name", help="nickname for the vehicle (default: the name in the share)")
     s = cmd("auto", "passive entry: unlock when near, lock when you walk away (weaker against relay attacks)")
     s.add_argument("--i-understand-relay-risk", action="store_true", help="opt in (see the warning in docs)")
     s.add_argument("--unlock-rssi", type=_number(-127, 20, integer=True), metavar="DBM",
@@ -791,6 +807,55 @@ async def cmd_request_share(args: argparse.Namespace, out: Printer, _interrupts:
     return int(ExitCode.OK)
 
 
+def _window_text(valid_from: int | None, valid_until: int | None) -> str:
+    return f"valid from {_when(valid_from)} " + (f"until {_when(valid_until)}" if valid_until else "with no expiry")
+
+
+async def cmd_share(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
+    """`share REQUEST`: sign a certificate for another device's key, record it, print it (text, QR, --out)."""
+    r = await _app(args, note=out.note).share(args.request, args.vehicle, role=args.role, name=args.name,
+                                              valid_from=args.valid_from, valid_until=args.valid_until,
+                                              schedule=args.schedule)
+    s = r.share
+    if args.out is not None:
+        _write_text(args.out, r.uri + "\n")
+    out.result({"ok": True, "share": r.uri, "serial": s.serial.hex(), "key_id": s.subject_key_id.hex(),
+                "name": s.name, "role": s.role, "valid_from": s.valid_from, "valid_until": s.valid_until,
+                "schedule": s.schedule, "vehicle_id": s.vehicle_id.hex(), "certificate_bytes": len(r.certificate),
+                "revocation_list_version": r.carries_list}, r.uri)
+    _print_qr(r.uri, args, out)
+    out.note(f"share {s.serial.hex()} for {s.name!r} ({s.role}, key {s.subject_key_id.hex()}), "
+             f"{_window_text(s.valid_from, s.valid_until)}{f', schedule {s.schedule!r}' if s.schedule else ''}: "
+             "the device runs `key-client import-share SHARE`"
+             + (f"; written to {args.out}" if args.out is not None else ""))
+    return int(ExitCode.OK)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` (a share is no secret: only the requesting device's key can use it)."""
+    from .errors import UsageError
+
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+async def cmd_import_share(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
+    """`import-share SHARE|@FILE`: pin the vehicle, keep the certificate for the first connection."""
+    from protocol import Role
+
+    r = _app(args, note=out.note).import_share(args.share, name=args.name)
+    e, c = r.entry, r.certificate
+    out.result({"ok": True, **_entry_json(e), "serial": c.serial.hex(), "issuer_id": c.issuer_id.hex(),
+                "schedule": c.schedule, "enrolled": False, "revocation_list_version": r.list_kept},
+               f"imported a share for {e.name} (vehicle id {e.vehicle_id.hex()}) as {Role.label_of(c.role)}, "
+               f"{_window_text(c.valid_from, c.valid_until)}{f', schedule {c.schedule!r}' if c.schedule else ''}, "
+               f"signed by owner key {c.issuer_id.hex()}; this device's key id is {e.key_id.hex()}. "
+               "The first connection to the vehicle enrols it (e.g. `key-client unlock`).")
+    return int(ExitCode.OK)
+
+
 _COMMANDS: dict[str, Handler] = {
     "scan": cmd_scan,
     "pair": cmd_pair,
@@ -806,6 +871,8 @@ _COMMANDS: dict[str, Handler] = {
     "forget": cmd_forget,
     "auto": cmd_auto,
     "request-share": cmd_request_share,
+    "share": cmd_share,
+    "import-share": cmd_import_share,
 }
 
 __all__ = ["CLIENT_CODES", "LIST_COMMANDS", "Interrupted", "Printer", "amain", "build_parser", "installed_version",

@@ -317,7 +317,7 @@ def test_every_command_is_either_a_list_or_prints_objects() -> None:
     # A new command must choose: one array (a list) or one object per result (docs/CLIENT.md, --json).
     assert cli.LIST_COMMANDS == {"scan", "keys", "audit", "vehicles"}
     assert set(cli._COMMANDS) - cli.LIST_COMMANDS == {"pair", "unlock", "lock", "status", "start", "revoke",
-                                                      "forget", "auto", "set-time"}
+                                                      "forget", "auto", "set-time", "request-share"}
 
 
 # ---------------------------------------------------------------------- options and plumbing

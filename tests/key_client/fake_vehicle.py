@@ -1,0 +1,164 @@
+"""A small vehicle for the client's share and watch tests: protocol.VehicleSession on the mock radio, driven here.
+
+The real key server gains share enrolment and revocation lists on another branch; the client's side of those
+exchanges is tested against this one, which answers exactly what the test tells it to and records what it saw.
+Keys are plain public keys in a dict (`enrol`); commands are answered OK with the status report it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from dkey_link.mock import MockAir, MockPeripheral
+from protocol import (
+    ChallengeBook,
+    Command,
+    CommandRequested,
+    DoorState,
+    KeyPair,
+    LockState,
+    Role,
+    SessionOpened,
+    Status,
+    StatusReport,
+    VehicleSession,
+    decode_public_key,
+)
+
+
+@dataclass
+class _Link:
+    session: VehicleSession
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    watching: bool = False
+
+
+class FakeVehicle:
+    """A PeripheralHandler answering one VehicleSession per link; see the module docstring."""
+
+    def __init__(self, air: MockAir, name: str = "test-car") -> None:
+        self.air = air
+        self.identity = KeyPair.generate()
+        self.peripheral: MockPeripheral = air.peripheral(name)
+        self.keys: dict[bytes, bytes] = {}
+        self.roles: dict[bytes, Role] = {}
+        self.challenges = ChallengeBook()
+        self.links: dict[str, _Link] = {}
+        self.seen: list[tuple[str, Any]] = []  # ("command", Command) / ("share", event) / ("revocations", event)
+        self.report = StatusReport(lock=LockState.LOCKED, door=DoorState.CLOSED, start_enabled=False)
+        self.share_status = Status.OK  # what SHARE_PRESENT is answered with
+        self.revocation_status: Status | None = None  # None: OK if newer than held, else NO_CHANGE
+        self.held_versions: dict[bytes, int] = {}  # issuer key id -> version held
+        self.writes = 0  # ATT writes received (every link)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def vehicle_id(self) -> bytes:
+        """The vehicle's id (its key id)."""
+        return self.identity.key_id
+
+    def enrol(self, device: KeyPair | bytes, role: Role = Role.OWNER) -> bytes:
+        """Enrol a key (a key pair, or a 65-byte public key); returns its key id."""
+        public = device if isinstance(device, bytes) else device.public_bytes
+        from protocol import key_id
+
+        kid = key_id(public)
+        self.keys[kid] = public
+        self.roles[kid] = role
+        return kid
+
+    async def start(self) -> FakeVehicle:
+        """Start advertising."""
+        await self.peripheral.start(self)
+        return self
+
+    async def stop(self) -> None:
+        """Stop advertising and let queued notifications finish."""
+        await self.peripheral.stop()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ------------------------------------------------------------------ PeripheralHandler
+
+    def on_connect(self, link: str, mtu: int) -> None:
+        """A new session sized to the link."""
+        self.links[link] = _Link(VehicleSession(self.identity, challenges=self.challenges,
+                                                lookup_key=self._lookup, chunk_size=max(20, mtu - 3)))
+
+    def _lookup(self, kid: bytes) -> Any:
+        public = self.keys.get(kid)
+        return decode_public_key(public) if public is not None else None
+
+    def on_mtu(self, link: str, mtu: int) -> None:
+        """The link's MTU."""
+        if link in self.links:
+            self.links[link].session.link_mtu(mtu)
+
+    def on_subscribe(self, link: str | None) -> None:
+        """Push a challenge to the subscriber."""
+        if link is None or link not in self.links:
+            return
+        self.links[link].session.push_challenge(time.monotonic())
+        self._flush(link)
+
+    def on_write(self, link: str, data: bytes) -> None:
+        """Feed the session and answer every event it yields."""
+        self.writes += 1
+        lk = self.links[link]
+        now = time.monotonic()
+        lk.session.receive_data(data, now)
+        while True:
+            try:
+                ev = lk.session.next_event(now)
+            except Exception as exc:  # noqa: BLE001 - a protocol error ends the session; the ERROR is queued
+                self.seen.append(("error", exc))
+                self._flush(link)
+                return
+            if ev is None:
+                break
+            self._answer(link, lk, ev)
+        self._flush(link)
+
+    def on_disconnect(self, link: str) -> None:
+        """The central left."""
+        lk = self.links.pop(link, None)
+        if lk is not None:
+            lk.session.close()
+
+    # ------------------------------------------------------------------ answers
+
+    def _answer(self, link: str, lk: _Link, ev: object) -> None:
+        if isinstance(ev, CommandRequested):
+            self.seen.append(("command", ev.command))
+            data = self.report.encode() if ev.secure and ev.command is Command.STATUS else b""
+            self._respond_command(lk, ev, data)
+        elif isinstance(ev, SessionOpened):
+            self.seen.append(("session", ev.key_id))
+        else:
+            self._answer_new(link, lk, ev)
+
+    def _respond_command(self, lk: _Link, ev: CommandRequested, data: bytes) -> None:
+        lk.session.respond(Status.OK, data)
+
+    def _answer_new(self, link: str, lk: _Link, ev: object) -> None:
+        self.seen.append(("other", ev))
+
+    def _flush(self, link: str) -> None:
+        lk = self.links.get(link)
+        if lk is None:
+            return
+        chunks = lk.session.data_to_send()
+        if not chunks:
+            return
+
+        async def send() -> None:
+            async with lk.lock:  # FIFO: notifications leave in the order the session queued them
+                for chunk in chunks:
+                    await self.peripheral.notify(chunk, link)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
