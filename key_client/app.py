@@ -350,8 +350,8 @@ class DeviceApp:
 
     def request_share(self, name: str | None = None, *, now: int | None = None) -> ShareRequest:
         """Make (or reuse: one that no vehicle uses yet) a device key for a share and return its request text."""
-        from .sharebook import PendingRequest, ShareBook
         from .share_uri import MAX_NAME, share_request_uri
+        from .sharebook import PendingRequest, ShareBook
 
         if name is not None and (len(name) > MAX_NAME or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)):
             raise UsageError(f"--name must be at most {MAX_NAME} characters without control characters")
@@ -384,6 +384,9 @@ class DeviceApp:
 
         from .shares import issue_share
 
+        granted = {"driver": Role.DRIVER, "guest": Role.GUEST}.get(role)
+        if granted is None:
+            raise UsageError(f"a share grants driver or guest, not {role!r}")
         now = int(self._wall())
         try:
             start = parse_when(valid_from, now) if valid_from else now
@@ -398,8 +401,8 @@ class DeviceApp:
             raise NotAllowed(f"this device holds a {entry.role} key for {entry.name}: only an owner's key can sign "
                              "a share")
         device = await self._device_key(kc, entry)
-        return issue_share(kc, entry, device, request_text, role=Role(role), name=name,
-                           valid_from=start, valid_until=end, schedule=schedule, now=now)
+        return issue_share(kc, entry, device, request_text, role=granted, name=name, valid_from=start,
+                           valid_until=end, schedule=schedule, now=now)
 
     def import_share(self, text: str, *, name: str | None = None) -> ImportedResult:
         """Import a dkey://share text (or @FILE) for a key this device requested; offline."""

@@ -49,7 +49,7 @@ def _hex(d: dict[str, Any], key: str, length: int | None = None) -> bytes:
 def _int(d: dict[str, Any], key: str) -> int:
     value = d[key]
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{key} must be an integer")
+        raise TypeError(f"{key} must be an integer")
     return value
 
 
@@ -344,8 +344,6 @@ class ShareBook:
         finally:
             os.close(fd)
         try:
-            if len(raw) > MAX_FILE:
-                raise ValueError("too large")
             return _parse(raw)
         except (ValueError, KeyError, TypeError) as exc:
             # Never reset silently: an emptied book forgets the revocations this device still has to deliver.
@@ -365,6 +363,8 @@ class ShareBook:
 
 def _parse(raw: bytes) -> _Book:
     """The book in a shares file's bytes; ValueError (or KeyError/TypeError) if it is not one of this version."""
+    if len(raw) > MAX_FILE:
+        raise ValueError("too large")
     doc = json.loads(raw)
     if not isinstance(doc, dict) or doc.get("version") != SHARES_VERSION:
         raise ValueError("not a share book of this version")

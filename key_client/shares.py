@@ -13,7 +13,9 @@ from pathlib import Path
 
 from dkey_link.exit_codes import ExitCode
 from protocol import (
+    LIST_WITH_SHARES,
     MAX_REVOCATIONS,
+    MAX_SHARE_NAME,
     MAX_SHARE_SCHEDULE,
     DecodeError,
     KeyPair,
@@ -30,12 +32,9 @@ from .keychain import Keychain, VehicleEntry
 from .share_uri import parse_share, parse_share_request, share_uri
 from .sharebook import HeldList, ImportedShare, IssuedShare, ShareBook
 
-__all__ = ["MAX_SHARE_NAME", "ImportedResult", "IssuedResult", "ListedRevocation", "NotAllowed", "import_share",
+__all__ = ["ImportedResult", "IssuedResult", "ListedRevocation", "NotAllowed", "import_share",
            "issue_share", "read_share_text", "resolve_offline", "revoke_offline"]
 
-MAX_SHARE_NAME = 32  # UTF-8 bytes of a certificate's name (PROTOCOL.md §12, tag 0x76)
-WITH_SHARES = 0x02  # REVOKE_KEY flags bit 1; in a list entry the same choice is bit 0 (PROTOCOL.md §12)
-LIST_WITH_SHARES = 0x01
 
 
 class NotAllowed(ClientError):
@@ -101,10 +100,10 @@ def issue_share(kc: Keychain, entry: VehicleEntry, device: KeyPair, request_text
     if is_published_test_key(subject):
         raise UsageError("that request carries a published test key, which no vehicle enrols")
     chosen = _check_name(suggested if name is None else name)
-    if valid_until is not None and valid_until <= valid_from:
-        raise UsageError("--until must be later than --from")
     if valid_until is not None and valid_until <= now:
         raise UsageError("--until is in the past: the share would never work")
+    if valid_until is not None and valid_until <= valid_from:
+        raise UsageError("--until must be later than --from")
     if schedule is not None:
         if len(schedule.encode()) > MAX_SHARE_SCHEDULE:
             raise UsageError(f"a share's schedule is at most {MAX_SHARE_SCHEDULE} bytes (write it shorter)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -11,9 +12,9 @@ from dkey_link.exit_codes import ExitCode
 from dkey_link.mock import MockAir
 from key_client.keychain import KEYS_DIR, Keychain
 from key_client.radios import mock_air
-from key_client.share_uri import parse_share_request
+from key_client.share_uri import parse_share, parse_share_request, share_uri
 from key_client.sharebook import ShareBook
-from protocol import Command, Paired, Role
+from protocol import Command, KeyPair, Paired, Role, ShareCertificate
 
 from . import Cli
 from .fake_vehicle import FakeVehicle
@@ -97,3 +98,119 @@ async def test_a_plain_unlock_is_one_write_when_nothing_is_to_be_delivered(run: 
     r = await run("unlock")
     assert r.code == ExitCode.OK, r.err
     assert car.writes == 1 and car.seen == [("command", Command.UNLOCK)]  # the challenge came unasked
+
+
+# ---------------------------------------------------------------------- share and import-share (offline)
+
+
+async def request(run: Cli, watch: Path, name: str = "Maya's watch") -> str:
+    r = await run("--json", "request-share", "--name", name, keychain=watch)
+    assert r.code == ExitCode.OK, r.err
+    return str(r.json()[0]["request"])
+
+
+async def test_owner_shares_and_the_watch_imports_without_touching_the_vehicle(run: Cli, car: FakeVehicle,
+                                                                               tmp_path: Path) -> None:
+    _, entry, owner = owner_keychain(run.keychain, car)
+    watch = tmp_path / "watch"
+    req = await request(run, watch)
+    r = await run("share", req, "--role", "guest", "--until", "3d", "--schedule", "Sat-Sun 08:00-20:00",
+                  "--out", str(tmp_path / "share.txt"))
+    assert r.code == ExitCode.OK, r.err
+    uri = r.out.splitlines()[0]
+    assert uri.startswith("dkey://share?v=1&c=") and "█" in r.out  # text, then its QR code
+    assert (tmp_path / "share.txt").read_text() == uri + "\n"
+    assert "Maya's watch\" (guest" in r.err
+    text = parse_share(uri)
+    cert = ShareCertificate.decode(text.certificate)
+    cert.verify(owner.public_bytes)  # signed with the owner's device key for this vehicle
+    assert (cert.vehicle_id, cert.issuer_id, cert.role, cert.name, cert.schedule) == (
+        car.vehicle_id, entry.key_id, Role.GUEST, "Maya's watch", "Sat-Sun 08:00-20:00")
+    assert cert.valid_until is not None and cert.valid_until - cert.valid_from == 3 * 86400
+    assert text.vehicle_public_key == car.identity.public_bytes and text.vehicle_name == "test-car"
+    assert text.revocation_list is None  # this owner has revoked nothing yet
+    (issued,) = ShareBook(run.keychain).issued(car.vehicle_id)
+    assert (issued.serial, issued.subject_key_id, issued.name, issued.role, issued.revoked) == (
+        cert.serial, cert.subject_key_id, "Maya's watch", "guest", False)
+    assert car.writes == 0  # nothing went over the air
+
+    r = await run("--json", "import-share", f"@{tmp_path / 'share.txt'}", keychain=watch)
+    assert r.code == ExitCode.OK, r.err
+    (obj,) = r.json()
+    assert obj["ok"] and obj["vehicle"] == "test-car" and obj["role"] == "guest" and obj["via"] == "share"
+    assert obj["key_id"] == cert.subject_key_id.hex() and obj["enrolled"] is False
+    (got,) = Keychain.open(watch).vehicles()
+    assert got.vehicle_public_key == car.identity.public_bytes and got.key_id == cert.subject_key_id
+    assert (got.valid_from, got.valid_until) == (cert.valid_from, cert.valid_until)
+    book = ShareBook(watch)
+    held = book.imported(car.vehicle_id)
+    assert held is not None and held.certificate == text.certificate and not held.enrolled
+    assert book.requests() == []  # the request's key now belongs to that vehicle
+    again = await run("import-share", uri, keychain=watch)  # idempotent: same share, same key
+    assert again.code == ExitCode.OK, again.err
+    assert car.writes == 0
+
+
+async def test_only_an_owner_key_signs_a_share(run: Cli, car: FakeVehicle, tmp_path: Path) -> None:
+    owner_keychain(run.keychain, car, role=Role.DRIVER)
+    r = await run("share", await request(run, tmp_path / "watch"), "--role", "guest")
+    assert r.code == ExitCode.DENIED and "only an owner's key can sign a share" in r.err
+    assert ShareBook(run.keychain).issued() == []
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--role", "owner"], "invalid choice"),
+    (["--role", "guest", "--name", "x" * 33], "at most 32 bytes"),
+    (["--role", "guest", "--until", "2001-01-01"], "in the past"),
+    (["--role", "guest", "--from", "2d", "--until", "1d"], "later than --from"),
+    (["--role", "guest", "--until", "soon"], "cannot read 'soon' as a time"),
+    (["--role", "guest", "--schedule", "Mon-Fri 08:00-18:00; Sat 10:00-14:00; Sun 10:00-12:00; Mon 01:00-02:00"], "at most 64"),
+    (["--role", "guest", "--schedule", "Funday 08:00-09:00"], "bad --schedule"),
+])
+async def test_bad_share_options_are_usage_errors(run: Cli, car: FakeVehicle, tmp_path: Path, argv: list[str],
+                                                  message: str) -> None:
+    owner_keychain(run.keychain, car)
+    r = await run("share", await request(run, tmp_path / "watch"), *argv)
+    assert r.code == ExitCode.USAGE and message in r.err, r.err
+    assert ShareBook(run.keychain).issued() == []
+
+
+async def test_share_refuses_a_text_that_is_not_a_request(run: Cli, car: FakeVehicle) -> None:
+    owner_keychain(run.keychain, car)
+    r = await run("share", "dkey://pair?code=12345678", "--role", "guest")
+    assert r.code == ExitCode.USAGE and "not a share request" in r.err
+
+
+async def test_import_refuses_a_share_for_a_key_this_device_does_not_hold(run: Cli, car: FakeVehicle,
+                                                                         tmp_path: Path) -> None:
+    owner_keychain(run.keychain, car)
+    uri = (await run("share", await request(run, tmp_path / "watch"), "--role", "guest")).out.splitlines()[0]
+    r = await run("import-share", uri, keychain=tmp_path / "laptop")
+    assert r.code == ExitCode.KEYS and "which this device does not hold" in r.err
+    assert Keychain.open(tmp_path / "laptop").vehicles() == []
+
+
+async def test_import_refuses_a_share_whose_vehicle_key_is_swapped(run: Cli, car: FakeVehicle,
+                                                                  tmp_path: Path) -> None:
+    owner_keychain(run.keychain, car)
+    watch = tmp_path / "watch"
+    uri = (await run("share", await request(run, watch), "--role", "guest")).out.splitlines()[0]
+    text = parse_share(uri)
+    forged = share_uri(text.certificate, KeyPair.generate().public_bytes, "evil-car")  # an attacker's key to pin
+    r = await run("import-share", forged, keychain=watch)
+    assert r.code == ExitCode.USAGE and "does not match the vehicle its certificate names" in r.err
+    assert Keychain.open(watch).vehicles() == []
+
+
+async def test_import_refuses_an_expired_share_and_damaged_text(run: Cli, car: FakeVehicle, tmp_path: Path) -> None:
+    _, entry, owner = owner_keychain(run.keychain, car)
+    watch = tmp_path / "watch"
+    subject, _ = parse_share_request(await request(run, watch))
+    old = ShareCertificate.issue(owner, car.vehicle_id, subject, Role.GUEST, "old", 1_000, 2_000)
+    r = await run("import-share", share_uri(old.encode(), car.identity.public_bytes, "car"), keychain=watch)
+    assert r.code == ExitCode.DENIED and "expired" in r.err
+    r = await run("import-share", "dkey://share?v=1&c=AAAA&k=" + "A" * 87, keychain=watch)
+    assert r.code == ExitCode.USAGE and "not a share" in r.err
+    r = await run("import-share", f"@{tmp_path / 'missing.txt'}", keychain=watch)
+    assert r.code == ExitCode.USAGE and "cannot read the share file" in r.err
+    assert Keychain.open(watch).vehicles() == []
