@@ -57,7 +57,7 @@ from .radios import make_central
 
 if TYPE_CHECKING:
     from .proximity import Action, ProximityPolicy
-    from .shares import ImportedResult, IssuedResult
+    from .shares import ImportedResult, IssuedResult, ListedRevocation
 
 T = TypeVar("T")
 
@@ -114,16 +114,38 @@ class KeyListing:
 
 @dataclass(frozen=True, slots=True)
 class Revocation:
-    """A key revoked on the vehicle (or found already revoked)."""
+    """What `revoke` did: on the vehicle at once (`key`, `already_revoked`), on this device's list (`listed`), or both.
+
+    `key` is None when the vehicle was not reached (or does not list the key yet: a share not enrolled); `listed`
+    is None when the key was not put on a list (this device is not an owner, or it cannot name the key offline).
+    """
 
     entry: VehicleEntry
-    key: KeyInfo
+    key: KeyInfo | None
     already_revoked: bool
+    listed: ListedRevocation | None = None
+    reached: bool = True  # the vehicle was reached in this run
+    delivered: bool = False  # this device's list reached the vehicle in this run (acknowledged)
+
+    @property
+    def key_id(self) -> bytes:
+        """The revoked key's id."""
+        if self.key is not None:
+            return self.key.key_id
+        assert self.listed is not None
+        return self.listed.key_id
+
+    @property
+    def name(self) -> str:
+        """The revoked key's name, as the vehicle or the issued share names it."""
+        if self.key is not None:
+            return self.key.name
+        return self.listed.name if self.listed is not None else ""
 
     @property
     def this_device(self) -> bool:
         """True if it was this device's own key for that vehicle."""
-        return self.key.key_id == self.entry.key_id
+        return self.key_id == self.entry.key_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,25 +461,60 @@ class DeviceApp:
         """Every key enrolled on the vehicle (owner keys only)."""
         return await self._owner_session(vehicle, lambda link, entry: _listing(link, entry))
 
-    async def revoke(self, key: str, vehicle: str | None = None, *, force: bool = False) -> Revocation:
-        """Revoke the key `key` names (hex key-id prefix or name) on the vehicle; `force` allows the last owner."""
+    async def revoke(self, key: str, vehicle: str | None = None, *, with_shares: bool = False,
+                     offline: bool = False) -> Revocation:
+        """Revoke the key `key` names (hex key-id prefix or name): on this device's revocation list when it can name
+        it offline (a share it issued, or a full key id; owner keys only), and on the vehicle at once when in reach.
+
+        `offline` skips the vehicle. The list travels with the next OK command of any of its owner or driver
+        devices that carry it (PROTOCOL.md §12); `with_shares` also revokes the keys that key enrolled by share.
+        """
+        from .shares import resolve_offline, revoke_offline
+
+        kc = self.keychain()
+        entry = kc.select(vehicle)
+        listed: ListedRevocation | None = None
+        known = resolve_offline(kc, entry, key) if entry.role == "owner" else None
+        if known is not None and known[0] != entry.key_id:
+            device = await self._device_key(kc, entry)
+            listed = revoke_offline(kc, entry, device, known[0], known[1], with_shares=with_shares,
+                                    now=int(self._wall()))
+        if offline:
+            if listed is None:
+                raise UsageError(f"--offline needs an owner key and a key this device can name without the vehicle "
+                                 f"(a share it issued, or a full 8-digit key id), not {key!r}")
+            return Revocation(entry, None, already_revoked=not listed.changed, listed=listed, reached=False)
 
         async def action(link: VehicleLink, entry: VehicleEntry) -> Revocation:
-            target = resolve_key(await _list_keys(link), key)
-            if target.revoked_at is not None:
-                return Revocation(entry, target, already_revoked=True)
+            keys = await _list_keys(link)
             try:
-                await link.secure(Command.REVOKE_KEY, revoke_args(target.key_id, force))
+                target = resolve_key(keys, listed.key_id.hex() if listed is not None else key)
+            except UsageError:
+                if listed is None:
+                    raise
+                # Not enrolled (yet): the list, delivered after this session's OK answer, keeps it out for good.
+                return Revocation(entry, None, already_revoked=False, listed=listed)
+            if target.revoked_at is not None:
+                return Revocation(entry, target, already_revoked=True, listed=listed)
+            try:
+                await link.secure(Command.REVOKE_KEY, revoke_args(target.key_id, with_shares=with_shares),
+                                  accept=frozenset({Status.OK, Status.NO_CHANGE}))
             except VehicleRefused as exc:
-                if exc.status is Status.NOT_PERMITTED:
+                if exc.status in (Status.LAST_OWNER, Status.NOT_PERMITTED) and entry.role == "owner":
                     raise VehicleRefused(exc.status, authenticated=exc.authenticated,
                                          message=f"{target.name} is the last owner key: revoking it would lock "
-                                                 "every owner out; add another owner first, or use --force"
-                                         ) from exc
+                                                 "every owner out; add another owner first (at the vehicle, "
+                                                 "`key-server revoke --force` can still do it)") from exc
                 raise
-            return Revocation(entry, target, already_revoked=False)
+            return Revocation(entry, target, already_revoked=False, listed=listed)
 
-        return await self._owner_session(vehicle, action)
+        try:
+            return await self._owner_session(vehicle, action)
+        except (VehicleNotFound, ConnectFailed, TimedOut) as exc:
+            if listed is None:
+                raise
+            self._note(f"{entry.name} is not in reach ({exc}): the revocation waits on this device's list")
+            return Revocation(entry, None, already_revoked=not listed.changed, listed=listed, reached=False)
 
     async def audit(self, vehicle: str | None = None, *, limit: int = 20, after: int | None = None) -> AuditListing:
         """Up to `limit` audit records after sequence number `after` (None: the newest `limit`), oldest first."""

@@ -296,9 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("start", "enable the start output (if the vehicle has one wired)")
     cmd("set-time", "tell the vehicle this device's time, confirming its clock (owner and driver keys)")
     cmd("keys", "list the keys enrolled on the vehicle (owner keys only)")
-    s = cmd("revoke", "revoke a key on the vehicle, effective at once (owner keys only)")
-    s.add_argument("key", help="hex key-id prefix or name, as `key-client keys` shows them")
-    s.add_argument("--force", action="store_true", help="allow revoking the last owner key")
+    s = cmd("revoke", "revoke a key: on the vehicle at once when it is in reach, and on this device's revocation "
+                      "list when it can name the key offline (owner keys only)")
+    s.add_argument("key", help="hex key-id prefix or name, as `key-client keys` shows them; offline: the name or "
+                               "key-id prefix of a share this device issued, or a full 8-digit key id")
+    s.add_argument("--with-shares", action="store_true",
+                   help="also revoke every key this key enrolled by share")
+    s.add_argument("--offline", action="store_true",
+                   help="do not look for the vehicle: only put the key on this device's revocation list")
     s = cmd("audit", "read the vehicle's audit log (owner keys only)")
     s.add_argument("--limit", type=_number(1, 10_000, integer=True), default=20, metavar="N",
                    help="how many entries, 1 to 10000 (20)")
@@ -639,16 +644,36 @@ async def cmd_keys(args: argparse.Namespace, out: Printer, _interrupts: _Interru
 
 
 async def cmd_revoke(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
-    """`revoke KEY`: resolve KEY from the vehicle's key list and revoke it."""
+    """`revoke KEY`: on the vehicle if in reach, and on this device's revocation list if it can name KEY offline."""
     async with Progress(sys.stderr, verbose=args.verbose > 0) as say:
-        r = await _app(args, say, out.note).revoke(args.key, args.vehicle, force=args.force)
-    obj = {"ok": True, "vehicle": r.entry.name, "key_id": r.key.key_id.hex(), "name": r.key.name}
-    if r.already_revoked:
-        out.result({**obj, "already_revoked": True}, f"{r.key.key_id.hex()} ({r.key.name}) was already revoked")
-        return int(ExitCode.OK)
-    out.result({**obj, "revoked": True, "this_device": r.this_device},
-               f"revoked {r.key.key_id.hex()} ({r.key.name}) on {r.entry.name}; it is refused from now on"
-               + ("\nthat was this device's own key: it can no longer open the vehicle" if r.this_device else ""))
+        r = await _app(args, say, out.note).revoke(args.key, args.vehicle, with_shares=args.with_shares,
+                                                   offline=args.offline)
+    kid, name = r.key_id.hex(), r.name
+    who = f"{kid} ({name})" if name else kid
+    listed = r.listed
+    obj: dict[str, Any] = {"ok": True, "vehicle": r.entry.name, "key_id": kid, "name": name,
+                           "revoked": r.key is not None and not r.already_revoked,
+                           "already_revoked": r.already_revoked, "this_device": r.this_device,
+                           "with_shares": bool(args.with_shares), "reached": r.reached,
+                           "list_version": listed.held.version if listed is not None else None,
+                           "delivered": r.delivered}
+    lines: list[str] = []
+    if r.key is not None:
+        lines.append(f"{who} was already revoked on {r.entry.name}" if r.already_revoked else
+                     f"revoked {who} on {r.entry.name}; it is refused from now on"
+                     + (", with the keys it enrolled by share" if args.with_shares else ""))
+    if listed is not None:
+        version = listed.held.version
+        if r.delivered:
+            lines.append(f"this device's revocation list for {r.entry.name} (version {version}) reached the vehicle")
+        else:
+            lines.append(f"{who} is on this device's revocation list for {r.entry.name} (version {version}"
+                         f"{', with the keys it enrolled by share' if listed.with_shares else ''}); it is "
+                         "delivered on the next connection of any owner or driver device of this vehicle that "
+                         "carries the list (this one: any command that succeeds)")
+    if r.this_device and not r.already_revoked:
+        lines.append("that was this device's own key: it can no longer open the vehicle")
+    out.result(obj, "\n".join(lines))
     return int(ExitCode.OK)
 
 

@@ -164,7 +164,8 @@ async def test_only_an_owner_key_signs_a_share(run: Cli, car: FakeVehicle, tmp_p
     (["--role", "guest", "--until", "2001-01-01"], "in the past"),
     (["--role", "guest", "--from", "2d", "--until", "1d"], "later than --from"),
     (["--role", "guest", "--until", "soon"], "cannot read 'soon' as a time"),
-    (["--role", "guest", "--schedule", "Mon-Fri 08:00-18:00; Sat 10:00-14:00; Sun 10:00-12:00; Mon 01:00-02:00"], "at most 64"),
+    (["--role", "guest", "--schedule", "Mon-Fri 08:00-18:00; Sat 10:00-14:00; Sun 10:00-12:00; Mon 01:00-02:00"],
+     "at most 64"),
     (["--role", "guest", "--schedule", "Funday 08:00-09:00"], "bad --schedule"),
 ])
 async def test_bad_share_options_are_usage_errors(run: Cli, car: FakeVehicle, tmp_path: Path, argv: list[str],
