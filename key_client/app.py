@@ -513,7 +513,7 @@ class DeviceApp:
         except (VehicleNotFound, ConnectFailed, TimedOut) as exc:
             if listed is None:
                 raise
-            self._note(f"{entry.name} is not in reach ({exc}): the revocation waits on this device's list")
+            self._note(f"{entry.name} is not in reach ({exc}): the revocation waits on this device's revocation list")
             return Revocation(entry, None, already_revoked=not listed.changed, listed=listed, reached=False)
 
     async def audit(self, vehicle: str | None = None, *, limit: int = 20, after: int | None = None) -> AuditListing:

@@ -14,7 +14,7 @@ from key_client.keychain import KEYS_DIR, Keychain
 from key_client.radios import mock_air
 from key_client.share_uri import parse_share, parse_share_request, share_uri
 from key_client.sharebook import ShareBook
-from protocol import Command, KeyPair, Paired, Role, ShareCertificate
+from protocol import LIST_WITH_SHARES, Command, KeyPair, Paired, RevocationList, Role, ShareCertificate
 
 from . import Cli
 from .fake_vehicle import FakeVehicle
@@ -215,3 +215,83 @@ async def test_import_refuses_an_expired_share_and_damaged_text(run: Cli, car: F
     r = await run("import-share", f"@{tmp_path / 'missing.txt'}", keychain=watch)
     assert r.code == ExitCode.USAGE and "cannot read the share file" in r.err
     assert Keychain.open(watch).vehicles() == []
+
+
+# ---------------------------------------------------------------------- revoke (offline)
+
+
+async def shared(run: Cli, car: FakeVehicle, tmp_path: Path, name: str = "watch") -> tuple[bytes, str]:
+    """Share to a new device keychain; returns (the subject key id, the share text)."""
+    req = await request(run, tmp_path / name, name)
+    r = await run("--json", "share", req, "--role", "driver")
+    assert r.code == ExitCode.OK, r.err
+    obj = r.json()[0]
+    return bytes.fromhex(obj["key_id"]), obj["share"]
+
+
+async def test_offline_revoke_signs_a_new_list_version_and_the_next_share_carries_it(run: Cli, car: FakeVehicle,
+                                                                                    tmp_path: Path) -> None:
+    _, entry, owner = owner_keychain(run.keychain, car)
+    watch_id, _ = await shared(run, car, tmp_path)
+    r = await run("revoke", "watch", "--offline")
+    assert r.code == ExitCode.OK, r.err
+    assert f"{watch_id.hex()} (watch) is on this device's revocation list for test-car (version 1)" in r.out
+    book = ShareBook(run.keychain)
+    held = book.held(car.vehicle_id, entry.key_id)
+    assert held is not None and held.version == 1 and held.undelivered
+    lst = RevocationList.decode(held.raw)
+    lst.verify(owner.public_bytes)
+    assert (lst.vehicle_id, lst.issuer_id, lst.entries) == (car.vehicle_id, entry.key_id, ((watch_id, 0),))
+    assert [s.revoked for s in book.issued(car.vehicle_id)] == [True]
+
+    # Once more: nothing new to sign. With --with-shares: the entry's flag changes, so version 2.
+    r = await run("--json", "revoke", watch_id.hex()[:4], "--offline")
+    assert r.json()[0]["list_version"] == 1 and r.json()[0]["already_revoked"] is True
+    r = await run("--json", "revoke", "watch", "--offline", "--with-shares")
+    (obj,) = r.json()
+    assert obj["list_version"] == 2 and obj["with_shares"] and not obj["reached"] and not obj["delivered"]
+    assert RevocationList.decode(book.held(car.vehicle_id, entry.key_id).raw).entries == (  # type: ignore[union-attr]
+        (watch_id, LIST_WITH_SHARES),)
+
+    # A key id it only knows by number works too; the list stays sorted and grows by one.
+    stranger = bytes.fromhex("00000001")
+    r = await run("--json", "revoke", stranger.hex(), "--offline")
+    assert r.json()[0]["list_version"] == 3
+    assert [k for k, _ in RevocationList.decode(book.held(car.vehicle_id, entry.key_id).raw).entries] == [  # type: ignore[union-attr]
+        stranger, watch_id]
+
+    # The next share this owner issues carries the newest list, for a device that will carry it to the vehicle.
+    _, text = await shared(run, car, tmp_path, "guest-phone")
+    carried = parse_share(text).revocation_list
+    assert carried is not None and RevocationList.decode(carried).version == 3
+    r = await run("--json", "import-share", text, keychain=tmp_path / "guest-phone")
+    assert r.json()[0]["revocation_list_version"] == 3
+    kept = ShareBook(tmp_path / "guest-phone").held(car.vehicle_id, entry.key_id)
+    assert kept is not None and kept.raw == carried and kept.undelivered
+    assert car.writes == 0
+
+
+async def test_offline_revoke_needs_an_owner_and_a_key_it_can_name(run: Cli, car: FakeVehicle) -> None:
+    owner_keychain(run.keychain, car)
+    r = await run("revoke", "somebody", "--offline")
+    assert r.code == ExitCode.USAGE and "--offline needs" in r.err
+    kc, entry, _ = owner_keychain(run.keychain.with_name("driver"), car, role=Role.DRIVER)
+    r = await run("revoke", "00000001", "--offline", keychain=kc.path)
+    assert r.code == ExitCode.USAGE and "--offline needs an owner key" in r.err
+    assert ShareBook(kc.path).lists(car.vehicle_id) == []
+
+
+async def test_revoke_without_the_vehicle_in_reach_keeps_it_on_the_list(run: Cli, tmp_path: Path) -> None:
+    air = MockAir()
+    car = FakeVehicle(air)  # never started: not advertising
+    owner_keychain(run.keychain, car)
+    watch_id, _ = await shared(run, car, tmp_path)
+    with mock_air(air):
+        r = await run("--json", "revoke", "watch")
+    assert r.code == ExitCode.OK, r.err
+    (obj,) = r.json()
+    assert obj["reached"] is False and obj["list_version"] == 1 and obj["revoked"] is False
+    assert "not in reach" in r.err and "waits on this device's revocation list" in r.err
+    with mock_air(air):
+        r = await run("revoke", "somebody-else")  # not nameable offline: the vehicle was needed
+    assert r.code == ExitCode.NOT_FOUND
