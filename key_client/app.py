@@ -18,20 +18,27 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from dkey_link.contract import Advertisement, Central, RadioError
 from protocol import (
+    MAX_CODE_ATTEMPTS,
+    MAX_CODE_TTL,
     AuditHead,
     AuditRecord,
     AuthenticationError,
     ClockReport,
     Command,
     DecodeError,
+    IssuedCode,
+    KeyEdit,
     KeyInfo,
     KeyPair,
+    PairingTerms,
+    Role,
     Status,
     StatusReport,
     decode_audit_page,
     decode_key_page,
     decode_public_key,
     list_keys_args,
+    pairing_uri,
     parse_code,
     read_audit_args,
     revoke_args,
@@ -66,6 +73,8 @@ IDENTIFY_TIMEOUT = 5.0  # `scan --identify`: one attempt per advertiser, it is a
 KEY_PAGE = 50  # keys asked for per LIST_KEYS request (a page holds what fits the size cap)
 AUDIT_PAGE = 100  # audit records asked for per READ_AUDIT request
 MAX_AUDIT_LIMIT = 10_000  # `audit --limit` upper bound: 100 round trips over BLE
+DEFAULT_CODE_TTL = 600  # `issue-code` without --expires: ten minutes, `key-server pair`'s default
+DEFAULT_CODE_ATTEMPTS = 5  # `issue-code` without --attempts: `key-server pair`'s default
 
 # Asks for a passphrase: (prompt, confirm) -> the passphrase; raises KeychainError if it cannot ask.
 PassphraseSource = Callable[[str, bool], Awaitable[bytes]]
@@ -146,6 +155,26 @@ class Revocation:
     def this_device(self) -> bool:
         """True if it was this device's own key for that vehicle."""
         return self.key_id == self.entry.key_id
+
+
+@dataclass(frozen=True, slots=True)
+class CodeIssued:
+    """A pairing code the vehicle issued at an owner's request (ISSUE_CODE), and the terms it was asked for."""
+
+    entry: VehicleEntry
+    code: str
+    expires_at: int
+    terms: PairingTerms
+    uri: str  # the dkey://pair QR payload, as `key-server pair` prints it
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEdited:
+    """A key changed on the vehicle (EDIT_KEY): its record before and as the vehicle now holds it."""
+
+    entry: VehicleEntry
+    before: KeyInfo
+    after: KeyInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,6 +545,84 @@ class DeviceApp:
             self._note(f"{entry.name} is not in reach ({exc}): the revocation waits on this device's revocation list")
             return Revocation(entry, None, already_revoked=not listed.changed, listed=listed, reached=False)
 
+    async def issue_code(self, vehicle: str | None = None, *, role: str, name: str, expires: str | None = None,
+                         attempts: int = DEFAULT_CODE_ATTEMPTS, valid_from: str | None = None,
+                         valid_until: str | None = None, schedule: str | None = None) -> CodeIssued:
+        """Ask the vehicle for a one-time pairing code for a new device with these terms (owner keys only)."""
+        now = int(self._wall())
+        start = _when_arg(valid_from, now, "--valid-from")
+        end = _when_arg(valid_until, now, "--valid-until", end_of_day=True)
+        ttl = (_when_arg(expires, now, "--expires") or now + DEFAULT_CODE_TTL) - now
+        if not 1 <= ttl <= MAX_CODE_TTL:
+            raise UsageError(f"--expires must be a time within {MAX_CODE_TTL // 86400} days from now")
+        if not 1 <= attempts <= MAX_CODE_ATTEMPTS:
+            raise UsageError(f"--attempts must be 1 to {MAX_CODE_ATTEMPTS}")
+        if start is not None and end is not None and end <= start:
+            raise UsageError("--valid-until must be later than --valid-from")
+        _check_schedule(schedule)
+        terms = PairingTerms(_role_arg(role), name, ttl, attempts, start,
+                             end, schedule)
+        try:
+            args = terms.encode()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+        async def action(link: VehicleLink, entry: VehicleEntry) -> CodeIssued:
+            result = await link.secure(Command.ISSUE_CODE, args)
+            try:
+                issued = IssuedCode.decode(result.data)
+            except DecodeError as exc:
+                raise ProtocolViolation(f"the vehicle's issued code does not parse: {exc}") from exc
+            return CodeIssued(entry, issued.code, issued.expires_at, terms,
+                              pairing_uri(issued.code, entry.vehicle_id, entry.advertised_name or entry.name))
+
+        return await self._owner_session(vehicle, action, not_permitted="only owner keys can issue pairing codes")
+
+    async def edit_key(self, key: str, vehicle: str | None = None, *, name: str | None = None,
+                       role: str | None = None, valid_from: str | None = None, valid_until: str | None = None,
+                       no_expiry: bool = False, schedule: str | None = None, no_schedule: bool = False) -> KeyEdited:
+        """Change the name, role, window or schedule of the key `key` names (owner keys only)."""
+        now = int(self._wall())
+        start = _when_arg(valid_from, now, "--valid-from")
+        end = _when_arg(valid_until, now, "--valid-until", end_of_day=True)
+        if no_expiry and end is not None:
+            raise UsageError("--valid-until and --no-expiry contradict each other")
+        if no_schedule and schedule is not None:
+            raise UsageError("--schedule and --no-schedule contradict each other")
+        _check_schedule(schedule)
+        new_role = None if role is None else _role_arg(role)
+        if (name, new_role, start, end, schedule) == (None, None, None, None, None) and not (no_expiry or no_schedule):
+            raise UsageError("nothing to change: give --name, --role, --valid-from, --valid-until, --no-expiry, "
+                             "--schedule or --no-schedule")
+
+        async def action(link: VehicleLink, entry: VehicleEntry) -> KeyEdited:
+            target = resolve_key(await _list_keys(link), key)
+            edit = KeyEdit(target.key_id, role=new_role, name=name, valid_from=start, valid_until=end,
+                           schedule=schedule, clear_valid_until=no_expiry, clear_schedule=no_schedule)
+            try:
+                args = edit.encode()
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            try:
+                result = await link.secure(Command.EDIT_KEY, args)
+            except VehicleRefused as exc:
+                if exc.status is Status.LAST_OWNER:
+                    raise VehicleRefused(exc.status, authenticated=exc.authenticated,
+                                         message=f"{target.name} is the last owner key: demoting it would leave the "
+                                                 "vehicle without an owner; add another owner first") from exc
+                if exc.status is Status.BAD_REQUEST:
+                    raise VehicleRefused(exc.status, authenticated=exc.authenticated,
+                                         message="the vehicle refused the change as invalid (a window that ends "
+                                                 "before it starts, or a schedule it cannot read)") from exc
+                raise
+            try:
+                after = KeyInfo.decode(result.data)
+            except DecodeError as exc:
+                raise ProtocolViolation(f"the vehicle's updated key record does not parse: {exc}") from exc
+            return KeyEdited(entry, target, after)
+
+        return await self._owner_session(vehicle, action, not_permitted="only owner keys can change keys")
+
     async def audit(self, vehicle: str | None = None, *, limit: int = 20, after: int | None = None) -> AuditListing:
         """Up to `limit` audit records after sequence number `after` (None: the newest `limit`), oldest first."""
         if not 1 <= limit <= MAX_AUDIT_LIMIT:
@@ -746,6 +853,40 @@ class DeviceApp:
 # ---------------------------------------------------------------------- helpers
 
 
+def _when_arg(text: str | None, now: int, option: str, *, end_of_day: bool = False) -> int | None:
+    """A time option (dkey_link.when formats) as Unix seconds, None if not given; UsageError naming the option."""
+    if text is None:
+        return None
+    from dkey_link.when import parse_when
+
+    try:
+        return parse_when(text, now, end_of_day=end_of_day)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def _check_schedule(schedule: str | None) -> None:
+    """UsageError for a schedule the vehicle would refuse (PROTOCOL.md §6.5 syntax)."""
+    if schedule is None:
+        return
+    from protocol import MAX_SCHEDULE_LEN, parse_schedule
+
+    if len(schedule.encode()) > MAX_SCHEDULE_LEN:
+        raise UsageError(f"--schedule is at most {MAX_SCHEDULE_LEN} bytes")
+    try:
+        parse_schedule(schedule)
+    except ValueError as exc:
+        raise UsageError(f"bad --schedule: {exc}") from None
+
+
+def _role_arg(role: str) -> Role:
+    """The Role a command-line label names; UsageError otherwise."""
+    found = {r.label: r for r in Role}.get(role)
+    if found is None:
+        raise UsageError(f"unknown role {role!r} (choose {', '.join(Role.labels())})")
+    return found
+
+
 def _pick(flag: T | None, configured: T) -> T:
     return flag if flag is not None else configured
 
@@ -811,9 +952,9 @@ def audit_detail(record: AuditRecord) -> Any:
         return record.detail
 
 
-__all__ = ["AUDIT_PAGE", "MAX_AUDIT_LIMIT", "PAIR_TIMEOUT", "RELAY_WARNING", "AuditListing",
-           "AutoEvent", "AutoOptions", "CommandDone", "DeviceApp", "KeyListing", "PassphraseSource", "RadioChoice",
-           "Revocation", "ShareRequest", "Sighting", "TimeStated", "audit_detail", "resolve_key"]
+__all__ = ["AUDIT_PAGE", "MAX_AUDIT_LIMIT", "PAIR_TIMEOUT", "RELAY_WARNING", "AuditListing", "AutoEvent",
+           "AutoOptions", "CodeIssued", "CommandDone", "DeviceApp", "KeyEdited", "KeyListing", "PassphraseSource",
+           "RadioChoice", "Revocation", "ShareRequest", "Sighting", "TimeStated", "audit_detail", "resolve_key"]
 
 
 async def _state_time(link: VehicleLink, wall: Callable[[], float]) -> tuple[bool, int, ClockReport]:

@@ -332,6 +332,29 @@ def build_parser() -> argparse.ArgumentParser:
                             "enrols the key")
     s.add_argument("share", metavar="SHARE", help="the dkey://share?... text, or @FILE to read it from FILE")
     s.add_argument("--name", help="nickname for the vehicle (default: the name in the share)")
+    s = cmd("issue-code", "ask the vehicle for a one-time pairing code for a new device, shown like `key-server "
+                          "pair` shows it (owner keys only)")
+    s.add_argument("--role", choices=("owner", "driver", "guest"), required=True, help="the new key's role")
+    s.add_argument("--name", required=True, help="the new key's name in the vehicle's key list (at most 64 bytes)")
+    s.add_argument("--expires", metavar="T", help="when the code stops working, within 7 days: 30m, 2h, 1d or a "
+                                                   "date and time (default: 10 minutes)")
+    s.add_argument("--attempts", type=_number(1, 20, integer=True), default=5, metavar="N",
+                   help="wrong tries the code survives, 1 to 20 (5)")
+    s.add_argument("--valid-from", metavar="T", help="the key is valid from (2026-12-24, 2026-12-24T18:00, 3d ...)")
+    s.add_argument("--valid-until", metavar="T", help="the key expires (same formats; default: no expiry)")
+    s.add_argument("--schedule", metavar="S", help='weekly schedule, e.g. "Mon-Fri 08:00-18:00; Sat 10:00-14:00"')
+    s.add_argument("--no-qr", action="store_true", help="do not print the QR code")
+    s = cmd("edit", "change a key's name, role, validity window or schedule on the vehicle (owner keys only)")
+    s.add_argument("key", help="hex key-id prefix or name, as `key-client keys` shows them")
+    s.add_argument("--name", help="new name (at most 64 bytes)")
+    s.add_argument("--role", choices=("owner", "driver", "guest"), help="new role")
+    s.add_argument("--valid-from", metavar="T", help="valid from (2026-12-24, 2026-12-24T18:00, 3d ...)")
+    expiry = s.add_mutually_exclusive_group()
+    expiry.add_argument("--valid-until", metavar="T", help="expires (same formats)")
+    expiry.add_argument("--no-expiry", action="store_true", help="remove the expiry")
+    sched = s.add_mutually_exclusive_group()
+    sched.add_argument("--schedule", metavar="S", help='new weekly schedule, e.g. "Mon-Fri 08:00-18:00"')
+    sched.add_argument("--no-schedule", action="store_true", help="remove the schedule")
     s = cmd("auto", "passive entry: unlock when near, lock when you walk away (weaker against relay attacks)")
     s.add_argument("--i-understand-relay-risk", action="store_true", help="opt in (see the warning in docs)")
     s.add_argument("--unlock-rssi", type=_number(-127, 20, integer=True), metavar="DBM",
@@ -612,24 +635,54 @@ def _fast(name: str) -> Handler:
 def _key_json(k: KeyInfo, mine: bool) -> dict[str, Any]:
     from protocol import Role
 
-    return {"key_id": k.key_id.hex(), "name": k.name, "role": Role.label_of(k.role),
+    return {"key_id": k.key_id.hex(), "name": k.name, "role": Role.label_of(k.role), "state": _key_state(k),
             "created_at": k.created_at, "valid_from": k.valid_from, "valid_until": k.valid_until,
+            "schedule": k.schedule, "via": k.via.label if k.via is not None else None,
+            "enrolled_by": k.enrolled_by.hex() if k.enrolled_by is not None else None,
             "last_used_at": k.last_used_at, "revoked_at": k.revoked_at, "this_device": mine}
 
 
-def _key_state(k: KeyInfo, now: float) -> str:
+def _key_state(k: KeyInfo, now: float | None = None) -> str:
+    """active / not_yet_valid / expired / revoked, as the vehicle computed it with its guarded time.
+
+    A vehicle that does not send the state (an older one) gets it derived from the record and this device's
+    clock, as key-client did before vehicles reported it.
+    """
+    import time
+
+    from protocol import KeyState
+
+    if k.state is not KeyState.UNKNOWN:
+        return k.state.label
+    now = time.time() if now is None else now
     if k.revoked_at is not None:
-        return f"revoked {_when(k.revoked_at)}"
-    if k.valid_until is not None and k.valid_until < now:
+        return "revoked"
+    if k.valid_until is not None and k.valid_until <= now:
         return "expired"
+    if k.valid_from is not None and k.valid_from > now:
+        return "not_yet_valid"
     return "active"
+
+
+def _key_line(k: KeyInfo, mine: bool, now: float) -> str:
+    """One row of `keys`: id, role, state, window, schedule, how it was enrolled, last use, name."""
+    from protocol import Role
+
+    state = _key_state(k, now).replace("_", " ")
+    if k.revoked_at is not None:
+        state += f" {_when(k.revoked_at)}"
+    via = k.via.label if k.via is not None else "?"
+    if k.enrolled_by is not None:
+        via += f" by {k.enrolled_by.hex()}"
+    window = _validity(k.valid_from, k.valid_until)
+    return (f"  {k.key_id.hex()}  {Role.label_of(k.role):6s}  {state:24s}  {window:34s}  {k.schedule or 'any time':20s}"
+            f"  {via:16s}  last used {_when(k.last_used_at):16s}  {k.name}"
+            f"{'  (this device)' if mine else ''}")
 
 
 async def cmd_keys(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
     """`keys`: the vehicle's key list over the confidential session."""
     import time
-
-    from protocol import Role
 
     async with Progress(sys.stderr, verbose=args.verbose > 0) as say:
         listing = await _app(args, say, out.note).keys(args.vehicle)
@@ -637,9 +690,7 @@ async def cmd_keys(args: argparse.Namespace, out: Printer, _interrupts: _Interru
     out.heading(f"{len(listing.keys)} keys on {listing.entry.name}:")
     for k in listing.keys:
         mine = k.key_id == listing.entry.key_id
-        out.result(_key_json(k, mine),
-                   f"  {k.key_id.hex()}  {Role.label_of(k.role):6s}  {_key_state(k, now):24s}  "
-                   f"last used {_when(k.last_used_at):16s}  {k.name}{'  (this device)' if mine else ''}")
+        out.result(_key_json(k, mine), _key_line(k, mine, now))
     return int(ExitCode.OK)
 
 
@@ -881,6 +932,38 @@ async def cmd_import_share(args: argparse.Namespace, out: Printer, _interrupts: 
     return int(ExitCode.OK)
 
 
+async def cmd_issue_code(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
+    """`issue-code`: ISSUE_CODE over the confidential session, shown like `key-server pair`."""
+    async with Progress(sys.stderr, verbose=args.verbose > 0) as say:
+        r = await _app(args, say, out.note).issue_code(
+            args.vehicle, role=args.role, name=args.name, expires=args.expires, attempts=int(args.attempts),
+            valid_from=args.valid_from, valid_until=args.valid_until, schedule=args.schedule)
+    t = r.terms
+    out.result({"ok": True, "vehicle": r.entry.name, "code": r.code, "uri": r.uri, "slot": int(r.code[:2]),
+                "expires_at": r.expires_at, "role": args.role, "name": t.name, "attempts": t.attempts,
+                "valid_from": t.valid_from, "valid_until": t.valid_until, "schedule": t.schedule},
+               f"one-time pairing code for {t.name!r} ({args.role}) on {r.entry.name}: {r.code[:4]} {r.code[4:]}\n"
+               f"valid until {_when(r.expires_at)}, {t.attempts} tries; on the device run:\n"
+               f"    key-client pair {r.code}")
+    _print_qr(r.uri, args, out)
+    return int(ExitCode.OK)
+
+
+async def cmd_edit(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
+    """`edit KEY`: EDIT_KEY over the confidential session; prints the key as the vehicle now holds it."""
+    import time
+
+    async with Progress(sys.stderr, verbose=args.verbose > 0) as say:
+        r = await _app(args, say, out.note).edit_key(
+            args.key, args.vehicle, name=args.name, role=args.role, valid_from=args.valid_from,
+            valid_until=args.valid_until, no_expiry=args.no_expiry, schedule=args.schedule,
+            no_schedule=args.no_schedule)
+    mine = r.after.key_id == r.entry.key_id
+    out.result({"ok": True, "vehicle": r.entry.name, **_key_json(r.after, mine)},
+               f"changed {r.after.key_id.hex()} on {r.entry.name}:\n{_key_line(r.after, mine, time.time())}")
+    return int(ExitCode.OK)
+
+
 _COMMANDS: dict[str, Handler] = {
     "scan": cmd_scan,
     "pair": cmd_pair,
@@ -898,6 +981,8 @@ _COMMANDS: dict[str, Handler] = {
     "request-share": cmd_request_share,
     "share": cmd_share,
     "import-share": cmd_import_share,
+    "issue-code": cmd_issue_code,
+    "edit": cmd_edit,
 }
 
 __all__ = ["CLIENT_CODES", "LIST_COMMANDS", "Interrupted", "Printer", "amain", "build_parser", "installed_version",

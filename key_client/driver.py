@@ -67,7 +67,7 @@ RETRY_PAUSE = 0.3  # s times the attempt number before retrying: the vehicle may
 SCAN_RETRY_PAUSE = 0.5  # s times the failure number after a scan that could not run
 LINK_CHECK_INTERVAL = 0.2  # how often a wait for an answer checks that the link is still up
 # Commands that change something on the vehicle: once written, an interruption leaves their outcome unknown.
-MAY_ACT = ACTUATING_COMMANDS | {Command.REVOKE_KEY}
+MAY_ACT = ACTUATING_COMMANDS | {Command.REVOKE_KEY, Command.ISSUE_CODE, Command.EDIT_KEY}
 
 
 class Clock(Protocol):

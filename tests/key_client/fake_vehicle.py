@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dkey_link.mock import MockAir, MockPeripheral
@@ -18,15 +18,28 @@ from protocol import (
     Command,
     CommandRequested,
     DoorState,
+    IssuedCode,
+    KeyEdit,
+    KeyInfo,
     KeyPair,
+    KeyState,
     LockState,
+    PairingTerms,
+    RevokeArgs,
     Role,
     SessionOpened,
     Status,
     StatusReport,
     VehicleSession,
+    Via,
     decode_public_key,
+    encode_key_page,
+    key_id,
+    parse_list_keys_args,
+    parse_revoke_args,
 )
+
+T0 = 1_800_000_000  # when every key of the fake vehicle was made, and "now" for the codes it issues
 
 
 @dataclass
@@ -45,6 +58,9 @@ class FakeVehicle:
         self.peripheral: MockPeripheral = air.peripheral(name)
         self.keys: dict[bytes, bytes] = {}
         self.roles: dict[bytes, Role] = {}
+        self.infos: dict[bytes, KeyInfo] = {}  # what LIST_KEYS shows (and EDIT_KEY / REVOKE_KEY change)
+        self.issued_codes: list[PairingTerms] = []
+        self.revoke_requests: list[RevokeArgs] = []
         self.challenges = ChallengeBook()
         self.links: dict[str, _Link] = {}
         self.seen: list[tuple[str, Any]] = []  # ("command", Command) / ("share", event) / ("revocations", event)
@@ -60,14 +76,13 @@ class FakeVehicle:
         """The vehicle's id (its key id)."""
         return self.identity.key_id
 
-    def enrol(self, device: KeyPair | bytes, role: Role = Role.OWNER) -> bytes:
-        """Enrol a key (a key pair, or a 65-byte public key); returns its key id."""
+    def enrol(self, device: KeyPair | bytes, role: Role = Role.OWNER, name: str = "key", **info: Any) -> bytes:
+        """Enrol a key (a key pair, or a 65-byte public key); returns its key id. `info`: more KeyInfo fields."""
         public = device if isinstance(device, bytes) else device.public_bytes
-        from protocol import key_id
-
         kid = key_id(public)
         self.keys[kid] = public
         self.roles[kid] = role
+        self.infos[kid] = KeyInfo(kid, role, name, T0, **{"state": KeyState.ACTIVE, "via": Via.CODE, **info})
         return kid
 
     async def start(self) -> FakeVehicle:
@@ -141,7 +156,58 @@ class FakeVehicle:
             self._answer_new(link, lk, ev)
 
     def _respond_command(self, lk: _Link, ev: CommandRequested, data: bytes) -> None:
-        lk.session.respond(Status.OK, data)
+        if not ev.secure or ev.command in (Command.STATUS, Command.SET_TIME):
+            lk.session.respond(Status.OK, data)
+            return
+        if self.roles.get(ev.key_id) is not Role.OWNER:
+            lk.session.respond(Status.NOT_PERMITTED)
+            return
+        status, out = self._admin(ev.command, ev.args)
+        lk.session.respond(status, out)
+
+    def _owners(self) -> int:
+        return sum(1 for k in self.infos.values() if k.role == Role.OWNER and k.revoked_at is None)
+
+    def _admin(self, command: Command, args: bytes) -> tuple[Status, bytes]:
+        """The owner commands, the way the design contract says the vehicle answers them (no store, no audit)."""
+        if command is Command.LIST_KEYS:
+            offset, limit = parse_list_keys_args(args)
+            keys = list(self.infos.values())
+            data, _ = encode_key_page(keys[offset:offset + limit], len(keys))
+            return Status.OK, data
+        if command is Command.ISSUE_CODE:
+            terms = PairingTerms.decode(args)
+            self.issued_codes.append(terms)
+            return Status.OK, IssuedCode("42123456", T0 + terms.code_ttl).encode()
+        if command is Command.EDIT_KEY:
+            edit = KeyEdit.decode(args)
+            old = self.infos.get(edit.key_id)
+            if old is None:
+                return Status.BAD_REQUEST, b""
+            if edit.role is not None and edit.role != Role.OWNER and old.role == Role.OWNER and self._owners() == 1:
+                return Status.LAST_OWNER, b""
+            new = replace(old, role=edit.role if edit.role is not None else old.role,
+                          name=edit.name if edit.name is not None else old.name,
+                          valid_from=None if edit.clear_valid_from else edit.valid_from or old.valid_from,
+                          valid_until=None if edit.clear_valid_until else edit.valid_until or old.valid_until,
+                          schedule=None if edit.clear_schedule else edit.schedule or old.schedule)
+            self.infos[edit.key_id] = new
+            self.roles[edit.key_id] = Role(new.role)
+            return Status.OK, new.encode()
+        if command is Command.REVOKE_KEY:
+            revoke = parse_revoke_args(args)
+            self.revoke_requests.append(revoke)
+            if revoke.force:
+                return Status.BAD_REQUEST, b""
+            old = self.infos.get(revoke.key_id)
+            if old is None or old.revoked_at is not None:
+                return Status.NO_CHANGE, b""
+            if old.role == Role.OWNER and self._owners() == 1:
+                return Status.LAST_OWNER, b""
+            self.infos[revoke.key_id] = replace(old, revoked_at=T0, state=KeyState.REVOKED)
+            self.keys.pop(revoke.key_id, None)
+            return Status.OK, b""
+        return Status.NOT_SUPPORTED, b""
 
     def _answer_new(self, link: str, lk: _Link, ev: object) -> None:
         self.seen.append(("other", ev))
