@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -318,6 +318,7 @@ class DeviceApp:
                                    hint=entry.address_hint)
         clock: ClockReport | None = None
         try:
+            await self._present_share(link, kc, entry)
             if cmd is Command.STATUS:
                 await link.open_secure()
                 result = await link.secure(cmd)
@@ -327,6 +328,7 @@ class DeviceApp:
                 report = StatusReport.decode(result.data)
             except DecodeError as exc:
                 raise ProtocolViolation(f"the vehicle's signed answer does not parse: {exc}") from exc
+            await self._deliver_lists(link, kc, entry)
             if report.time_wanted:
                 # The vehicle does not trust its clock yet and this key may confirm it: state the time on this
                 # link now (a confidential session), so guests work again without anyone doing anything.
@@ -357,6 +359,66 @@ class DeviceApp:
                        "check this device's clock")
         return stated[2]
 
+    async def _present_share(self, link: VehicleLink, kc: Keychain, entry: VehicleEntry) -> None:
+        """SHARE_PRESENT once, before the first command, while the keychain says the share is not enrolled yet.
+
+        OK (enrolled) and NO_CHANGE (already enrolled) both mean done for good; any other answer is the command's
+        refusal, in words that name the share.
+        """
+        from protocol import ShareCertificate
+
+        from .sharebook import ShareBook
+
+        if entry.via != "share":
+            return
+        book = ShareBook(kc.path)
+        held = book.imported(entry.vehicle_id)
+        if held is None or held.enrolled:
+            return
+        try:
+            cert = ShareCertificate.decode(held.certificate)
+        except DecodeError as exc:
+            raise KeychainError(f"the share kept for {entry.name} is damaged ({exc}): import it again") from None
+        answer = await link.present_share(held.certificate)
+        if answer.status in (Status.OK, Status.NO_CHANGE):
+            book.mark_enrolled(entry.vehicle_id)
+            if answer.status is Status.OK:
+                self._note(f"{entry.name} enrolled this device's key with the share from owner key "
+                           f"{cert.issuer_id.hex()}")
+            return
+        raise VehicleRefused(answer.status, authenticated=True, message=_share_refusal(cert, answer.status))
+
+    async def _deliver_lists(self, link: VehicleLink, kc: Keychain, entry: VehicleEntry) -> None:
+        """After an OK answer: every revocation list held for this vehicle that it has not acknowledged yet.
+
+        Best effort: the command already succeeded, so a failure here is a note and the list waits for the next
+        connection. A list the vehicle refuses (DENIED: its signer is no longer an active owner, or the signature
+        does not verify) is dropped from the ones to carry, since no later connection can change that answer.
+        """
+        from .sharebook import ShareBook
+
+        book = ShareBook(kc.path)
+        for held in book.undelivered(entry.vehicle_id):
+            try:
+                answer = await link.send_revocations(held.raw)
+            except ClientError as exc:
+                self._note(f"the revocation list of owner key {held.issuer_id.hex()} (version {held.version}) was "
+                           f"not delivered to {entry.name}: {exc}; it goes with the next connection")
+                return
+            if answer.status in (Status.OK, Status.NO_CHANGE):
+                book.acknowledge(entry.vehicle_id, held.issuer_id, answer.version)
+                if answer.status is Status.OK:
+                    self._note(f"delivered the revocation list of owner key {held.issuer_id.hex()} (version "
+                               f"{held.version}) to {entry.name}")
+            elif answer.status is Status.DENIED:
+                book.acknowledge(entry.vehicle_id, held.issuer_id, held.version)
+                self._note(f"{entry.name} refused the revocation list of owner key {held.issuer_id.hex()} (version "
+                           f"{held.version}): its signer is not an active owner of the vehicle; it is no longer "
+                           "carried")
+            else:
+                self._note(f"{entry.name} did not take the revocation list of owner key {held.issuer_id.hex()} "
+                           f"({answer.status.name.lower()}); it goes with the next connection")
+
     async def _owner_session(self, vehicle: str | None,
                              action: Callable[[VehicleLink, VehicleEntry], Awaitable[T]], *,
                              not_permitted: str = "only owner keys can manage keys and read the audit log") -> T:
@@ -369,8 +431,10 @@ class DeviceApp:
             link = await self._connect(central, device, Target(entry.vehicle_public_key, entry.vehicle_id),
                                        hint=entry.address_hint)
             try:
+                await self._present_share(link, kc, entry)
                 await link.open_secure()
                 result = await action(link, entry)
+                await self._deliver_lists(link, kc, entry)
             except VehicleRefused as exc:
                 if exc.status is Status.NOT_PERMITTED and entry.role != "owner":
                     raise VehicleRefused(exc.status, authenticated=exc.authenticated,
@@ -538,12 +602,20 @@ class DeviceApp:
             return Revocation(entry, target, already_revoked=False, listed=listed)
 
         try:
-            return await self._owner_session(vehicle, action)
+            done = await self._owner_session(vehicle, action)
         except (VehicleNotFound, ConnectFailed, TimedOut) as exc:
             if listed is None:
                 raise
             self._note(f"{entry.name} is not in reach ({exc}): the revocation waits on this device's revocation list")
             return Revocation(entry, None, already_revoked=not listed.changed, listed=listed, reached=False)
+
+        if listed is not None:
+            from .sharebook import ShareBook
+
+            now_held = ShareBook(kc.path).held(entry.vehicle_id, listed.held.issuer_id)
+            if now_held is not None and now_held.acknowledged >= listed.held.version:
+                done = replace(done, delivered=True)
+        return done
 
     async def issue_code(self, vehicle: str | None = None, *, role: str, name: str, expires: str | None = None,
                          attempts: int = DEFAULT_CODE_ATTEMPTS, valid_from: str | None = None,
@@ -885,6 +957,20 @@ def _role_arg(role: str) -> Role:
     if found is None:
         raise UsageError(f"unknown role {role!r} (choose {', '.join(Role.labels())})")
     return found
+
+
+def _share_refusal(cert: Any, status: Status) -> str:
+    """Why the vehicle refused this device's share, naming it (a ShareCertificate; Any keeps imports lazy)."""
+    what = f"the share for {cert.name!r} (serial {cert.serial.hex()}, from owner key {cert.issuer_id.hex()})"
+    reasons = {
+        Status.KEY_EXPIRED: f"{what} has expired",
+        Status.CLOCK_UNTRUSTED: f"the vehicle's clock is not yet trusted, so it cannot check {what} yet; an owner's "
+                                "device fixes this by connecting",
+        Status.NOT_PERMITTED: f"{what} grants a role a share cannot grant",
+        Status.DENIED: f"the vehicle refused {what}: its signer is not an active owner of this vehicle, or the share "
+                       "or this key was revoked",
+    }
+    return reasons.get(status, f"the vehicle refused {what}: {status.name.lower()}")
 
 
 def _pick(flag: T | None, configured: T) -> T:

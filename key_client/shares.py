@@ -247,7 +247,9 @@ def revoke_offline(kc: Keychain, entry: VehicleEntry, device: KeyPair, kid: byte
         if len(entries) > MAX_REVOCATIONS:
             raise NotAllowed(f"this device's revocation list for {entry.name} is full ({MAX_REVOCATIONS} keys): "
                              "revoke at the vehicle (`key-server revoke`) or while connected")
-        version = (held.version if held is not None else 0) + 1
+        # Above what the vehicle said it holds from this key too: a list from a copy of this keychain that went
+        # further (a backup restored) must not make ours look old (NO_CHANGE) and never be applied.
+        version = (max(held.version, held.acknowledged) if held is not None else 0) + 1
         lst = RevocationList.issue(device, entry.vehicle_id, version, now, tuple(sorted(entries.items())))
         book.store_list(entry.vehicle_id, device.key_id, version, lst.encode(),
                         expect_version=held.version if held is not None else 0)

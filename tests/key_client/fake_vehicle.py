@@ -25,9 +25,11 @@ from protocol import (
     KeyState,
     LockState,
     PairingTerms,
+    RevocationsOffered,
     RevokeArgs,
     Role,
     SessionOpened,
+    ShareOffered,
     Status,
     StatusReport,
     VehicleSession,
@@ -156,6 +158,10 @@ class FakeVehicle:
             self._answer_new(link, lk, ev)
 
     def _respond_command(self, lk: _Link, ev: CommandRequested, data: bytes) -> None:
+        if ev.secure and ev.command is Command.WATCH:
+            lk.session.respond(Status.OK, self.report.encode())
+            lk.watching = True
+            return
         if not ev.secure or ev.command in (Command.STATUS, Command.SET_TIME):
             lk.session.respond(Status.OK, data)
             return
@@ -210,7 +216,41 @@ class FakeVehicle:
         return Status.NOT_SUPPORTED, b""
 
     def _answer_new(self, link: str, lk: _Link, ev: object) -> None:
-        self.seen.append(("other", ev))
+        if isinstance(ev, ShareOffered):
+            self.seen.append(("share", ev.certificate))
+            cert = ev.certificate
+            status = self.share_status
+            if status is Status.OK and cert.subject_key_id in self.keys:
+                status = Status.NO_CHANGE
+            if status is Status.OK:
+                self.enrol(cert.subject_public_key, cert.role, cert.name, via=Via.SHARE, enrolled_by=cert.issuer_id,
+                           valid_from=cert.valid_from, valid_until=cert.valid_until, schedule=cert.schedule)
+            lk.session.answer_share(status)
+        elif isinstance(ev, RevocationsOffered):
+            lst = ev.revocations
+            self.seen.append(("revocations", lst))
+            held = self.held_versions.get(lst.issuer_id, 0)
+            status = self.revocation_status or (Status.OK if lst.version > held else Status.NO_CHANGE)
+            if status is Status.OK:
+                for kid, _flags in lst.entries:
+                    self.keys.pop(kid, None)
+                    if kid in self.infos:
+                        self.infos[kid] = replace(self.infos[kid], revoked_at=T0, state=KeyState.REVOKED)
+                held = self.held_versions[lst.issuer_id] = lst.version
+            lk.session.answer_revocations(status, held)
+        else:
+            self.seen.append(("other", ev))
+
+    def push(self, report: StatusReport) -> int:
+        """Push a state change to every link that is watching; returns how many got it."""
+        self.report = report
+        sent = 0
+        for link, lk in list(self.links.items()):
+            if lk.watching:
+                lk.session.push_watch(report.encode())
+                self._flush(link)
+                sent += 1
+        return sent
 
     def _flush(self, link: str) -> None:
         lk = self.links.get(link)

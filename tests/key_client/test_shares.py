@@ -14,7 +14,17 @@ from key_client.keychain import KEYS_DIR, Keychain
 from key_client.radios import mock_air
 from key_client.share_uri import parse_share, parse_share_request, share_uri
 from key_client.sharebook import ShareBook
-from protocol import LIST_WITH_SHARES, Command, KeyPair, Paired, RevocationList, Role, ShareCertificate
+from protocol import (
+    LIST_WITH_SHARES,
+    Command,
+    KeyPair,
+    Paired,
+    RevocationList,
+    Role,
+    ShareCertificate,
+    Status,
+    Via,
+)
 
 from . import Cli
 from .fake_vehicle import FakeVehicle
@@ -295,3 +305,131 @@ async def test_revoke_without_the_vehicle_in_reach_keeps_it_on_the_list(run: Cli
     with mock_air(air):
         r = await run("revoke", "somebody-else")  # not nameable offline: the vehicle was needed
     assert r.code == ExitCode.NOT_FOUND
+
+
+# ---------------------------------------------------------------------- the connection flow
+
+
+async def watch_with_share(run: Cli, car: FakeVehicle, tmp_path: Path, **share: str) -> tuple[Path, bytes]:
+    """An owner keychain at run.keychain and a watch keychain that imported the owner's share."""
+    owner_keychain(run.keychain, car)
+    watch = tmp_path / "watch"
+    argv = [x for kv in share.items() for x in (f"--{kv[0]}", kv[1])] or ["--role", "driver"]
+    r = await run("--json", "share", await request(run, watch), *argv)
+    assert r.code == ExitCode.OK, r.err
+    assert (await run("import-share", r.json()[0]["share"], keychain=watch)).code == ExitCode.OK
+    return watch, bytes.fromhex(r.json()[0]["key_id"])
+
+
+async def test_the_first_connection_presents_the_share_once_then_unlocks(run: Cli, car: FakeVehicle,
+                                                                          tmp_path: Path) -> None:
+    watch, watch_id = await watch_with_share(run, car, tmp_path)
+    r = await run("unlock", keychain=watch)
+    assert r.code == ExitCode.OK, r.err
+    assert [kind for kind, _ in car.seen] == ["share", "command"]  # SHARE_PRESENT before the COMMAND
+    assert car.keys.get(watch_id) is not None and car.infos[watch_id].via is Via.SHARE
+    assert "enrolled this device's key with the share" in r.err
+    assert ShareBook(watch).imported(car.vehicle_id).enrolled  # type: ignore[union-attr]
+    car.seen.clear()
+    writes = car.writes
+    r = await run("unlock", keychain=watch)
+    assert r.code == ExitCode.OK and car.seen == [("command", Command.UNLOCK)] and car.writes == writes + 1
+
+
+async def test_an_already_enrolled_share_counts_as_enrolled(run: Cli, car: FakeVehicle, tmp_path: Path) -> None:
+    watch, watch_id = await watch_with_share(run, car, tmp_path)
+    kc = Keychain.open(watch)
+    car.enrol(kc.load_key(kc.vehicles()[0]), Role.DRIVER)  # enrolled already (another of its connections)
+    r = await run("--json", "status", keychain=watch)  # inside a session this time
+    assert r.code == ExitCode.OK, r.err
+    assert [kind for kind, _ in car.seen][:1] == ["share"] and "enrolled" not in r.err  # NO_CHANGE: said nothing
+    assert ShareBook(watch).imported(car.vehicle_id).enrolled  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("status", "words"), [
+    (Status.DENIED, "its signer is not an active owner of this vehicle, or the share or this key was revoked"),
+    (Status.KEY_EXPIRED, "has expired"),
+    (Status.CLOCK_UNTRUSTED, "the vehicle's clock is not yet trusted, so it cannot check the share"),
+])
+async def test_a_refused_share_is_denied_in_words_naming_it_and_nothing_is_sent(
+        run: Cli, car: FakeVehicle, tmp_path: Path, status: Status, words: str) -> None:
+    watch, _ = await watch_with_share(run, car, tmp_path)
+    car.share_status = status
+    r = await run("--json", "unlock", keychain=watch)
+    assert r.code == ExitCode.DENIED
+    assert words in r.err and "the share for \"Maya's watch\" (serial " in r.err
+    (obj,) = r.json()
+    assert obj["may_have_succeeded"] is False and obj["temporary"] is (status is Status.CLOCK_UNTRUSTED)
+    assert [kind for kind, _ in car.seen] == ["share"]  # no command after a refused share
+    assert not ShareBook(watch).imported(car.vehicle_id).enrolled  # type: ignore[union-attr]
+    car.share_status = Status.OK
+    assert (await run("unlock", keychain=watch)).code == ExitCode.OK  # presented again next time
+
+
+async def test_a_list_rides_after_an_ok_unlock_and_a_plain_unlock_stays_one_write(run: Cli, car: FakeVehicle,
+                                                                                 tmp_path: Path) -> None:
+    watch, watch_id = await watch_with_share(run, car, tmp_path)
+    assert (await run("unlock", keychain=watch)).code == ExitCode.OK  # the watch is enrolled
+    assert (await run("revoke", "Maya's watch", "--offline")).code == ExitCode.OK
+    car.seen.clear()
+    before = car.writes
+    r = await run("unlock")  # the owner's phone, next to the car
+    assert r.code == ExitCode.OK, r.err
+    assert [kind for kind, _ in car.seen] == ["command", "revocations"]  # after the RESULT, never before
+    assert car.writes == before + 2  # the command, then the list: one write each at this MTU
+    assert "delivered the revocation list of owner key" in r.err and "(version 1)" in r.err
+    assert watch_id not in car.keys
+    kc = Keychain.open(run.keychain)
+    assert not ShareBook(run.keychain).undelivered(car.vehicle_id)
+    assert ShareBook(run.keychain).held(car.vehicle_id, kc.vehicles()[0].key_id).acknowledged == 1  # type: ignore[union-attr]
+    car.seen.clear()
+    before = car.writes
+    assert (await run("unlock")).code == ExitCode.OK
+    assert car.seen == [("command", Command.UNLOCK)] and car.writes == before + 1  # nothing more to deliver
+    r = await run("unlock", keychain=watch)
+    assert r.code == ExitCode.DENIED  # the watch is refused
+
+
+async def test_a_list_the_vehicle_already_holds_is_acknowledged_and_a_refused_one_is_dropped(
+        run: Cli, car: FakeVehicle, tmp_path: Path) -> None:
+    _, entry, _ = owner_keychain(run.keychain, car)
+    await shared(run, car, tmp_path)
+    assert (await run("revoke", "watch", "--offline")).code == ExitCode.OK
+    car.held_versions[entry.key_id] = 5  # another of this owner's copies got further: NO_CHANGE with 5
+    r = await run("unlock")
+    assert r.code == ExitCode.OK and "delivered" not in r.err
+    assert ShareBook(run.keychain).held(car.vehicle_id, entry.key_id).acknowledged == 5  # type: ignore[union-attr]
+    # The next list numbers above what the vehicle holds, or the vehicle would call it old (NO_CHANGE).
+    r = await run("--json", "revoke", "00000009", "--offline")
+    assert r.json()[0]["list_version"] == 6
+    car.revocation_status = Status.DENIED
+    r = await run("unlock")
+    assert r.code == ExitCode.OK and "refused the revocation list" in r.err and "version 6" in r.err
+    assert not ShareBook(run.keychain).undelivered(car.vehicle_id)
+
+
+async def test_a_driver_device_carries_the_owners_list_it_got_with_its_share(run: Cli, car: FakeVehicle,
+                                                                            tmp_path: Path) -> None:
+    _, entry, _ = owner_keychain(run.keychain, car)
+    guest_id, _ = await shared(run, car, tmp_path, "guest")
+    assert (await run("revoke", "guest", "--offline")).code == ExitCode.OK
+    watch = tmp_path / "watch"
+    r = await run("--json", "share", await request(run, watch), "--role", "driver")
+    assert (await run("import-share", r.json()[0]["share"], keychain=watch)).code == ExitCode.OK
+    r = await run("unlock", keychain=watch)  # the watch: its share, the command, then the owner's list
+    assert r.code == ExitCode.OK, r.err
+    assert [kind for kind, _ in car.seen] == ["share", "command", "revocations"]
+    assert car.held_versions[entry.key_id] == 1 and guest_id not in car.keys
+
+
+async def test_online_revoke_of_a_share_not_yet_enrolled_delivers_the_list_in_the_same_session(
+        run: Cli, car: FakeVehicle, tmp_path: Path) -> None:
+    _, entry, _ = owner_keychain(run.keychain, car)
+    guest_id, _ = await shared(run, car, tmp_path, "guest")
+    r = await run("--json", "revoke", "guest")
+    assert r.code == ExitCode.OK, r.err
+    (obj,) = r.json()
+    assert obj["reached"] and obj["delivered"] and obj["revoked"] is False and obj["list_version"] == 1
+    assert car.held_versions[entry.key_id] == 1 and car.revoke_requests == []  # the vehicle does not list it yet
+    r = await run("revoke", "guest")
+    assert r.code == ExitCode.OK and "reached the vehicle" in r.out
