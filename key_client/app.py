@@ -9,6 +9,7 @@ nothing here prints. The retry budget lives in the driver (docs/CLIENT.md, "Time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from dkey_link.contract import Advertisement, Central, RadioError
+from dkey_link.contract import Advertisement, Central, LinkLost, RadioError
 from protocol import (
     MAX_CODE_ATTEMPTS,
     MAX_CODE_TTL,
@@ -694,6 +695,48 @@ class DeviceApp:
             return KeyEdited(entry, target, after)
 
         return await self._owner_session(vehicle, action, not_permitted="only owner keys can change keys")
+
+    async def watch(self, vehicle: str | None, stop: asyncio.Event,
+                    on_change: Callable[[VehicleEntry, StatusReport, bool], None]) -> int:
+        """Subscribe with WATCH and report the state now (`initial` True), then each change, until `stop` is set.
+
+        Returns how many changes were reported after the first state. The link dropping ends it with a
+        ClientError that says so (owner and driver keys; PROTOCOL.md §9.6).
+        """
+        kc = self.keychain()
+
+        async def action(link: VehicleLink, entry: VehicleEntry) -> int:
+            # Lists first: once subscribed, a push could arrive while a list's answer is awaited.
+            await self._deliver_lists(link, kc, entry)
+            result = await link.secure(Command.WATCH)
+            try:
+                on_change(entry, StatusReport.decode(result.data), True)
+            except DecodeError as exc:
+                raise ProtocolViolation(f"the vehicle's answer to WATCH does not parse: {exc}") from exc
+            seen = 0
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                while not stop.is_set():
+                    change = asyncio.ensure_future(link.next_change())
+                    await asyncio.wait((change, stopped), return_when=asyncio.FIRST_COMPLETED)
+                    if not change.done():
+                        change.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await change
+                        break
+                    try:
+                        report = change.result()
+                    except (LinkLost, RadioError) as exc:
+                        raise ClientError(f"the link to {entry.name} dropped after {seen} change{'' if seen == 1 else 's'} ({exc}): run "
+                                          "`key-client watch` again to keep watching") from exc
+                    seen += 1
+                    on_change(entry, report, False)
+            finally:
+                stopped.cancel()
+            return seen
+
+        return await self._owner_session(vehicle, action,
+                                         not_permitted="only owner and driver keys can watch the vehicle's state")
 
     async def audit(self, vehicle: str | None = None, *, limit: int = 20, after: int | None = None) -> AuditListing:
         """Up to `limit` audit records after sequence number `after` (None: the newest `limit`), oldest first."""

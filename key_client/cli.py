@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     sched = s.add_mutually_exclusive_group()
     sched.add_argument("--schedule", metavar="S", help='new weekly schedule, e.g. "Mon-Fri 08:00-18:00"')
     sched.add_argument("--no-schedule", action="store_true", help="remove the schedule")
+    cmd("watch", "print the vehicle's lock, door and start-enable state, then one line per change, until Ctrl-C "
+                 "(owner and driver keys; sealed in the confidential session)")
     s = cmd("auto", "passive entry: unlock when near, lock when you walk away (weaker against relay attacks)")
     s.add_argument("--i-understand-relay-risk", action="store_true", help="opt in (see the warning in docs)")
     s.add_argument("--unlock-rssi", type=_number(-127, 20, integer=True), metavar="DBM",
@@ -964,6 +966,26 @@ async def cmd_edit(args: argparse.Namespace, out: Printer, _interrupts: _Interru
     return int(ExitCode.OK)
 
 
+async def cmd_watch(args: argparse.Namespace, out: Printer, interrupts: _Interrupts) -> int:
+    """`watch`: WATCH in a confidential session; the state now, then one line (object) per change until Ctrl-C."""
+    import asyncio
+    import time
+    from datetime import datetime
+
+    def show(entry: VehicleEntry, rep: StatusReport, initial: bool) -> None:
+        now = time.time()
+        stamp = datetime.fromtimestamp(now).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        out.result({"vehicle": entry.name, "vehicle_id": entry.vehicle_id.hex(), "at": int(now), "initial": initial,
+                    "lock": rep.lock.name.lower(), "door": rep.door.name.lower(),
+                    "start_enabled": rep.start_enabled},
+                   f"{stamp}  {entry.name}: {_report_text(rep)}{'  (now)' if initial else ''}")
+
+    interrupts.stop = asyncio.Event()  # Ctrl-C / SIGTERM ends the watch with what it printed: exit 0
+    seen = await _app(args, note=out.note).watch(args.vehicle, interrupts.stop, show)
+    out.note(f"stopped watching after {seen} change{'' if seen == 1 else 's'}")
+    return int(ExitCode.OK)
+
+
 _COMMANDS: dict[str, Handler] = {
     "scan": cmd_scan,
     "pair": cmd_pair,
@@ -983,6 +1005,7 @@ _COMMANDS: dict[str, Handler] = {
     "import-share": cmd_import_share,
     "issue-code": cmd_issue_code,
     "edit": cmd_edit,
+    "watch": cmd_watch,
 }
 
 __all__ = ["CLIENT_CODES", "LIST_COMMANDS", "Interrupted", "Printer", "amain", "build_parser", "installed_version",

@@ -159,6 +159,9 @@ class FakeVehicle:
 
     def _respond_command(self, lk: _Link, ev: CommandRequested, data: bytes) -> None:
         if ev.secure and ev.command is Command.WATCH:
+            if self.roles.get(ev.key_id) not in (Role.OWNER, Role.DRIVER):
+                lk.session.respond(Status.NOT_PERMITTED)
+                return
             lk.session.respond(Status.OK, self.report.encode())
             lk.watching = True
             return

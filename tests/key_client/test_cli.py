@@ -318,7 +318,7 @@ def test_every_command_is_either_a_list_or_prints_objects() -> None:
     assert cli.LIST_COMMANDS == {"scan", "keys", "audit", "vehicles"}
     assert set(cli._COMMANDS) - cli.LIST_COMMANDS == {"pair", "unlock", "lock", "status", "start", "revoke",
                                                       "forget", "auto", "set-time", "request-share",
-                                                      "share", "import-share", "issue-code", "edit"}
+                                                      "share", "import-share", "issue-code", "edit", "watch"}
 
 
 # ---------------------------------------------------------------------- options and plumbing

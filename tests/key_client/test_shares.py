@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -17,12 +19,15 @@ from key_client.sharebook import ShareBook
 from protocol import (
     LIST_WITH_SHARES,
     Command,
+    DoorState,
     KeyPair,
+    LockState,
     Paired,
     RevocationList,
     Role,
     ShareCertificate,
     Status,
+    StatusReport,
     Via,
 )
 
@@ -433,3 +438,54 @@ async def test_online_revoke_of_a_share_not_yet_enrolled_delivers_the_list_in_th
     assert car.held_versions[entry.key_id] == 1 and car.revoke_requests == []  # the vehicle does not list it yet
     r = await run("revoke", "guest")
     assert r.code == ExitCode.OK and "reached the vehicle" in r.out
+
+
+# ---------------------------------------------------------------------- watch
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    """Wait (polling the loop) until predicate() holds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_watch_prints_the_state_then_each_change_and_ctrl_c_exits_0(run: Cli, car: FakeVehicle) -> None:
+    owner_keychain(run.keychain, car, role=Role.DRIVER)
+    task = asyncio.create_task(run("--json", "watch"))
+    await until(lambda: any(lk.watching for lk in car.links.values()))
+    assert car.push(StatusReport(LockState.UNLOCKED, DoorState.CLOSED, False)) == 1
+    await asyncio.sleep(0.05)
+    assert car.push(StatusReport(LockState.UNLOCKED, DoorState.OPEN, False)) == 1
+    await asyncio.sleep(0.1)
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+    r = await asyncio.wait_for(task, 5)
+    assert r.code == ExitCode.OK, r.err
+    rows = r.json()
+    assert [(o["initial"], o["lock"], o["door"]) for o in rows] == [
+        (True, "locked", "closed"), (False, "unlocked", "closed"), (False, "unlocked", "open")]
+    assert all(o["vehicle"] == "test-car" and isinstance(o["at"], int) for o in rows)
+    assert "stopped watching after 2 changes" in r.err
+    assert [kind for kind, _ in car.seen] == ["session", "command"] and car.seen[1][1] is Command.WATCH
+    assert not car.links  # disconnected
+
+
+async def test_watch_ends_with_an_error_when_the_link_drops(run: Cli, car: FakeVehicle) -> None:
+    owner_keychain(run.keychain, car)
+    task = asyncio.create_task(run("watch"))
+    await until(lambda: any(lk.watching for lk in car.links.values()))
+    car.push(StatusReport(LockState.UNLOCKED, DoorState.CLOSED, False))
+    await asyncio.sleep(0.05)
+    for link in list(car.links):
+        car.air.drop(link)
+    r = await asyncio.wait_for(task, 5)
+    assert r.code == ExitCode.ERROR
+    assert "test-car: lock locked, door closed, start disabled  (now)" in r.out
+    assert "test-car: lock unlocked, door closed, start disabled" in r.out
+    assert "the link to test-car dropped after 1 change (" in r.err
+
+
+async def test_a_guest_cannot_watch(run: Cli, car: FakeVehicle) -> None:
+    owner_keychain(run.keychain, car, role=Role.GUEST)
+    r = await run("watch")
+    assert r.code == ExitCode.DENIED and "only owner and driver keys can watch" in r.err
