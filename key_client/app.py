@@ -727,8 +727,9 @@ class DeviceApp:
                     try:
                         report = change.result()
                     except (LinkLost, RadioError) as exc:
-                        raise ClientError(f"the link to {entry.name} dropped after {seen} change{'' if seen == 1 else 's'} ({exc}): run "
-                                          "`key-client watch` again to keep watching") from exc
+                        plural = "" if seen == 1 else "s"
+                        raise ClientError(f"the link to {entry.name} dropped after {seen} change{plural} ({exc}): "
+                                          "run `key-client watch` again to keep watching") from exc
                     seen += 1
                     on_change(entry, report, False)
             finally:
