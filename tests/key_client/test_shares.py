@@ -446,8 +446,8 @@ async def test_online_revoke_of_a_share_not_yet_enrolled_delivers_the_list_in_th
 async def until(predicate, timeout: float = 5.0) -> None:
     """Wait (polling the loop) until predicate() holds."""
     async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)  # noqa: ASYNC110 - the fake vehicle has no event for "a link subscribed"
+        while not predicate():  # noqa: ASYNC110 - the fake vehicle has no event for "a link subscribed"
+            await asyncio.sleep(0.01)
 
 
 async def test_watch_prints_the_state_then_each_change_and_ctrl_c_exits_0(run: Cli, car: FakeVehicle) -> None:
