@@ -466,11 +466,15 @@ class DeviceApp:
 
     def request_share(self, name: str | None = None, *, now: int | None = None) -> ShareRequest:
         """Make (or reuse: one that no vehicle uses yet) a device key for a share and return its request text."""
-        from .share_uri import MAX_NAME, share_request_uri
+        from protocol import MAX_SHARE_NAME
+
+        from .share_uri import share_request_uri
         from .sharebook import PendingRequest, ShareBook
 
-        if name is not None and (len(name) > MAX_NAME or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)):
-            raise UsageError(f"--name must be at most {MAX_NAME} characters without control characters")
+        if name is not None and (len(name.encode()) > MAX_SHARE_NAME
+                                 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)):
+            # A share's name is at most 32 bytes (PROTOCOL.md §12): a longer suggestion could not be used as is.
+            raise UsageError(f"--name must be at most {MAX_SHARE_NAME} bytes of UTF-8 without control characters")
         kc = self.keychain()
         book = ShareBook(kc.path)
         when = int(now if now is not None else self._wall())

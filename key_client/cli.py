@@ -228,8 +228,9 @@ def _epilog() -> str:
         "time limits: finding the vehicle takes at most --scan-time seconds; then at most --connect-attempts",
         "connection attempts (3), within 5 s per attempt (15 s); then 8 s for the answer (30 s for pairing).",
         "A command that was sent is never resent.",
-        "Ctrl-C / SIGTERM: before an unlock, lock, start, revoke or pairing was sent -> 130 (interrupted);",
-        "after -> 6 (outcome unknown: the vehicle may have acted; check with `key-client status`).",
+        "Ctrl-C / SIGTERM: before an unlock, lock, start, revoke, issue-code, edit or pairing was sent -> 130",
+        "(interrupted); after -> 6 (outcome unknown: the vehicle may have acted; check with `key-client status`).",
+        "`auto`, and `watch` once it shows the state, stop on Ctrl-C with exit 0.",
         "",
         "environment: DKEY_KEYCHAIN (keychain dir), DKEY_RADIO (ble|sim), DKEY_SIM_DIR (sim air dir),",
         "DKEY_PASSPHRASE (passphrase for protected device keys).",
@@ -239,6 +240,9 @@ def _epilog() -> str:
         "  key-client unlock                 unlock the only vehicle in the keychain",
         "  key-client --vehicle van lock     lock one of several",
         "  key-client --radio sim unlock     talk to `key-server run --radio sim` on this machine",
+        "  key-client request-share          on a new watch: show its request (text and QR)",
+        "  key-client share REQUEST --role guest --until 3d   on the owner's phone, offline",
+        "  key-client import-share SHARE     on the watch; its first unlock enrols the key",
     ])
 
 
@@ -313,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("forget", "delete this device's key for a vehicle (revoke it on the vehicle too)")
     s.add_argument("name", metavar="VEHICLE")
     s = cmd("request-share", "show this device's share request (text and QR) for an owner to turn into a share")
-    s.add_argument("--name", help="the name this device suggests for its key, at most 64 characters "
+    s.add_argument("--name", help="the name this device suggests for its key, at most 32 bytes "
                                   "(default: the earlier request's, else none)")
     s.add_argument("--no-qr", action="store_true", help="do not print the QR code")
     s = cmd("share", "sign a share for another device's request: its key works on the vehicle without a code "
@@ -972,7 +976,13 @@ async def cmd_watch(args: argparse.Namespace, out: Printer, interrupts: _Interru
     import time
     from datetime import datetime
 
+    stop = asyncio.Event()
+
     def show(entry: VehicleEntry, rep: StatusReport, initial: bool) -> None:
+        if initial:
+            # Subscribed: from now on Ctrl-C / SIGTERM ends the watch with what it printed (exit 0); before, it
+            # interrupts the connection like any reading command (130).
+            interrupts.stop = stop
         now = time.time()
         stamp = datetime.fromtimestamp(now).astimezone().strftime("%Y-%m-%d %H:%M:%S")
         out.result({"vehicle": entry.name, "vehicle_id": entry.vehicle_id.hex(), "at": int(now), "initial": initial,
@@ -980,8 +990,7 @@ async def cmd_watch(args: argparse.Namespace, out: Printer, interrupts: _Interru
                     "start_enabled": rep.start_enabled},
                    f"{stamp}  {entry.name}: {_report_text(rep)}{'  (now)' if initial else ''}")
 
-    interrupts.stop = asyncio.Event()  # Ctrl-C / SIGTERM ends the watch with what it printed: exit 0
-    seen = await _app(args, note=out.note).watch(args.vehicle, interrupts.stop, show)
+    seen = await _app(args, note=out.note).watch(args.vehicle, stop, show)
     out.note(f"stopped watching after {seen} change{'' if seen == 1 else 's'}")
     return int(ExitCode.OK)
 

@@ -489,3 +489,16 @@ async def test_a_guest_cannot_watch(run: Cli, car: FakeVehicle) -> None:
     owner_keychain(run.keychain, car, role=Role.GUEST)
     r = await run("watch")
     assert r.code == ExitCode.DENIED and "only owner and driver keys can watch" in r.err
+
+
+async def test_ctrl_c_before_the_watch_is_up_is_an_interruption(run: Cli, tmp_path: Path) -> None:
+    air = MockAir()
+    car = FakeVehicle(air)  # not advertising: watch is still looking for it
+    owner_keychain(run.keychain, car)
+    run.scan_time = 5.0
+    with mock_air(air):
+        task = asyncio.create_task(run("watch"))
+        await asyncio.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+        r = await asyncio.wait_for(task, 5)
+    assert r.code == ExitCode.INTERRUPTED and r.out == ""
