@@ -81,8 +81,8 @@ async def test_request_share_makes_a_new_key_when_the_old_ones_file_is_gone(run:
 async def test_request_share_without_qr_and_a_bad_name(run: Cli) -> None:
     r = await run("request-share", "--no-qr")
     assert r.code == ExitCode.OK and len(r.out.splitlines()) == 1
-    r = await run("request-share", "--name", "x" * 65)
-    assert r.code == ExitCode.USAGE and "at most 64 characters" in r.err
+    r = await run("request-share", "--name", "é" * 17)  # 34 bytes of UTF-8
+    assert r.code == ExitCode.USAGE and "at most 32 bytes" in r.err
 
 
 # ---------------------------------------------------------------------- against a vehicle
