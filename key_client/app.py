@@ -556,8 +556,16 @@ class DeviceApp:
             "only owner and driver keys without a validity window or schedule can state the time"))
 
     async def keys(self, vehicle: str | None = None) -> KeyListing:
-        """Every key enrolled on the vehicle (owner keys only)."""
-        return await self._owner_session(vehicle, lambda link, entry: _listing(link, entry))
+        """Every key enrolled on the vehicle (owner keys only); the keychain learns this device's role from it."""
+        listing = await self._owner_session(vehicle, lambda link, entry: _listing(link, entry))
+        mine = next((k for k in listing.keys if k.key_id == listing.entry.key_id), None)
+        if mine is not None and Role.label_of(mine.role) != listing.entry.role:
+            # An owner may have changed this key's role (EDIT_KEY): `share` and offline `revoke` go by the
+            # keychain's record, so keep it true.
+            entry = self.keychain().set_role(listing.entry, Role.label_of(mine.role))
+            self._note(f"this device's key for {entry.name} is now {entry.role} (the keychain said otherwise)")
+            listing = KeyListing(entry, listing.keys)
+        return listing
 
     async def revoke(self, key: str, vehicle: str | None = None, *, with_shares: bool = False,
                      offline: bool = False) -> Revocation:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from dkey_link.exit_codes import ExitCode
 from dkey_link.mock import MockAir
+from key_client.keychain import Keychain
 from key_client.radios import mock_air
 from protocol import KeyPair, KeyState, Role, Via, parse_code
 
@@ -124,3 +127,13 @@ async def test_revoke_over_the_air_never_forces_and_says_no_change(run: Cli, car
     assert car.revoke_requests == [(other, False, True)]  # bit 1 set, bit 0 (force) never over the air
     r = await run("revoke", "key")  # this device, the last owner
     assert r.code == ExitCode.DENIED and "last owner key" in r.err
+
+
+async def test_keys_teaches_the_keychain_a_role_an_owner_changed(run: Cli, car: FakeVehicle) -> None:
+    _, entry, _ = owner_keychain(run.keychain, car, role=Role.DRIVER)
+    car.roles[entry.key_id] = Role.OWNER  # another owner promoted this key (EDIT_KEY)
+    car.infos[entry.key_id] = replace(car.infos[entry.key_id], role=Role.OWNER)
+    assert (await run("share", "dkey://share-request?key=AA", "--role", "guest")).code == ExitCode.DENIED
+    r = await run("keys")
+    assert r.code == ExitCode.OK and "is now owner" in r.err
+    assert Keychain.open(run.keychain).vehicles()[0].role == "owner"
