@@ -459,8 +459,17 @@ class DeviceApp:
         return kc.path, kc.vehicles()
 
     def forget(self, vehicle: str) -> VehicleEntry:
-        """Delete this device's key for `vehicle`; the vehicle keeps listing it until an owner revokes it."""
-        return self.keychain(create=False).forget(vehicle)
+        """Delete this device's key for `vehicle`; the vehicle keeps listing it until an owner revokes it.
+
+        The share imported for it and the revocation lists carried to it go too; the shares this device issued
+        stay on record (they are the owner's history, and `revoke` may still name them).
+        """
+        from .sharebook import ShareBook
+
+        kc = self.keychain(create=False)
+        entry = kc.forget(vehicle)
+        ShareBook(kc.path).drop_vehicle(entry.vehicle_id)
+        return entry
 
     # ------------------------------------------------------------------ shares (PROTOCOL.md §12)
 

@@ -793,7 +793,8 @@ async def cmd_vehicles(args: argparse.Namespace, out: Printer, _interrupts: _Int
     for e in entries:
         out.result(_entry_json(e), f"{e.name:20s} {e.vehicle_id.hex()}  {e.role:6s}  "
                                    f"{_validity(e.valid_from, e.valid_until):24s}  key {e.key_id.hex()}"
-                                   f"{'  (passphrase)' if e.encrypted else ''}{'  (keyring)' if e.keyring else ''}")
+                                   f"{'  (passphrase)' if e.encrypted else ''}{'  (keyring)' if e.keyring else ''}"
+                                   f"{'  (share)' if e.via == 'share' else ''}")
     return int(ExitCode.OK)
 
 

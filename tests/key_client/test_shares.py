@@ -502,3 +502,15 @@ async def test_ctrl_c_before_the_watch_is_up_is_an_interruption(run: Cli, tmp_pa
         os.kill(os.getpid(), signal.SIGINT)
         r = await asyncio.wait_for(task, 5)
     assert r.code == ExitCode.INTERRUPTED and r.out == ""
+
+
+async def test_forget_drops_the_imported_share_and_the_lists_carried_for_that_vehicle(run: Cli, car: FakeVehicle,
+                                                                                     tmp_path: Path) -> None:
+    watch, _ = await watch_with_share(run, car, tmp_path)
+    book = ShareBook(watch)
+    book.store_list(car.vehicle_id, b"\x01\x02\x03\x04", 1, b"list")
+    r = await run("vehicles", keychain=watch)
+    assert "(share)" in r.out
+    assert (await run("forget", "test-car", keychain=watch)).code == ExitCode.OK
+    assert book.imported(car.vehicle_id) is None and book.lists(car.vehicle_id) == []
+    assert Keychain.open(watch).vehicles() == []
