@@ -332,6 +332,7 @@ async def test_the_first_connection_presents_the_share_once_then_unlocks(run: Cl
     r = await run("unlock", keychain=watch)
     assert r.code == ExitCode.OK, r.err
     assert [kind for kind, _ in car.seen] == ["share", "command"]  # SHARE_PRESENT before the COMMAND
+    assert car.writes == 2  # the certificate, then the command on the same challenge: no challenge request
     assert car.keys.get(watch_id) is not None and car.infos[watch_id].via is Via.SHARE
     assert "enrolled this device's key with the share" in r.err
     assert ShareBook(watch).imported(car.vehicle_id).enrolled  # type: ignore[union-attr]
