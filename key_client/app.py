@@ -9,29 +9,37 @@ nothing here prints. The retry budget lives in the driver (docs/CLIENT.md, "Time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from dkey_link.contract import Advertisement, Central, RadioError
+from dkey_link.contract import Advertisement, Central, LinkLost, RadioError
 from protocol import (
+    MAX_CODE_ATTEMPTS,
+    MAX_CODE_TTL,
     AuditHead,
     AuditRecord,
     AuthenticationError,
     ClockReport,
     Command,
     DecodeError,
+    IssuedCode,
+    KeyEdit,
     KeyInfo,
     KeyPair,
+    PairingTerms,
+    Role,
     Status,
     StatusReport,
     decode_audit_page,
     decode_key_page,
     decode_public_key,
     list_keys_args,
+    pairing_uri,
     parse_code,
     read_audit_args,
     revoke_args,
@@ -57,6 +65,7 @@ from .radios import make_central
 
 if TYPE_CHECKING:
     from .proximity import Action, ProximityPolicy
+    from .shares import ImportedResult, IssuedResult, ListedRevocation
 
 T = TypeVar("T")
 
@@ -65,6 +74,8 @@ IDENTIFY_TIMEOUT = 5.0  # `scan --identify`: one attempt per advertiser, it is a
 KEY_PAGE = 50  # keys asked for per LIST_KEYS request (a page holds what fits the size cap)
 AUDIT_PAGE = 100  # audit records asked for per READ_AUDIT request
 MAX_AUDIT_LIMIT = 10_000  # `audit --limit` upper bound: 100 round trips over BLE
+DEFAULT_CODE_TTL = 600  # `issue-code` without --expires: ten minutes, `key-server pair`'s default
+DEFAULT_CODE_ATTEMPTS = 5  # `issue-code` without --attempts: `key-server pair`'s default
 
 # Asks for a passphrase: (prompt, confirm) -> the passphrase; raises KeychainError if it cannot ask.
 PassphraseSource = Callable[[str, bool], Awaitable[bytes]]
@@ -113,16 +124,58 @@ class KeyListing:
 
 @dataclass(frozen=True, slots=True)
 class Revocation:
-    """A key revoked on the vehicle (or found already revoked)."""
+    """What `revoke` did: on the vehicle at once (`key`, `already_revoked`), on this device's list (`listed`), or both.
+
+    `key` is None when the vehicle was not reached (or does not list the key yet: a share not enrolled); `listed`
+    is None when the key was not put on a list (this device is not an owner, or it cannot name the key offline).
+    """
 
     entry: VehicleEntry
-    key: KeyInfo
+    key: KeyInfo | None
     already_revoked: bool
+    listed: ListedRevocation | None = None
+    reached: bool = True  # the vehicle was reached in this run
+    delivered: bool = False  # this device's list reached the vehicle in this run (acknowledged)
+
+    @property
+    def key_id(self) -> bytes:
+        """The revoked key's id."""
+        if self.key is not None:
+            return self.key.key_id
+        assert self.listed is not None
+        return self.listed.key_id
+
+    @property
+    def name(self) -> str:
+        """The revoked key's name, as the vehicle or the issued share names it."""
+        if self.key is not None:
+            return self.key.name
+        return self.listed.name if self.listed is not None else ""
 
     @property
     def this_device(self) -> bool:
         """True if it was this device's own key for that vehicle."""
-        return self.key.key_id == self.entry.key_id
+        return self.key_id == self.entry.key_id
+
+
+@dataclass(frozen=True, slots=True)
+class CodeIssued:
+    """A pairing code the vehicle issued at an owner's request (ISSUE_CODE), and the terms it was asked for."""
+
+    entry: VehicleEntry
+    code: str
+    expires_at: int
+    terms: PairingTerms
+    uri: str  # the dkey://pair QR payload, as `key-server pair` prints it
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEdited:
+    """A key changed on the vehicle (EDIT_KEY): its record before and as the vehicle now holds it."""
+
+    entry: VehicleEntry
+    before: KeyInfo
+    after: KeyInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +190,16 @@ class AuditListing:
     head: Pin | None = None  # the vehicle's signed head, as pinned now (SEQ:HASH for `audit --verify --pinned`)
     pinned_before: Pin | None = None
     problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShareRequest:
+    """What `request-share` shows: the request text (its QR payload) and the key it names."""
+
+    uri: str
+    key_id: bytes
+    name: str
+    reused: bool  # the key of an earlier request that no vehicle uses yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +319,7 @@ class DeviceApp:
                                    hint=entry.address_hint)
         clock: ClockReport | None = None
         try:
+            await self._present_share(link, kc, entry)
             if cmd is Command.STATUS:
                 await link.open_secure()
                 result = await link.secure(cmd)
@@ -265,6 +329,7 @@ class DeviceApp:
                 report = StatusReport.decode(result.data)
             except DecodeError as exc:
                 raise ProtocolViolation(f"the vehicle's signed answer does not parse: {exc}") from exc
+            await self._deliver_lists(link, kc, entry)
             if report.time_wanted:
                 # The vehicle does not trust its clock yet and this key may confirm it: state the time on this
                 # link now (a confidential session), so guests work again without anyone doing anything.
@@ -295,6 +360,66 @@ class DeviceApp:
                        "check this device's clock")
         return stated[2]
 
+    async def _present_share(self, link: VehicleLink, kc: Keychain, entry: VehicleEntry) -> None:
+        """SHARE_PRESENT once, before the first command, while the keychain says the share is not enrolled yet.
+
+        OK (enrolled) and NO_CHANGE (already enrolled) both mean done for good; any other answer is the command's
+        refusal, in words that name the share.
+        """
+        from protocol import ShareCertificate
+
+        from .sharebook import ShareBook
+
+        if entry.via != "share":
+            return
+        book = ShareBook(kc.path)
+        held = book.imported(entry.vehicle_id)
+        if held is None or held.enrolled:
+            return
+        try:
+            cert = ShareCertificate.decode(held.certificate)
+        except DecodeError as exc:
+            raise KeychainError(f"the share kept for {entry.name} is damaged ({exc}): import it again") from None
+        answer = await link.present_share(held.certificate)
+        if answer.status in (Status.OK, Status.NO_CHANGE):
+            book.mark_enrolled(entry.vehicle_id)
+            if answer.status is Status.OK:
+                self._note(f"{entry.name} enrolled this device's key with the share from owner key "
+                           f"{cert.issuer_id.hex()}")
+            return
+        raise VehicleRefused(answer.status, authenticated=True, message=_share_refusal(cert, answer.status))
+
+    async def _deliver_lists(self, link: VehicleLink, kc: Keychain, entry: VehicleEntry) -> None:
+        """After an OK answer: every revocation list held for this vehicle that it has not acknowledged yet.
+
+        Best effort: the command already succeeded, so a failure here is a note and the list waits for the next
+        connection. A list the vehicle refuses (DENIED: its signer is no longer an active owner, or the signature
+        does not verify) is dropped from the ones to carry, since no later connection can change that answer.
+        """
+        from .sharebook import ShareBook
+
+        book = ShareBook(kc.path)
+        for held in book.undelivered(entry.vehicle_id):
+            try:
+                answer = await link.send_revocations(held.raw)
+            except ClientError as exc:
+                self._note(f"the revocation list of owner key {held.issuer_id.hex()} (version {held.version}) was "
+                           f"not delivered to {entry.name}: {exc}; it goes with the next connection")
+                return
+            if answer.status in (Status.OK, Status.NO_CHANGE):
+                book.acknowledge(entry.vehicle_id, held.issuer_id, answer.version)
+                if answer.status is Status.OK:
+                    self._note(f"delivered the revocation list of owner key {held.issuer_id.hex()} (version "
+                               f"{held.version}) to {entry.name}")
+            elif answer.status is Status.DENIED:
+                book.acknowledge(entry.vehicle_id, held.issuer_id, held.version)
+                self._note(f"{entry.name} refused the revocation list of owner key {held.issuer_id.hex()} (version "
+                           f"{held.version}): its signer is not an active owner of the vehicle; it is no longer "
+                           "carried")
+            else:
+                self._note(f"{entry.name} did not take the revocation list of owner key {held.issuer_id.hex()} "
+                           f"({answer.status.name.lower()}); it goes with the next connection")
+
     async def _owner_session(self, vehicle: str | None,
                              action: Callable[[VehicleLink, VehicleEntry], Awaitable[T]], *,
                              not_permitted: str = "only owner keys can manage keys and read the audit log") -> T:
@@ -307,8 +432,10 @@ class DeviceApp:
             link = await self._connect(central, device, Target(entry.vehicle_public_key, entry.vehicle_id),
                                        hint=entry.address_hint)
             try:
+                await self._present_share(link, kc, entry)
                 await link.open_secure()
                 result = await action(link, entry)
+                await self._deliver_lists(link, kc, entry)
             except VehicleRefused as exc:
                 if exc.status is Status.NOT_PERMITTED and entry.role != "owner":
                     raise VehicleRefused(exc.status, authenticated=exc.authenticated,
@@ -332,8 +459,85 @@ class DeviceApp:
         return kc.path, kc.vehicles()
 
     def forget(self, vehicle: str) -> VehicleEntry:
-        """Delete this device's key for `vehicle`; the vehicle keeps listing it until an owner revokes it."""
-        return self.keychain(create=False).forget(vehicle)
+        """Delete this device's key for `vehicle`; the vehicle keeps listing it until an owner revokes it.
+
+        The share imported for it and the revocation lists carried to it go too; the shares this device issued
+        stay on record (they are the owner's history, and `revoke` may still name them).
+        """
+        from .sharebook import ShareBook
+
+        kc = self.keychain(create=False)
+        entry = kc.forget(vehicle)
+        ShareBook(kc.path).drop_vehicle(entry.vehicle_id)
+        return entry
+
+    # ------------------------------------------------------------------ shares (PROTOCOL.md §12)
+
+    def request_share(self, name: str | None = None, *, now: int | None = None) -> ShareRequest:
+        """Make (or reuse: one that no vehicle uses yet) a device key for a share and return its request text."""
+        from protocol import MAX_SHARE_NAME
+
+        from .share_uri import share_request_uri
+        from .sharebook import PendingRequest, ShareBook
+
+        if name is not None and (len(name.encode()) > MAX_SHARE_NAME
+                                 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)):
+            # A share's name is at most 32 bytes (PROTOCOL.md §12): a longer suggestion could not be used as is.
+            raise UsageError(f"--name must be at most {MAX_SHARE_NAME} bytes of UTF-8 without control characters")
+        kc = self.keychain()
+        book = ShareBook(kc.path)
+        when = int(now if now is not None else self._wall())
+        # Reuse the newest request whose key no vehicle took yet: showing the request twice must not make two
+        # keys, and an owner may already hold the first text.
+        pending = [r for r in book.requests() if kc.find_key_id(r.key_id) is None]
+        for request in reversed(pending):
+            try:
+                pair = kc.load_request_key(request.key_id)
+            except KeychainError:
+                book.drop_request(request.key_id)  # its key file is gone: that request can never be used
+                continue
+            chosen = request.name if name is None else name
+            if chosen != request.name:
+                book.add_request(PendingRequest(request.key_id, chosen, request.created_at))
+            return ShareRequest(share_request_uri(pair.public_bytes, chosen), pair.key_id, chosen, reused=True)
+        pair = kc.new_device_key()
+        book.add_request(PendingRequest(pair.key_id, name or "", when))
+        return ShareRequest(share_request_uri(pair.public_bytes, name or ""), pair.key_id, name or "", reused=False)
+
+    async def share(self, request_text: str, vehicle: str | None, *, role: str, name: str | None,
+                    valid_from: str | None = None, valid_until: str | None = None,
+                    schedule: str | None = None) -> IssuedResult:
+        """Sign a share for the key in `request_text` on `vehicle` (owner keys only) and record it; offline."""
+        from dkey_link.when import parse_when
+        from protocol import Role
+
+        from .shares import issue_share
+
+        granted = {"driver": Role.DRIVER, "guest": Role.GUEST}.get(role)
+        if granted is None:
+            raise UsageError(f"a share grants driver or guest, not {role!r}")
+        now = int(self._wall())
+        try:
+            start = parse_when(valid_from, now) if valid_from else now
+            end = parse_when(valid_until, now, end_of_day=True) if valid_until else None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        kc = self.keychain()
+        entry = kc.select(vehicle)
+        if entry.role != "owner":
+            from .shares import NotAllowed
+
+            raise NotAllowed(f"this device holds a {entry.role} key for {entry.name}: only an owner's key can sign "
+                             "a share")
+        device = await self._device_key(kc, entry)
+        return issue_share(kc, entry, device, request_text, role=granted, name=name, valid_from=start,
+                           valid_until=end, schedule=schedule, now=now)
+
+    def import_share(self, text: str, *, name: str | None = None) -> ImportedResult:
+        """Import a dkey://share text (or @FILE) for a key this device requested; offline."""
+        from .shares import import_share, read_share_text
+
+        return import_share(self.keychain(), read_share_text(text), name=name, now=int(self._wall()))
 
     # ------------------------------------------------------------------ fast path
 
@@ -361,28 +565,200 @@ class DeviceApp:
             "only owner and driver keys without a validity window or schedule can state the time"))
 
     async def keys(self, vehicle: str | None = None) -> KeyListing:
-        """Every key enrolled on the vehicle (owner keys only)."""
-        return await self._owner_session(vehicle, lambda link, entry: _listing(link, entry))
+        """Every key enrolled on the vehicle (owner keys only); the keychain learns this device's role from it."""
+        listing = await self._owner_session(vehicle, lambda link, entry: _listing(link, entry))
+        mine = next((k for k in listing.keys if k.key_id == listing.entry.key_id), None)
+        if mine is not None and Role.label_of(mine.role) != listing.entry.role:
+            # An owner may have changed this key's role (EDIT_KEY): `share` and offline `revoke` go by the
+            # keychain's record, so keep it true.
+            entry = self.keychain().set_role(listing.entry, Role.label_of(mine.role))
+            self._note(f"this device's key for {entry.name} is now {entry.role} (the keychain said otherwise)")
+            listing = KeyListing(entry, listing.keys)
+        return listing
 
-    async def revoke(self, key: str, vehicle: str | None = None, *, force: bool = False) -> Revocation:
-        """Revoke the key `key` names (hex key-id prefix or name) on the vehicle; `force` allows the last owner."""
+    async def revoke(self, key: str, vehicle: str | None = None, *, with_shares: bool = False,
+                     offline: bool = False) -> Revocation:
+        """Revoke the key `key` names (hex key-id prefix or name): on this device's revocation list when it can name
+        it offline (a share it issued, or a full key id; owner keys only), and on the vehicle at once when in reach.
+
+        `offline` skips the vehicle. The list travels with the next OK command of any of its owner or driver
+        devices that carry it (PROTOCOL.md §12); `with_shares` also revokes the keys that key enrolled by share.
+        """
+        from .shares import resolve_offline, revoke_offline
+
+        kc = self.keychain()
+        entry = kc.select(vehicle)
+        listed: ListedRevocation | None = None
+        known = resolve_offline(kc, entry, key) if entry.role == "owner" else None
+        if known is not None and known[0] != entry.key_id:
+            device = await self._device_key(kc, entry)
+            listed = revoke_offline(kc, entry, device, known[0], known[1], with_shares=with_shares,
+                                    now=int(self._wall()))
+        if offline:
+            if listed is None:
+                raise UsageError(f"--offline needs an owner key and a key this device can name without the vehicle "
+                                 f"(a share it issued, or a full 8-digit key id), not {key!r}")
+            return Revocation(entry, None, already_revoked=not listed.changed, listed=listed, reached=False)
 
         async def action(link: VehicleLink, entry: VehicleEntry) -> Revocation:
-            target = resolve_key(await _list_keys(link), key)
-            if target.revoked_at is not None:
-                return Revocation(entry, target, already_revoked=True)
+            keys = await _list_keys(link)
             try:
-                await link.secure(Command.REVOKE_KEY, revoke_args(target.key_id, force))
+                target = resolve_key(keys, listed.key_id.hex() if listed is not None else key)
+            except UsageError:
+                if listed is None:
+                    raise
+                # Not enrolled (yet): the list, delivered after this session's OK answer, keeps it out for good.
+                return Revocation(entry, None, already_revoked=False, listed=listed)
+            if target.revoked_at is not None:
+                return Revocation(entry, target, already_revoked=True, listed=listed)
+            try:
+                await link.secure(Command.REVOKE_KEY, revoke_args(target.key_id, with_shares=with_shares),
+                                  accept=frozenset({Status.OK, Status.NO_CHANGE}))
             except VehicleRefused as exc:
-                if exc.status is Status.NOT_PERMITTED:
+                if exc.status in (Status.LAST_OWNER, Status.NOT_PERMITTED) and entry.role == "owner":
                     raise VehicleRefused(exc.status, authenticated=exc.authenticated,
                                          message=f"{target.name} is the last owner key: revoking it would lock "
-                                                 "every owner out; add another owner first, or use --force"
-                                         ) from exc
+                                                 "every owner out; add another owner first (at the vehicle, "
+                                                 "`key-server revoke --force` can still do it)") from exc
                 raise
-            return Revocation(entry, target, already_revoked=False)
+            return Revocation(entry, target, already_revoked=False, listed=listed)
 
-        return await self._owner_session(vehicle, action)
+        try:
+            done = await self._owner_session(vehicle, action)
+        except (VehicleNotFound, ConnectFailed, TimedOut) as exc:
+            if listed is None:
+                raise
+            self._note(f"{entry.name} is not in reach ({exc}): the revocation waits on this device's revocation list")
+            return Revocation(entry, None, already_revoked=not listed.changed, listed=listed, reached=False)
+
+        if listed is not None:
+            from .sharebook import ShareBook
+
+            now_held = ShareBook(kc.path).held(entry.vehicle_id, listed.held.issuer_id)
+            if now_held is not None and now_held.acknowledged >= listed.held.version:
+                done = replace(done, delivered=True)
+        return done
+
+    async def issue_code(self, vehicle: str | None = None, *, role: str, name: str, expires: str | None = None,
+                         attempts: int = DEFAULT_CODE_ATTEMPTS, valid_from: str | None = None,
+                         valid_until: str | None = None, schedule: str | None = None) -> CodeIssued:
+        """Ask the vehicle for a one-time pairing code for a new device with these terms (owner keys only)."""
+        now = int(self._wall())
+        start = _when_arg(valid_from, now, "--valid-from")
+        end = _when_arg(valid_until, now, "--valid-until", end_of_day=True)
+        ttl = (_when_arg(expires, now, "--expires") or now + DEFAULT_CODE_TTL) - now
+        if not 1 <= ttl <= MAX_CODE_TTL:
+            raise UsageError(f"--expires must be a time within {MAX_CODE_TTL // 86400} days from now")
+        if not 1 <= attempts <= MAX_CODE_ATTEMPTS:
+            raise UsageError(f"--attempts must be 1 to {MAX_CODE_ATTEMPTS}")
+        if start is not None and end is not None and end <= start:
+            raise UsageError("--valid-until must be later than --valid-from")
+        _check_schedule(schedule)
+        terms = PairingTerms(_role_arg(role), name, ttl, attempts, start,
+                             end, schedule)
+        try:
+            args = terms.encode()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+        async def action(link: VehicleLink, entry: VehicleEntry) -> CodeIssued:
+            result = await link.secure(Command.ISSUE_CODE, args)
+            try:
+                issued = IssuedCode.decode(result.data)
+            except DecodeError as exc:
+                raise ProtocolViolation(f"the vehicle's issued code does not parse: {exc}") from exc
+            return CodeIssued(entry, issued.code, issued.expires_at, terms,
+                              pairing_uri(issued.code, entry.vehicle_id, entry.advertised_name or entry.name))
+
+        return await self._owner_session(vehicle, action, not_permitted="only owner keys can issue pairing codes")
+
+    async def edit_key(self, key: str, vehicle: str | None = None, *, name: str | None = None,
+                       role: str | None = None, valid_from: str | None = None, valid_until: str | None = None,
+                       no_expiry: bool = False, schedule: str | None = None, no_schedule: bool = False) -> KeyEdited:
+        """Change the name, role, window or schedule of the key `key` names (owner keys only)."""
+        now = int(self._wall())
+        start = _when_arg(valid_from, now, "--valid-from")
+        end = _when_arg(valid_until, now, "--valid-until", end_of_day=True)
+        if no_expiry and end is not None:
+            raise UsageError("--valid-until and --no-expiry contradict each other")
+        if no_schedule and schedule is not None:
+            raise UsageError("--schedule and --no-schedule contradict each other")
+        _check_schedule(schedule)
+        new_role = None if role is None else _role_arg(role)
+        if (name, new_role, start, end, schedule) == (None, None, None, None, None) and not (no_expiry or no_schedule):
+            raise UsageError("nothing to change: give --name, --role, --valid-from, --valid-until, --no-expiry, "
+                             "--schedule or --no-schedule")
+
+        async def action(link: VehicleLink, entry: VehicleEntry) -> KeyEdited:
+            target = resolve_key(await _list_keys(link), key)
+            edit = KeyEdit(target.key_id, role=new_role, name=name, valid_from=start, valid_until=end,
+                           schedule=schedule, clear_valid_until=no_expiry, clear_schedule=no_schedule)
+            try:
+                args = edit.encode()
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            try:
+                result = await link.secure(Command.EDIT_KEY, args)
+            except VehicleRefused as exc:
+                if exc.status is Status.LAST_OWNER:
+                    raise VehicleRefused(exc.status, authenticated=exc.authenticated,
+                                         message=f"{target.name} is the last owner key: demoting it would leave the "
+                                                 "vehicle without an owner; add another owner first") from exc
+                if exc.status is Status.BAD_REQUEST:
+                    raise VehicleRefused(exc.status, authenticated=exc.authenticated,
+                                         message="the vehicle refused the change as invalid (a window that ends "
+                                                 "before it starts, or a schedule it cannot read)") from exc
+                raise
+            try:
+                after = KeyInfo.decode(result.data)
+            except DecodeError as exc:
+                raise ProtocolViolation(f"the vehicle's updated key record does not parse: {exc}") from exc
+            return KeyEdited(entry, target, after)
+
+        return await self._owner_session(vehicle, action, not_permitted="only owner keys can change keys")
+
+    async def watch(self, vehicle: str | None, stop: asyncio.Event,
+                    on_change: Callable[[VehicleEntry, StatusReport, bool], None]) -> int:
+        """Subscribe with WATCH and report the state now (`initial` True), then each change, until `stop` is set.
+
+        Returns how many changes were reported after the first state. The link dropping ends it with a
+        ClientError that says so (owner and driver keys; PROTOCOL.md §9.6).
+        """
+        kc = self.keychain()
+
+        async def action(link: VehicleLink, entry: VehicleEntry) -> int:
+            # Lists first: once subscribed, a push could arrive while a list's answer is awaited.
+            await self._deliver_lists(link, kc, entry)
+            result = await link.secure(Command.WATCH)
+            try:
+                on_change(entry, StatusReport.decode(result.data), True)
+            except DecodeError as exc:
+                raise ProtocolViolation(f"the vehicle's answer to WATCH does not parse: {exc}") from exc
+            seen = 0
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                while not stop.is_set():
+                    change = asyncio.ensure_future(link.next_change())
+                    await asyncio.wait((change, stopped), return_when=asyncio.FIRST_COMPLETED)
+                    if not change.done():
+                        change.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await change
+                        break
+                    try:
+                        report = change.result()
+                    except (LinkLost, RadioError) as exc:
+                        plural = "" if seen == 1 else "s"
+                        raise ClientError(f"the link to {entry.name} dropped after {seen} change{plural} ({exc}): "
+                                          "run `key-client watch` again to keep watching") from exc
+                    seen += 1
+                    on_change(entry, report, False)
+            finally:
+                stopped.cancel()
+            return seen
+
+        return await self._owner_session(vehicle, action,
+                                         not_permitted="only owner and driver keys can watch the vehicle's state")
 
     async def audit(self, vehicle: str | None = None, *, limit: int = 20, after: int | None = None) -> AuditListing:
         """Up to `limit` audit records after sequence number `after` (None: the newest `limit`), oldest first."""
@@ -614,6 +990,54 @@ class DeviceApp:
 # ---------------------------------------------------------------------- helpers
 
 
+def _when_arg(text: str | None, now: int, option: str, *, end_of_day: bool = False) -> int | None:
+    """A time option (dkey_link.when formats) as Unix seconds, None if not given; UsageError naming the option."""
+    if text is None:
+        return None
+    from dkey_link.when import parse_when
+
+    try:
+        return parse_when(text, now, end_of_day=end_of_day)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def _check_schedule(schedule: str | None) -> None:
+    """UsageError for a schedule the vehicle would refuse (PROTOCOL.md §6.5 syntax)."""
+    if schedule is None:
+        return
+    from protocol import MAX_SCHEDULE_LEN, parse_schedule
+
+    if len(schedule.encode()) > MAX_SCHEDULE_LEN:
+        raise UsageError(f"--schedule is at most {MAX_SCHEDULE_LEN} bytes")
+    try:
+        parse_schedule(schedule)
+    except ValueError as exc:
+        raise UsageError(f"bad --schedule: {exc}") from None
+
+
+def _role_arg(role: str) -> Role:
+    """The Role a command-line label names; UsageError otherwise."""
+    found = {r.label: r for r in Role}.get(role)
+    if found is None:
+        raise UsageError(f"unknown role {role!r} (choose {', '.join(Role.labels())})")
+    return found
+
+
+def _share_refusal(cert: Any, status: Status) -> str:
+    """Why the vehicle refused this device's share, naming it (a ShareCertificate; Any keeps imports lazy)."""
+    what = f"the share for {cert.name!r} (serial {cert.serial.hex()}, from owner key {cert.issuer_id.hex()})"
+    reasons = {
+        Status.KEY_EXPIRED: f"{what} has expired",
+        Status.CLOCK_UNTRUSTED: f"the vehicle's clock is not yet trusted, so it cannot check {what} yet; an owner's "
+                                "device fixes this by connecting",
+        Status.NOT_PERMITTED: f"{what} grants a role a share cannot grant",
+        Status.DENIED: f"the vehicle refused {what}: its signer is not an active owner of this vehicle, or the share "
+                       "or this key was revoked",
+    }
+    return reasons.get(status, f"the vehicle refused {what}: {status.name.lower()}")
+
+
 def _pick(flag: T | None, configured: T) -> T:
     return flag if flag is not None else configured
 
@@ -679,9 +1103,9 @@ def audit_detail(record: AuditRecord) -> Any:
         return record.detail
 
 
-__all__ = ["AUDIT_PAGE", "MAX_AUDIT_LIMIT", "PAIR_TIMEOUT", "RELAY_WARNING", "AuditListing",
-           "AutoEvent", "AutoOptions", "CommandDone", "DeviceApp", "KeyListing", "PassphraseSource", "RadioChoice",
-           "Revocation", "Sighting", "TimeStated", "audit_detail", "resolve_key"]
+__all__ = ["AUDIT_PAGE", "MAX_AUDIT_LIMIT", "PAIR_TIMEOUT", "RELAY_WARNING", "AuditListing", "AutoEvent",
+           "AutoOptions", "CodeIssued", "CommandDone", "DeviceApp", "KeyEdited", "KeyListing", "PassphraseSource",
+           "RadioChoice", "Revocation", "ShareRequest", "Sighting", "TimeStated", "audit_detail", "resolve_key"]
 
 
 async def _state_time(link: VehicleLink, wall: Callable[[], float]) -> tuple[bool, int, ClockReport]:

@@ -228,8 +228,9 @@ def _epilog() -> str:
         "time limits: finding the vehicle takes at most --scan-time seconds; then at most --connect-attempts",
         "connection attempts (3), within 5 s per attempt (15 s); then 8 s for the answer (30 s for pairing).",
         "A command that was sent is never resent.",
-        "Ctrl-C / SIGTERM: before an unlock, lock, start, revoke or pairing was sent -> 130 (interrupted);",
-        "after -> 6 (outcome unknown: the vehicle may have acted; check with `key-client status`).",
+        "Ctrl-C / SIGTERM: before an unlock, lock, start, revoke, issue-code, edit or pairing was sent -> 130",
+        "(interrupted); after -> 6 (outcome unknown: the vehicle may have acted; check with `key-client status`).",
+        "`auto`, and `watch` once it shows the state, stop on Ctrl-C with exit 0.",
         "",
         "environment: DKEY_KEYCHAIN (keychain dir), DKEY_RADIO (ble|sim), DKEY_SIM_DIR (sim air dir),",
         "DKEY_PASSPHRASE (passphrase for protected device keys).",
@@ -239,6 +240,9 @@ def _epilog() -> str:
         "  key-client unlock                 unlock the only vehicle in the keychain",
         "  key-client --vehicle van lock     lock one of several",
         "  key-client --radio sim unlock     talk to `key-server run --radio sim` on this machine",
+        "  key-client request-share          on a new watch: show its request (text and QR)",
+        "  key-client share REQUEST --role guest --until 3d   on the owner's phone, offline",
+        "  key-client import-share SHARE     on the watch; its first unlock enrols the key",
     ])
 
 
@@ -296,9 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("start", "enable the start output (if the vehicle has one wired)")
     cmd("set-time", "tell the vehicle this device's time, confirming its clock (owner and driver keys)")
     cmd("keys", "list the keys enrolled on the vehicle (owner keys only)")
-    s = cmd("revoke", "revoke a key on the vehicle, effective at once (owner keys only)")
-    s.add_argument("key", help="hex key-id prefix or name, as `key-client keys` shows them")
-    s.add_argument("--force", action="store_true", help="allow revoking the last owner key")
+    s = cmd("revoke", "revoke a key: on the vehicle at once when it is in reach, and on this device's revocation "
+                      "list when it can name the key offline (owner keys only)")
+    s.add_argument("key", help="hex key-id prefix or name, as `key-client keys` shows them; offline: the name or "
+                               "key-id prefix of a share this device issued, or a full 8-digit key id")
+    s.add_argument("--with-shares", action="store_true",
+                   help="also revoke every key this key enrolled by share")
+    s.add_argument("--offline", action="store_true",
+                   help="do not look for the vehicle: only put the key on this device's revocation list")
     s = cmd("audit", "read the vehicle's audit log (owner keys only)")
     s.add_argument("--limit", type=_number(1, 10_000, integer=True), default=20, metavar="N",
                    help="how many entries, 1 to 10000 (20)")
@@ -307,6 +316,51 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("vehicles", "list the vehicles in this device's keychain")
     s = cmd("forget", "delete this device's key for a vehicle (revoke it on the vehicle too)")
     s.add_argument("name", metavar="VEHICLE")
+    s = cmd("request-share", "show this device's share request (text and QR) for an owner to turn into a share")
+    s.add_argument("--name", help="the name this device suggests for its key, at most 32 bytes "
+                                  "(default: the earlier request's, else none)")
+    s.add_argument("--no-qr", action="store_true", help="do not print the QR code")
+    s = cmd("share", "sign a share for another device's request: its key works on the vehicle without a code "
+                     "(owner keys only; offline)")
+    s.add_argument("request", metavar="REQUEST", help="the dkey://share-request?... text `request-share` showed")
+    s.add_argument("--role", choices=("driver", "guest"), required=True, help="what the shared key may do")
+    s.add_argument("--name", help="the key's name in the vehicle's key list, at most 32 bytes "
+                                  "(default: the name in the request)")
+    s.add_argument("--from", dest="valid_from", metavar="T",
+                   help="valid from (default: now): 2026-12-24, 2026-12-24T18:00, or from now: 90m, 2h, 3d, 1w")
+    s.add_argument("--until", dest="valid_until", metavar="T", help="valid until (same formats; default: no expiry)")
+    s.add_argument("--schedule", metavar="S", help='weekly schedule, at most 64 bytes, e.g. "Mon-Fri 08:00-18:00"')
+    s.add_argument("--out", type=Path, metavar="FILE", help="also write the share text to FILE")
+    s.add_argument("--no-qr", action="store_true", help="do not print the QR code")
+    s = cmd("import-share", "keep a share an owner signed for this device's request; the first connection "
+                            "enrols the key")
+    s.add_argument("share", metavar="SHARE", help="the dkey://share?... text, or @FILE to read it from FILE")
+    s.add_argument("--name", help="nickname for the vehicle (default: the name in the share)")
+    s = cmd("issue-code", "ask the vehicle for a one-time pairing code for a new device, shown like `key-server "
+                          "pair` shows it (owner keys only)")
+    s.add_argument("--role", choices=("owner", "driver", "guest"), required=True, help="the new key's role")
+    s.add_argument("--name", required=True, help="the new key's name in the vehicle's key list (at most 64 bytes)")
+    s.add_argument("--expires", metavar="T", help="when the code stops working, within 7 days: 30m, 2h, 1d or a "
+                                                   "date and time (default: 10 minutes)")
+    s.add_argument("--attempts", type=_number(1, 20, integer=True), default=5, metavar="N",
+                   help="wrong tries the code survives, 1 to 20 (5)")
+    s.add_argument("--valid-from", metavar="T", help="the key is valid from (2026-12-24, 2026-12-24T18:00, 3d ...)")
+    s.add_argument("--valid-until", metavar="T", help="the key expires (same formats; default: no expiry)")
+    s.add_argument("--schedule", metavar="S", help='weekly schedule, e.g. "Mon-Fri 08:00-18:00; Sat 10:00-14:00"')
+    s.add_argument("--no-qr", action="store_true", help="do not print the QR code")
+    s = cmd("edit", "change a key's name, role, validity window or schedule on the vehicle (owner keys only)")
+    s.add_argument("key", help="hex key-id prefix or name, as `key-client keys` shows them")
+    s.add_argument("--name", help="new name (at most 64 bytes)")
+    s.add_argument("--role", choices=("owner", "driver", "guest"), help="new role")
+    s.add_argument("--valid-from", metavar="T", help="valid from (2026-12-24, 2026-12-24T18:00, 3d ...)")
+    expiry = s.add_mutually_exclusive_group()
+    expiry.add_argument("--valid-until", metavar="T", help="expires (same formats)")
+    expiry.add_argument("--no-expiry", action="store_true", help="remove the expiry")
+    sched = s.add_mutually_exclusive_group()
+    sched.add_argument("--schedule", metavar="S", help='new weekly schedule, e.g. "Mon-Fri 08:00-18:00"')
+    sched.add_argument("--no-schedule", action="store_true", help="remove the schedule")
+    cmd("watch", "print the vehicle's lock, door and start-enable state, then one line per change, until Ctrl-C "
+                 "(owner and driver keys; sealed in the confidential session)")
     s = cmd("auto", "passive entry: unlock when near, lock when you walk away (weaker against relay attacks)")
     s.add_argument("--i-understand-relay-risk", action="store_true", help="opt in (see the warning in docs)")
     s.add_argument("--unlock-rssi", type=_number(-127, 20, integer=True), metavar="DBM",
@@ -550,6 +604,22 @@ def _done_text(entry: VehicleEntry, cmd: Command, rep: StatusReport | None) -> s
     return f"{_DONE[cmd.label]} {entry.name}"
 
 
+def _print_qr(text: str, args: argparse.Namespace, out: Printer) -> None:
+    """The QR code of `text` on stdout, like `key-server pair` (text mode only; needs segno: wearable-dkey[qr])."""
+    if out.json or getattr(args, "no_qr", False):
+        return
+    try:
+        import segno
+    except ImportError:
+        out.note("(no QR code: segno is not installed; `pip install 'wearable-dkey[qr]'` adds it)")
+        return
+    import contextlib
+
+    with contextlib.suppress(Exception):  # a QR code is a convenience; never fail the command over it
+        segno.make(text, error="m").terminal(out=sys.stdout, compact=True)
+        sys.stdout.flush()
+
+
 # ---------------------------------------------------------------------- commands
 
 Handler = Callable[[argparse.Namespace, Printer, _Interrupts], Awaitable[int]]
@@ -571,24 +641,54 @@ def _fast(name: str) -> Handler:
 def _key_json(k: KeyInfo, mine: bool) -> dict[str, Any]:
     from protocol import Role
 
-    return {"key_id": k.key_id.hex(), "name": k.name, "role": Role.label_of(k.role),
+    return {"key_id": k.key_id.hex(), "name": k.name, "role": Role.label_of(k.role), "state": _key_state(k),
             "created_at": k.created_at, "valid_from": k.valid_from, "valid_until": k.valid_until,
+            "schedule": k.schedule, "via": k.via.label if k.via is not None else None,
+            "enrolled_by": k.enrolled_by.hex() if k.enrolled_by is not None else None,
             "last_used_at": k.last_used_at, "revoked_at": k.revoked_at, "this_device": mine}
 
 
-def _key_state(k: KeyInfo, now: float) -> str:
+def _key_state(k: KeyInfo, now: float | None = None) -> str:
+    """active / not_yet_valid / expired / revoked, as the vehicle computed it with its guarded time.
+
+    A vehicle that does not send the state (an older one) gets it derived from the record and this device's
+    clock, as key-client did before vehicles reported it.
+    """
+    import time
+
+    from protocol import KeyState
+
+    if k.state is not KeyState.UNKNOWN:
+        return k.state.label
+    now = time.time() if now is None else now
     if k.revoked_at is not None:
-        return f"revoked {_when(k.revoked_at)}"
-    if k.valid_until is not None and k.valid_until < now:
+        return "revoked"
+    if k.valid_until is not None and k.valid_until <= now:
         return "expired"
+    if k.valid_from is not None and k.valid_from > now:
+        return "not_yet_valid"
     return "active"
+
+
+def _key_line(k: KeyInfo, mine: bool, now: float) -> str:
+    """One row of `keys`: id, role, state, window, schedule, how it was enrolled, last use, name."""
+    from protocol import Role
+
+    state = _key_state(k, now).replace("_", " ")
+    if k.revoked_at is not None:
+        state += f" {_when(k.revoked_at)}"
+    via = k.via.label if k.via is not None else "?"
+    if k.enrolled_by is not None:
+        via += f" by {k.enrolled_by.hex()}"
+    window = _validity(k.valid_from, k.valid_until)
+    return (f"  {k.key_id.hex()}  {Role.label_of(k.role):6s}  {state:24s}  {window:34s}  {k.schedule or 'any time':20s}"
+            f"  {via:16s}  last used {_when(k.last_used_at):16s}  {k.name}"
+            f"{'  (this device)' if mine else ''}")
 
 
 async def cmd_keys(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
     """`keys`: the vehicle's key list over the confidential session."""
     import time
-
-    from protocol import Role
 
     async with Progress(sys.stderr, verbose=args.verbose > 0) as say:
         listing = await _app(args, say, out.note).keys(args.vehicle)
@@ -596,23 +696,41 @@ async def cmd_keys(args: argparse.Namespace, out: Printer, _interrupts: _Interru
     out.heading(f"{len(listing.keys)} keys on {listing.entry.name}:")
     for k in listing.keys:
         mine = k.key_id == listing.entry.key_id
-        out.result(_key_json(k, mine),
-                   f"  {k.key_id.hex()}  {Role.label_of(k.role):6s}  {_key_state(k, now):24s}  "
-                   f"last used {_when(k.last_used_at):16s}  {k.name}{'  (this device)' if mine else ''}")
+        out.result(_key_json(k, mine), _key_line(k, mine, now))
     return int(ExitCode.OK)
 
 
 async def cmd_revoke(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
-    """`revoke KEY`: resolve KEY from the vehicle's key list and revoke it."""
+    """`revoke KEY`: on the vehicle if in reach, and on this device's revocation list if it can name KEY offline."""
     async with Progress(sys.stderr, verbose=args.verbose > 0) as say:
-        r = await _app(args, say, out.note).revoke(args.key, args.vehicle, force=args.force)
-    obj = {"ok": True, "vehicle": r.entry.name, "key_id": r.key.key_id.hex(), "name": r.key.name}
-    if r.already_revoked:
-        out.result({**obj, "already_revoked": True}, f"{r.key.key_id.hex()} ({r.key.name}) was already revoked")
-        return int(ExitCode.OK)
-    out.result({**obj, "revoked": True, "this_device": r.this_device},
-               f"revoked {r.key.key_id.hex()} ({r.key.name}) on {r.entry.name}; it is refused from now on"
-               + ("\nthat was this device's own key: it can no longer open the vehicle" if r.this_device else ""))
+        r = await _app(args, say, out.note).revoke(args.key, args.vehicle, with_shares=args.with_shares,
+                                                   offline=args.offline)
+    kid, name = r.key_id.hex(), r.name
+    who = f"{kid} ({name})" if name else kid
+    listed = r.listed
+    obj: dict[str, Any] = {"ok": True, "vehicle": r.entry.name, "key_id": kid, "name": name,
+                           "revoked": r.key is not None and not r.already_revoked,
+                           "already_revoked": r.already_revoked, "this_device": r.this_device,
+                           "with_shares": bool(args.with_shares), "reached": r.reached,
+                           "list_version": listed.held.version if listed is not None else None,
+                           "delivered": r.delivered}
+    lines: list[str] = []
+    if r.key is not None:
+        lines.append(f"{who} was already revoked on {r.entry.name}" if r.already_revoked else
+                     f"revoked {who} on {r.entry.name}; it is refused from now on"
+                     + (", with the keys it enrolled by share" if args.with_shares else ""))
+    if listed is not None:
+        version = listed.held.version
+        if r.delivered:
+            lines.append(f"this device's revocation list for {r.entry.name} (version {version}) reached the vehicle")
+        else:
+            lines.append(f"{who} is on this device's revocation list for {r.entry.name} (version {version}"
+                         f"{', with the keys it enrolled by share' if listed.with_shares else ''}); it is "
+                         "delivered on the next connection of any owner or driver device of this vehicle that "
+                         "carries the list (this one: any command that succeeds)")
+    if r.this_device and not r.already_revoked:
+        lines.append("that was this device's own key: it can no longer open the vehicle")
+    out.result(obj, "\n".join(lines))
     return int(ExitCode.OK)
 
 
@@ -675,7 +793,8 @@ async def cmd_vehicles(args: argparse.Namespace, out: Printer, _interrupts: _Int
     for e in entries:
         out.result(_entry_json(e), f"{e.name:20s} {e.vehicle_id.hex()}  {e.role:6s}  "
                                    f"{_validity(e.valid_from, e.valid_until):24s}  key {e.key_id.hex()}"
-                                   f"{'  (passphrase)' if e.encrypted else ''}{'  (keyring)' if e.keyring else ''}")
+                                   f"{'  (passphrase)' if e.encrypted else ''}{'  (keyring)' if e.keyring else ''}"
+                                   f"{'  (share)' if e.via == 'share' else ''}")
     return int(ExitCode.OK)
 
 
@@ -759,6 +878,124 @@ def _auto_event(ev: AutoEvent, out: Printer) -> None:
         out.note(f"{ev.action} refused for now, will try again: {ev.error}")
 
 
+async def cmd_request_share(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
+    """`request-share`: this device's public key as a dkey://share-request text and QR code."""
+    r = _app(args, note=out.note).request_share(args.name)
+    out.result({"request": r.uri, "key_id": r.key_id.hex()}, r.uri)
+    _print_qr(r.uri, args, out)
+    out.note(f"share request for this device's key {r.key_id.hex()}"
+             + (" (the same key as the earlier request)" if r.reused else "")
+             + ": the owner runs `key-client share REQUEST --vehicle V --role driver|guest --name N`, "
+               "then this device runs `key-client import-share SHARE`")
+    return int(ExitCode.OK)
+
+
+def _window_text(valid_from: int | None, valid_until: int | None) -> str:
+    return f"valid from {_when(valid_from)} " + (f"until {_when(valid_until)}" if valid_until else "with no expiry")
+
+
+async def cmd_share(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
+    """`share REQUEST`: sign a certificate for another device's key, record it, print it (text, QR, --out)."""
+    r = await _app(args, note=out.note).share(args.request, args.vehicle, role=args.role, name=args.name,
+                                              valid_from=args.valid_from, valid_until=args.valid_until,
+                                              schedule=args.schedule)
+    s = r.share
+    if args.out is not None:
+        _write_text(args.out, r.uri + "\n")
+    out.result({"ok": True, "share": r.uri, "serial": s.serial.hex(), "key_id": s.subject_key_id.hex(),
+                "name": s.name, "role": s.role, "valid_from": s.valid_from, "valid_until": s.valid_until,
+                "schedule": s.schedule, "vehicle_id": s.vehicle_id.hex(), "certificate_bytes": len(r.certificate),
+                "revocation_list_version": r.carries_list}, r.uri)
+    _print_qr(r.uri, args, out)
+    out.note(f"share {s.serial.hex()} for {s.name!r} ({s.role}, key {s.subject_key_id.hex()}), "
+             f"{_window_text(s.valid_from, s.valid_until)}{f', schedule {s.schedule!r}' if s.schedule else ''}: "
+             "the device runs `key-client import-share SHARE`"
+             + (f"; written to {args.out}" if args.out is not None else ""))
+    return int(ExitCode.OK)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` (a share is no secret: only the requesting device's key can use it)."""
+    from .errors import UsageError
+
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+async def cmd_import_share(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
+    """`import-share SHARE|@FILE`: pin the vehicle, keep the certificate for the first connection."""
+    from protocol import Role
+
+    r = _app(args, note=out.note).import_share(args.share, name=args.name)
+    e, c = r.entry, r.certificate
+    out.result({"ok": True, **_entry_json(e), "serial": c.serial.hex(), "issuer_id": c.issuer_id.hex(),
+                "schedule": c.schedule, "enrolled": False, "revocation_list_version": r.list_kept},
+               f"imported a share for {e.name} (vehicle id {e.vehicle_id.hex()}) as {Role.label_of(c.role)}, "
+               f"{_window_text(c.valid_from, c.valid_until)}{f', schedule {c.schedule!r}' if c.schedule else ''}, "
+               f"signed by owner key {c.issuer_id.hex()}; this device's key id is {e.key_id.hex()}. "
+               "The first connection to the vehicle enrols it (e.g. `key-client unlock`).")
+    return int(ExitCode.OK)
+
+
+async def cmd_issue_code(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
+    """`issue-code`: ISSUE_CODE over the confidential session, shown like `key-server pair`."""
+    async with Progress(sys.stderr, verbose=args.verbose > 0) as say:
+        r = await _app(args, say, out.note).issue_code(
+            args.vehicle, role=args.role, name=args.name, expires=args.expires, attempts=int(args.attempts),
+            valid_from=args.valid_from, valid_until=args.valid_until, schedule=args.schedule)
+    t = r.terms
+    out.result({"ok": True, "vehicle": r.entry.name, "code": r.code, "uri": r.uri, "slot": int(r.code[:2]),
+                "expires_at": r.expires_at, "role": args.role, "name": t.name, "attempts": t.attempts,
+                "valid_from": t.valid_from, "valid_until": t.valid_until, "schedule": t.schedule},
+               f"one-time pairing code for {t.name!r} ({args.role}) on {r.entry.name}: {r.code[:4]} {r.code[4:]}\n"
+               f"valid until {_when(r.expires_at)}, {t.attempts} tries; on the device run:\n"
+               f"    key-client pair {r.code}")
+    _print_qr(r.uri, args, out)
+    return int(ExitCode.OK)
+
+
+async def cmd_edit(args: argparse.Namespace, out: Printer, _interrupts: _Interrupts) -> int:
+    """`edit KEY`: EDIT_KEY over the confidential session; prints the key as the vehicle now holds it."""
+    import time
+
+    async with Progress(sys.stderr, verbose=args.verbose > 0) as say:
+        r = await _app(args, say, out.note).edit_key(
+            args.key, args.vehicle, name=args.name, role=args.role, valid_from=args.valid_from,
+            valid_until=args.valid_until, no_expiry=args.no_expiry, schedule=args.schedule,
+            no_schedule=args.no_schedule)
+    mine = r.after.key_id == r.entry.key_id
+    out.result({"ok": True, "vehicle": r.entry.name, **_key_json(r.after, mine)},
+               f"changed {r.after.key_id.hex()} on {r.entry.name}:\n{_key_line(r.after, mine, time.time())}")
+    return int(ExitCode.OK)
+
+
+async def cmd_watch(args: argparse.Namespace, out: Printer, interrupts: _Interrupts) -> int:
+    """`watch`: WATCH in a confidential session; the state now, then one line (object) per change until Ctrl-C."""
+    import asyncio
+    import time
+    from datetime import datetime
+
+    stop = asyncio.Event()
+
+    def show(entry: VehicleEntry, rep: StatusReport, initial: bool) -> None:
+        if initial:
+            # Subscribed: from now on Ctrl-C / SIGTERM ends the watch with what it printed (exit 0); before, it
+            # interrupts the connection like any reading command (130).
+            interrupts.stop = stop
+        now = time.time()
+        stamp = datetime.fromtimestamp(now).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        out.result({"vehicle": entry.name, "vehicle_id": entry.vehicle_id.hex(), "at": int(now), "initial": initial,
+                    "lock": rep.lock.name.lower(), "door": rep.door.name.lower(),
+                    "start_enabled": rep.start_enabled},
+                   f"{stamp}  {entry.name}: {_report_text(rep)}{'  (now)' if initial else ''}")
+
+    seen = await _app(args, note=out.note).watch(args.vehicle, stop, show)
+    out.note(f"stopped watching after {seen} change{'' if seen == 1 else 's'}")
+    return int(ExitCode.OK)
+
+
 _COMMANDS: dict[str, Handler] = {
     "scan": cmd_scan,
     "pair": cmd_pair,
@@ -773,6 +1010,12 @@ _COMMANDS: dict[str, Handler] = {
     "vehicles": cmd_vehicles,
     "forget": cmd_forget,
     "auto": cmd_auto,
+    "request-share": cmd_request_share,
+    "share": cmd_share,
+    "import-share": cmd_import_share,
+    "issue-code": cmd_issue_code,
+    "edit": cmd_edit,
+    "watch": cmd_watch,
 }
 
 __all__ = ["CLIENT_CODES", "LIST_COMMANDS", "Interrupted", "Printer", "amain", "build_parser", "installed_version",

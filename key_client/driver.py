@@ -33,8 +33,12 @@ from protocol import (
     LocalProtocolError,
     Paired,
     RetryAfter,
+    RevocationsAnswered,
     SessionReady,
+    ShareAnswered,
+    StateChanged,
     Status,
+    StatusReport,
     VehicleError,
 )
 
@@ -67,7 +71,7 @@ RETRY_PAUSE = 0.3  # s times the attempt number before retrying: the vehicle may
 SCAN_RETRY_PAUSE = 0.5  # s times the failure number after a scan that could not run
 LINK_CHECK_INTERVAL = 0.2  # how often a wait for an answer checks that the link is still up
 # Commands that change something on the vehicle: once written, an interruption leaves their outcome unknown.
-MAY_ACT = ACTUATING_COMMANDS | {Command.REVOKE_KEY}
+MAY_ACT = ACTUATING_COMMANDS | {Command.REVOKE_KEY, Command.ISSUE_CODE, Command.EDIT_KEY}
 
 
 class Clock(Protocol):
@@ -176,8 +180,8 @@ class VehicleLink:
             self.stats["bytes_up"] += len(chunk)
         return bool(chunks)
 
-    async def _next(self, want: tuple[type[Event], ...], timeout: float) -> Event:
-        """The next event of one of the wanted types; other events are skipped; raises on a violation."""
+    async def _next(self, want: tuple[type[Event], ...], timeout: float | None) -> Event:
+        """The next event of a wanted type (timeout None: no limit); others are skipped; raises on a violation."""
         async with asyncio.timeout(timeout):
             while True:
                 try:
@@ -313,6 +317,51 @@ class VehicleLink:
         if result.status not in accept:
             raise VehicleRefused(result.status, authenticated=True, retry_after=_retry_after(result))
         return result
+
+    async def present_share(self, certificate: bytes, *, timeout: float = ANSWER_TIMEOUT) -> ShareAnswered:
+        """SHARE_PRESENT after the challenge arrived and before any command (PROTOCOL.md §12.3); the signed answer.
+
+        No command was sent, so a missing answer is TimedOut (nothing acted; the vehicle may have enrolled the key,
+        which the next presentation learns as NO_CHANGE).
+        """
+        await self.wait_challenge()
+        try:
+            await self._send_request(lambda: self.session.present_share(certificate))
+            ev = await self._next((ShareAnswered,), timeout)
+        except (TimeoutError, LinkLost) as exc:
+            raise TimedOut("the vehicle did not answer this device's share in time; nothing was sent after it: "
+                           "try again") from exc
+        except LocalProtocolError as exc:
+            raise ProtocolViolation(f"the imported share cannot be presented: {exc}") from exc
+        self.unanswered = False
+        if isinstance(ev, VehicleError):
+            raise VehicleRefused(ev.status, authenticated=False)
+        assert isinstance(ev, ShareAnswered)
+        return ev
+
+    async def send_revocations(self, list_bytes: bytes, *,
+                               timeout: float = ANSWER_TIMEOUT) -> RevocationsAnswered:
+        """REVOCATIONS after an OK answer (or inside an open session): the vehicle's signed verdict."""
+        try:
+            await self._send_request(lambda: self.session.send_revocations(list_bytes))
+            ev = await self._next((RevocationsAnswered,), timeout)
+        except (TimeoutError, LinkLost) as exc:
+            raise TimedOut("the vehicle did not answer the revocation list in time") from exc
+        except LocalProtocolError as exc:
+            raise ProtocolViolation(f"the revocation list cannot be sent: {exc}") from exc
+        self.unanswered = False
+        if isinstance(ev, VehicleError):
+            raise VehicleRefused(ev.status, authenticated=False)
+        assert isinstance(ev, RevocationsAnswered)
+        return ev
+
+    async def next_change(self, timeout: float | None = None) -> StatusReport:
+        """The next WATCH push once `secure(Command.WATCH)` was answered OK; LinkLost when the link drops."""
+        ev = await self._next((StateChanged,), timeout)
+        if isinstance(ev, VehicleError):
+            raise VehicleRefused(ev.status, authenticated=False)
+        assert isinstance(ev, StateChanged)
+        return ev.report
 
     async def pair(self, code: str, slot: int, *, timeout: float = ANSWER_TIMEOUT) -> Paired:
         """Run pairing with a one-time code; returns what to pin."""

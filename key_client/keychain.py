@@ -54,6 +54,7 @@ class VehicleEntry:
     address_hint: str | None = None  # last address it answered on: orders candidates, proves nothing
     encrypted: bool = False  # the key file is passphrase-encrypted
     keyring: bool = False  # the key is in the OS keyring, not in keys/ (key_client/oskeyring.py)
+    via: str = "code"  # how this device got its key: code (pairing) | share (an owner's certificate, import-share)
 
     @property
     def key_file(self) -> str:
@@ -84,6 +85,7 @@ class VehicleEntry:
                 address_hint=d.get("address_hint"),
                 encrypted=bool(d.get("encrypted", False)),
                 keyring=bool(d.get("keyring", False)),
+                via=str(d.get("via", "code")),  # absent in indexes written before shares existed
             )
             pinned_id = key_id(entry.vehicle_public_key)
         except (KeyError, TypeError, ValueError) as exc:
@@ -231,6 +233,24 @@ class Keychain:
                                 "set DKEY_PASSPHRASE or run from a terminal to be asked")
         return self._check_loaded(entry, data, passphrase if entry.encrypted else None, f"the key file {path}")
 
+    def load_request_key(self, kid: bytes) -> KeyPair:
+        """A key made for a share request (keys/<key-id>.pem, no passphrase); KeychainError if it is gone."""
+        path = self.path / KEYS_DIR / f"{kid.hex()}.pem"
+        try:
+            data = read_secret(path)
+        except FileNotFoundError:
+            raise KeychainError(f"the key file of share request {kid.hex()} is missing ({path}): "
+                                "run `key-client request-share` again") from None
+        except SecretFileError as exc:
+            raise KeychainError(str(exc)) from exc
+        try:
+            pair = KeyPair.from_private_key(load_private_key(data, None))
+        except ValueError:
+            raise KeychainError(f"the key file {path} is not an unprotected P-256 private key") from None
+        if pair.key_id != kid:
+            raise KeychainError(f"the key file {path} does not hold the key its name says")
+        return pair
+
     @staticmethod
     def _check_loaded(entry: VehicleEntry, data: bytes, passphrase: bytes | None, where: str) -> KeyPair:
         """Parse a stored device key and check it is the one the index names."""
@@ -287,6 +307,52 @@ class Keychain:
             self._entries.append(entry)
             self._save()
         return entry
+
+    def add_shared(self, device_key_id: bytes, vehicle_public_key: bytes, role: Role, *, valid_from: int | None,
+                   valid_until: int | None, advertised_name: str | None = None, name: str | None = None,
+                   now: int | None = None) -> VehicleEntry:
+        """Record a vehicle this device holds a share for (`import-share`); the key (made by new_device_key for
+        `request-share`) stays where it is, and the vehicle key is pinned from the share."""
+        if not (self.path / KEYS_DIR / f"{device_key_id.hex()}.pem").exists():
+            raise KeychainError("the share's key was not made by this keychain (run `key-client request-share`)")
+        vehicle_id = key_id(vehicle_public_key)
+        with self._locked():
+            if (have := self.find_vehicle_id(vehicle_id)) is not None:
+                raise KeychainError(f"this device already holds a key for that vehicle ({have.name}); "
+                                    f"`key-client forget {have.name}` first to import a share for it")
+            if (used := self.find_key_id(device_key_id)) is not None:
+                raise KeychainError(f"the requested key {device_key_id.hex()} is already used for {used.name}: "
+                                    "run `key-client request-share` again for a new request")
+            if name is not None and any(e.name.casefold() == name.casefold() for e in self._entries):
+                raise KeychainError(f"the keychain already has a vehicle called {name!r}")
+            entry = VehicleEntry(
+                name=name or self.unique_name(advertised_name),
+                vehicle_id=vehicle_id,
+                vehicle_public_key=vehicle_public_key,
+                key_id=device_key_id,
+                role=Role.label_of(role),
+                valid_from=valid_from,
+                valid_until=valid_until,
+                paired_at=int(now if now is not None else time.time()),
+                advertised_name=advertised_name,
+                via="share",
+            )
+            self._entries.append(entry)
+            self._save()
+        return entry
+
+    def set_role(self, entry: VehicleEntry, role: str) -> VehicleEntry:
+        """Record the role the vehicle now lists for this device's key (an owner may have changed it)."""
+        if entry.role == role:
+            return entry
+        with self._locked():
+            current = self.find_key_id(entry.key_id)
+            if current is None:
+                return entry
+            updated = replace(current, role=role)
+            self._entries = [updated if e.key_id == entry.key_id else e for e in self._entries]
+            self._save()
+        return updated
 
     def remember_address(self, entry: VehicleEntry, address: str) -> VehicleEntry:
         """Store the address the vehicle last answered on (an ordering hint only)."""

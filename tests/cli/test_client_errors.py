@@ -27,8 +27,12 @@ COMMANDS: dict[str, list[str]] = {
     "scan": ["scan"], "pair": ["pair", "4212-3456"], "unlock": ["unlock"], "lock": ["lock"], "status": ["status"],
     "start": ["start"], "keys": ["keys"], "revoke": ["revoke", "watch"], "audit": ["audit"],
     "vehicles": ["vehicles"], "forget": ["forget", "car"], "auto": ["auto", "--i-understand-relay-risk", "--for", "1"],
+    "request-share": ["request-share", "--no-qr"], "share": ["share", "dkey://share-request?key=AA", "--role", "guest"],
+    "import-share": ["import-share", "dkey://share?v=1&c=AA&k=AA"], "watch": ["watch"],
+    "issue-code": ["issue-code", "--role", "guest", "--name", "x"], "edit": ["edit", "watch", "--name", "y"],
 }
-RADIO_COMMANDS = ["scan", "pair", "unlock", "lock", "status", "start", "keys", "revoke", "audit", "auto"]
+RADIO_COMMANDS = ["scan", "pair", "unlock", "lock", "status", "start", "keys", "revoke", "audit", "auto", "watch",
+                  "issue-code", "edit"]
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +110,15 @@ def check(r: subprocess.CompletedProcess[str], code: ExitCode, *words: str) -> N
     (["auto", "--for", "-1"], ["--for", "out of range"]),
     (["auto", "--lost", "inf"], ["--lost", "out of range"]),
     (["auto", "--for", "inf"], ["--for", "a finite number above 0"]),
+    (["revoke", "watch", "--force"], ["unrecognized arguments: --force"]),  # never over the air (PROTOCOL.md §5.3)
+    (["share", "dkey://share-request?key=AA"], ["--role"]),
+    (["share", "dkey://share-request?key=AA", "--role", "owner"], ["--role", "invalid choice"]),
+    (["import-share"], ["SHARE"]),
+    (["issue-code", "--role", "guest"], ["--name"]),
+    (["issue-code", "--role", "guest", "--name", "x", "--attempts", "0"], ["--attempts", "out of range"]),
+    (["edit", "watch", "--valid-until", "1d", "--no-expiry"], ["not allowed with"]),
+    (["edit", "watch", "--schedule", "Mon 08:00-09:00", "--no-schedule"], ["not allowed with"]),
+    (["watch", "now"], ["unrecognized arguments: now"]),
 ])
 def test_bad_arguments_are_one_usage_line(root: Path, argv: list[str], words: list[str]) -> None:
     r = run(root, *argv)
@@ -123,6 +136,13 @@ def test_usage_errors_with_json_also_print_the_object(root: Path) -> None:
     (["pair", "12-34"], X.USAGE, "8 digits"),
     (["auto"], X.USAGE, "--i-understand-relay-risk"),
     (["auto", "--i-understand-relay-risk", "--lock-rssi", "-50", "--unlock-rssi", "-60"], X.USAGE, "below"),
+    (["share", "garbage", "--role", "guest"], X.USAGE, "not a share request"),
+    (["share", "dkey://share-request?key=AA", "--role", "guest", "--until", "someday"], X.USAGE, "cannot read"),
+    (["import-share", "garbage"], X.USAGE, "not a share"),
+    (["import-share", "@/no/such/file"], X.USAGE, "cannot read the share file"),
+    (["revoke", "watch", "--offline"], X.USAGE, "--offline needs"),
+    (["edit", "watch"], X.USAGE, "nothing to change"),
+    (["issue-code", "--role", "guest", "--name", "x", "--expires", "8d"], X.USAGE, "within 7 days"),
 ])
 def test_impossible_requests_are_usage_errors(root: Path, argv: list[str], code: ExitCode, word: str) -> None:
     check(run(root, *argv, keychain=make_keychain(root / "kc-usage")), code, word)
@@ -162,6 +182,17 @@ def test_a_garbage_key_file_is_refused(root: Path, command: str) -> None:
     (key_file,) = (kc / KEYS_DIR).iterdir()
     key_file.write_bytes(b"this is not a key\n")
     check(run(root, *COMMANDS[command], keychain=kc), X.KEYS, "not a P-256 private key")
+
+
+def test_a_share_book_others_can_write_is_refused(root: Path) -> None:
+    kc = make_keychain(root / "kc-book")
+    (kc / "shares.json").write_text('{"version": 1}')
+    os.chmod(kc / "shares.json", 0o666)
+    check(run(root, "request-share", "--no-qr", keychain=kc), X.KEYS, "chmod 600")
+    check(run(root, "revoke", "00000001", "--offline", keychain=kc), X.KEYS, "chmod 600")
+    os.chmod(kc / "shares.json", 0o600)
+    (kc / "shares.json").write_text("{damaged")
+    check(run(root, "request-share", "--no-qr", keychain=kc), X.KEYS, "is damaged")
 
 
 def test_a_keychain_others_can_write_is_refused(root: Path) -> None:

@@ -206,7 +206,7 @@ async def test_revoke_by_name_and_by_id_prefix(run: Cli, h: Harness) -> None:
     r = await run("--json", "revoke", phone.key_id.hex()[:6])
     assert r.code == ExitCode.OK and r.json()[0]["revoked"] is True
     assert h.store.get_key(phone.key_id).revoked
-    assert (await run("revoke", "watch")).out.endswith("was already revoked\n")
+    assert (await run("revoke", "watch")).out.endswith("was already revoked on test-car\n")
 
 
 async def test_revoke_refusals(run: Cli, h: Harness) -> None:
@@ -219,9 +219,9 @@ async def test_revoke_refusals(run: Cli, h: Harness) -> None:
     assert r.code == ExitCode.USAGE and "no key called" in r.err
     r = await run("revoke", "laptop")  # the last owner: would lock every owner out
     assert r.code == ExitCode.DENIED and "last owner" in r.err
-    r = await run("revoke", "laptop", "--force")
-    assert r.code == ExitCode.OK and "this device's own key" in r.out
-    assert (await run("unlock")).code == ExitCode.DENIED
+    assert "key-server revoke --force" in r.err  # over the air never: at the vehicle only (PROTOCOL.md §5.3)
+    assert (await run("revoke", "laptop", "--force")).code == ExitCode.USAGE
+    assert (await run("unlock")).code == ExitCode.OK  # nothing was revoked
 
 
 async def test_owner_commands_refused_for_a_driver_key(run: Cli, h: Harness) -> None:
@@ -317,7 +317,8 @@ def test_every_command_is_either_a_list_or_prints_objects() -> None:
     # A new command must choose: one array (a list) or one object per result (docs/CLIENT.md, --json).
     assert cli.LIST_COMMANDS == {"scan", "keys", "audit", "vehicles"}
     assert set(cli._COMMANDS) - cli.LIST_COMMANDS == {"pair", "unlock", "lock", "status", "start", "revoke",
-                                                      "forget", "auto", "set-time"}
+                                                      "forget", "auto", "set-time", "request-share",
+                                                      "share", "import-share", "issue-code", "edit", "watch"}
 
 
 # ---------------------------------------------------------------------- options and plumbing
