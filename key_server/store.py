@@ -714,7 +714,7 @@ class KeyStore:
         return [HeldRevocationList(*row) for row in rows]
 
     def put_revocation_list(self, issuer: bytes, version: int, issued_at: int, now: int, raw: bytes) -> None:
-        """Hold `raw` as `issuer`'s list `version`; ValueError unless it is newer than the one held (lists only grow)."""
+        """Hold `raw` as `issuer`'s list `version`; ValueError unless newer than the one held (lists only grow)."""
         with self.transaction():
             rows = self._execute("SELECT version FROM revocation_lists WHERE issuer = ?", (issuer,)).fetchall()
             if rows and int(rows[0][0]) >= version:
