@@ -298,7 +298,9 @@ class KeyCommands:
             data, _ = encode_audit_page(records, self._signed_head(head_seq, head_hash, min(pruned, head_seq)))
             return Status.OK, data, None
         if cmd is Command.REVOKE_KEY:
-            target, force = parse_revoke_args(args)
+            target, force, with_shares = parse_revoke_args(args)
+            if with_shares:  # no key is enrolled by share yet: refuse rather than silently revoke less
+                return Status.NOT_SUPPORTED, b"", None
             try:
                 self.admin.revoke(target, by=key_id.hex(), force=force)
             except LastOwnerError:

@@ -52,11 +52,22 @@ from ._keys import (
 from ._pairing_code import CODE_DIGITS, QR_SCHEME, SECRET_DIGITS, pairing_uri, parse_code
 from ._pake import PakeError
 from ._payloads import (
+    CLEAR_SCHEDULE,
+    CLEAR_VALID_FROM,
+    CLEAR_VALID_UNTIL,
+    MAX_CODE_ATTEMPTS,
+    MAX_CODE_TTL,
+    REVOKE_FORCE,
+    REVOKE_WITH_SHARES,
     AuditHead,
     AuditRecord,
     ClockReport,
+    IssuedCode,
+    KeyEdit,
     KeyInfo,
+    PairingTerms,
     RetryAfter,
+    RevokeArgs,
     StatusReport,
     decode_audit_page,
     decode_key_page,
@@ -73,9 +84,29 @@ from ._payloads import (
     set_time_args,
     with_time_wanted,
 )
+from ._schedule import MAX_SCHEDULE_LEN, MAX_SHARE_SCHEDULE, Schedule, parse_schedule
+from ._shares import (
+    LIST_WITH_SHARES,
+    MAX_CERTIFICATE,
+    MAX_REVOCATION_LIST,
+    MAX_REVOCATIONS,
+    MAX_SHARE_NAME,
+    RevocationList,
+    ShareCertificate,
+)
 from ._state import DState, VState
 from ._vehicle import VehicleSession
-from ._vocab import ACTUATING_COMMANDS, FAST_COMMANDS, SECURE_COMMANDS, Command, DoorState, LockState, Role
+from ._vocab import (
+    ACTUATING_COMMANDS,
+    FAST_COMMANDS,
+    SECURE_COMMANDS,
+    Command,
+    DoorState,
+    KeyState,
+    LockState,
+    Role,
+    Via,
+)
 
 __all__ = [
     "DEFAULT_CHALLENGE_TTL",
@@ -163,4 +194,29 @@ __all__ = [
     "split",
     "with_time_wanted",
     "fast_result_data",
+    # issue 12: remote key management, shares and revocation lists (PROTOCOL.md §5.3, §5.4, §12)
+    "CLEAR_SCHEDULE",
+    "CLEAR_VALID_FROM",
+    "CLEAR_VALID_UNTIL",
+    "LIST_WITH_SHARES",
+    "MAX_CERTIFICATE",
+    "MAX_CODE_ATTEMPTS",
+    "MAX_CODE_TTL",
+    "MAX_REVOCATIONS",
+    "MAX_REVOCATION_LIST",
+    "MAX_SCHEDULE_LEN",
+    "MAX_SHARE_NAME",
+    "MAX_SHARE_SCHEDULE",
+    "REVOKE_FORCE",
+    "REVOKE_WITH_SHARES",
+    "IssuedCode",
+    "KeyEdit",
+    "KeyState",
+    "PairingTerms",
+    "RevocationList",
+    "RevokeArgs",
+    "Schedule",
+    "ShareCertificate",
+    "Via",
+    "parse_schedule",
 ]

@@ -30,6 +30,10 @@ LABEL_PAIR_CONFIRM_D2V = b"dkey/1 d2v pair confirm"
 LABEL_PAIR_DEVICE_KEY = b"dkey/1 d2v pair device key"
 LABEL_PAIR_VEHICLE_KEY = b"dkey/1 v2d pair vehicle key"
 LABEL_AUDIT_HEAD = b"dkey/1 v2d audit head"
+LABEL_SHARE_CERTIFICATE = b"dkey/1 share certificate"  # an owner's signature on a share (PROTOCOL.md §12.1)
+LABEL_REVOCATION_LIST = b"dkey/1 revocation list"  # an owner's signature on its revocation list (§12.2)
+LABEL_SHARE_ANSWER = b"dkey/1 v2d share answer"
+LABEL_REVOCATIONS_ANSWER = b"dkey/1 v2d revocations answer"
 
 DIR_D2V = 0x01
 DIR_V2D = 0x02

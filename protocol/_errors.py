@@ -24,6 +24,8 @@ class Status(enum.IntEnum):
     MALFORMED = 0x0D  # the message did not decode or was not expected now
     INTERNAL_ERROR = 0x0E
     CLOCK_UNTRUSTED = 0x0F  # a time-limited key, while the vehicle's clock is not yet confirmed (§5.7)
+    NO_CHANGE = 0x10  # the request changes nothing (already revoked, list not newer, key already enrolled)
+    LAST_OWNER = 0x11  # refused: it would leave the vehicle without an active owner
 
     @property
     def may_have_acted(self) -> bool:
@@ -38,7 +40,8 @@ class Status(enum.IntEnum):
 
 # Statuses after which the vehicle may have moved the lock; everything else means it did nothing.
 _MAY_HAVE_ACTED = frozenset({Status.OK, Status.ACTUATOR_FAILED, Status.INTERNAL_ERROR})
-# Statuses that a retry (with a fresh challenge, or a little later) can cure.
+# Statuses that a retry (with a fresh challenge, or a little later) can cure. NO_CHANGE and LAST_OWNER are not:
+# the same request gets the same answer until something else changes the vehicle's key store.
 _TEMPORARY = frozenset({Status.CHALLENGE_INVALID, Status.BUSY, Status.OUTSIDE_SCHEDULE, Status.KEY_NOT_YET_VALID,
                         Status.CLOCK_UNTRUSTED})
 

@@ -10,19 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ._crypto import audit_head_transcript
 from ._errors import DecodeError
 from ._keys import KEY_ID_LEN, SIGNATURE_LEN, KeyPair, verify
+from ._pairing_code import CODE_DIGITS
+from ._schedule import MAX_SCHEDULE_LEN, parse_schedule
 from ._tlv import decode_fields, encode_field, encode_fields, iter_fields
-from ._vocab import DoorState, LockState
+from ._vocab import DoorState, KeyState, LockState, Role, Via
 
 MAX_DATA = 1800  # result data cap so a sealed response stays under the message cap
 MAX_DETAIL = 512  # audit detail JSON bytes per record
 MAX_AUDIT_SEQ = (1 << 63) - 1  # audit sequence numbers fit a signed 64-bit integer (SQLite's INTEGER), §5.4
+MAX_TIME = (1 << 63) - 1  # a Unix time in a request record fits SQLite's INTEGER too; above it: DecodeError
+MAX_NAME = 64  # UTF-8 bytes of a key name in key records, pairing terms and key edits
+MAX_CODE_TTL = 7 * 86400  # seconds a remotely issued pairing code may live (like `key-server pair --code-ttl`)
+MAX_CODE_ATTEMPTS = 20  # wrong tries a remotely issued code may survive (the vehicle's own bound)
 
 
 def _u(value: int, width: int) -> bytes:
@@ -177,7 +183,7 @@ class RetryAfter:
 
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
-    """One enrolled key as an owner sees it over the confidential session."""
+    """One enrolled key as an owner sees it over the confidential session (a key record, PROTOCOL.md §5.4)."""
 
     key_id: bytes
     role: int  # Role
@@ -187,24 +193,240 @@ class KeyInfo:
     valid_until: int | None = None
     last_used_at: int | None = None
     revoked_at: int | None = None
+    schedule: str | None = None
+    # Computed by the vehicle with its guarded time; UNKNOWN only in a record without the field (an older vehicle).
+    state: KeyState = KeyState.UNKNOWN
+    via: Via | None = None
+    enrolled_by: bytes | None = None  # the owner key whose share or remotely issued code enrolled this key
 
     def encode(self) -> bytes:
         """One key record (without its list wrapper)."""
         opt = [(0x43, self.valid_from), (0x44, self.valid_until), (0x46, self.last_used_at), (0x47, self.revoked_at)]
-        fields = [(0x01, self.key_id), (0x41, _u(self.role, 1)), (0x42, _utf8_prefix(self.name, 64)),
+        fields = [(0x01, self.key_id), (0x41, _u(self.role, 1)), (0x42, _utf8_prefix(self.name, MAX_NAME)),
                   (0x45, _u(self.created_at, 8))]
         fields += [(tag, _u(v, 8)) for tag, v in opt if v is not None]
+        if self.schedule is not None:
+            # The store holds at most 512 characters of a grammar that is ASCII, so this never cuts in practice.
+            fields.append((0x48, _utf8_prefix(self.schedule, MAX_SCHEDULE_LEN)))
+        if self.state is not KeyState.UNKNOWN:
+            fields.append((0x49, _u(self.state, 1)))
+        if self.via is not None:
+            fields.append((0x4A, _u(self.via, 1)))
+        if self.enrolled_by is not None:
+            fields.append((0x4B, self.enrolled_by))
         return encode_fields(sorted(fields))
 
     @classmethod
     def decode(cls, data: bytes) -> KeyInfo:
-        """Parse one key record; DecodeError if malformed."""
-        f = decode_fields(data, {0x01: (4, 4), 0x41: (1, 1), 0x42: (0, 64), 0x43: (8, 8), 0x44: (8, 8),
-                                 0x45: (8, 8), 0x46: (8, 8), 0x47: (8, 8)})
+        """Parse one key record; DecodeError if malformed (a schedule is reported as stored, not re-parsed)."""
+        f = decode_fields(data, {0x01: (4, 4), 0x41: (1, 1), 0x42: (0, MAX_NAME), 0x43: (8, 8), 0x44: (8, 8),
+                                 0x45: (8, 8), 0x46: (8, 8), 0x47: (8, 8), 0x48: (1, MAX_SCHEDULE_LEN),
+                                 0x49: (1, 1), 0x4A: (1, 1), 0x4B: (KEY_ID_LEN, KEY_ID_LEN)})
         if not {0x01, 0x41, 0x42, 0x45} <= f.keys():
             raise DecodeError("key record lacks a required field")
+        state, via = _int(f, 0x49), _int(f, 0x4A)
+        if state == KeyState.UNKNOWN:  # "unknown" is the field's absence; a 0 on the wire is not canonical
+            raise DecodeError("key state 0 is sent by omitting the field")
+        try:
+            key_state = KeyState.UNKNOWN if state is None else KeyState(state)
+            key_via = None if via is None else Via(via)
+        except ValueError as exc:
+            raise DecodeError(f"key record: {exc}") from None
+        schedule = None if 0x48 not in f else _text(f[0x48])
         return cls(f[0x01], f[0x41][0], _text(f[0x42]), int.from_bytes(f[0x45], "big"), _int(f, 0x43),
-                   _int(f, 0x44), _int(f, 0x46), _int(f, 0x47))
+                   _int(f, 0x44), _int(f, 0x46), _int(f, 0x47), schedule, key_state, key_via, f.get(0x4B))
+
+
+# ------------------------------------------------------------------ remote key management (ISSUE_CODE, EDIT_KEY)
+
+
+def _request_time(f: dict[int, bytes], tag: int) -> int | None:
+    """A Unix time from a request record, at most MAX_TIME (DecodeError above)."""
+    value = _int(f, tag)
+    if value is not None and value > MAX_TIME:
+        raise DecodeError(f"field 0x{tag:02x}: time above {MAX_TIME}")
+    return value
+
+
+def _window_ok(valid_from: int | None, valid_until: int | None) -> bool:
+    return valid_from is None or valid_until is None or valid_until > valid_from
+
+
+def _schedule_bytes(schedule: str) -> bytes:
+    """A request's schedule as UTF-8, checked by the one parser; ValueError if it does not parse or is too long."""
+    raw = schedule.encode()
+    if not 1 <= len(raw) <= MAX_SCHEDULE_LEN:
+        raise ValueError(f"a schedule is 1..{MAX_SCHEDULE_LEN} bytes")
+    parse_schedule(schedule)
+    return raw
+
+
+def _request_schedule(raw: bytes | None) -> str | None:
+    """A schedule from a request record; DecodeError unless it is UTF-8 the schedule parser accepts."""
+    if raw is None:
+        return None
+    text = _text(raw)
+    try:
+        parse_schedule(text)
+    except ValueError as exc:
+        raise DecodeError(f"schedule: {exc}") from None
+    return text
+
+
+def _name_bytes(name: str) -> bytes:
+    raw = name.encode()
+    if len(raw) > MAX_NAME:
+        raise ValueError(f"a key name is at most {MAX_NAME} UTF-8 bytes")
+    return raw
+
+
+def _role(raw: bytes) -> Role:
+    try:
+        return Role(raw[0])
+    except ValueError:
+        raise DecodeError(f"unknown role {raw[0]}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class PairingTerms:
+    """ISSUE_CODE arguments: the terms of the key a new device will get with the code (PROTOCOL.md §5.4)."""
+
+    role: Role
+    name: str
+    code_ttl: int  # seconds the code lives, 1..MAX_CODE_TTL
+    attempts: int  # wrong tries the code survives, 1..MAX_CODE_ATTEMPTS
+    valid_from: int | None = None
+    valid_until: int | None = None
+    schedule: str | None = None
+
+    def encode(self) -> bytes:
+        """The record; ValueError for terms the vehicle would refuse as malformed."""
+        if not 1 <= self.code_ttl <= MAX_CODE_TTL or not 1 <= self.attempts <= MAX_CODE_ATTEMPTS:
+            raise ValueError(f"code_ttl is 1..{MAX_CODE_TTL} s and attempts 1..{MAX_CODE_ATTEMPTS}")
+        if not _window_ok(self.valid_from, self.valid_until):
+            raise ValueError("valid_until must be after valid_from")
+        fields = [(0x41, _u(Role(self.role), 1)), (0x42, _name_bytes(self.name))]
+        fields += [(tag, _u(v, 8)) for tag, v in ((0x43, self.valid_from), (0x44, self.valid_until)) if v is not None]
+        if self.schedule is not None:
+            fields.append((0x48, _schedule_bytes(self.schedule)))
+        fields += [(0x62, _u(self.code_ttl, 4)), (0x63, _u(self.attempts, 1))]
+        return encode_fields(fields)
+
+    @classmethod
+    def decode(cls, data: bytes) -> PairingTerms:
+        """Parse ISSUE_CODE arguments; DecodeError (BAD_REQUEST) if malformed, out of bounds or inconsistent."""
+        f = decode_fields(data, {0x41: (1, 1), 0x42: (0, MAX_NAME), 0x43: (8, 8), 0x44: (8, 8),
+                                 0x48: (1, MAX_SCHEDULE_LEN), 0x62: (4, 4), 0x63: (1, 1)})
+        if not {0x41, 0x42, 0x62, 0x63} <= f.keys():
+            raise DecodeError("pairing terms lack a required field")
+        ttl, attempts = int.from_bytes(f[0x62], "big"), f[0x63][0]
+        if not 1 <= ttl <= MAX_CODE_TTL or not 1 <= attempts <= MAX_CODE_ATTEMPTS:
+            raise DecodeError(f"code_ttl is 1..{MAX_CODE_TTL} s and attempts 1..{MAX_CODE_ATTEMPTS}")
+        valid_from, valid_until = _request_time(f, 0x43), _request_time(f, 0x44)
+        if not _window_ok(valid_from, valid_until):
+            raise DecodeError("valid_until is not after valid_from")
+        return cls(_role(f[0x41]), _text(f[0x42]), ttl, attempts, valid_from, valid_until,
+                   _request_schedule(f.get(0x48)))
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCode:
+    """ISSUE_CODE result data: the one-time code (8 digits) and when it stops working (Unix s)."""
+
+    code: str
+    expires_at: int
+
+    def encode(self) -> bytes:
+        """Result data bytes."""
+        if len(self.code) != CODE_DIGITS or not self.code.isascii() or not self.code.isdigit():
+            raise ValueError(f"a pairing code is {CODE_DIGITS} ASCII digits")
+        return encode_fields([(0x64, self.code.encode("ascii")), (0x65, _u(self.expires_at, 8))])
+
+    @classmethod
+    def decode(cls, data: bytes) -> IssuedCode:
+        """Parse ISSUE_CODE result data; DecodeError if malformed or incomplete."""
+        f = decode_fields(data, {0x64: (CODE_DIGITS, CODE_DIGITS), 0x65: (8, 8)})
+        if not {0x64, 0x65} <= f.keys():
+            raise DecodeError("issued code lacks a field")
+        if not all(0x30 <= b <= 0x39 for b in f[0x64]):
+            raise DecodeError("a pairing code is ASCII digits")
+        return cls(f[0x64].decode("ascii"), int.from_bytes(f[0x65], "big"))
+
+
+CLEAR_VALID_FROM = 0x01
+CLEAR_VALID_UNTIL = 0x02
+CLEAR_SCHEDULE = 0x04
+_CLEAR_ALL = CLEAR_VALID_FROM | CLEAR_VALID_UNTIL | CLEAR_SCHEDULE
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEdit:
+    """EDIT_KEY arguments: which key, and what to set or clear (None: unchanged) (PROTOCOL.md §5.4)."""
+
+    key_id: bytes
+    role: Role | None = None
+    name: str | None = None
+    valid_from: int | None = None
+    valid_until: int | None = None
+    schedule: str | None = None
+    clear_valid_from: bool = False
+    clear_valid_until: bool = False
+    clear_schedule: bool = False
+
+    @property
+    def clear(self) -> int:
+        """The clear flags byte (bit 0 valid_from, bit 1 valid_until, bit 2 schedule)."""
+        return ((CLEAR_VALID_FROM if self.clear_valid_from else 0) | (CLEAR_VALID_UNTIL if self.clear_valid_until
+                else 0) | (CLEAR_SCHEDULE if self.clear_schedule else 0))
+
+    def _conflict(self) -> str | None:
+        for value, cleared, what in ((self.valid_from, self.clear_valid_from, "valid_from"),
+                                     (self.valid_until, self.clear_valid_until, "valid_until"),
+                                     (self.schedule, self.clear_schedule, "schedule")):
+            if value is not None and cleared:
+                return f"{what} is both set and cleared"
+        if not _window_ok(self.valid_from, self.valid_until):
+            return "valid_until must be after valid_from"
+        return None
+
+    def encode(self) -> bytes:
+        """The record; ValueError for an edit the vehicle would refuse as malformed."""
+        if len(self.key_id) != KEY_ID_LEN:
+            raise ValueError(f"a key id is {KEY_ID_LEN} bytes")
+        problem = self._conflict()
+        if problem is not None:
+            raise ValueError(problem)
+        fields = [(0x01, self.key_id)]
+        if self.role is not None:
+            fields.append((0x41, _u(Role(self.role), 1)))
+        if self.name is not None:
+            fields.append((0x42, _name_bytes(self.name)))
+        fields += [(tag, _u(v, 8)) for tag, v in ((0x43, self.valid_from), (0x44, self.valid_until)) if v is not None]
+        if self.schedule is not None:
+            fields.append((0x48, _schedule_bytes(self.schedule)))
+        if self.clear:
+            fields.append((0x66, _u(self.clear, 1)))
+        return encode_fields(fields)
+
+    @classmethod
+    def decode(cls, data: bytes) -> KeyEdit:
+        """Parse EDIT_KEY arguments; DecodeError (BAD_REQUEST) if malformed or contradictory."""
+        f = decode_fields(data, {0x01: (KEY_ID_LEN, KEY_ID_LEN), 0x41: (1, 1), 0x42: (0, MAX_NAME), 0x43: (8, 8),
+                                 0x44: (8, 8), 0x48: (1, MAX_SCHEDULE_LEN), 0x66: (1, 1)})
+        if 0x01 not in f:
+            raise DecodeError("key edit lacks its key id")
+        clear = _int(f, 0x66)
+        if clear is not None and (clear == 0 or clear & ~_CLEAR_ALL):
+            # 0 is sent by omitting the field; unknown bits are refused so a newer meaning is never ignored.
+            raise DecodeError(f"key edit clear flags 0x{clear:02x} are not canonical")
+        clear = clear or 0
+        edit = cls(f[0x01], None if 0x41 not in f else _role(f[0x41]), None if 0x42 not in f else _text(f[0x42]),
+                   _request_time(f, 0x43), _request_time(f, 0x44), _request_schedule(f.get(0x48)),
+                   bool(clear & CLEAR_VALID_FROM), bool(clear & CLEAR_VALID_UNTIL), bool(clear & CLEAR_SCHEDULE))
+        problem = edit._conflict()
+        if problem is not None:
+            raise DecodeError(f"key edit: {problem}")
+        return edit
 
 
 # ------------------------------------------------------------------ audit entries
@@ -375,16 +597,29 @@ def parse_list_keys_args(args: bytes) -> tuple[int, int]:
     return int.from_bytes(args[:2], "big"), args[2]
 
 
-def revoke_args(key_id: bytes, force: bool = False) -> bytes:
-    """REVOKE_KEY arguments: key id (4) || force (u8)."""
-    return key_id + bytes((int(force),))
+REVOKE_FORCE = 0x01  # REVOKE_KEY flags bit 0: allow the last owner (the vehicle takes it only at its own CLI)
+REVOKE_WITH_SHARES = 0x02  # bit 1: also revoke every key this key enrolled by share
+_REVOKE_FLAGS = REVOKE_FORCE | REVOKE_WITH_SHARES
 
 
-def parse_revoke_args(args: bytes) -> tuple[bytes, bool]:
-    """(key id, force) from REVOKE_KEY arguments."""
-    if len(args) != 5 or args[4] > 1:
-        raise DecodeError("REVOKE_KEY takes a 4-byte key id and a force flag")
-    return args[:4], bool(args[4])
+class RevokeArgs(NamedTuple):
+    """REVOKE_KEY arguments, parsed."""
+
+    key_id: bytes
+    force: bool
+    with_shares: bool
+
+
+def revoke_args(key_id: bytes, force: bool = False, *, with_shares: bool = False) -> bytes:
+    """REVOKE_KEY arguments: key id (4) || flags (u8: bit 0 force, bit 1 with_shares)."""
+    return key_id + bytes(((REVOKE_FORCE if force else 0) | (REVOKE_WITH_SHARES if with_shares else 0),))
+
+
+def parse_revoke_args(args: bytes) -> RevokeArgs:
+    """(key id, force, with_shares) from REVOKE_KEY arguments; DecodeError if malformed or an unknown flag is set."""
+    if len(args) != 5 or args[4] & ~_REVOKE_FLAGS:
+        raise DecodeError("REVOKE_KEY takes a 4-byte key id and a flags byte (bit 0 force, bit 1 with_shares)")
+    return RevokeArgs(args[:4], bool(args[4] & REVOKE_FORCE), bool(args[4] & REVOKE_WITH_SHARES))
 
 
 def read_audit_args(after_seq: int = 0, limit: int = 20) -> bytes:

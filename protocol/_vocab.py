@@ -62,6 +62,9 @@ class Command(_Labelled):
     REVOKE_KEY = 0x11
     READ_AUDIT = 0x12
     SET_TIME = 0x13  # an owner's or driver's statement of the current time (PROTOCOL.md §5.7)
+    ISSUE_CODE = 0x14  # owner: a pairing code for a new device, issued remotely (PROTOCOL.md §5.3)
+    EDIT_KEY = 0x15  # owner: change a key's name, role, validity window or schedule
+    WATCH = 0x16  # owner, driver: lock/door/start changes pushed for the rest of the session (PROTOCOL.md §9.6)
 
 
 # STATUS is secure-only: its report (lock, door, start output) says whether the car is open (PROTOCOL.md §5).
@@ -76,6 +79,24 @@ class Role(_Labelled):
     OWNER = 1
     DRIVER = 2
     GUEST = 3
+
+
+class KeyState(_Labelled):
+    """A key's state as the vehicle computes it with its guarded time, in a key record (PROTOCOL.md §5.4)."""
+
+    UNKNOWN = 0  # a key record without the state field (an older vehicle)
+    ACTIVE = 1
+    NOT_YET_VALID = 2
+    EXPIRED = 3
+    REVOKED = 4
+
+
+class Via(_Labelled):
+    """How a key was enrolled (PROTOCOL.md §5.4): a pairing code, an owner's share, or at the vehicle itself."""
+
+    CODE = 1
+    SHARE = 2
+    VEHICLE = 3  # `key-server init` or the vehicle's own CLI
 
 
 class LockState(_Labelled):

@@ -44,7 +44,7 @@ HOSTILE_ARGS = [
     (Command.LIST_KEYS, b"\xff\xff", "2 bytes"),
     (Command.LIST_KEYS, b"\xff\xff\xff\xff", "4 bytes"),
     (Command.REVOKE_KEY, b"", "no args"),
-    (Command.REVOKE_KEY, b"\xff\xff\xff\xff\x02", "force 2"),
+    (Command.REVOKE_KEY, b"\xff\xff\xff\xff\x04", "flag bit 2"),
     (Command.REVOKE_KEY, b"\xff\xff\xff\xff\xff", "force 255"),
     (Command.REVOKE_KEY, b"\xff\xff\xff\xff", "4 bytes"),
     (Command.REVOKE_KEY, b"\xde\xad\xbe\xef\x00", "unknown key"),

@@ -20,6 +20,12 @@ EXPECTED = {
     "PUBLISHED_TEST_KEYS", "is_published_test_key",  # PROTOCOL.md §10.1: what a vehicle refuses to run with or enroll
     "ClockReport", "set_time_args", "parse_set_time_args", "with_time_wanted",  # PROTOCOL.md §5.7: SET_TIME
     "fast_result_data",  # PROTOCOL.md §5.3: the only result data of a fast-path RESULT
+    # issue 12: remote key management (§5.3, §5.4), shares and revocation lists (§12)
+    "CLEAR_SCHEDULE", "CLEAR_VALID_FROM", "CLEAR_VALID_UNTIL", "LIST_WITH_SHARES", "MAX_CERTIFICATE",
+    "MAX_CODE_ATTEMPTS", "MAX_CODE_TTL", "MAX_REVOCATIONS", "MAX_REVOCATION_LIST", "MAX_SCHEDULE_LEN",
+    "MAX_SHARE_NAME", "MAX_SHARE_SCHEDULE", "REVOKE_FORCE", "REVOKE_WITH_SHARES", "IssuedCode", "KeyEdit",
+    "KeyState", "PairingTerms", "RevocationList", "RevokeArgs", "Schedule", "ShareCertificate", "Via",
+    "parse_schedule",
 }
 
 

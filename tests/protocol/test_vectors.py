@@ -16,6 +16,7 @@ from protocol import (
     CommandResult,
     DeviceSession,
     KeyPair,
+    KeyState,
     Paired,
     PairingKeyReceived,
     PairingRequested,
@@ -126,7 +127,7 @@ def test_confidential_vector_through_public_api() -> None:
     assert vehicle.data_to_send() == _chunks(response)
     [res] = _feed(device, response, now)
     total, [key] = decode_key_page(res.data)
-    assert total == 1 and key.name == "test device"
+    assert total == 1 and key.name == "test device" and key.state is KeyState.ACTIVE
     stated = v["inputs"]["stated_time"]
     device.send_secure(Command.SET_TIME, set_time_args(stated))
     assert device.data_to_send() == _chunks(set_time)

@@ -17,6 +17,7 @@ from protocol import (
     ClockReport,
     Command,
     KeyInfo,
+    KeyState,
     Paired,
     RetryAfter,
     Role,
@@ -35,8 +36,9 @@ from tests.protocol.helpers import DEVICE_SCALAR, OTHER_SCALAR, VEHICLE_SCALAR, 
 
 HERE = Path(__file__).parent
 CODE = "42123456"
-# A LIST_KEYS answer with one key record (the test device key, owner, created at T0 seconds).
-SAMPLE_KEY_PAGE = encode_key_page([KeyInfo(fixed_key(DEVICE_SCALAR).key_id, 1, "test device", 1000)], 1)[0]
+# A LIST_KEYS answer with one key record (the test device key, owner, created at T0 seconds, active).
+SAMPLE_KEY_PAGE = encode_key_page([KeyInfo(fixed_key(DEVICE_SCALAR).key_id, 1, "test device", 1000,
+                                           state=KeyState.ACTIVE)], 1)[0]
 T0 = 1000.0
 # A SET_TIME statement (PROTOCOL.md §5.7) and the vehicle's answer: accepted, its clock now trusted at that time.
 STATED_TIME = 1_800_000_000
