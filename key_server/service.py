@@ -156,7 +156,7 @@ class KeyService:
         self.enrollment = Enrollment(store, audit, clock, identity.key_id)
         self.commands = KeyCommands(self.admin, lock, tz=self.config.tz, reply_after=self.config.reply_after,
                                     actuations=self.config.actuations, monotonic=monotonic, identity=identity,
-                                    statements=self.config.statements)
+                                    statements=self.config.statements, enrollment=self.enrollment)
         self.refusals = RefusalDigest(self._write_refusals, window=self.config.refusal_window,
                                       max_rows=self.config.refusal_rows)
         self._mono = monotonic
@@ -486,8 +486,8 @@ class KeyService:
     async def _command(self, central: _Central, ev: CommandRequested) -> None:
         self.stats.commands += 1
         outcome = await self.commands.run(ev.key_id, ev.command, ev.args)
-        if outcome.revoked is not None:  # committed: end its other sessions now; the asker hears the answer first
-            self._end_sessions_of(outcome.revoked, keep=central.link if outcome.revoked != ev.key_id else None)
+        for revoked in outcome.revoked:  # committed: end their other sessions now; the asker hears the answer first
+            self._end_sessions_of(revoked, keep=central.link if revoked != ev.key_id else None)
         with contextlib.suppress(KeyProtocolError):  # the central left mid-command: still audit what was done
             # Result data only inside a confidential session: a signed RESULT is readable by anyone (§5.3), but for
             # the time_wanted hint and a BUSY's retry record (when to try again, §5.4): neither says anything about

@@ -145,7 +145,7 @@ def test_unlock_answers_and_record_notes_the_use(commands: KeyCommands, admin: K
 
 def test_record_leaves_a_done_revocation_to_its_own_entry(commands: KeyCommands, admin: KeyAdmin) -> None:
     kid = enroll(admin).key_id
-    commands.record(Outcome(kid, Command.REVOKE_KEY, T0, Status.OK, revoked=b"\x00\x01\x02\x03"))
+    commands.record(Outcome(kid, Command.REVOKE_KEY, T0, Status.OK, revoked=(b"\x00\x01\x02\x03",)))
     assert events(admin) == []
     commands.record(Outcome(kid, Command.REVOKE_KEY, T0, Status.NOT_PERMITTED))
     assert events(admin) == ["admin"]
