@@ -30,8 +30,13 @@ from ._events import (
     PairingKeyReceived,
     PairingRequested,
     Refused,
+    RevocationsAnswered,
+    RevocationsOffered,
     SessionOpened,
     SessionReady,
+    ShareAnswered,
+    ShareOffered,
+    StateChanged,
     VehicleError,
 )
 from ._framing import MAX_ATT_MTU, MIN_ATT_MTU, Reassembler, chunk_count, chunk_size_for_mtu, split
@@ -219,4 +224,9 @@ __all__ = [
     "ShareCertificate",
     "Via",
     "parse_schedule",
+    "RevocationsAnswered",
+    "RevocationsOffered",
+    "ShareAnswered",
+    "ShareOffered",
+    "StateChanged",
 ]

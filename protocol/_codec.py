@@ -31,12 +31,16 @@ class MsgType(enum.IntEnum):
     PAIR_CONFIRM = 0x04
     SESSION_OPEN = 0x05
     SECURE_REQUEST = 0x06
+    SHARE_PRESENT = 0x07
+    REVOCATIONS = 0x08
     CHALLENGE = 0x81
     RESULT = 0x82
     PAIR_REPLY = 0x83
     PAIR_DONE = 0x84
     SESSION_ACCEPT = 0x85
     SECURE_RESPONSE = 0x86
+    SHARE_ANSWER = 0x87
+    REVOCATIONS_ANSWER = 0x88
     ERROR = 0x8F
 
 
@@ -59,6 +63,9 @@ class Tag(enum.IntEnum):
     SESSION_ID = 0x0E
     COUNTER = 0x0F
     CIPHERTEXT = 0x10
+    CERTIFICATE = 0x11
+    REVOCATION_LIST = 0x12
+    VERSION = 0x13
     SIGNATURE = 0x1F
 
 
@@ -213,6 +220,28 @@ class SecureRequest(Message):
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SharePresent(Message):
+    """An owner-signed share certificate for the vehicle to enroll its subject key (PROTOCOL.md §12.3)."""
+
+    certificate: bytes
+    TYPE: ClassVar[MsgType] = MsgType.SHARE_PRESENT
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        certificate=_b(Tag.CERTIFICATE, 1, 256),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Revocations(Message):
+    """An owner-signed revocation list, carried to the vehicle by any of that owner's devices (PROTOCOL.md §12.3)."""
+
+    revocation_list: bytes
+    TYPE: ClassVar[MsgType] = MsgType.REVOCATIONS
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        revocation_list=_b(Tag.REVOCATION_LIST, 1, 512),
+    )
+
+
 # ------------------------------------------------------------------------------- vehicle -> device
 
 
@@ -325,11 +354,44 @@ class Error(Message):
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ShareAnswer(Message):
+    """The vehicle's signed verdict on a SHARE_PRESENT: the subject key id and a status, bound to the request."""
+
+    key_id: bytes
+    status: int
+    signature: bytes
+    TYPE: ClassVar[MsgType] = MsgType.SHARE_ANSWER
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        key_id=_b(Tag.KEY_ID, KEY_ID_LEN),
+        status=_u(Tag.STATUS, 1),
+        signature=_b(Tag.SIGNATURE, SIGNATURE_LEN),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationsAnswer(Message):
+    """The vehicle's signed verdict on a REVOCATIONS: the issuer, the version it now holds for it, a status."""
+
+    key_id: bytes
+    status: int
+    version: int
+    signature: bytes
+    TYPE: ClassVar[MsgType] = MsgType.REVOCATIONS_ANSWER
+    SCHEMA: ClassVar[dict[str, _Field]] = _schema(
+        key_id=_b(Tag.KEY_ID, KEY_ID_LEN),
+        status=_u(Tag.STATUS, 1),
+        version=_u(Tag.VERSION, 4),
+        signature=_b(Tag.SIGNATURE, SIGNATURE_LEN),
+    )
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        ChallengeRequest, CommandMessage, PairStart, PairConfirm, SessionOpen, SecureRequest,
-        Challenge, Result, PairReply, PairDone, SessionAccept, SecureResponse, Error,
+        ChallengeRequest, CommandMessage, PairStart, PairConfirm, SessionOpen, SecureRequest, SharePresent,
+        Revocations, Challenge, Result, PairReply, PairDone, SessionAccept, SecureResponse, ShareAnswer,
+        RevocationsAnswer, Error,
     )
 }
 

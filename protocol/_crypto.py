@@ -65,6 +65,18 @@ def audit_head_transcript(vehicle_id: bytes, seq: int, entry_hash: bytes, pruned
                       pruned_through.to_bytes(8, "big"))
 
 
+def share_answer_transcript(vehicle_id: bytes, key_id: bytes, status: int, request: bytes) -> bytes:
+    """What the vehicle signs in a SHARE_ANSWER: the subject key id, the status and SHA-256 of the SHARE_PRESENT."""
+    return transcript(LABEL_SHARE_ANSWER, vehicle_id, key_id, bytes((status,)), hashlib.sha256(request).digest())
+
+
+def revocations_answer_transcript(vehicle_id: bytes, issuer_id: bytes, version: int, status: int,
+                                  request: bytes) -> bytes:
+    """What the vehicle signs in a REVOCATIONS_ANSWER: issuer, held version, status, SHA-256 of the REVOCATIONS."""
+    return transcript(LABEL_REVOCATIONS_ANSWER, vehicle_id, issuer_id, version.to_bytes(4, "big"), bytes((status,)),
+                      hashlib.sha256(request).digest())
+
+
 def hkdf(ikm: bytes, *, salt: bytes, info: bytes, length: int) -> bytes:
     """HKDF-SHA256 (RFC 5869)."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)

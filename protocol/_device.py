@@ -1,7 +1,8 @@
 """The device side of the key protocol: sans-IO; one instance per connection to a vehicle.
 
 Feed every notification to `receive_data`, pull events with `next_event`, ask for things with
-`send_command` / `open_session` / `send_secure` / `start_pairing`, and write what `data_to_send` returns.
+`send_command` / `open_session` / `send_secure` / `start_pairing` / `present_share` / `send_revocations`, and write
+what `data_to_send` returns. After a WATCH answered OK, state changes arrive as `StateChanged` events.
 Messages meant for other centrals (bless notifies every subscriber) are recognised and ignored.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -26,10 +28,14 @@ from ._codec import (
     PairReply,
     PairStart,
     Result,
+    Revocations,
+    RevocationsAnswer,
     SecureRequest,
     SecureResponse,
     SessionAccept,
     SessionOpen,
+    ShareAnswer,
+    SharePresent,
     decode,
     secure_aad,
 )
@@ -39,7 +45,10 @@ from ._events import (
     CommandResult,
     Event,
     Paired,
+    RevocationsAnswered,
     SessionReady,
+    ShareAnswered,
+    StateChanged,
     VehicleError,
 )
 from ._framing import DEFAULT_PARTIAL_TIMEOUT, Reassembler, split
@@ -54,10 +63,13 @@ from ._keys import (
     verify,
 )
 from ._pake import CPace, PakeError
-from ._state import DeviceStateMachine, DInput, DState
+from ._payloads import StatusReport
+from ._shares import RevocationList, ShareCertificate
+from ._state import DEVICE_SECURE_STATES, DeviceStateMachine, DInput, DState
 from ._vocab import Command, Role
 
 _KNOWN_CMDS = frozenset(int(x) for x in Command)
+_R = TypeVar("_R", ShareCertificate, RevocationList)
 _TERMS_LEN = 17  # role(1) || valid_from(8) || valid_until(8)
 
 
@@ -107,11 +119,19 @@ class DeviceSession:
         self._tx_counter = 0
         self._rx_counter = 0
         self._secure_command: int | None = None
+        self._watching = False  # our WATCH was answered OK in this session: 0x16 responses are pushes
+        # The SHARE_PRESENT / REVOCATIONS in flight: the key id its answer must name, and the encoded request.
+        self._offer: tuple[bytes, bytes] | None = None
 
     @property
     def state(self) -> DState:
         """The current state (see _state.py)."""
         return self._sm.state
+
+    @property
+    def watching(self) -> bool:
+        """True once our WATCH was answered OK in the open session: state changes arrive as StateChanged."""
+        return self._watching and self._session is not None
 
     @property
     def may_have_acted(self) -> bool:
@@ -138,10 +158,14 @@ class DeviceSession:
             self._sm.advance(DInput.CLOSE)
         self._session = None
         self._ephemeral = None
+        self._watching = False
+        self._offer = None
 
     def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
         self._sm.state = DState.ERROR
         self._session = None
+        self._watching = False
+        self._offer = None
         return exc
 
     # ------------------------------------------------------------------ the application's requests
@@ -188,7 +212,10 @@ class DeviceSession:
         self._send(request)
 
     def send_secure(self, command: Command | int, args: bytes = b"") -> None:
-        """Queue a command sealed under the open confidential session."""
+        """Queue a command sealed under the open confidential session (a second WATCH: LocalProtocolError)."""
+        if command == Command.WATCH and self._watching:
+            # Its answer would be indistinguishable from a push (both carry 0x16): one subscription per session.
+            raise LocalProtocolError("already watching in this session")
         self._sm.advance(DInput.SEND_SECURE)
         assert self._session is not None
         session_id, keys = self._session
@@ -197,6 +224,40 @@ class DeviceSession:
         ct = c.seal(keys.d2v, c.DIR_D2V, self._tx_counter, bytes((command,)) + args, secure_aad(header))
         self._secure_command = command
         self._send(SecureRequest(session_id=session_id, counter=self._tx_counter, ciphertext=ct))
+
+    def present_share(self, certificate: bytes) -> None:
+        """Queue SHARE_PRESENT for a certificate naming our vehicle (after the CHALLENGE, before the first COMMAND).
+
+        LocalProtocolError if the bytes are not a certificate or name another vehicle; the answer is ShareAnswered.
+        """
+        cert = self._own_record(ShareCertificate.decode, certificate, "certificate")
+        self._sm.advance(DInput.SEND_SHARE)
+        request = SharePresent(certificate=certificate)
+        self._offer = (cert.subject_key_id, request.encode())
+        self._send(request)
+
+    def send_revocations(self, list_bytes: bytes) -> None:
+        """Queue REVOCATIONS for a list naming our vehicle (after a RESULT, or in an idle session).
+
+        LocalProtocolError if the bytes are not a list or name another vehicle; the answer is RevocationsAnswered.
+        """
+        rlist = self._own_record(RevocationList.decode, list_bytes, "revocation list")
+        self._sm.advance(DInput.SEND_REVOCATIONS)
+        request = Revocations(revocation_list=list_bytes)
+        self._offer = (rlist.issuer_id, request.encode())
+        self._send(request)
+
+    def _own_record(self, parse: Callable[[bytes], _R], raw: bytes, what: str) -> _R:
+        """Parse a record we are about to send; LocalProtocolError if it is malformed or for another vehicle."""
+        if self.vehicle_id is None:
+            raise LocalProtocolError("no pinned vehicle key")
+        try:
+            record = parse(raw)
+        except DecodeError as exc:
+            raise LocalProtocolError(f"not a {what}: {exc}") from None
+        if record.vehicle_id != self.vehicle_id:
+            raise LocalProtocolError(f"the {what} is for vehicle {record.vehicle_id.hex()}, not this one")
+        return record
 
     def start_pairing(self, code: str, slot: int) -> None:
         """Queue PAIR_START for a one-time code (slot = the code's first two digits)."""
@@ -240,6 +301,8 @@ class DeviceSession:
             return self._on_pair_reply(msg)
         if isinstance(msg, PairDone):
             return self._on_pair_done(msg)
+        if isinstance(msg, ShareAnswer | RevocationsAnswer):
+            return self._on_offer_answer(msg)
         raise self._fail(RemoteProtocolError(f"{type(msg).__name__} is not for a device"))
 
     def _mine(self, challenge: bytes) -> bool:
@@ -330,6 +393,8 @@ class DeviceSession:
         try:
             self._rx_counter = c.update_window(self._rx_counter, msg.counter)
             plain = c.open_sealed(keys.v2d, c.DIR_V2D, msg.counter, msg.ciphertext, secure_aad(msg))
+            if self._watching and plain[:1] == bytes((Command.WATCH,)):
+                return self._on_push(plain)
             if len(plain) < 2 or plain[0] != self._secure_command:
                 raise DecodeError("secure response does not answer our command")
         except RemoteProtocolError as exc:
@@ -337,7 +402,47 @@ class DeviceSession:
         self._sm.advance(DInput.SECURE_RESPONSE_VERIFIED)
         self._secure_command = None
         command = Command(plain[0]) if plain[0] in _KNOWN_CMDS else plain[0]
+        if command is Command.WATCH and plain[1] == Status.OK:
+            self._watching = True
         return CommandResult(command=command, status=_status(plain[1]), data=plain[2:], secure=True)
+
+    def _on_push(self, plain: bytes) -> Event:
+        """A WATCH push (PROTOCOL.md §9.6): status OK and a status report, or the session fails (DecodeError)."""
+        if self._sm.state not in DEVICE_SECURE_STATES:  # unreachable: the session keys go with the session
+            raise DecodeError(f"WATCH push in state {self._sm.state.value}")
+        if len(plain) < 2 or plain[1] != Status.OK:
+            raise DecodeError("a WATCH push carries status OK")
+        return StateChanged(report=StatusReport.decode(plain[2:]))
+
+    def _on_offer_answer(self, msg: ShareAnswer | RevocationsAnswer) -> Event | None:
+        share = isinstance(msg, ShareAnswer)
+        waiting = (DState.SHARE_SENT, DState.SECURE_SHARE_SENT) if share else (
+            DState.REVOCATIONS_SENT, DState.SECURE_REVOCATIONS_SENT)
+        if self._sm.state not in waiting or self._offer is None:
+            return None  # not waiting for one: another central's answer (every subscriber hears it, §1.3)
+        expected, request = self._offer
+        if msg.key_id != expected:
+            return None  # another central's
+        assert self._vehicle_key is not None and self.vehicle_id is not None
+        if isinstance(msg, ShareAnswer):
+            transcript = c.share_answer_transcript(self.vehicle_id, msg.key_id, msg.status, request)
+        else:
+            transcript = c.revocations_answer_transcript(self.vehicle_id, msg.key_id, msg.version, msg.status,
+                                                         request)
+        try:
+            verify(self._vehicle_key, msg.signature, transcript)
+        except AuthenticationError:
+            # A forgery, or the vehicle's answer to another central's request for the same key or issuer: not ours.
+            self.ignored_forgeries += 1
+            return None
+        self._offer = None
+        if isinstance(msg, ShareAnswer):
+            self._sm.advance(DInput.SHARE_ANSWER_VERIFIED)
+            self._restore_challenge()
+            return ShareAnswered(key_id=msg.key_id, status=_status(msg.status))
+        self._sm.advance(DInput.REVOCATIONS_ANSWER_VERIFIED)
+        self._restore_challenge()
+        return RevocationsAnswered(issuer_id=msg.key_id, version=msg.version, status=_status(msg.status))
 
     def _on_pair_reply(self, msg: PairReply) -> Event | None:
         if self._sm.state is not DState.PAIR_SENT or not self._mine(msg.challenge) or self._cpace is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._errors import CommandFailed, Status
+from ._payloads import StatusReport
+from ._shares import RevocationList, ShareCertificate
 from ._vocab import Command, Role
 
 
@@ -66,6 +68,22 @@ class SessionOpened(Event):
     session_id: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class ShareOffered(Event):
+    """A well-formed share certificate (signature not yet checked); answer with `VehicleSession.answer_share`."""
+
+    certificate: ShareCertificate
+    raw: bytes  # the certificate's bytes as received
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationsOffered(Event):
+    """A well-formed revocation list (signature not yet checked); answer with `VehicleSession.answer_revocations`."""
+
+    revocations: RevocationList
+    raw: bytes  # the list's bytes as received
+
+
 # ------------------------------------------------------------------ device side
 
 
@@ -121,3 +139,27 @@ class Paired(Event):
     role: Role
     valid_from: int | None
     valid_until: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ShareAnswered(Event):
+    """The vehicle's signed verdict on our SHARE_PRESENT (OK: enrolled; NO_CHANGE: already enrolled)."""
+
+    key_id: bytes
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationsAnswered(Event):
+    """The vehicle's signed verdict on our REVOCATIONS: the version it now holds for that issuer (0: none)."""
+
+    issuer_id: bytes
+    version: int
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged(Event):
+    """A WATCH push: the vehicle's lock, door or start-enable state changed (PROTOCOL.md §9.6)."""
+
+    report: StatusReport

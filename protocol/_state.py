@@ -25,6 +25,11 @@ class VState(enum.Enum):
     PAIR_AWAIT_ENROLL = "pair-await-enroll"  # the device key waits for finish_pairing / refuse_pairing
     SECURE = "secure"
     SECURE_AWAIT_APP = "secure-await-app"
+    # A SHARE_PRESENT / REVOCATIONS waits for answer_share / answer_revocations, outside or inside a session.
+    SHARE_AWAIT_APP = "share-await-app"
+    REVOCATIONS_AWAIT_APP = "revocations-await-app"
+    SECURE_SHARE_AWAIT_APP = "secure-share-await-app"
+    SECURE_REVOCATIONS_AWAIT_APP = "secure-revocations-await-app"
     CLOSED = "closed"
     ERROR = "error"
 
@@ -42,7 +47,12 @@ class VInput(enum.Enum):
     SESSION_OPEN_VERIFIED = "rx session-open (verified)"
     SESSION_OPEN_REFUSED = "rx session-open (refused)"
     SECURE_REQUEST = "rx secure-request"
+    SHARE_PRESENT = "rx share-present"
+    REVOCATIONS = "rx revocations"
     APP_RESPOND = "app respond"
+    APP_ANSWER_SHARE = "app answer-share"
+    APP_ANSWER_REVOCATIONS = "app answer-revocations"
+    APP_PUSH_WATCH = "app push-watch"
     APP_ACCEPT_PAIRING = "app accept-pairing"
     APP_REFUSE_PAIRING = "app refuse-pairing"
     APP_FINISH_PAIRING = "app finish-pairing"
@@ -69,13 +79,29 @@ VEHICLE_TABLE: dict[tuple[VState, VInput], VState] = {
     (_V.SECURE, _VI.CHALLENGE_REQUEST): _V.SECURE,
     (_V.SECURE, _VI.SECURE_REQUEST): _V.SECURE_AWAIT_APP,
     (_V.SECURE_AWAIT_APP, _VI.APP_RESPOND): _V.SECURE,
+    # Shares and revocation lists (PROTOCOL.md §12.3): when idle, or in a session with nothing in flight.
+    (_V.READY, _VI.SHARE_PRESENT): _V.SHARE_AWAIT_APP,
+    (_V.SHARE_AWAIT_APP, _VI.APP_ANSWER_SHARE): _V.READY,
+    (_V.READY, _VI.REVOCATIONS): _V.REVOCATIONS_AWAIT_APP,
+    (_V.REVOCATIONS_AWAIT_APP, _VI.APP_ANSWER_REVOCATIONS): _V.READY,
+    (_V.SECURE, _VI.SHARE_PRESENT): _V.SECURE_SHARE_AWAIT_APP,
+    (_V.SECURE_SHARE_AWAIT_APP, _VI.APP_ANSWER_SHARE): _V.SECURE,
+    (_V.SECURE, _VI.REVOCATIONS): _V.SECURE_REVOCATIONS_AWAIT_APP,
+    (_V.SECURE_REVOCATIONS_AWAIT_APP, _VI.APP_ANSWER_REVOCATIONS): _V.SECURE,
 }
+# A WATCH push (PROTOCOL.md §9.6) may go out whenever the session is open, whatever else waits on the application;
+# that WATCH was answered OK in this session is checked by VehicleSession.push_watch before it gets here.
+VEHICLE_TABLE.update({(s, _VI.APP_PUSH_WATCH): s for s in (
+    _V.SECURE, _V.SECURE_AWAIT_APP, _V.SECURE_SHARE_AWAIT_APP, _V.SECURE_REVOCATIONS_AWAIT_APP)})
 # Closing is allowed from every live state.
 VEHICLE_TABLE.update({(s, _VI.CLOSE): _V.CLOSED for s in VState if s not in (_V.CLOSED, _V.ERROR)})
 VEHICLE_APP_INPUTS = frozenset(
-    {_VI.APP_RESPOND, _VI.APP_ACCEPT_PAIRING, _VI.APP_REFUSE_PAIRING, _VI.APP_FINISH_PAIRING, _VI.CLOSE}
+    {_VI.APP_RESPOND, _VI.APP_ACCEPT_PAIRING, _VI.APP_REFUSE_PAIRING, _VI.APP_FINISH_PAIRING, _VI.APP_ANSWER_SHARE,
+     _VI.APP_ANSWER_REVOCATIONS, _VI.APP_PUSH_WATCH, _VI.CLOSE}
 )
-VEHICLE_WAITING_FOR_APP = frozenset({_V.AWAIT_APP, _V.PAIR_AWAIT_APP, _V.PAIR_AWAIT_ENROLL, _V.SECURE_AWAIT_APP})
+VEHICLE_WAITING_FOR_APP = frozenset({_V.AWAIT_APP, _V.PAIR_AWAIT_APP, _V.PAIR_AWAIT_ENROLL, _V.SECURE_AWAIT_APP,
+                                     _V.SHARE_AWAIT_APP, _V.REVOCATIONS_AWAIT_APP, _V.SECURE_SHARE_AWAIT_APP,
+                                     _V.SECURE_REVOCATIONS_AWAIT_APP})
 
 
 class DState(enum.Enum):
@@ -90,6 +116,10 @@ class DState(enum.Enum):
     OPENING = "opening"
     SECURE = "secure"
     SECURE_AWAIT = "secure-await"
+    SHARE_SENT = "share-sent"  # a SHARE_PRESENT waits for its SHARE_ANSWER
+    REVOCATIONS_SENT = "revocations-sent"
+    SECURE_SHARE_SENT = "secure-share-sent"  # the same, inside an open session
+    SECURE_REVOCATIONS_SENT = "secure-revocations-sent"
     CLOSED = "closed"
     ERROR = "error"
 
@@ -109,6 +139,10 @@ class DInput(enum.Enum):
     SESSION_ACCEPT_VERIFIED = "rx session-accept (verified)"
     SEND_SECURE = "app send-secure"
     SECURE_RESPONSE_VERIFIED = "rx secure-response (verified)"
+    SEND_SHARE = "app present-share"
+    SHARE_ANSWER_VERIFIED = "rx share-answer (verified)"
+    SEND_REVOCATIONS = "app send-revocations"
+    REVOCATIONS_ANSWER_VERIFIED = "rx revocations-answer (verified)"
     CLOSE = "close"
 
 
@@ -140,11 +174,30 @@ DEVICE_TABLE: dict[tuple[DState, DInput], DState] = {
     (_D.SECURE, _DI.SEND_SECURE): _D.SECURE_AWAIT,
     (_D.SECURE_AWAIT, _DI.CHALLENGE): _D.SECURE_AWAIT,
     (_D.SECURE_AWAIT, _DI.SECURE_RESPONSE_VERIFIED): _D.SECURE,
+    # A share goes after the CHALLENGE arrived and before the first COMMAND; a list after a RESULT (challenge
+    # spent) or with one held; either inside an open session with nothing in flight (PROTOCOL.md §12.3). The
+    # challenge is not spent: after the answer the device is back in WAIT_CHALLENGE, or READY if it holds one.
+    (_D.READY, _DI.SEND_SHARE): _D.SHARE_SENT,
+    (_D.SHARE_SENT, _DI.CHALLENGE): _D.SHARE_SENT,
+    (_D.SHARE_SENT, _DI.SHARE_ANSWER_VERIFIED): _D.WAIT_CHALLENGE,
+    (_D.WAIT_CHALLENGE, _DI.SEND_REVOCATIONS): _D.REVOCATIONS_SENT,
+    (_D.READY, _DI.SEND_REVOCATIONS): _D.REVOCATIONS_SENT,
+    (_D.REVOCATIONS_SENT, _DI.CHALLENGE): _D.REVOCATIONS_SENT,
+    (_D.REVOCATIONS_SENT, _DI.REVOCATIONS_ANSWER_VERIFIED): _D.WAIT_CHALLENGE,
+    (_D.SECURE, _DI.SEND_SHARE): _D.SECURE_SHARE_SENT,
+    (_D.SECURE_SHARE_SENT, _DI.CHALLENGE): _D.SECURE_SHARE_SENT,
+    (_D.SECURE_SHARE_SENT, _DI.SHARE_ANSWER_VERIFIED): _D.SECURE,
+    (_D.SECURE, _DI.SEND_REVOCATIONS): _D.SECURE_REVOCATIONS_SENT,
+    (_D.SECURE_REVOCATIONS_SENT, _DI.CHALLENGE): _D.SECURE_REVOCATIONS_SENT,
+    (_D.SECURE_REVOCATIONS_SENT, _DI.REVOCATIONS_ANSWER_VERIFIED): _D.SECURE,
 }
 DEVICE_TABLE.update({(s, _DI.CLOSE): _D.CLOSED for s in DState if s not in (_D.CLOSED, _D.ERROR)})
 DEVICE_LOCAL_INPUTS = frozenset(
-    {_DI.REQUEST_CHALLENGE, _DI.SEND_COMMAND, _DI.SEND_PAIR_START, _DI.SEND_SESSION_OPEN, _DI.SEND_SECURE, _DI.CLOSE}
+    {_DI.REQUEST_CHALLENGE, _DI.SEND_COMMAND, _DI.SEND_PAIR_START, _DI.SEND_SESSION_OPEN, _DI.SEND_SECURE,
+     _DI.SEND_SHARE, _DI.SEND_REVOCATIONS, _DI.CLOSE}
 )
+# States in which the device holds an open confidential session (a WATCH push may arrive in any of them).
+DEVICE_SECURE_STATES = frozenset({_D.SECURE, _D.SECURE_AWAIT, _D.SECURE_SHARE_SENT, _D.SECURE_REVOCATIONS_SENT})
 
 
 S = TypeVar("S", bound=enum.Enum)

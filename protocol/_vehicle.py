@@ -1,7 +1,8 @@
 """The vehicle side of the key protocol: sans-IO, one instance per connected central.
 
 Feed it each ATT write with `receive_data`, pull decisions with `next_event`, answer with `respond`
-(or the pairing calls), and send what `data_to_send` returns as notifications. It performs no I/O and
+(or the pairing calls, `answer_share`, `answer_revocations`), push state changes to a watching session with
+`push_watch`, and send what `data_to_send` returns as notifications. It performs no I/O and
 reads no clock: the caller passes `now` (a monotonic time in seconds) and the key lookup.
 """
 
@@ -29,10 +30,14 @@ from ._codec import (
     PairReply,
     PairStart,
     Result,
+    Revocations,
+    RevocationsAnswer,
     SecureRequest,
     SecureResponse,
     SessionAccept,
     SessionOpen,
+    ShareAnswer,
+    SharePresent,
     decode,
     secure_aad,
 )
@@ -52,7 +57,9 @@ from ._events import (
     PairingKeyReceived,
     PairingRequested,
     Refused,
+    RevocationsOffered,
     SessionOpened,
+    ShareOffered,
 )
 from ._framing import DEFAULT_PARTIAL_TIMEOUT, MAX_ATT_MTU, Reassembler, split
 from ._keys import (
@@ -66,7 +73,8 @@ from ._keys import (
     verify,
 )
 from ._pake import CPace, PakeError
-from ._payloads import TIME_WANTED_HINT, RetryAfter
+from ._payloads import TIME_WANTED_HINT, RetryAfter, StatusReport
+from ._shares import MAX_LIST_VERSION, RevocationList, ShareCertificate
 from ._state import VEHICLE_WAITING_FOR_APP, VehicleStateMachine, VInput, VState
 from ._vocab import FAST_COMMANDS, SECURE_COMMANDS, Command, Role
 
@@ -106,6 +114,15 @@ class _Secure:
     keys: c.SessionKeys
     rx_counter: int = 0
     tx_counter: int = 0
+    watching: bool = False  # a WATCH was answered OK in this session: push_watch may send (PROTOCOL.md §9.6)
+
+
+@dataclass(slots=True)
+class _Offer:
+    """A SHARE_PRESENT or REVOCATIONS the application is deciding on."""
+
+    key_id: bytes  # the share's subject key id, or the list's issuer id
+    request: bytes  # the encoded message (its hash is bound into the signed answer)
 
 
 class VehicleSession:
@@ -139,6 +156,7 @@ class VehicleSession:
         self._deferred: Event | None = None  # an event produced by an application call, returned next
         self._pairing: _Pairing | None = None
         self._secure: _Secure | None = None
+        self._offer: _Offer | None = None
         # A fixed key to verify against when the key id is unknown, so an unknown key and a bad
         # signature cost the same time (no oracle, PROTOCOL.md §8.4).
         self._decoy = encode_public_key(ephemeral_from_rng(os.urandom).public_key())
@@ -164,6 +182,11 @@ class VehicleSession:
     def key_id(self) -> bytes | None:
         """The key of the open confidential session, if any."""
         return self._secure.key_id if self._secure else None
+
+    @property
+    def watching(self) -> bool:
+        """True if the open session's device subscribed with WATCH (answered OK): push_watch may send to it."""
+        return self._secure is not None and self._secure.watching
 
     @property
     def chunk_size(self) -> int:
@@ -242,13 +265,13 @@ class VehicleSession:
         """End the session (link lost, key revoked); idempotent."""
         if self._sm.state not in (VState.CLOSED, VState.ERROR):
             self._sm.advance(VInput.CLOSE)
-        self._secure = self._pairing = self._pending = None
+        self._secure = self._pairing = self._pending = self._offer = None
 
     def _fail(self, status: Status, exc: RemoteProtocolError, challenge: bytes = b"") -> RemoteProtocolError:
         """Queue an ERROR, move to ERROR (fail closed) and hand back the exception to raise."""
         self._send(Error(status=status, challenge=challenge))
         self._sm.state = VState.ERROR
-        self._secure = self._pairing = self._pending = None
+        self._secure = self._pairing = self._pending = self._offer = None
         return exc
 
     # ------------------------------------------------------------------ receiving
@@ -424,7 +447,69 @@ class VehicleSession:
         p.device_public = device_pub
         return PairingKeyReceived(slot=p.slot, public_key=device_pub, key_id=key_id(device_pub))
 
+    def _on_share_present(self, msg: Message, now: float) -> Event | None:
+        assert isinstance(msg, SharePresent)
+        try:
+            cert = ShareCertificate.decode(msg.certificate)
+        except DecodeError as exc:  # a malformed certificate is a malformed message (PROTOCOL.md §12.4 step 1)
+            raise self._fail(Status.MALFORMED, exc) from None
+        self._sm.advance(VInput.SHARE_PRESENT)
+        self._offer = _Offer(cert.subject_key_id, self._raw)
+        return ShareOffered(certificate=cert, raw=msg.certificate)
+
+    def _on_revocations(self, msg: Message, now: float) -> Event | None:
+        assert isinstance(msg, Revocations)
+        try:
+            rlist = RevocationList.decode(msg.revocation_list)
+        except DecodeError as exc:
+            raise self._fail(Status.MALFORMED, exc) from None
+        self._sm.advance(VInput.REVOCATIONS)
+        self._offer = _Offer(rlist.issuer_id, self._raw)
+        return RevocationsOffered(revocations=rlist, raw=msg.revocation_list)
+
     # ------------------------------------------------------------------ the application's answers
+
+    def answer_share(self, status: Status) -> None:
+        """Answer the pending ShareOffered with a signed SHARE_ANSWER (OK: enrolled; PROTOCOL.md §12.4)."""
+        self._sm.advance(VInput.APP_ANSWER_SHARE)
+        offer, self._offer = self._offer, None
+        assert offer is not None
+        sig = self.identity.sign(c.share_answer_transcript(self.vehicle_id, offer.key_id, status, offer.request))
+        self._send(ShareAnswer(key_id=offer.key_id, status=status, signature=sig))
+
+    def answer_revocations(self, status: Status, version: int) -> None:
+        """Answer the pending RevocationsOffered: signed, with the version now held for that issuer (0: none)."""
+        if not 0 <= version <= MAX_LIST_VERSION:
+            raise LocalProtocolError(f"a held list version is 0..{MAX_LIST_VERSION}")
+        self._sm.advance(VInput.APP_ANSWER_REVOCATIONS)
+        offer, self._offer = self._offer, None
+        assert offer is not None
+        sig = self.identity.sign(c.revocations_answer_transcript(self.vehicle_id, offer.key_id, version, status,
+                                                                 offer.request))
+        self._send(RevocationsAnswer(key_id=offer.key_id, status=status, version=version, signature=sig))
+
+    def push_watch(self, data: bytes) -> None:
+        """Send a WATCH push (a status report) sealed in the open session; LocalProtocolError unless it is watching.
+
+        Allowed only after the application answered this session's WATCH request OK (PROTOCOL.md §9.6).
+        """
+        sec = self._secure
+        if sec is None or not sec.watching:
+            raise LocalProtocolError("no open session subscribed with WATCH")
+        try:
+            StatusReport.decode(data)
+        except DecodeError:
+            raise LocalProtocolError("a WATCH push carries a status report") from None
+        self._sm.advance(VInput.APP_PUSH_WATCH)
+        self._seal(sec, Command.WATCH, Status.OK, data)
+
+    def _seal(self, sec: _Secure, command: int, status: Status, data: bytes) -> None:
+        """Queue a SECURE_RESPONSE `command || status || data` under the next counter."""
+        sec.tx_counter += 1
+        header = SecureResponse(session_id=sec.session_id, counter=sec.tx_counter, ciphertext=bytes(16))
+        plain = bytes((command, status)) + data
+        ct = c.seal(sec.keys.v2d, c.DIR_V2D, sec.tx_counter, plain, secure_aad(header))
+        self._send(SecureResponse(session_id=sec.session_id, counter=sec.tx_counter, ciphertext=ct))
 
     def respond(self, status: Status, data: bytes = b"") -> None:
         """Answer the pending CommandRequested: signed on the fast path (status only), sealed with `data` in a session.
@@ -445,11 +530,9 @@ class VehicleSession:
         self._pending = None
         if self._secure is not None and self._sm.state is VState.SECURE:
             sec = self._secure
-            sec.tx_counter += 1
-            header = SecureResponse(session_id=sec.session_id, counter=sec.tx_counter, ciphertext=bytes(16))
-            plain = bytes((pending.command, status)) + data
-            ct = c.seal(sec.keys.v2d, c.DIR_V2D, sec.tx_counter, plain, secure_aad(header))
-            self._send(SecureResponse(session_id=sec.session_id, counter=sec.tx_counter, ciphertext=ct))
+            if pending.command == Command.WATCH and status == Status.OK:
+                sec.watching = True  # from now on, every 0x16 response the device gets is a push
+            self._seal(sec, pending.command, status, data)
         else:
             self._send(self._signed_result(pending.key_id, pending.challenge, pending.command, pending.args,
                                            status, pending.request, data))
@@ -503,4 +586,6 @@ _HANDLERS: dict[type[Message], Callable[[VehicleSession, Message, float], Event 
     SecureRequest: VehicleSession._on_secure_request,
     PairStart: VehicleSession._on_pair_start,
     PairConfirm: VehicleSession._on_pair_confirm,
+    SharePresent: VehicleSession._on_share_present,
+    Revocations: VehicleSession._on_revocations,
 }

@@ -26,6 +26,7 @@ EXPECTED = {
     "MAX_SHARE_NAME", "MAX_SHARE_SCHEDULE", "REVOKE_FORCE", "REVOKE_WITH_SHARES", "IssuedCode", "KeyEdit",
     "KeyState", "PairingTerms", "RevocationList", "RevokeArgs", "Schedule", "ShareCertificate", "Via",
     "parse_schedule",
+    "ShareOffered", "RevocationsOffered", "ShareAnswered", "RevocationsAnswered", "StateChanged",  # §12.3, §9.6
 }
 
 

@@ -230,6 +230,20 @@ def test_rejects_certificate_naming_an_issuer_other_than_its_signer() -> None:
             raw.verify(key)
 
 
+def test_verify_refuses_a_key_that_is_not_the_named_issuer_even_if_it_signed() -> None:
+    """A driver signs a certificate naming an owner as issuer: checked against the driver's own key, still refused."""
+    unsigned = dataclasses.replace(cert(), issuer_id=OWNER.key_id, signature=b"")
+    forged = dataclasses.replace(unsigned, signature=SUBJECT.sign(c.transcript(c.LABEL_SHARE_CERTIFICATE,
+                                                                               unsigned.tbs())))
+    with pytest.raises(AuthenticationError, match="not the issuer"):
+        ShareCertificate.decode(forged.encode()).verify(SUBJECT.public_bytes)
+    listed = RevocationList(VEHICLE.key_id, OWNER.key_id, 1, 5, ())
+    forged_list = dataclasses.replace(listed, signature=SUBJECT.sign(c.transcript(c.LABEL_REVOCATION_LIST,
+                                                                                  listed.tbs())))
+    with pytest.raises(AuthenticationError, match="not the issuer"):
+        RevocationList.decode(forged_list.encode()).verify(SUBJECT.public_bytes)
+
+
 @pytest.mark.parametrize("label", [c.LABEL_REVOCATION_LIST, c.LABEL_COMMAND, c.LABEL_SHARE_ANSWER])
 def test_rejects_certificate_signed_under_another_label(label: bytes) -> None:
     honest = cert()
