@@ -490,9 +490,12 @@ class KeyService:
             self.stats.shares_enrolled += 1  # its audit row was committed with the key
         elif result.status is not Status.NO_CHANGE:
             # Anyone can replay a certificate: a refusal is counted with the link's other unauthenticated ones
-            # (one row per link and window), and charged to the link like a bad signature.
+            # (one row per link and window). A DENIED one (forged, unknown or revoked issuer, revoked subject) is
+            # charged to the link like a bad signature; an honest device refused for an untrusted clock, an
+            # expired share or an owner role is not throttled for it.
             self.stats.refused += 1
-            self.limiter.failed(central.link, now, central.lane)
+            if result.status is Status.DENIED:
+                self.limiter.failed(central.link, now, central.lane)
             self.refusals.refused(central.link, now, self.clock.now(), status=result.status.name,
                                   reason=result.reason, key_id=event.certificate.subject_key_id)
 

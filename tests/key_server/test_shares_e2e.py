@@ -154,6 +154,8 @@ async def test_a_bad_share_enrolls_nothing_and_the_key_cannot_unlock(h: Harness,
         await link.close()
     link, answered = await present(h, watch, cert.encode(), hostile=True)  # ...a hostile one sends it anyway
     assert answered is status
+    # A DENIED share is charged to the link like a bad signature (the refused unlock below adds its own).
+    assert h.service.limiter.failures == (1 if status is S.DENIED else 0)
     with pytest.raises(VehicleRefused) as info:
         await link.command(Command.UNLOCK)
     assert info.value.status is S.DENIED
@@ -172,6 +174,7 @@ async def test_a_share_is_refused_while_the_clock_is_untrusted(tmp_path: Path) -
         link, status = await present(h, watch, share(h, owner, watch).encode())
         await link.close()
         assert status is S.CLOCK_UNTRUSTED and h.store.get_key(watch.key_id) is None
+        assert h.service.limiter.failures == 0  # an honest device is not throttled for the vehicle's clock
         h.trust_clock()
         assert await enroll_by_share(h, watch, share(h, owner, watch)) is S.OK
     finally:
