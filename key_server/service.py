@@ -56,10 +56,12 @@ from .commands import DEFAULT_STATEMENTS, KeyCommands, to_status_report
 from .config import DEFAULT_LINK_IDLE_TIMEOUT
 from .enrollment import Enrollment
 from .keyadmin import KeyAdmin
+from .policy import authorize
 from .ratelimit import LINK_QUEUE, MAX_LINK_LIFETIME, MAX_LINKS, ActuationLimiter, FailureLimiter
 from .refusals import MAX_ROWS_PER_WINDOW, REFUSAL_WINDOW, RefusalDigest
 from .shares import Shares
 from .store import KeyStore, PendingPairing
+from .timezone import local_zone
 
 log = logging.getLogger("key_server.service")
 CLOCK_TRUSTED_EVENT = "clock_trusted"  # audit event: a source (rtc, ntp, system) first confirmed the clock
@@ -599,9 +601,16 @@ class KeyService:
             pass
 
     def _status_changed(self, report: StatusReport) -> None:
-        """Push `report` to every watching session whose last report differs (on the loop)."""
+        """Push `report` to every watching session whose last report differs and whose key may still watch."""
         for central in list(self.links.values()):
             if central.watching is None or central.watching == report or central.gone:
+                continue
+            # Asked once, checked at every push: a key whose window ended, that left its schedule or was demoted
+            # to guest since it asked hears no more (a revoked key's session is dropped by check_store_changes).
+            rec = self.store.get_key(central.secure_key_id) if central.secure_key_id is not None else None
+            if authorize(rec, Command.WATCH, self.clock.now(), self.config.tz or local_zone(),
+                         trusted=self.clock.trusted) is not None:
+                central.watching = None
                 continue
             try:
                 central.session.push_watch(report.encode())

@@ -135,3 +135,22 @@ async def test_a_watching_link_is_not_dropped_as_idle(tmp_path: Path) -> None:
         assert not link.conn.is_connected
     finally:
         await h.stop()
+
+
+async def test_a_watcher_whose_key_stops_being_allowed_hears_no_more(h: Harness) -> None:
+    """WATCH is authorized at every push: a driver demoted to guest, or whose window ended, stops hearing."""
+    owner = h.enroll(Role.OWNER, "phone")
+    demoted = h.enroll(Role.DRIVER, "demoted")
+    windowed = h.enroll(Role.DRIVER, "weekend", valid_until=int(h.wall) + 60)
+    demoted_link, _ = await watch(h, demoted)
+    windowed_link, _ = await watch(h, windowed)
+    await unlock(h, owner)
+    assert (await pushed(demoted_link)).lock is LockState.UNLOCKED  # the honest case: both hear it
+    assert (await pushed(windowed_link)).lock is LockState.UNLOCKED
+    h.service.admin.edit_key(demoted.key_id, by="cli", role=Role.GUEST)
+    h.wall += 60
+    await unlock(h, owner, Command.LOCK)
+    await no_push(demoted_link)
+    await no_push(windowed_link)
+    await demoted_link.close()
+    await windowed_link.close()
