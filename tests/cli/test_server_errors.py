@@ -229,7 +229,8 @@ def test_vehicle_key_that_is_a_directory(vehicle: Vehicle) -> None:
     fails_cleanly(vehicle.run("pair"), ExitCode.KEYS, "not a regular file")
 
 
-STORE_USERS = [["keys"], ["revoke", "x"], ["edit", "x", "--name", "y"], ["audit"], ["audit", "--verify"], ["pair", "--no-qr"], ["pair", "--list"],
+STORE_USERS = [["keys"], ["revoke", "x"], ["edit", "x", "--name", "y"], ["audit"], ["audit", "--verify"],
+               ["pair", "--no-qr"], ["pair", "--list"],
                ["run", "--radio", "sim"]]
 
 
