@@ -110,8 +110,8 @@ def verify(public_key: ec.EllipticCurvePublicKey, signature: bytes, message: byt
         raise AuthenticationError("bad signature") from None
 
 
-# The published test keys of PROTOCOL.md §10.1 (vehicle, device, other device). Their private scalars are public:
-# whoever holds one of these is anyone. A vehicle refuses to run with one or to enroll one.
+# The published test keys of PROTOCOL.md §10.1 (vehicle, device, other device, driver). Their private scalars are
+# public: whoever holds one of these is anyone. A vehicle refuses to run with one or to enroll one.
 PUBLISHED_TEST_KEYS = frozenset(bytes.fromhex(h) for h in (
     "049c34a2cb5ca57b3a98c79b1559e2c64bf07a38d63ceef1b9a344c08a631ba6b6"
     "0e24a202537ad66aad24c8367ff7e33bcc09486401aa33bbd36a7a6c8b348395",
@@ -119,6 +119,8 @@ PUBLISHED_TEST_KEYS = frozenset(bytes.fromhex(h) for h in (
     "3ae619a2a3fa1c80359b3aea72722bfb814d68e8c3f5f27dca24b2ca0be778c2",
     "042e9cd0a2b60750206b92dd9a936bde3207f383d87acae70318bf4c83a1579860"
     "5f8bb80f4fdb389e4aaefdae6fcca63b5aae503d49f3e4b7ad9c6ea0f70198e8",
+    "04f590ecee770b6d6c959c31f3442d2d06e0abf524c251f8265feb5d217bf23c6a"
+    "58e4a046389c3cccbf218029277ce493e31374c1f06af800235cbbec777f103f",
 ))
 
 

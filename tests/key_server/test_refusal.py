@@ -175,9 +175,9 @@ def test_published_test_keys_are_the_documented_ones() -> None:
     from cryptography.hazmat.primitives import serialization
 
     from protocol import PUBLISHED_TEST_KEYS, KeyPair, is_published_test_key
-    from tests.protocol.helpers import DEVICE_SCALAR, OTHER_SCALAR, VEHICLE_SCALAR
+    from tests.protocol.helpers import DEVICE_SCALAR, DRIVER_SCALAR, OTHER_SCALAR, VEHICLE_SCALAR
 
-    keys = [_published(s) for s in (VEHICLE_SCALAR, DEVICE_SCALAR, OTHER_SCALAR)]
+    keys = [_published(s) for s in (VEHICLE_SCALAR, DEVICE_SCALAR, OTHER_SCALAR, DRIVER_SCALAR)]
     assert {k.public_bytes for k in keys} == PUBLISHED_TEST_KEYS
     for k in keys:
         compressed = k.private_key.public_key().public_bytes(serialization.Encoding.X962,

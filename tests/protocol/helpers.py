@@ -29,6 +29,8 @@ from protocol._keys import private_key_from_scalar
 VEHICLE_SCALAR = int.from_bytes(hashlib.sha256(b"dkey test vehicle key - never enroll").digest(), "big")
 DEVICE_SCALAR = int.from_bytes(hashlib.sha256(b"dkey test device key - never enroll").digest(), "big")
 OTHER_SCALAR = int.from_bytes(hashlib.sha256(b"dkey test other device key - never enroll").digest(), "big")
+# A driver key for the share and revocation-list vectors (a driver that signs: PROTOCOL.md §12, §10.1).
+DRIVER_SCALAR = int.from_bytes(hashlib.sha256(b"dkey test driver key - never enroll").digest(), "big")
 
 
 def fixed_key(scalar: int) -> KeyPair:

@@ -6,7 +6,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import protocol
-from protocol import DecodeError, FramingError, KeyProtocolError, Reassembler, decode, split
+from protocol import (
+    DecodeError,
+    FramingError,
+    IssuedCode,
+    KeyEdit,
+    KeyProtocolError,
+    PairingTerms,
+    Reassembler,
+    RevocationList,
+    Role,
+    ShareCertificate,
+    decode,
+    split,
+)
 from protocol._codec import MAX_MESSAGE, MESSAGE_TYPES
 from protocol._payloads import AuditRecord, KeyInfo, StatusReport, decode_audit_page, decode_key_page
 from protocol._state import (
@@ -20,7 +33,7 @@ from protocol._state import (
     VState,
 )
 
-from .helpers import make_pair
+from .helpers import DEVICE_SCALAR, OTHER_SCALAR, fixed_key, make_pair
 
 
 @given(st.binary(max_size=300))
@@ -139,3 +152,39 @@ def test_device_session_survives_arbitrary_notifications(chunks: list[bytes]) ->
         except KeyProtocolError:
             if p.device.state in (DState.CLOSED, DState.ERROR):
                 return
+
+
+# ------------------------------------------------------------------ issue 12's records (PROTOCOL.md §5.4, §12)
+
+_RECORDS = (ShareCertificate, RevocationList, PairingTerms, KeyEdit, IssuedCode)
+_OWNER = fixed_key(DEVICE_SCALAR)
+_HONEST = (
+    ShareCertificate.issue(_OWNER, b"\x88\x50\xa5\xc9", fixed_key(OTHER_SCALAR).public_bytes, Role.GUEST, "watch",
+                           1_000, 2_000, "Mon-Fri 08:00-18:00", serial=bytes(8)).encode(),
+    RevocationList.issue(_OWNER, b"\x88\x50\xa5\xc9", 3, 5, [(b"\x00\x00\x00\x01", 1), (b"\x00\x00\x00\x02", 0)])
+    .encode(),
+    PairingTerms(Role.GUEST, "guest", 600, 5, 10, 20, "weekends 10:00-12:00").encode(),
+    KeyEdit(b"abcd", Role.DRIVER, "n", 1, 2, "daily 06:00-23:00").encode(),
+    IssuedCode("42123456", 99).encode(),
+)
+
+
+@given(st.binary(max_size=300))
+def test_share_and_key_management_decoders_raise_only_decode_error(data: bytes) -> None:
+    for record in _RECORDS:
+        try:
+            decoded = record.decode(data)
+        except DecodeError:
+            continue
+        assert decoded.encode() == data  # whatever decodes is canonical
+
+
+@given(st.sampled_from(range(len(_RECORDS))), st.integers(0, 299), st.integers(0, 255))
+def test_one_changed_byte_gives_decode_error_or_another_canonical_record(which: int, pos: int, value: int) -> None:
+    honest = bytearray(_HONEST[which])
+    honest[pos % len(honest)] = value
+    try:
+        decoded = _RECORDS[which].decode(bytes(honest))
+    except DecodeError:
+        return
+    assert decoded.encode() == bytes(honest)

@@ -9,23 +9,34 @@ from typing import Any
 import pytest
 
 from protocol import (
+    AuthenticationError,
     ChallengeBook,
     ClockReport,
     Command,
     CommandRequested,
     CommandResult,
     DeviceSession,
+    DoorState,
     KeyPair,
     KeyState,
+    LockState,
     Paired,
     PairingKeyReceived,
     PairingRequested,
     Refused,
     RemoteProtocolError,
+    RevocationList,
+    RevocationsAnswered,
+    RevocationsOffered,
     Role,
     SessionOpened,
     SessionReady,
+    ShareAnswered,
+    ShareCertificate,
+    ShareOffered,
+    StateChanged,
     Status,
+    StatusReport,
     VehicleSession,
     chunk_size_for_mtu,
     decode_key_page,
@@ -34,6 +45,7 @@ from protocol import (
     set_time_args,
     split,
 )
+from protocol import _crypto as c
 from protocol._keys import private_key_from_scalar
 from tests.vectors import generate
 
@@ -218,3 +230,182 @@ def test_audit_head_vector() -> None:
                            head.signature)
         with pytest.raises(AuthenticationError):
             forged.verify(key, bytes.fromhex(case.get("vehicle_id", inp["vehicle_id"])))
+
+
+# ------------------------------------------------------------------ shares and revocation lists (PROTOCOL.md §12)
+
+
+def _judge_share(raw: bytes, state: dict[str, Any], publics: dict[bytes, bytes], vehicle_id: bytes) -> Status:
+    """PROTOCOL.md §12.4's checks in order over a vector's vehicle state (the published-key refusal of step 5
+    aside: every key in the vectors is a published test key)."""
+    cert = ShareCertificate.decode(raw)
+    if cert.vehicle_id != vehicle_id:
+        return Status.DENIED
+    issuer = state["keys"].get(cert.issuer_id.hex())
+    if issuer is None or issuer["role"] != "owner" or issuer["revoked"]:
+        return Status.DENIED
+    try:
+        cert.verify(publics[cert.issuer_id])
+    except AuthenticationError:
+        return Status.DENIED
+    if cert.role is Role.OWNER:
+        return Status.NOT_PERMITTED
+    if not state["clock_trusted"]:
+        return Status.CLOCK_UNTRUSTED
+    if cert.valid_until is not None and not state["now"] < cert.valid_until:
+        return Status.KEY_EXPIRED
+    subject = state["keys"].get(cert.subject_key_id.hex())
+    if (cert.subject_key_id.hex() in state["revoked_key_ids"] or cert.serial.hex() in state["revoked_serials"]
+            or (subject is not None and subject["revoked"])):
+        return Status.DENIED
+    return Status.NO_CHANGE if subject is not None else Status.OK
+
+
+def _vector_keys() -> tuple[KeyPair, dict[bytes, bytes]]:
+    from .helpers import DEVICE_SCALAR, DRIVER_SCALAR, OTHER_SCALAR, VEHICLE_SCALAR, fixed_key
+
+    vehicle = fixed_key(VEHICLE_SCALAR)
+    return vehicle, {k.key_id: k.public_bytes for k in map(fixed_key, (DEVICE_SCALAR, DRIVER_SCALAR, OTHER_SCALAR))}
+
+
+def test_share_vector_honest_certificate() -> None:
+    v = load("share.json")
+    h = v["honest"]
+    raw = bytes.fromhex(h["certificate"])
+    cert = ShareCertificate.decode(raw)
+    assert cert.encode() == raw and cert.tbs().hex() == h["tbs"] == raw[:-66].hex()
+    assert c.transcript(c.LABEL_SHARE_CERTIFICATE, cert.tbs()).hex() == h["transcript"]
+    cert.verify(bytes.fromhex(v["inputs"]["issuer_public_key"]))
+    assert cert.subject_public_key.hex() == v["inputs"]["device_public_key"]
+    assert (cert.subject_key_id.hex(), cert.serial.hex(), cert.role, cert.name, cert.valid_from, cert.valid_until) == (
+        h["subject_key_id"], h["serial"], Role.DRIVER, h["name"], h["valid_from"], h["valid_until"])
+    assert v["sizes"]["honest"] == {"certificate": 158, "share_present": 163, "writes_mtu23": 9, "writes_mtu185": 1}
+    assert v["sizes"]["largest"] == {"certificate": 246, "share_present": 251, "writes_mtu23": 14,
+                                     "writes_mtu185": 2}
+    assert len(ShareCertificate.decode(bytes.fromhex(v["largest_certificate"])).encode()) == 246
+    assert len(v["share_present_chunks_mtu23"]) == 9 and all(len(ch) <= 40 for ch in v["share_present_chunks_mtu23"])
+
+
+def test_share_vector_cases_follow_the_documented_checks() -> None:
+    v = load("share.json")
+    vehicle, publics = _vector_keys()
+    names = {case["name"] for case in v["cases"]}
+    assert {"forged_signature", "issuer_not_an_owner", "issuer_revoked", "role_escalation_to_owner", "expired",
+            "wrong_vehicle"} <= names  # the negative vectors issue 12 names
+    honest = v["honest"]["certificate"]
+    for case in v["cases"]:
+        raw = bytes.fromhex(case["certificate"])
+        assert _judge_share(raw, case["state"], publics, vehicle.key_id) is Status[case["expect"]], case["name"]
+        if case["name"] in ("issuer_revoked", "clock_untrusted", "subject_revoked", "serial_revoked",
+                            "already_enrolled"):
+            assert case["certificate"] == honest  # the bytes are honest: only the vehicle's state differs
+
+
+def test_share_vector_first_contact_through_public_api() -> None:
+    v = load("share.json")
+    now = v["inputs"]["now"]
+    vehicle, device, enrolled = _sides(v)
+    enrolled.clear()  # the subject is not in the vehicle's store before its share
+    challenge, present, answer, command, result = v["steps"]
+    vehicle.push_challenge(now)
+    assert vehicle.data_to_send() == _chunks(challenge)
+    _feed(device, challenge, now)
+    device.present_share(bytes.fromhex(v["honest"]["certificate"]))
+    assert device.data_to_send() == _chunks(present) and len(present["chunks"]) == 1  # one write at MTU 185
+    assert split(bytes.fromhex(present["message"]), 20) == [bytes.fromhex(ch) for ch in
+                                                            v["share_present_chunks_mtu23"]]
+    [offered] = _feed(vehicle, present, now)
+    assert isinstance(offered, ShareOffered) and offered.raw.hex() == v["honest"]["certificate"]
+    enrolled[device.device.key_id] = device.device
+    vehicle.answer_share(Status.OK)
+    assert vehicle.data_to_send() == _chunks(answer)
+    assert _feed(device, answer, now) == [ShareAnswered(device.device.key_id, Status.OK)]
+    device.send_command(Command.UNLOCK)  # the same challenge: a share adds one write to the first unlock
+    assert device.data_to_send() == _chunks(command)
+    [req] = _feed(vehicle, command, now)
+    assert isinstance(req, CommandRequested)
+    vehicle.respond(Status.OK)
+    assert vehicle.data_to_send() == _chunks(result)
+    assert _feed(device, result, now)[0].status is Status.OK
+
+
+def _judge_list(raw: bytes, state: dict[str, Any], publics: dict[bytes, bytes], vehicle_id: bytes
+                ) -> tuple[Status, int]:
+    """PROTOCOL.md §12.5's checks over a vector's state: (status, version answered)."""
+    lst = RevocationList.decode(raw)
+    issuer = state["keys"].get(lst.issuer_id.hex())
+    if lst.vehicle_id != vehicle_id or issuer is None or issuer["role"] != "owner" or issuer["revoked"]:
+        return Status.DENIED, 0
+    try:
+        lst.verify(publics[lst.issuer_id])
+    except AuthenticationError:
+        return Status.DENIED, 0
+    held = state["held_versions"].get(lst.issuer_id.hex(), 0)
+    return (Status.NO_CHANGE, held) if lst.version <= held else (Status.OK, lst.version)
+
+
+def test_revocations_vector_lists_and_cases() -> None:
+    v = load("revocations.json")
+    vehicle, publics = _vector_keys()
+    lists = {name: bytes.fromhex(lst["bytes"]) for name, lst in v["lists"].items()}
+    for name, raw in lists.items():
+        lst = RevocationList.decode(raw)
+        assert lst.encode() == raw and lst.tbs().hex() == v["lists"][name]["tbs"] == raw[:-66].hex()
+        assert [[kid.hex(), flags] for kid, flags in lst.entries] == v["lists"][name]["entries"]
+    v1, v2 = RevocationList.decode(lists["v1"]), RevocationList.decode(lists["v2"])
+    assert set(v1.entries) <= set(v2.entries) and v2.version == v1.version + 1  # cumulative
+    assert {"older_list", "signed_by_driver", "forged"} <= {case["name"] for case in v["cases"]}
+    for case in v["cases"]:
+        got = _judge_list(lists[case["list"]], case["state"], publics, vehicle.key_id)
+        assert got == (Status[case["expect"]], case["expect_version"]), case["name"]
+
+
+def test_revocations_vector_delivery_after_a_result_through_public_api() -> None:
+    v = load("revocations.json")
+    now = v["inputs"]["now"]
+    vehicle, device, _ = _sides(v)
+    challenge, command, result, revocations, answer = v["steps"]
+    vehicle.push_challenge(now)
+    assert vehicle.data_to_send() == _chunks(challenge)
+    _feed(device, challenge, now)
+    device.send_command(Command.UNLOCK)
+    assert device.data_to_send() == _chunks(command)
+    _feed(vehicle, command, now)
+    vehicle.respond(Status.OK)
+    assert vehicle.data_to_send() == _chunks(result)
+    assert _feed(device, result, now)[0].status is Status.OK
+    device.send_revocations(bytes.fromhex(v["lists"]["v1"]["bytes"]))  # no new challenge needed
+    assert device.data_to_send() == _chunks(revocations)
+    [offered] = _feed(vehicle, revocations, now)
+    assert isinstance(offered, RevocationsOffered) and offered.revocations.version == 1
+    vehicle.answer_revocations(Status.OK, 1)
+    assert vehicle.data_to_send() == _chunks(answer)
+    assert _feed(device, answer, now) == [RevocationsAnswered(device.device.key_id, 1, Status.OK)]
+
+
+def test_watch_vector_through_public_api() -> None:
+    v = load("watch.json")
+    now = v["inputs"]["now"]
+    vehicle, device, _ = _sides(v)
+    challenge, open_, accept, request, response, push = v["steps"]
+    vehicle.push_challenge(now)
+    assert vehicle.data_to_send() == _chunks(challenge)
+    _feed(device, challenge, now)
+    device.open_session()
+    assert device.data_to_send() == _chunks(open_)
+    _feed(vehicle, open_, now)
+    assert vehicle.data_to_send() == _chunks(accept)
+    _feed(device, accept, now)
+    device.send_secure(Command.WATCH)
+    assert device.data_to_send() == _chunks(request)
+    [req] = _feed(vehicle, request, now)
+    assert req.command is Command.WATCH and req.secure
+    locked = StatusReport(LockState.LOCKED, DoorState.CLOSED, False)
+    vehicle.respond(Status.OK, locked.encode())
+    assert vehicle.data_to_send() == _chunks(response)
+    [res] = _feed(device, response, now)
+    assert res.command is Command.WATCH and StatusReport.decode(res.data) == locked
+    opened = StatusReport(LockState.UNLOCKED, DoorState.OPEN, False)
+    vehicle.push_watch(opened.encode())
+    assert vehicle.data_to_send() == _chunks(push)
+    assert _feed(device, push, now) == [StateChanged(opened)]

@@ -6,22 +6,31 @@ files on disk are exactly what this produces, and replays them through the publi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from protocol import (
+    LIST_WITH_SHARES,
     AuditHead,
     AuditRecord,
     ClockReport,
     Command,
+    DoorState,
     KeyInfo,
+    KeyPair,
     KeyState,
+    LockState,
     Paired,
     RetryAfter,
+    RevocationList,
     Role,
+    ShareCertificate,
     Status,
+    StatusReport,
+    chunk_count,
     chunk_size_for_mtu,
     decode,
     encode_audit_page,
@@ -29,10 +38,19 @@ from protocol import (
     set_time_args,
     split,
 )
+from protocol import _crypto as c
 from protocol._codec import CommandMessage, Message
 from protocol._crypto import audit_head_transcript
 from protocol._keys import encode_public_key
-from tests.protocol.helpers import DEVICE_SCALAR, OTHER_SCALAR, VEHICLE_SCALAR, Pair, fixed_key, make_pair
+from tests.protocol.helpers import (
+    DEVICE_SCALAR,
+    DRIVER_SCALAR,
+    OTHER_SCALAR,
+    VEHICLE_SCALAR,
+    Pair,
+    fixed_key,
+    make_pair,
+)
 
 HERE = Path(__file__).parent
 CODE = "42123456"
@@ -317,6 +335,209 @@ def audit_head() -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------ shares and revocation lists (PROTOCOL.md §12)
+
+SHARE_NOW = 1_800_000_000  # the vehicle's (trusted) time in the share and revocation-list vectors
+DAY = 86_400
+SHARE_SERIAL = bytes.fromhex("5e7a11a1c0ffee01")
+OTHER_VEHICLE_ID = bytes.fromhex("5a5a5a5a")  # a vehicle that is not the test vehicle
+
+
+def share_state(owner: KeyPair, driver: KeyPair, **changes: Any) -> dict[str, Any]:
+    """The vehicle state a share case is judged in: its keys, clock, lists and revoked ids (§12.4)."""
+    state: dict[str, Any] = {
+        "now": SHARE_NOW, "clock_trusted": True,
+        "keys": {owner.key_id.hex(): {"role": "owner", "revoked": False},
+                 driver.key_id.hex(): {"role": "driver", "revoked": False}},
+        "revoked_key_ids": [], "revoked_serials": [],
+    }
+    state.update(changes)
+    return state
+
+
+def share_cases(vehicle_id: bytes, owner: KeyPair, driver: KeyPair, subject: KeyPair) -> list[dict[str, Any]]:
+    """share.json's certificates, each with the vehicle state it meets and the SHARE_ANSWER status (§12.4).
+
+    A function of the keys so that end-to-end tests can issue the same cases with fresh keys (the reference
+    vehicle refuses to run with or enroll the published test keys, §10.1).
+    """
+    honest = ShareCertificate(SHARE_SERIAL, vehicle_id, owner.key_id, subject.public_bytes, Role.DRIVER, "Maya watch",
+                              SHARE_NOW - DAY, SHARE_NOW + 30 * DAY, None).signed_by(owner)
+    raw = honest.encode()
+    forged = raw[:-1] + bytes((raw[-1] ^ 0x01,))
+    guest = dataclasses.replace(honest, role=Role.GUEST, name="Guest laptop", valid_until=SHARE_NOW + 3 * DAY,
+                                schedule="Sat-Sun 09:00-21:00").signed_by(owner)
+    subject_hex = subject.key_id.hex()
+    state = share_state(owner, driver)
+    revoked_owner = {**state["keys"], owner.key_id.hex(): {"role": "owner", "revoked": True}}
+    enrolled = {**state["keys"], subject_hex: {"role": "driver", "revoked": False}}
+
+    def case(name: str, cert: bytes, expect: Status, why: str, **changes: Any) -> dict[str, Any]:
+        return {"name": name, "certificate": cert.hex(), "state": share_state(owner, driver, **changes),
+                "expect": expect.name, "why": why}
+
+    return [
+        case("honest", raw, Status.OK, "every check passes: the subject is enrolled as a driver"),
+        case("honest_guest_with_schedule", guest.encode(), Status.OK, "a guest share with expiry and schedule"),
+        case("not_yet_valid", dataclasses.replace(honest, valid_from=SHARE_NOW + DAY).signed_by(owner).encode(),
+             Status.OK, "valid_from in the future still enrolls; the key's commands get KEY_NOT_YET_VALID"),
+        case("forged_signature", forged, Status.DENIED, "step 2: the signature does not verify"),
+        case("issuer_not_an_owner", honest.signed_by(driver).encode(), Status.DENIED,
+             "step 2: signed by (and naming) a driver key"),
+        case("issuer_revoked", raw, Status.DENIED, "step 2: same bytes as honest; the issuing owner is revoked",
+             keys=revoked_owner),
+        case("role_escalation_to_owner", dataclasses.replace(honest, role=Role.OWNER).signed_by(owner).encode(),
+             Status.NOT_PERMITTED, "step 3: a genuine owner signature, but a share never grants owner"),
+        case("clock_untrusted", raw, Status.CLOCK_UNTRUSTED, "step 4: same bytes as honest; the vehicle's clock is "
+             "not yet confirmed", clock_trusted=False),
+        case("expired", dataclasses.replace(honest, valid_from=SHARE_NOW - 10 * DAY,
+                                            valid_until=SHARE_NOW).signed_by(owner).encode(),
+             Status.KEY_EXPIRED, "step 4: valid_until is now (the window is half-open)"),
+        case("wrong_vehicle", dataclasses.replace(honest, vehicle_id=OTHER_VEHICLE_ID).signed_by(owner).encode(),
+             Status.DENIED, "step 1: issued for another vehicle"),
+        case("subject_revoked", raw, Status.DENIED, "step 5: same bytes as honest; a revocation list named the "
+             "subject key id before it was ever enrolled", revoked_key_ids=[subject_hex]),
+        case("serial_revoked", raw, Status.DENIED, "step 5: same bytes as honest; the serial is revoked",
+             revoked_serials=[SHARE_SERIAL.hex()]),
+        case("already_enrolled", raw, Status.NO_CHANGE, "step 6: same bytes as honest; the subject is an active key",
+             keys=enrolled),
+    ]
+
+
+def share() -> dict[str, Any]:
+    """Share certificates (PROTOCOL.md §12.1) and the first contact of a shared key (§12.3)."""
+    vehicle, owner, driver, subject = (fixed_key(s) for s in (VEHICLE_SCALAR, DEVICE_SCALAR, DRIVER_SCALAR,
+                                                              OTHER_SCALAR))
+    cases = share_cases(vehicle.key_id, owner, driver, subject)
+    honest = ShareCertificate.decode(bytes.fromhex(cases[0]["certificate"]))
+    largest = dataclasses.replace(honest, name="x" * 32, schedule="Mon 08:00-09:00; Tue 08:00-09:00; Wed "
+                                  "08:00-09:00; Thu 8:00-9:00").signed_by(owner).encode()
+    # The first contact at MTU 185: CHALLENGE, SHARE_PRESENT, SHARE_ANSWER, then the first COMMAND and its RESULT.
+    mtu, seed = 185, b"vector-share"
+    p = make_pair(chunk_size=chunk_size_for_mtu(mtu), device=subject, rng_seed=seed)
+    p.keys.clear()  # the watch knows the vehicle from the share; the vehicle does not know the watch yet
+    r = Recorder(p)
+    p.vehicle.push_challenge(p.now)
+    r.down()
+    p.device.present_share(honest.encode())
+    r.up()
+    p.keys[subject.key_id] = subject  # the application enrolls the subject (the checks of §12.4 passed)
+    p.vehicle.answer_share(Status.OK)
+    r.down()
+    p.device.send_command(Command.UNLOCK)
+    r.up()
+    p.vehicle.respond(Status.OK)
+    r.down()
+    present = bytes.fromhex(r.steps[1]["message"])
+
+    def sizes(cert: bytes) -> dict[str, int]:
+        n = len(cert) + 5
+        return {"certificate": len(cert), "share_present": n, "writes_mtu23": chunk_count(n, 20),
+                "writes_mtu185": chunk_count(n, 182)}
+
+    return {
+        "description": "share certificates with the vehicle state each meets and the expected SHARE_ANSWER status "
+                       "(PROTOCOL.md §12.4), and a shared key's first contact",
+        "inputs": {
+            **_inputs(mtu, seed),
+            "device_private_scalar": f"{OTHER_SCALAR:064x}", "device_public_key": subject.public_bytes.hex(),
+            "issuer_private_scalar": f"{DEVICE_SCALAR:064x}", "issuer_public_key": owner.public_bytes.hex(),
+            "driver_private_scalar": f"{DRIVER_SCALAR:064x}", "driver_public_key": driver.public_bytes.hex(),
+            "note": "the device is the share's subject (the other device test key); the issuer is the device test "
+                    "key, enrolled as owner; the reference vehicle refuses to enroll any published test key "
+                    "(§10.1), so an end-to-end test issues the same cases with fresh keys",
+        },
+        "honest": {"certificate": honest.encode().hex(), "tbs": honest.tbs().hex(),
+                   "transcript": c.transcript(c.LABEL_SHARE_CERTIFICATE, honest.tbs()).hex(),
+                   "subject_key_id": honest.subject_key_id.hex(), "serial": honest.serial.hex(),
+                   "valid_from": honest.valid_from, "valid_until": honest.valid_until, "role": "driver",
+                   "name": honest.name},
+        "cases": cases,
+        "sizes": {"honest": sizes(honest.encode()), "largest": sizes(largest)},
+        "largest_certificate": largest.hex(),
+        "share_present_chunks_mtu23": _hex_chunks(split(present, 20)),
+        "steps": r.steps,
+    }
+
+
+def revocation_lists(vehicle_id: bytes, owner: KeyPair, driver: KeyPair, subject: KeyPair) -> dict[str, RevocationList]:
+    """revocations.json's lists: the owner's v1 and v2 (cumulative), a driver's, a forged v2, another vehicle's."""
+    v1 = RevocationList.issue(owner, vehicle_id, 1, SHARE_NOW, [(subject.key_id, 0)])
+    v2 = RevocationList.issue(owner, vehicle_id, 2, SHARE_NOW + DAY,
+                              [(subject.key_id, 0), (driver.key_id, LIST_WITH_SHARES)])
+    forged = dataclasses.replace(v2, signature=v2.signature[:-1] + bytes((v2.signature[-1] ^ 0x01,)))
+    return {"v1": v1, "v2": v2, "forged_v2": forged,
+            "by_driver": RevocationList.issue(driver, vehicle_id, 1, SHARE_NOW, [(owner.key_id, 0)]),
+            "wrong_vehicle": RevocationList.issue(owner, OTHER_VEHICLE_ID, 3, SHARE_NOW, [(subject.key_id, 0)])}
+
+
+def revocations() -> dict[str, Any]:
+    """Revocation lists (PROTOCOL.md §12.2), what the vehicle answers to each (§12.5), and a delivery after a RESULT."""
+    vehicle, owner, driver, subject = (fixed_key(s) for s in (VEHICLE_SCALAR, DEVICE_SCALAR, DRIVER_SCALAR,
+                                                              OTHER_SCALAR))
+    lists = revocation_lists(vehicle.key_id, owner, driver, subject)
+    own = owner.key_id.hex()
+
+    def case(name: str, which: str, held: int, expect: Status, version: int, why: str) -> dict[str, Any]:
+        return {"name": name, "list": which, "state": {"held_versions": {own: held} if held else {},
+                                                       "keys": share_state(owner, driver)["keys"]},
+                "expect": expect.name, "expect_version": version, "why": why}
+
+    mtu, seed = 185, b"vector-revocations"
+    p = make_pair(chunk_size=chunk_size_for_mtu(mtu), device=owner, rng_seed=seed)
+    r = Recorder(p)
+    p.vehicle.push_challenge(p.now)
+    r.down()
+    p.device.send_command(Command.UNLOCK)
+    r.up()
+    p.vehicle.respond(Status.OK)
+    r.down()
+    p.device.send_revocations(lists["v1"].encode())  # after the RESULT: the unlock kept its two exchanges
+    r.up()
+    p.vehicle.answer_revocations(Status.OK, 1)
+    r.down()
+    return {
+        "description": "revocation lists with the version the vehicle holds for the issuer and the expected "
+                       "REVOCATIONS_ANSWER (PROTOCOL.md §12.5), and a list delivered after an unlock",
+        "inputs": {**_inputs(mtu, seed), "driver_public_key": driver.public_bytes.hex(),
+                   "subject_public_key": subject.public_bytes.hex()},
+        "lists": {name: {"bytes": lst.encode().hex(), "tbs": lst.tbs().hex(), "issuer": lst.issuer_id.hex(),
+                         "version": lst.version, "entries": [[kid.hex(), flags] for kid, flags in lst.entries]}
+                  for name, lst in lists.items()},
+        "cases": [
+            case("honest_v1", "v1", 0, Status.OK, 1, "nothing held for this owner: v1 applied"),
+            case("honest_v2", "v2", 1, Status.OK, 2, "newer: applied; the driver and the keys it enrolled by "
+                 "share are revoked too (flag with_shares)"),
+            case("older_list", "v1", 2, Status.NO_CHANGE, 2, "a replayed older list changes nothing"),
+            case("same_version", "v2", 2, Status.NO_CHANGE, 2, "the held version again changes nothing"),
+            case("signed_by_driver", "by_driver", 0, Status.DENIED, 0, "the issuer is not an owner"),
+            case("forged", "forged_v2", 1, Status.DENIED, 0, "the signature does not verify"),
+            case("wrong_vehicle", "wrong_vehicle", 1, Status.DENIED, 0, "issued for another vehicle"),
+        ],
+        "steps": r.steps,
+    }
+
+
+def watch(mtu: int = 247) -> dict[str, Any]:
+    """A confidential session, WATCH and its answer, then one pushed status report (PROTOCOL.md §9.6)."""
+    seed = b"vector-watch"
+    p = make_pair(chunk_size=chunk_size_for_mtu(mtu), rng_seed=seed)
+    r = Recorder(p)
+    p.vehicle.push_challenge(p.now)
+    r.down()
+    p.device.open_session()
+    r.up()
+    r.down()
+    p.device.send_secure(Command.WATCH)
+    r.up()
+    p.vehicle.respond(Status.OK, StatusReport(LockState.LOCKED, DoorState.CLOSED, False).encode())
+    r.down()
+    p.vehicle.push_watch(StatusReport(LockState.UNLOCKED, DoorState.OPEN, False).encode())
+    r.down()
+    return {"description": "confidential session, WATCH answered OK with a status report, then one push",
+            "inputs": _inputs(mtu, seed), "steps": r.steps}
+
+
 VECTORS: dict[str, Callable[[], dict[str, Any]]] = {
     "unlock_mtu23.json": lambda: unlock(23),
     "unlock_mtu247.json": lambda: unlock(247),
@@ -327,6 +548,9 @@ VECTORS: dict[str, Callable[[], dict[str, Any]]] = {
     "framing_mtu247.json": lambda: framing(247),
     "negative.json": negative,
     "audit_head.json": audit_head,
+    "share.json": share,
+    "revocations.json": revocations,
+    "watch.json": watch,
 }
 
 
