@@ -131,21 +131,22 @@ class Shares:
     def apply(self, revocations: RevocationList, raw: bytes) -> ListResult:
         """Check a decoded list and apply it if newer than the one held for its issuer, in one commit; never raises.
 
-        DENIED unless it is for this vehicle and signed by an active owner key; NO_CHANGE (the held version) if
-        its version is not above the held one. Otherwise every named key id is remembered as revoked (so a
-        share cannot enroll it later), every enrolled one is revoked, with its flag also the keys its shares
+        DENIED (version 0) unless it is for this vehicle and signed by an active owner key; NO_CHANGE (the held
+        version) if its version is not above the held one. Otherwise every named key id is remembered as revoked
+        (so a share cannot enroll it later), every enrolled one is revoked, with its flag also the keys its shares
         enrolled; the last active owner is skipped (and the skip audited); one `revocations` audit row.
         """
         now = self.clock.now()
         held = self.store.revocation_list(revocations.issuer_id)
         held_version = held.version if held is not None else 0
         issuer = self._issuer(revocations.vehicle_id, revocations.issuer_id, now)
+        # A refusal says VERSION 0: it tells nobody what the vehicle holds (PROTOCOL.md §12.5, §8.4).
         if issuer is None:
-            return ListResult(Status.DENIED, held_version, "revocation list not from an active owner of this vehicle")
+            return ListResult(Status.DENIED, 0, "revocation list not from an active owner of this vehicle")
         try:
             revocations.verify(issuer.public_key)
         except AuthenticationError:
-            return ListResult(Status.DENIED, held_version, "revocation list signature does not verify")
+            return ListResult(Status.DENIED, 0, "revocation list signature does not verify")
         if revocations.version <= held_version:
             return ListResult(Status.NO_CHANGE, held_version, "revocation list not newer than the one held")
         revoked: list[bytes] = []

@@ -256,8 +256,11 @@ def test_a_list_not_from_an_active_owner_of_this_vehicle_is_denied(car: Car, att
         lst = dataclasses.replace(lst, entries=())  # the signature covered the entry
     elif attack == "unknown issuer":
         lst, raw = rlist(KeyPair.generate(), 1, (victim.key_id, 0))
+    car.store.put_revocation_list(owner.key_id, 1, T0, T0, b"held")  # held 1: a refusal still says 0 (§12.5)
+    lst = dataclasses.replace(lst, version=2) if attack == "forged signature" else lst
     before = car.snapshot()
-    assert car.shares.apply(lst, raw).status is Status.DENIED
+    result = car.shares.apply(lst, raw)
+    assert (result.status, result.version) == (Status.DENIED, 0)
     assert car.snapshot() == before and not car.store.get_key(victim.key_id).revoked  # type: ignore[union-attr]
 
 
