@@ -121,6 +121,18 @@ async def test_the_watch_enrolls_by_share_and_unlocks_with_the_pi_untouched(h: H
     assert (await unlock(h, watch)).lock.label == "unlocked"
 
 
+async def test_a_shared_key_can_open_a_confidential_session_right_after_presenting(h: Harness) -> None:
+    """The first contact may be a session (a shared driver's `watch`, an owner command): same challenge, no extra."""
+    phone = h.enroll(Role.OWNER, "phone")
+    watch = KeyPair.generate()
+    link, status = await present(h, watch, share(h, phone, watch).encode())
+    assert status is S.OK
+    await link.open_secure()
+    assert (await link.secure(Command.STATUS)).status is S.OK
+    assert (await link.secure(Command.WATCH)).status is S.OK  # a shared driver may watch
+    await link.close()
+
+
 @pytest.mark.parametrize(("attack", "status"), [
     ("forged signature", S.DENIED), ("issuer not an owner", S.DENIED), ("issuer revoked", S.DENIED),
     ("role escalation", S.NOT_PERMITTED), ("expired", S.KEY_EXPIRED), ("wrong vehicle", S.DENIED),
