@@ -217,3 +217,28 @@ async def test_listing_shows_real_states_schedule_and_enrolment(h: Harness) -> N
         "phone": KeyState.ACTIVE, "past guest": KeyState.EXPIRED, "future guest": KeyState.NOT_YET_VALID,
         "gone": KeyState.REVOKED}
     assert listed["future guest"].schedule == "Sat-Sun 08:00-22:00" and listed["phone"].via is Via.CODE
+
+
+async def test_issue_code_with_an_empty_name_or_no_free_slot(h: Harness) -> None:
+    owner = h.enroll(Role.OWNER, "phone")
+    assert (await ask(h, owner, Command.ISSUE_CODE, PairingTerms(Role.GUEST, "", 600, 3).encode()))[0] is S.BAD_REQUEST
+    for n in range(100):
+        h.new_code(Role.GUEST, f"code {n}")
+    status, data = await ask(h, owner, Command.ISSUE_CODE, PairingTerms(Role.GUEST, "one more", 600, 3).encode())
+    assert (status, data) == (S.BUSY, b"")
+    assert len(h.store.list_pairings(int(h.wall))) == 100
+
+
+async def test_edit_of_a_revoked_key_is_no_change_and_an_empty_edit_writes_nothing(h: Harness) -> None:
+    owner = h.enroll(Role.OWNER, "phone")
+    guest = h.enroll(Role.GUEST, "guest")
+    status, data = await ask(h, owner, Command.EDIT_KEY, KeyEdit(guest.key_id, name="guest").encode())
+    assert status is S.OK and KeyInfo.decode(data).name == "guest"
+    h.store.revoke_key(guest.key_id, int(h.wall))
+    await asyncio.sleep(0.05)
+    rows, counter = len(audit_rows(h)), h.store.change_counter()
+    assert (await ask(h, owner, Command.EDIT_KEY, KeyEdit(guest.key_id, name="back").encode()))[0] is S.NO_CHANGE
+    await asyncio.sleep(0.05)
+    assert h.store.get_key(guest.key_id).name == "guest"  # type: ignore[union-attr]
+    assert h.store.change_counter() == counter
+    assert audit_rows(h)[rows:] == []  # NO_CHANGE: not even an "admin" row
