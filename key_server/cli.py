@@ -241,7 +241,7 @@ def cmd_keys(cfg: Config, args: argparse.Namespace) -> int:
         return ExitCode.OK
     names = {k.key_id: k.name for k in everyone}
     _print_table([[k.key_id.hex(), k.name, k.role.label,
-                   "revoked " + _when(k.revoked_at) if k.revoked else k.state(now), _window(k),
+                   "revoked " + _when(k.revoked_at) if k.revoked else k.state(now).replace("_", " "), _window(k),
                    k.schedule or "-", _via(k, names), _when(k.last_used_at)]
                   for k in keys], ["KEY ID", "NAME", "ROLE", "STATE", "WINDOW", "SCHEDULE", "VIA", "LAST USED"])
     return ExitCode.OK
@@ -308,7 +308,8 @@ def cmd_edit(cfg: Config, args: argparse.Namespace) -> int:
     if new == rec:
         print(f"{rec.key_id.hex()} ({rec.name}): nothing to change")
         return ExitCode.OK
-    print(f"{new.key_id.hex()} ({new.name}): {new.role.label}, {new.state(now)}, window {_window(new)}, "
+    print(f"{new.key_id.hex()} ({new.name}): {new.role.label}, {new.state(now).replace('_', ' ')}, "
+          f"window {_window(new)}, "
           f"schedule {new.schedule or '-'}")
     return ExitCode.OK
 

@@ -94,7 +94,7 @@ SET_TIME_EVENT: Final = Command.SET_TIME.label  # audit event of a time statemen
 # Changes an owner makes over the air: KeyAdmin / Enrollment audit each with the owner's key id ("by") in the same
 # commit as the change, so record() writes no second row for them when they succeed.
 _SELF_AUDITED: Final = frozenset({Command.REVOKE_KEY, Command.EDIT_KEY, Command.ISSUE_CODE})
-_KEY_STATE: Final[Mapping[str, KeyState]] = {"active": KeyState.ACTIVE, "not yet valid": KeyState.NOT_YET_VALID,
+_KEY_STATE: Final[Mapping[str, KeyState]] = {"active": KeyState.ACTIVE, "not_yet_valid": KeyState.NOT_YET_VALID,
                                               "expired": KeyState.EXPIRED, "revoked": KeyState.REVOKED}
 _VIA: Final[Mapping[str, Via]] = {"code": Via.CODE, "share": Via.SHARE, "vehicle": Via.VEHICLE}
 

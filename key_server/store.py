@@ -74,7 +74,7 @@ SHARE_SERIAL_LEN: Final = 8
 # owner's share certificate, or the vehicle itself (its CLI, tests, tools).
 VIAS: Final = ("code", "share", "vehicle")
 # What a listing says about a key: computed from the record and the guarded time, never stored.
-KEY_STATES: Final = ("active", "not yet valid", "expired", "revoked")
+KEY_STATES: Final = ("active", "not_yet_valid", "expired", "revoked")  # as the protocol's KeyState labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +137,7 @@ def key_state(rec: KeyRecord, now: int) -> str:
     if rec.revoked:
         return "revoked"
     if rec.valid_from is not None and now < rec.valid_from:
-        return "not yet valid"
+        return "not_yet_valid"
     if rec.valid_until is not None and now >= rec.valid_until:
         return "expired"
     return "active"

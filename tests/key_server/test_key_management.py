@@ -191,7 +191,7 @@ def test_keys_show_each_state_window_schedule_and_enrolment(state: Path, capsys:
     assert cli(state, "keys", "--json", "--all") == ExitCode.OK
     listed = {k["name"]: k for k in json.loads(capsys.readouterr().out)}
     assert {n: k["state"] for n, k in listed.items()} == {
-        "owner": "active", "expired guest": "expired", "later guest": "not yet valid", "gone": "revoked"}
+        "owner": "active", "expired guest": "expired", "later guest": "not_yet_valid", "gone": "revoked"}
     assert listed["expired guest"]["via"] == "share" and listed["expired guest"]["enrolled_by"] == owner.key_id.hex()
     assert listed["expired guest"]["share_serial"] == (expired.key_id * 2).hex()
     assert listed["later guest"]["schedule"] == "Sat-Sun 08:00-22:00" and listed["later guest"]["via"] == "code"

@@ -98,7 +98,7 @@ def test_a_share_starting_later_still_enrolls(car: Car) -> None:
     owner = car.enroll()
     later = KeyPair.generate()
     assert car.shares.enroll(share(owner, later, valid_from=T0 + 3600)).status is Status.OK
-    assert car.store.get_key(later.key_id).state(T0) == "not yet valid"  # type: ignore[union-attr]
+    assert car.store.get_key(later.key_id).state(T0) == "not_yet_valid"  # type: ignore[union-attr]
 
 
 def test_an_empty_or_unprintable_name_gets_a_readable_one(car: Car) -> None:

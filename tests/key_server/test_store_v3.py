@@ -92,7 +92,7 @@ def test_backup_and_restore_keep_the_new_fields(tmp_path: Path) -> None:
 def test_key_states_follow_the_window_and_revocation() -> None:
     guest = make_key("guest", Role.GUEST, valid_from=NOW, valid_until=NOW + 10)
     assert [guest.state(t) for t in (NOW - 1, NOW, NOW + 9, NOW + 10)] == [
-        "not yet valid", "active", "active", "expired"]
+        "not_yet_valid", "active", "active", "expired"]
     assert dataclasses.replace(guest, revoked_at=NOW).state(NOW + 5) == "revoked"
     assert make_key("owner").state(NOW) == "active"
 
