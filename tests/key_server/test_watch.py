@@ -53,6 +53,8 @@ async def test_a_watcher_hears_another_keys_unlock_and_lock_as_they_happen(h: Ha
     await no_push(link)  # one push per change, nothing more
     assert h.service.stats.watch_pushes == 2
     await link.close()
+    [row] = [e for e in h.audit.read(limit=1000) if dict(e.detail).get("command") == "watch"]
+    assert (row.event, row.key_id, dict(row.detail)) == ("admin", owner.key_id, {"command": "watch", "status": "OK"})
 
 
 async def test_door_and_start_changes_are_pushed_and_each_change_counts(h: Harness) -> None:
