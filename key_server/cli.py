@@ -1,4 +1,4 @@
-"""The `key-server` command line: init, run, pair, keys, revoke, audit, doctor, actuate, config, print-file.
+"""The `key-server` command line: init, run, pair, keys, revoke, edit, audit, doctor, actuate, config, print-file.
 
 Each command is a thin shell over the use cases (keyadmin.py, enrollment.py) or the runner; every failure ends
 as one line on stderr and an exit code from dkey_link.exit_codes (cli_errors.explain), never a traceback.
@@ -30,12 +30,21 @@ from .config import CHALLENGE_TTL_MAX, CHALLENGE_TTL_MIN, SAMPLE_CONFIG, Config,
 from .deploy_files import DEPLOY_FILES, deploy_file
 from .enrollment import MAX_ATTEMPTS, Enrollment
 from .identity import IdentityExists, create_identity
-from .keyadmin import KeyAdmin
+from .keyadmin import UNCHANGED, KeyAdmin, Unchanged
 from .pairing import PairingTicket
 from .policy import parse_schedule, parse_when
 from .radio import check_advertised_name
 from .runner import load_vehicle, missing_store, schedule_zone
-from .store import PAIRING_SLOTS, KeyRecord, KeyStore, LastOwnerError, NoFreeSlot, StoreError, UnknownKey
+from .store import (
+    PAIRING_SLOTS,
+    AlreadyRevoked,
+    KeyRecord,
+    KeyStore,
+    LastOwnerError,
+    NoFreeSlot,
+    StoreError,
+    UnknownKey,
+)
 from .timezone import local_zone
 
 log = logging.getLogger("key_server")
@@ -86,10 +95,30 @@ def _when(ts: int | None) -> str:
     return "-" if ts is None else datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
-def _key_json(rec: KeyRecord) -> dict[str, Any]:
-    return {"key_id": rec.key_id.hex(), "name": rec.name, "role": rec.role.label, "valid_from": rec.valid_from,
-            "valid_until": rec.valid_until, "schedule": rec.schedule, "created_at": rec.created_at,
-            "last_used_at": rec.last_used_at, "revoked_at": rec.revoked_at}
+def _key_json(rec: KeyRecord, now: int) -> dict[str, Any]:
+    return {"key_id": rec.key_id.hex(), "name": rec.name, "role": rec.role.label, "state": rec.state(now),
+            "valid_from": rec.valid_from, "valid_until": rec.valid_until, "schedule": rec.schedule,
+            "via": rec.via, "enrolled_by": rec.enrolled_by.hex() if rec.enrolled_by is not None else None,
+            "share_serial": rec.share_serial.hex() if rec.share_serial is not None else None,
+            "created_at": rec.created_at, "last_used_at": rec.last_used_at, "revoked_at": rec.revoked_at}
+
+
+def _window(rec: KeyRecord) -> str:
+    """The validity window as a person reads it: "always", "until T", "from T", "T - T"."""
+    if rec.valid_from is None and rec.valid_until is None:
+        return "always"
+    if rec.valid_from is None:
+        return f"until {_when(rec.valid_until)}"
+    if rec.valid_until is None:
+        return f"from {_when(rec.valid_from)}"
+    return f"{_when(rec.valid_from)} - {_when(rec.valid_until)}"
+
+
+def _via(rec: KeyRecord, names: dict[bytes, str]) -> str:
+    """How the key was enrolled and by which owner key (its name when the store still knows it)."""
+    if rec.enrolled_by is None:
+        return rec.via
+    return f"{rec.via} by {names.get(rec.enrolled_by, rec.enrolled_by.hex())}"
 
 
 def _print_table(rows: list[list[str]], header: list[str]) -> None:
@@ -198,37 +227,90 @@ def _pairings(enrollment: Enrollment, args: argparse.Namespace) -> int:
 
 
 def cmd_keys(cfg: Config, args: argparse.Namespace) -> int:
-    """List enrolled keys."""
+    """List enrolled keys with their state at the guarded time, window, schedule and enrolment."""
     with _open_store(cfg) as store:
-        keys = _admin(store).keys(include_revoked=args.all)
+        admin = _admin(store)
+        everyone = admin.keys()
+        now = admin.clock.now()
+    keys = everyone if args.all else [k for k in everyone if not k.revoked]
     if args.json:
-        print(json.dumps([_key_json(k) for k in keys]))
+        print(json.dumps([_key_json(k, now) for k in keys]))
         return ExitCode.OK
     if not keys:
         print("no keys enrolled: `key-server pair --role owner --name 'my phone'`")
         return ExitCode.OK
-    _print_table([[k.key_id.hex(), k.name, k.role.label, _when(k.valid_until) if k.valid_until else "never",
-                   _when(k.last_used_at), "revoked " + _when(k.revoked_at) if k.revoked else "active"]
-                  for k in keys], ["KEY ID", "NAME", "ROLE", "EXPIRES", "LAST USED", "STATE"])
+    names = {k.key_id: k.name for k in everyone}
+    _print_table([[k.key_id.hex(), k.name, k.role.label,
+                   "revoked " + _when(k.revoked_at) if k.revoked else k.state(now).replace("_", " "), _window(k),
+                   k.schedule or "-", _via(k, names), _when(k.last_used_at)]
+                  for k in keys], ["KEY ID", "NAME", "ROLE", "STATE", "WINDOW", "SCHEDULE", "VIA", "LAST USED"])
     return ExitCode.OK
+
+
+def _one_key(admin: KeyAdmin, text: str) -> KeyRecord:
+    """The key `text` names (hex id prefix or name), or a CliError saying why not."""
+    try:
+        return admin.find(text)
+    except UnknownKey:
+        raise CliError(f"no key matches {text!r}: see `key-server keys --all`", ExitCode.NOT_FOUND) from None
+    except StoreError as exc:  # several keys match
+        raise CliError(str(exc), ExitCode.NOT_FOUND) from None
 
 
 def cmd_revoke(cfg: Config, args: argparse.Namespace) -> int:
     """Revoke a key; committed to disk before this returns, effective for the server's next message."""
     with _open_store(cfg) as store:
         admin = _admin(store)
+        rec = _one_key(admin, args.key)
         try:
-            rec = admin.find(args.key)
-        except UnknownKey:
-            raise CliError(f"no key matches {args.key!r}: see `key-server keys`", ExitCode.NOT_FOUND) from None
-        except StoreError as exc:  # several keys match
-            raise CliError(str(exc), ExitCode.NOT_FOUND) from None
-        try:
-            admin.revoke(rec.key_id, by="cli", force=args.force)
+            done = admin.revoke(rec.key_id, by="cli", force=args.force, with_shares=args.with_shares)
         except LastOwnerError:
             raise CliError(f"{rec.name!r} is the last owner key; revoking it leaves nobody able to manage the "
                            "vehicle. Pair another owner first, or pass --force.", ExitCode.DENIED) from None
-    print(f"revoked {rec.key_id.hex()} ({rec.name}); a running server refuses it from its next message on")
+        except AlreadyRevoked:
+            print(f"{rec.key_id.hex()} ({rec.name}) is already revoked"
+                  + (", and so is every key its shares enrolled" if args.with_shares else "") + ": nothing changed")
+            return ExitCode.OK
+    if not rec.revoked:
+        print(f"revoked {rec.key_id.hex()} ({rec.name}); a running server refuses it from its next message on")
+    for share in done.shares:
+        print(f"revoked {share.key_id.hex()} ({share.name}), enrolled by a share of {rec.name}")
+    for share in done.kept:
+        print(f"kept {share.key_id.hex()} ({share.name}), enrolled by a share of {rec.name}: it is the last "
+              "active owner (--force revokes it too)")
+    return ExitCode.OK
+
+
+def cmd_edit(cfg: Config, args: argparse.Namespace) -> int:
+    """Change a key's name, role, validity window or schedule; effective for the server's next command."""
+    tz = schedule_zone(cfg) or local_zone()
+    with _open_store(cfg) as store:
+        admin = _admin(store)
+        rec = _one_key(admin, args.key)
+        now = admin.clock.now()
+        try:
+            valid_from: int | None | Unchanged = (parse_when(args.valid_from, now, tz)
+                                                  if args.valid_from else UNCHANGED)
+            valid_until: int | None | Unchanged = (None if args.no_expiry else parse_when(
+                args.valid_until, now, tz, end_of_day=True) if args.valid_until else UNCHANGED)
+            schedule: str | None | Unchanged = (None if args.no_schedule else args.schedule or UNCHANGED)
+            new = admin.edit_key(rec.key_id, by="cli", name=args.device_name or UNCHANGED,
+                                 role=Role(args.role) if args.role else UNCHANGED, valid_from=valid_from,
+                                 valid_until=valid_until, schedule=schedule)
+        except LastOwnerError:
+            raise CliError(f"{rec.name!r} is the last active owner key: it cannot be demoted or given a window "
+                           "that excludes now. Pair another owner first.", ExitCode.DENIED) from None
+        except AlreadyRevoked:
+            raise CliError(f"{rec.key_id.hex()} ({rec.name}) is revoked: a revoked key is not edited",
+                           ExitCode.DENIED) from None
+        except ValueError as exc:
+            raise CliError(str(exc), ExitCode.USAGE) from None
+    if new == rec:
+        print(f"{rec.key_id.hex()} ({rec.name}): nothing to change")
+        return ExitCode.OK
+    print(f"{new.key_id.hex()} ({new.name}): {new.role.label}, {new.state(now).replace('_', ' ')}, "
+          f"window {_window(new)}, "
+          f"schedule {new.schedule or '-'}")
     return ExitCode.OK
 
 
@@ -472,7 +554,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("revoke", help="revoke one key (by hex key-id prefix or name), effective immediately")
     s.add_argument("key")
     s.add_argument("--force", action="store_true", help="allow revoking the last owner")
+    s.add_argument("--with-shares", action="store_true",
+                   help="also revoke every key this key's shares enrolled (say it for a lost owner phone)")
     s.set_defaults(func=cmd_revoke)
+
+    s = sub.add_parser("edit", help="change a key's name, role, validity window or schedule")
+    s.add_argument("key", help="hex key-id prefix or name")
+    s.add_argument("--name", dest="device_name", help="new name")
+    s.add_argument("--role", choices=Role.labels())
+    s.add_argument("--valid-from", help="valid from: 2026-12-24, 2026-12-24T18:00, 3d, 12h ...")
+    expiry = s.add_mutually_exclusive_group()
+    expiry.add_argument("--valid-until", help="expiry (same formats; a bare date means the end of that day)")
+    expiry.add_argument("--no-expiry", action="store_true", help="remove the expiry")
+    sched = s.add_mutually_exclusive_group()
+    sched.add_argument("--schedule", help='weekly schedule, e.g. "Mon-Fri 08:00-18:00; Sat 10:00-14:00"')
+    sched.add_argument("--no-schedule", action="store_true", help="remove the schedule")
+    s.set_defaults(func=cmd_edit)
 
     s = sub.add_parser("audit", help="show the audit log, or --verify its hash chain")
     s.add_argument("--verify", action="store_true", help="check the hash chain (exit 11 if it does not verify)")

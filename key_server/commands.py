@@ -30,13 +30,18 @@ from protocol import (
     ClockReport,
     Command,
     DecodeError,
+    IssuedCode,
+    KeyEdit,
     KeyInfo,
     KeyPair,
+    KeyState,
     LockState,
+    PairingTerms,
     RetryAfter,
     Role,
     Status,
     StatusReport,
+    Via,
     encode_audit_page,
     encode_key_page,
     parse_list_keys_args,
@@ -48,13 +53,14 @@ from protocol import (
 
 from .audit import AuditEvent
 from .clock import DRIVER_MAX_FORWARD, OWNER_MAX_FORWARD, Source
-from .keyadmin import KeyAdmin
+from .enrollment import Enrollment
+from .keyadmin import UNCHANGED, KeyAdmin
 from .policy import Refusal, authorize, may_state_time
 from .ratelimit import ActuationLimiter
-from .store import LastOwnerError, StoreError, UnknownKey
+from .store import AlreadyRevoked, KeyRecord, LastOwnerError, NoFreeSlot, StoreError, UnknownKey
 from .timezone import local_zone
 
-__all__ = ["REFUSAL_STATUS", "KeyCommands", "Outcome", "to_status_report"]
+__all__ = ["REFUSAL_STATUS", "KeyCommands", "Outcome", "key_info", "to_status_report"]
 
 log = logging.getLogger("key_server.commands")
 
@@ -85,6 +91,12 @@ AUDIT_PAGE_MAX: Final = 100  # entries per READ_AUDIT answer: keeps one confiden
 # reads (docs/THREAT_MODEL.md, "The audit log").
 READS: Final = frozenset({Command.LIST_KEYS, Command.READ_AUDIT})
 SET_TIME_EVENT: Final = Command.SET_TIME.label  # audit event of a time statement (detail: verdict, stated, ...)
+# Changes an owner makes over the air: KeyAdmin / Enrollment audit each with the owner's key id ("by") in the same
+# commit as the change, so record() writes no second row for them when they succeed.
+_SELF_AUDITED: Final = frozenset({Command.REVOKE_KEY, Command.EDIT_KEY, Command.ISSUE_CODE})
+_KEY_STATE: Final[Mapping[str, KeyState]] = {"active": KeyState.ACTIVE, "not_yet_valid": KeyState.NOT_YET_VALID,
+                                              "expired": KeyState.EXPIRED, "revoked": KeyState.REVOKED}
+_VIA: Final[Mapping[str, Via]] = {"code": Via.CODE, "share": Via.SHARE, "vehicle": Via.VEHICLE}
 
 
 def to_status_report(status: ActuatorStatus) -> StatusReport:
@@ -102,7 +114,7 @@ class Outcome:
     status: Status
     data: bytes = b""
     refusal: Refusal | None = None  # why policy refused (audit log only: the device sees `status`)
-    revoked: bytes | None = None  # a key this command revoked: its open sessions must end
+    revoked: tuple[bytes, ...] = ()  # keys this command revoked: their open sessions must end
     rate_limited: bool = False  # refused with BUSY: the key used up its actuations (nothing moved)
     refusals_to_audit: int = 0  # rate-limit refusals of this key to write now, as one aggregated row
     intent: int | None = None  # seq of the "actuate" row written before the lock was driven
@@ -114,8 +126,12 @@ class KeyCommands:
 
     def __init__(self, admin: KeyAdmin, lock: Lock, *, tz: tzinfo | None = None, reply_after: float = 0.1,
                  actuations: ActuationLimiter | None = None, monotonic: Callable[[], float] = time.monotonic,
-                 identity: KeyPair | None = None, statements: Mapping[Role, int] | None = None) -> None:
+                 identity: KeyPair | None = None, statements: Mapping[Role, int] | None = None,
+                 enrollment: Enrollment | None = None) -> None:
         """Act on `lock`; `tz` reads guest schedules (None: the local zone); see run() for `reply_after`.
+
+        `enrollment` issues the pairing codes an owner asks for over the air (ISSUE_CODE; without it:
+        NOT_SUPPORTED).
 
         `identity` is the vehicle key that signs the audit head in READ_AUDIT answers (without it: NOT_SUPPORTED).
 
@@ -131,6 +147,7 @@ class KeyCommands:
         self.actuations = actuations if actuations is not None else ActuationLimiter()
         self._mono = monotonic
         self.identity = identity
+        self.enrollment = enrollment
         self._head: AuditHead | None = None  # the last head signed: most reads find the log unchanged
         self._pulses: set[asyncio.Task[ActuatorStatus]] = set()  # answered actuations still driving the lock
 
@@ -180,7 +197,7 @@ class KeyCommands:
                 log.exception("could not write the actuation's intent to the audit log: not actuating")
                 return Outcome(key_id, command, wall, Status.INTERNAL_ERROR, refusals_to_audit=earlier)
             intent = entry.seq
-        revoked: bytes | None = None
+        revoked: tuple[bytes, ...] = ()
         data = b""
         try:
             status, data, revoked = await self._execute(key_id, command, args)
@@ -239,7 +256,9 @@ class KeyCommands:
             if outcome.intent is not None:
                 detail["intent"] = outcome.intent  # pairs the outcome with its intent row
             audit.record(_USE_EVENT[cmd], ts=self.admin.clock.now(), key_id=kid, detail=detail)
-        elif outcome.status is not Status.OK or cmd is not Command.REVOKE_KEY:
+        elif outcome.status is Status.NO_CHANGE:
+            return  # nothing was done, nothing is written (an already revoked key: PROTOCOL.md §5.3)
+        elif outcome.status is not Status.OK or cmd not in _SELF_AUDITED:
             audit.record(AuditEvent.ADMIN, ts=self.admin.clock.now(), key_id=kid,
                          detail={"command": cmd.name.lower(), "status": outcome.status.name})
 
@@ -271,44 +290,92 @@ class KeyCommands:
         for key_id, count in self.actuations.flush_all(self._mono()).items():
             self._audit_rate_limited(key_id, count)
 
-    async def _execute(self, key_id: bytes, cmd: Command, args: bytes) -> tuple[Status, bytes, bytes | None]:
+    async def _execute(self, key_id: bytes, cmd: Command, args: bytes) -> tuple[Status, bytes, tuple[bytes, ...]]:
         if cmd is Command.UNLOCK:
-            return Status.OK, (await self._actuate(self.lock.unlock, LockState.UNLOCKED, key_id)).encode(), None
+            return Status.OK, (await self._actuate(self.lock.unlock, LockState.UNLOCKED, key_id)).encode(), ()
         if cmd is Command.LOCK:
-            return Status.OK, (await self._actuate(self.lock.lock, LockState.LOCKED, key_id)).encode(), None
+            return Status.OK, (await self._actuate(self.lock.lock, LockState.LOCKED, key_id)).encode(), ()
         if cmd is Command.START:
-            return Status.OK, (await self._actuate(self.lock.start_enable, None, key_id)).encode(), None
+            return Status.OK, (await self._actuate(self.lock.start_enable, None, key_id)).encode(), ()
         if cmd is Command.STATUS:
-            return Status.OK, to_status_report(self.lock.status()).encode(), None
+            return Status.OK, to_status_report(self.lock.status()).encode(), ()
+        if cmd is Command.WATCH:
+            # The report now; the service then pushes every change to this session (PROTOCOL.md §9.6).
+            if args:
+                return Status.BAD_REQUEST, b"", ()
+            return Status.OK, to_status_report(self.lock.status()).encode(), ()
         if cmd is Command.LIST_KEYS:
             offset, limit = parse_list_keys_args(args)
             keys = self.admin.keys()
-            page = [KeyInfo(k.key_id, k.role, k.name, k.created_at, k.valid_from, k.valid_until,
-                            k.last_used_at, k.revoked_at) for k in keys[offset : offset + limit]]
-            data, _ = encode_key_page(page, len(keys))
-            return Status.OK, data, None
+            now = self.admin.clock.now()
+            data, _ = encode_key_page([key_info(k, now) for k in keys[offset : offset + limit]], len(keys))
+            return Status.OK, data, ()
         if cmd is Command.READ_AUDIT:
             after, limit = parse_read_audit_args(args)
             if self.identity is None:
-                return Status.NOT_SUPPORTED, b"", None
+                return Status.NOT_SUPPORTED, b"", ()
             entries, (head_seq, head_hash), pruned = self.admin.audit_page(after, min(limit, AUDIT_PAGE_MAX))
             records = [AuditRecord(e.seq, e.ts, str(e.event), _json(dict(e.detail)), e.hash, e.key_id)
                        for e in entries]
             # min(): an anchor past the head exists only in a tampered store; answer (verify reports it) not crash.
             data, _ = encode_audit_page(records, self._signed_head(head_seq, head_hash, min(pruned, head_seq)))
-            return Status.OK, data, None
+            return Status.OK, data, ()
         if cmd is Command.REVOKE_KEY:
             target, force, with_shares = parse_revoke_args(args)
-            if with_shares:  # no key is enrolled by share yet: refuse rather than silently revoke less
-                return Status.NOT_SUPPORTED, b"", None
+            if force:  # only at the vehicle's own CLI: over the air the last active owner is never revoked
+                return Status.BAD_REQUEST, b"", ()
             try:
-                self.admin.revoke(target, by=key_id.hex(), force=force)
+                done = self.admin.revoke(target, by=key_id.hex(), with_shares=with_shares)
             except LastOwnerError:
-                return Status.NOT_PERMITTED, b"", None
+                return Status.LAST_OWNER, b"", ()
+            except AlreadyRevoked:
+                return Status.NO_CHANGE, b"", ()
             except UnknownKey:
-                return Status.BAD_REQUEST, b"", None
-            return Status.OK, b"", target
-        return Status.NOT_SUPPORTED, b"", None
+                return Status.BAD_REQUEST, b"", ()
+            return Status.OK, b"", done.revoked_ids
+        if cmd is Command.EDIT_KEY:
+            return self._edit(key_id, KeyEdit.decode(args))
+        if cmd is Command.ISSUE_CODE:
+            return self._issue_code(key_id, PairingTerms.decode(args))
+        return Status.NOT_SUPPORTED, b"", ()
+
+    def _edit(self, key_id: bytes, edit: KeyEdit) -> tuple[Status, bytes, tuple[bytes, ...]]:
+        """EDIT_KEY: KeyAdmin.edit_key with the owner as the actor; the answer carries the key's new record."""
+
+        def field(value: object, cleared: bool) -> object:
+            return None if cleared else UNCHANGED if value is None else value
+
+        try:
+            rec = self.admin.edit_key(
+                edit.key_id, by=key_id.hex(),
+                name=UNCHANGED if edit.name is None else edit.name,
+                role=UNCHANGED if edit.role is None else Role(edit.role),
+                valid_from=field(edit.valid_from, edit.clear_valid_from),  # type: ignore[arg-type]
+                valid_until=field(edit.valid_until, edit.clear_valid_until),  # type: ignore[arg-type]
+                schedule=field(edit.schedule, edit.clear_schedule))  # type: ignore[arg-type]
+        except LastOwnerError:
+            return Status.LAST_OWNER, b"", ()
+        except AlreadyRevoked:  # a revoked key stays as it was revoked: the edit changes nothing
+            return Status.NO_CHANGE, b"", ()
+        except (UnknownKey, ValueError):  # no such key, an empty name, an empty window
+            return Status.BAD_REQUEST, b"", ()
+        return Status.OK, key_info(rec, self.admin.clock.now()).encode(), ()
+
+    def _issue_code(self, key_id: bytes, terms: PairingTerms) -> tuple[Status, bytes, tuple[bytes, ...]]:
+        """ISSUE_CODE: a one-time pairing code on the owner's terms, as `key-server pair` makes one."""
+        if self.enrollment is None:
+            return Status.NOT_SUPPORTED, b"", ()
+        now = self.admin.clock.now()
+        try:
+            ticket, pairing = self.enrollment.issue(
+                role=terms.role, name=terms.name, expires_at=now + terms.code_ttl, key_valid_from=terms.valid_from,
+                key_valid_until=terms.valid_until, schedule=terms.schedule, attempts=terms.attempts,
+                issued_by=key_id)
+        except NoFreeSlot:
+            return Status.BUSY, b"", ()  # all 100 slots hold codes: one frees when it is used, cancelled or expires
+        except ValueError:  # an empty name, a key expiry already past
+            return Status.BAD_REQUEST, b"", ()
+        return Status.OK, IssuedCode(ticket.code, pairing.expires_at).encode(), ()
 
     def _signed_head(self, seq: int, entry_hash: bytes, pruned_through: int) -> AuditHead:
         """The head statement signed by the vehicle key (PROTOCOL.md §5.6), reused while the log is unchanged."""
@@ -343,6 +410,12 @@ class KeyCommands:
         task.add_done_callback(finished)
         report = to_status_report(self.lock.status())
         return replace(report, lock=commanded) if commanded is not None else report
+
+
+def key_info(rec: KeyRecord, now: int) -> KeyInfo:
+    """A stored key as a key record for LIST_KEYS and EDIT_KEY, its state computed at the guarded time `now`."""
+    return KeyInfo(rec.key_id, rec.role, rec.name, rec.created_at, rec.valid_from, rec.valid_until, rec.last_used_at,
+                   rec.revoked_at, rec.schedule, _KEY_STATE[rec.state(now)], _VIA[rec.via], rec.enrolled_by)
 
 
 def _json(detail: object) -> str:

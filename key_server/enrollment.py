@@ -47,12 +47,14 @@ class Enrollment:
         key_valid_until: int | None,
         schedule: str | None,
         attempts: int,
+        issued_by: bytes | None = None,
     ) -> tuple[PairingTicket, PendingPairing]:
         """A one-time code for a new device, stored (as its PRS only) and audited in one commit.
 
         ValueError, saying what is wrong, for a code that would be dead or a key that would be: a code lifetime
         that is not in (0, MAX_CODE_TTL], a key expiry already past, attempts outside 1..MAX_ATTEMPTS.
-        NoFreeSlot when all 100 slots are taken.
+        NoFreeSlot when all 100 slots are taken. `issued_by` is the owner key that asked over the air (None: the
+        Pi's CLI); the key the code enrolls records it as enrolled_by, and the audit row as "by".
         """
         now = self.clock.now()
         if expires_at <= now:
@@ -66,9 +68,10 @@ class Enrollment:
         with self.store.transaction():
             code, pairing = issue_code(self.store, self.vehicle_id, role=role, name=name, expires_at=expires_at,
                                        key_valid_from=key_valid_from, key_valid_until=key_valid_until,
-                                       schedule=schedule, attempts=attempts, now=now)
-            self.audit.append(AuditEvent.ADMIN, ts=now, detail={"action": "pair_code", "slot": pairing.slot,
-                                                                "role": role.label, "name": name})
+                                       schedule=schedule, attempts=attempts, now=now, issued_by=issued_by)
+            self.audit.append(AuditEvent.ADMIN, ts=now, key_id=issued_by, detail={
+                "action": "pair_code", "slot": pairing.slot, "role": role.label, "name": name,
+                "by": issued_by.hex() if issued_by is not None else "cli"})
         return PairingTicket(code, self.vehicle_id, name), pairing
 
     def pending(self) -> list[PendingPairing]:
@@ -121,5 +124,6 @@ class Enrollment:
                               detail={"slot": pairing.slot, "reason": str(exc)})
             return None
         self.audit.record(AuditEvent.PAIR, ts=self.clock.now(), key_id=key_id,
-                          detail={"slot": pairing.slot, "name": pairing.name, "role": pairing.role.label})
+                          detail={"slot": pairing.slot, "name": pairing.name, "role": pairing.role.label,
+                                  "via": "code", "by": pairing.issued_by.hex() if pairing.issued_by else "cli"})
         return rec

@@ -48,7 +48,8 @@ class Refusal(enum.StrEnum):
 
 PERMISSIONS: Final[Mapping[Role, frozenset[Command]]] = {
     Role.OWNER: SECURE_COMMANDS,
-    Role.DRIVER: frozenset({Command.UNLOCK, Command.LOCK, Command.STATUS, Command.START, Command.SET_TIME}),
+    Role.DRIVER: frozenset({Command.UNLOCK, Command.LOCK, Command.STATUS, Command.START, Command.SET_TIME,
+                            Command.WATCH}),
     Role.GUEST: frozenset({Command.UNLOCK, Command.LOCK, Command.STATUS}),
 }
 

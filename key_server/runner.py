@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import tzinfo
 from pathlib import Path
 
@@ -102,7 +103,14 @@ async def serve(cfg: Config) -> int:
     store = KeyStore.open(cfg.store_path)
     try:
         clock = GuardedClock(store, probes=cfg.clock.probes())
-        lock = build_lock(cfg.actuator, on_change=_log_actuator)
+        # Every change the lock reports goes to the log and, once the service exists, to its watching sessions.
+        listeners: list[Callable[[ActuatorEvent], None]] = [_log_actuator]
+
+        def on_change(event: ActuatorEvent) -> None:
+            for listen in tuple(listeners):
+                listen(event)
+
+        lock = build_lock(cfg.actuator, on_change=on_change)
     except BaseException:
         store.close()
         raise
@@ -126,6 +134,7 @@ async def serve(cfg: Config) -> int:
             link_queue=rl.link_queue, max_links=rl.max_links, max_link_lifetime=rl.max_link_lifetime,
             statements=statement_bounds(cfg.clock)),
     )
+    listeners.append(service.actuator_changed)
     systemd = Notifier.from_environ()
     # Pinged from this loop from the start: registering with BlueZ can take a while, and a loop that hangs
     # then is as dead as one that hangs later (docs/DEPLOY.md, "Run as a service").

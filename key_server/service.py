@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -21,7 +22,7 @@ from datetime import tzinfo
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from dkey_link.contract import AttError, AttErrorCode, Peripheral
-from hardware import Lock
+from hardware import ActuatorEvent, DoorChanged, Lock, LockChanged
 from protocol import (
     DEFAULT_CHALLENGE_TTL,
     PUBLISHED_TEST_KEYS,
@@ -38,9 +39,12 @@ from protocol import (
     Refused,
     RemoteProtocolError,
     RetryAfter,
+    RevocationsOffered,
     Role,
     SessionOpened,
+    ShareOffered,
     Status,
+    StatusReport,
     VehicleSession,
     decode_public_key,
     fast_result_data,
@@ -48,13 +52,16 @@ from protocol import (
 
 from .audit import AuditEvent, AuditLog
 from .clock import GuardedClock
-from .commands import DEFAULT_STATEMENTS, KeyCommands
+from .commands import DEFAULT_STATEMENTS, KeyCommands, to_status_report
 from .config import DEFAULT_LINK_IDLE_TIMEOUT
 from .enrollment import Enrollment
 from .keyadmin import KeyAdmin
+from .policy import authorize
 from .ratelimit import LINK_QUEUE, MAX_LINK_LIFETIME, MAX_LINKS, ActuationLimiter, FailureLimiter
 from .refusals import MAX_ROWS_PER_WINDOW, REFUSAL_WINDOW, RefusalDigest
+from .shares import Shares
 from .store import KeyStore, PendingPairing
+from .timezone import local_zone
 
 log = logging.getLogger("key_server.service")
 CLOCK_TRUSTED_EVENT = "clock_trusted"  # audit event: a source (rtc, ntp, system) first confirmed the clock
@@ -102,6 +109,9 @@ class ServiceStats:
     pairings_abandoned: int = 0
     sessions_ended_by_revocation: int = 0
     internal_errors: int = 0  # commands answered INTERNAL_ERROR because handling them raised
+    shares_enrolled: int = 0  # keys enrolled by an owner's share (SHARE_PRESENT answered OK)
+    lists_applied: int = 0  # owners' revocation lists applied (REVOCATIONS answered OK)
+    watch_pushes: int = 0  # status reports pushed to watching sessions
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +138,11 @@ class _Central:
     reads: dict[Command, int] = field(default_factory=dict)  # answered reads, audited once when the link ends
     gone: bool = False  # the link ended: a read answered after that is audited at once
     lane: bytes | None = None  # the enrolled key named by the message being processed (the limiter's key lane)
+    # WATCH answered OK in this session: the last status report it was sent (a push goes out when one differs).
+    watching: StatusReport | None = None
+    # Held while taking a link's queued chunks and notifying them: an answer and a WATCH push queued meanwhile
+    # never interleave their chunks (each message's chunks go out together, in the order they were queued).
+    sending: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class KeyService:
@@ -154,9 +169,10 @@ class KeyService:
         self.config = config or ServiceConfig()
         self.admin = KeyAdmin(store, audit, clock)
         self.enrollment = Enrollment(store, audit, clock, identity.key_id)
+        self.shares = Shares(store, audit, clock, identity.key_id)
         self.commands = KeyCommands(self.admin, lock, tz=self.config.tz, reply_after=self.config.reply_after,
                                     actuations=self.config.actuations, monotonic=monotonic, identity=identity,
-                                    statements=self.config.statements)
+                                    statements=self.config.statements, enrollment=self.enrollment)
         self.refusals = RefusalDigest(self._write_refusals, window=self.config.refusal_window,
                                       max_rows=self.config.refusal_rows)
         self._mono = monotonic
@@ -170,12 +186,14 @@ class KeyService:
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._change_counter = -1
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Start advertising and the housekeeping task."""
         self._change_counter = self.store.change_counter()
+        self._loop = asyncio.get_running_loop()
         self.audit.append(AuditEvent.SERVER_START, ts=self.clock.now(),
                           detail={"vehicle_id": self.identity.key_id.hex()})
         self._refresh_clock(force=True)
@@ -280,7 +298,7 @@ class KeyService:
         if central is None:
             return
         central.session.push_challenge(now)
-        self._spawn(self._send(link, central.session.data_to_send()))
+        self._spawn(self._flush(central))
 
     def on_write(self, link: str, data: bytes) -> None:
         """One ATT write: cheap checks here, then hand over to the link's drain task."""
@@ -348,6 +366,11 @@ class KeyService:
         except Exception as exc:  # noqa: BLE001 - a vanished link must not kill the service
             log.info("notify to %s failed: %s", link, exc)
 
+    async def _flush(self, central: _Central) -> None:
+        """Send every chunk the link's session has queued, under the link's send lock (whole messages, in order)."""
+        async with central.sending:
+            await self._send(central.link, central.session.data_to_send())
+
     async def _drain(self, central: _Central) -> None:
         """Process every complete message of one link, in order, sending each reply before the next."""
         while True:
@@ -362,7 +385,7 @@ class KeyService:
                     self.stats.rate_limited += 1
                     self.stats.shed += 1
                     central.session.shed()
-                    await self._send(central.link, central.session.data_to_send())
+                    await self._flush(central)
                     continue
                 self.stats.admitted += 1
             try:
@@ -375,13 +398,13 @@ class KeyService:
                 else:  # counted, not written now: a malformed message proves nothing about its sender
                     self.refusals.refused(central.link, now, self.clock.now(), status="MALFORMED",
                                           reason=f"protocol error: {exc}")
-                await self._send(central.link, central.session.data_to_send())
+                await self._flush(central)
                 await self._drop(central)
                 return
             except KeyProtocolError:
                 return  # the session was closed under us (disconnect, revocation)
             if event is None:
-                await self._send(central.link, central.session.data_to_send())
+                await self._flush(central)
                 return
             try:
                 await self._handle(central, event, now)
@@ -390,7 +413,7 @@ class KeyService:
                 if not self._answer_internal_error(central):
                     await self._drop(central)
                     return
-            await self._send(central.link, central.session.data_to_send())
+            await self._flush(central)
             for job in central.after:
                 job()
             central.after.clear()
@@ -440,6 +463,10 @@ class KeyService:
                                   reason=event.reason, key_id=event.key_id)
         elif isinstance(event, SessionOpened):
             central.secure_key_id = event.key_id
+        elif isinstance(event, ShareOffered):
+            self._share(central, event, now)
+        elif isinstance(event, RevocationsOffered):
+            self._revocations(central, event, now)
         elif isinstance(event, PairingRequested):
             self.stats.pair_attempts += 1
             pairing = self.enrollment.begin(event.slot)  # spent and audited, live slot or not, before the PAKE
@@ -456,6 +483,38 @@ class KeyService:
             if attempt is not None:  # written after the ERROR is sent: the answer's timing says nothing of the slot
                 central.after.append(lambda: self._attempt_failed(attempt, reason))
             central.after.append(self._dropper(central))
+
+    def _share(self, central: _Central, event: ShareOffered, now: float) -> None:
+        """SHARE_PRESENT: check the owner's certificate and enroll its key; the session signs the answer."""
+        result = self.shares.enroll(event.certificate)
+        central.session.answer_share(result.status)
+        if result.status is Status.OK:
+            self.stats.shares_enrolled += 1  # its audit row was committed with the key
+        elif result.status is not Status.NO_CHANGE:
+            # Anyone can replay a certificate: a refusal is counted with the link's other unauthenticated ones
+            # (one row per link and window). A DENIED one (forged, unknown or revoked issuer, revoked subject) is
+            # charged to the link like a bad signature; an honest device refused for an untrusted clock, an
+            # expired share or an owner role is not throttled for it.
+            self.stats.refused += 1
+            if result.status is Status.DENIED:
+                self.limiter.failed(central.link, now, central.lane)
+            self.refusals.refused(central.link, now, self.clock.now(), status=result.status.name,
+                                  reason=result.reason, key_id=event.certificate.subject_key_id)
+
+    def _revocations(self, central: _Central, event: RevocationsOffered, now: float) -> None:
+        """REVOCATIONS: apply an owner's newer list; end the revoked keys' sessions; the session signs the answer."""
+        result = self.shares.apply(event.revocations, event.raw)
+        central.session.answer_revocations(result.status, result.version)
+        if result.status is Status.OK:
+            self.stats.lists_applied += 1
+            for key_id in result.revoked:
+                # The carrier hears its answer first; a carrier whose own key the list revoked is dropped after.
+                self._end_sessions_of(key_id)
+        elif result.status is Status.DENIED:
+            self.stats.refused += 1
+            self.limiter.failed(central.link, now, central.lane)
+            self.refusals.refused(central.link, now, self.clock.now(), status=result.status.name,
+                                  reason=result.reason, key_id=event.revocations.issuer_id)
 
     def _end_attempt(self, central: _Central, reason: str, *, failure: bool = True) -> None:
         """End the central's pairing attempt, if one is under way, as failed; `failure` also charges the limiter."""
@@ -486,8 +545,8 @@ class KeyService:
     async def _command(self, central: _Central, ev: CommandRequested) -> None:
         self.stats.commands += 1
         outcome = await self.commands.run(ev.key_id, ev.command, ev.args)
-        if outcome.revoked is not None:  # committed: end its other sessions now; the asker hears the answer first
-            self._end_sessions_of(outcome.revoked, keep=central.link if outcome.revoked != ev.key_id else None)
+        for revoked in outcome.revoked:  # committed: end their other sessions now; the asker hears the answer first
+            self._end_sessions_of(revoked, keep=central.link if revoked != ev.key_id else None)
         with contextlib.suppress(KeyProtocolError):  # the central left mid-command: still audit what was done
             # Result data only inside a confidential session: a signed RESULT is readable by anyone (§5.3), but for
             # the time_wanted hint and a BUSY's retry record (when to try again, §5.4): neither says anything about
@@ -499,6 +558,9 @@ class KeyService:
             else:
                 data = fast_result_data(outcome.data)
             central.session.respond(outcome.status, data)
+            if ev.command is Command.WATCH and ev.secure and outcome.status is Status.OK:
+                # From now on every change of the lock, door or start output is pushed to this session.
+                central.watching = StatusReport.decode(outcome.data)
         if self.commands.is_counted_read(outcome):
             central.after.append(lambda: self._count_read(central, outcome.command))
         else:
@@ -515,6 +577,49 @@ class KeyService:
         reads, central.reads = central.reads, {}
         if reads and central.secure_key_id is not None:
             self.commands.record_reads(central.secure_key_id, reads)
+
+    # ------------------------------------------------------------------ WATCH: pushed status changes
+
+    def actuator_changed(self, event: ActuatorEvent) -> None:
+        """The lock's on_change listener (any thread): push the new status to every watching session.
+
+        The report is taken now, in the caller's thread, with the event's own value over the snapshot, so each
+        change is reported as it happened even when the next one follows at once (nothing is debounced here: the
+        door input is debounced by the hardware layer, and every change it reports is a real one).
+        """
+        report = to_status_report(self.lock.status())
+        if isinstance(event, LockChanged):
+            report = dataclasses.replace(report, lock=event.lock)
+        elif isinstance(event, DoorChanged):
+            report = dataclasses.replace(report, door=event.door)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._status_changed, report)
+        except RuntimeError:  # the loop closed meanwhile (server stopping): nobody is watching any more
+            pass
+
+    def _status_changed(self, report: StatusReport) -> None:
+        """Push `report` to every watching session whose last report differs and whose key may still watch."""
+        for central in list(self.links.values()):
+            if central.watching is None or central.watching == report or central.gone:
+                continue
+            # Asked once, checked at every push: a key whose window ended, that left its schedule or was demoted
+            # to guest since it asked hears no more (a revoked key's session is dropped by check_store_changes).
+            rec = self.store.get_key(central.secure_key_id) if central.secure_key_id is not None else None
+            if authorize(rec, Command.WATCH, self.clock.now(), self.config.tz or local_zone(),
+                         trusted=self.clock.trusted) is not None:
+                central.watching = None
+                continue
+            try:
+                central.session.push_watch(report.encode())
+            except KeyProtocolError:  # the session ended (revoked, closed): no more pushes
+                central.watching = None
+                continue
+            central.watching = report
+            self.stats.watch_pushes += 1
+            self._spawn(self._flush(central))
 
     # ------------------------------------------------------------------ revocation and housekeeping
 
@@ -564,7 +669,9 @@ class KeyService:
                 log.info("dropping %s: connected for %.1f s (max_link_lifetime)", central.link,
                          now - central.connected_at)
                 self._spawn(self._drop(central))
-            elif not busy and now - central.last_activity > self.config.link_idle_timeout:
+            elif (not busy and central.watching is None
+                  and now - central.last_activity > self.config.link_idle_timeout):
+                # A watching session is not idle: it waits for pushes (max_link_lifetime still bounds it).
                 # A silent central too: with bless, BlueZ does not advertise while it is connected.
                 log.info("dropping %s: idle for %.1f s (link_idle_timeout)", central.link, now - central.last_activity)
                 self._spawn(self._drop(central))

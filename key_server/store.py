@@ -38,6 +38,7 @@ from protocol import KEY_ID_LEN, PUBLIC_KEY_LEN, Role, is_published_test_key
 
 __all__ = [
     "CHANGE_COUNTER_KEY",
+    "KEY_STATES",
     "MIGRATIONS",
     "PAIRING_SLOTS",
     "PRS_LEN",
@@ -57,6 +58,10 @@ __all__ = [
     "UnknownKey",
     "UnknownPairing",
     "UnusableStore",
+    "VIAS",
+    "AlreadyRevoked",
+    "HeldRevocationList",
+    "key_state",
 ]
 
 PRS_LEN: Final = 32
@@ -64,6 +69,12 @@ PAIRING_SLOTS: Final = 100  # slot numbers 0..99 are part of the printed pairing
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
 CHANGE_COUNTER_KEY: Final = "change_counter"
 MAX_NAME_LEN: Final = 64
+SHARE_SERIAL_LEN: Final = 8
+# How a key was enrolled: a pairing code (typed or scanned; issued at the Pi or by an owner over the air), an
+# owner's share certificate, or the vehicle itself (its CLI, tests, tools).
+VIAS: Final = ("code", "share", "vehicle")
+# What a listing says about a key: computed from the record and the guarded time, never stored.
+KEY_STATES: Final = ("active", "not_yet_valid", "expired", "revoked")  # as the protocol's KeyState labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +91,9 @@ class KeyRecord:
     created_at: int
     last_used_at: int | None = None
     revoked_at: int | None = None
+    via: str = "code"  # one of VIAS
+    enrolled_by: bytes | None = None  # the owner key whose share or remotely issued code enrolled this key
+    share_serial: bytes | None = None  # the serial of the share certificate that enrolled it (via "share")
 
     def __post_init__(self) -> None:
         """Reject records the table could not hold, so errors surface where the record is built."""
@@ -95,11 +109,38 @@ class KeyRecord:
         # Accept the plain string too (rows, JSON), but always hold the enum.
         object.__setattr__(self, "role", Role(self.role))
         _check_window(self.valid_from, self.valid_until)
+        if self.via not in VIAS:
+            raise ValueError(f"via must be one of {', '.join(VIAS)}")
+        if self.enrolled_by is not None and (not isinstance(self.enrolled_by, bytes)
+                                             or len(self.enrolled_by) != KEY_ID_LEN):
+            raise ValueError(f"enrolled_by must be a {KEY_ID_LEN}-byte key id or None")
+        if self.share_serial is not None and (not isinstance(self.share_serial, bytes)
+                                              or len(self.share_serial) != SHARE_SERIAL_LEN):
+            raise ValueError(f"share_serial must be {SHARE_SERIAL_LEN} bytes or None")
 
     @property
     def revoked(self) -> bool:
         """True once the key has been revoked (forever, unless explicitly re-enrolled)."""
         return self.revoked_at is not None
+
+    def state(self, now: int) -> str:
+        """The key's state at `now` (pass the guarded time): one of KEY_STATES."""
+        return key_state(self, now)
+
+    def active_owner(self, now: int) -> bool:
+        """True for an unrevoked owner key whose validity window contains `now` (it can manage keys now)."""
+        return self.role is Role.OWNER and self.state(now) == "active"
+
+
+def key_state(rec: KeyRecord, now: int) -> str:
+    """Revoked beats everything; then the validity window [valid_from, valid_until) decides (not the schedule)."""
+    if rec.revoked:
+        return "revoked"
+    if rec.valid_from is not None and now < rec.valid_from:
+        return "not_yet_valid"
+    if rec.valid_until is not None and now >= rec.valid_until:
+        return "expired"
+    return "active"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +158,13 @@ class PendingPairing:
     attempts_left: int
     created_at: int
     failures: int = 0  # attempts that ended without a key: wrong code, or abandoned mid-PAKE (`pair --list`)
+    issued_by: bytes | None = None  # the owner key that issued the code over the air; None: the Pi's CLI
 
     def key_record(self, key_id: bytes, public_key: bytes, now: int) -> KeyRecord:
         """Build the KeyRecord this pairing grants to `public_key` (what complete_pairing expects)."""
         return KeyRecord(
+            via="code",
+            enrolled_by=self.issued_by,
             key_id=key_id,
             public_key=public_key,
             name=self.name,
@@ -169,7 +213,22 @@ class KeyWasRevoked(StoreError):
 
 
 class LastOwnerError(StoreError):
-    """Revoking this key would leave no active owner; needs force=True."""
+    """Revoking (or demoting) this key would leave no active owner; revoking needs force=True."""
+
+
+class AlreadyRevoked(StoreError):
+    """The key is already revoked: nothing was written (a repeated revocation is not a new act)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRevocationList:
+    """The newest revocation list applied from one issuer (an owner key): its version and its exact bytes."""
+
+    issuer: bytes
+    version: int
+    issued_at: int
+    applied_at: int
+    raw: bytes = field(repr=False)
 
 
 class NoFreeSlot(StoreError):
@@ -246,16 +305,49 @@ def _migration_2(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE pairings ADD COLUMN failures INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0)")
 
 
+def _migration_3(db: sqlite3.Connection) -> None:
+    """Remember how each key was enrolled and by whom, and the owners' revocation lists (shares, issue 12)."""
+    db.execute("ALTER TABLE keys ADD COLUMN via TEXT NOT NULL DEFAULT 'code' "
+               "CHECK (via IN ('code', 'share', 'vehicle'))")
+    db.execute("ALTER TABLE keys ADD COLUMN enrolled_by BLOB "
+               "CHECK (enrolled_by IS NULL OR (typeof(enrolled_by) = 'blob' AND length(enrolled_by) = 4))")
+    db.execute("ALTER TABLE keys ADD COLUMN share_serial BLOB "
+               "CHECK (share_serial IS NULL OR (typeof(share_serial) = 'blob' AND length(share_serial) = 8))")
+    db.execute("CREATE INDEX keys_enrolled_by ON keys (enrolled_by)")
+    db.execute("CREATE INDEX keys_share_serial ON keys (share_serial)")
+    db.execute("ALTER TABLE pairings ADD COLUMN issued_by BLOB "
+               "CHECK (issued_by IS NULL OR (typeof(issued_by) = 'blob' AND length(issued_by) = 4))")
+    db.execute("""
+        CREATE TABLE revocation_lists (
+            issuer     BLOB PRIMARY KEY CHECK (typeof(issuer) = 'blob' AND length(issuer) = 4),
+            version    INTEGER NOT NULL CHECK (version >= 1),
+            issued_at  INTEGER NOT NULL,
+            applied_at INTEGER NOT NULL,
+            list       BLOB NOT NULL
+        ) WITHOUT ROWID
+    """)
+    # Every key id a list named, enrolled or not: a share for it must never enrol it later.
+    db.execute("""
+        CREATE TABLE revoked_key_ids (
+            key_id  BLOB PRIMARY KEY CHECK (typeof(key_id) = 'blob' AND length(key_id) = 4),
+            issuer  BLOB,
+            version INTEGER,
+            at      INTEGER NOT NULL
+        ) WITHOUT ROWID
+    """)
+
+
 # Append new migrations here; SCHEMA_VERSION follows. Read at open() time, so tests can extend it.
-MIGRATIONS: list[Migration] = [_migration_1, _migration_2]
+MIGRATIONS: list[Migration] = [_migration_1, _migration_2, _migration_3]
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _KEY_COLUMNS: Final = (
-    "key_id, public_key, name, role, valid_from, valid_until, schedule, created_at, last_used_at, revoked_at"
+    "key_id, public_key, name, role, valid_from, valid_until, schedule, created_at, last_used_at, revoked_at, "
+    "via, enrolled_by, share_serial"
 )
 _PAIRING_COLUMNS: Final = (
     "slot, prs, role, name, expires_at, key_valid_from, key_valid_until, schedule, attempts_left, created_at, "
-    "failures"
+    "failures, issued_by"
 )
 
 
@@ -480,7 +572,7 @@ class KeyStore:
                 for old in existing:
                     self._execute("DELETE FROM keys WHERE key_id = ?", (old.key_id,))
             self._execute(
-                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                 (
                     rec.key_id,
                     rec.public_key,
@@ -492,6 +584,9 @@ class KeyStore:
                     rec.created_at,
                     rec.last_used_at,
                     None,
+                    rec.via,
+                    rec.enrolled_by,
+                    rec.share_serial,
                 ),
             )
             self._bump()
@@ -543,13 +638,7 @@ class KeyStore:
             if rec.revoked:
                 return rec
             if rec.role is Role.OWNER and not force:
-                # "Active" = could manage keys right now: not revoked and inside its validity window.
-                (others,) = self._execute(
-                    "SELECT count(*) FROM keys WHERE role = 'owner' AND revoked_at IS NULL AND key_id != ? "
-                    "AND (valid_from IS NULL OR valid_from <= ?) AND (valid_until IS NULL OR valid_until > ?)",
-                    (key_id, now, now),
-                ).fetchone()
-                if others == 0:
+                if self._other_active_owners(key_id, now) == 0:
                     raise LastOwnerError(
                         f"{key_id.hex()} ({rec.name!r}) is the last active owner key; revoking it leaves only "
                         "the Pi's own CLI to manage keys (use --force if that is what you want)"
@@ -557,6 +646,98 @@ class KeyStore:
             self._execute("UPDATE keys SET revoked_at = ? WHERE key_id = ?", (now, key_id))
             self._bump()
         return dataclasses.replace(rec, revoked_at=now)
+
+    def _other_active_owners(self, key_id: bytes, now: int) -> int:
+        """How many owner keys other than `key_id` are active at `now` (inside the current transaction)."""
+        # "Active" = could manage keys right now: not revoked and inside its validity window.
+        (others,) = self._execute(
+            "SELECT count(*) FROM keys WHERE role = 'owner' AND revoked_at IS NULL AND key_id != ? "
+            "AND (valid_from IS NULL OR valid_from <= ?) AND (valid_until IS NULL OR valid_until > ?)",
+            (key_id, now, now),
+        ).fetchone()
+        return int(others)
+
+    def update_key(self, rec: KeyRecord, now: int) -> KeyRecord:
+        """Store `rec`'s name, role, validity window and schedule over the unrevoked key with its id; return it.
+
+        Raises UnknownKey, AlreadyRevoked (a revoked key is not edited), or LastOwnerError when the key is the last
+        active owner and `rec` would no longer be one at `now` (a demotion, or a window that excludes now).
+        Everything else of the stored key (public key, enrolment, last use) is kept.
+        """
+        with self.transaction():
+            old = self._key_row(rec.key_id)
+            if old is None:
+                raise UnknownKey(f"no key {rec.key_id.hex()}")
+            if old.revoked:
+                raise AlreadyRevoked(f"{old.key_id.hex()} ({old.name!r}) is revoked: it cannot be edited")
+            new = dataclasses.replace(old, name=rec.name, role=rec.role, valid_from=rec.valid_from,
+                                      valid_until=rec.valid_until, schedule=rec.schedule)
+            if (old.active_owner(now) and not new.active_owner(now)
+                    and self._other_active_owners(old.key_id, now) == 0):
+                raise LastOwnerError(f"{old.key_id.hex()} ({old.name!r}) is the last active owner key: it cannot "
+                                     "be demoted or given a window that excludes now")
+            self._execute(
+                "UPDATE keys SET name = ?, role = ?, valid_from = ?, valid_until = ?, schedule = ? WHERE key_id = ?",
+                (new.name, new.role.label, new.valid_from, new.valid_until, new.schedule, new.key_id),
+            )
+            self._bump()
+        return new
+
+    def _key_row(self, key_id: bytes) -> KeyRecord | None:
+        """The key with this id read inside the current transaction, or None."""
+        rows = self._execute(f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ?", (key_id,)).fetchall()  # noqa: S608
+        return _key_from_row(rows[0]) if rows else None
+
+    def keys_enrolled_by(self, key_id: bytes) -> list[KeyRecord]:
+        """The keys enrolled by a share `key_id` issued (revoked ones included), oldest first."""
+        rows = self._query(
+            f"SELECT {_KEY_COLUMNS} FROM keys WHERE enrolled_by = ? AND via = 'share' "  # noqa: S608
+            "ORDER BY created_at, key_id", (key_id,))
+        return [_key_from_row(row) for row in rows]
+
+    def share_serial_used(self, serial: bytes) -> KeyRecord | None:
+        """The key a share with this serial enrolled (revoked or not), or None: a serial enrols at most once."""
+        rows = self._query(f"SELECT {_KEY_COLUMNS} FROM keys WHERE share_serial = ?", (serial,))  # noqa: S608
+        return _key_from_row(rows[0]) if rows else None
+
+    # ---- revocation lists --------------------------------------------------------------------------------------
+
+    def revocation_list(self, issuer: bytes) -> HeldRevocationList | None:
+        """The newest list applied from `issuer`, or None if none was."""
+        rows = self._query("SELECT issuer, version, issued_at, applied_at, list FROM revocation_lists "
+                           "WHERE issuer = ?", (issuer,))
+        return HeldRevocationList(*rows[0]) if rows else None
+
+    def revocation_lists(self) -> list[HeldRevocationList]:
+        """Every issuer's newest applied list, by issuer."""
+        rows = self._query("SELECT issuer, version, issued_at, applied_at, list FROM revocation_lists ORDER BY issuer")
+        return [HeldRevocationList(*row) for row in rows]
+
+    def put_revocation_list(self, issuer: bytes, version: int, issued_at: int, now: int, raw: bytes) -> None:
+        """Hold `raw` as `issuer`'s list `version`; ValueError unless newer than the one held (lists only grow)."""
+        with self.transaction():
+            rows = self._execute("SELECT version FROM revocation_lists WHERE issuer = ?", (issuer,)).fetchall()
+            if rows and int(rows[0][0]) >= version:
+                raise ValueError(f"revocation list version {version} is not newer than the held {rows[0][0]}")
+            self._execute(
+                "INSERT INTO revocation_lists (issuer, version, issued_at, applied_at, list) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (issuer) DO UPDATE SET version = excluded.version, issued_at = excluded.issued_at, "
+                "applied_at = excluded.applied_at, list = excluded.list",
+                (issuer, version, issued_at, now, raw),
+            )
+            self._bump()
+
+    def remember_revoked_id(self, key_id: bytes, issuer: bytes | None, version: int | None, now: int) -> None:
+        """Remember `key_id` as revoked even if it is not enrolled (yet): no share may enrol it later."""
+        with self.transaction():
+            self._execute("INSERT INTO revoked_key_ids (key_id, issuer, version, at) VALUES (?, ?, ?, ?) "
+                          "ON CONFLICT (key_id) DO NOTHING", (key_id, issuer, version, now))
+
+    def key_id_revoked(self, key_id: bytes) -> bool:
+        """True if `key_id` is a revoked key of the store or was named by an applied revocation list."""
+        rows = self._query("SELECT 1 FROM revoked_key_ids WHERE key_id = ? UNION ALL "
+                           "SELECT 1 FROM keys WHERE key_id = ? AND revoked_at IS NOT NULL", (key_id, key_id))
+        return bool(rows)
 
     def mark_used(self, key_id: bytes, now: int) -> None:
         """Record that the key was just used (not counted as a change: it would wake every poller)."""
@@ -579,6 +760,7 @@ class KeyStore:
         schedule: str | None,
         attempts: int = 5,
         now: int,
+        issued_by: bytes | None = None,
     ) -> PendingPairing:
         """Reserve a random free slot, store prs_for_slot(slot) for it and return the pending pairing.
 
@@ -614,9 +796,10 @@ class KeyStore:
                 schedule=schedule,
                 attempts_left=attempts,
                 created_at=now,
+                issued_by=issued_by,
             )
             self._execute(
-                f"INSERT INTO pairings ({_PAIRING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",  # noqa: S608
+                f"INSERT INTO pairings ({_PAIRING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",  # noqa: S608
                 (
                     slot,
                     prs,
@@ -628,6 +811,7 @@ class KeyStore:
                     schedule,
                     attempts,
                     now,
+                    issued_by,
                 ),
             )
             self._bump()
@@ -685,8 +869,9 @@ class KeyStore:
             pairing = self._pairing_row(slot)
             if pairing is None:
                 raise UnknownPairing(f"no pending pairing in slot {slot}")
-            granted = (pairing.role, pairing.key_valid_from, pairing.key_valid_until, pairing.schedule)
-            offered = (rec.role, rec.valid_from, rec.valid_until, rec.schedule)
+            granted = (pairing.role, pairing.key_valid_from, pairing.key_valid_until, pairing.schedule, "code",
+                       pairing.issued_by)
+            offered = (rec.role, rec.valid_from, rec.valid_until, rec.schedule, rec.via, rec.enrolled_by)
             if granted != offered:
                 raise PairingMismatch(f"pairing {slot} grants {granted}, the key carries {offered}")
             self._execute("DELETE FROM pairings WHERE slot = ?", (slot,))
@@ -973,6 +1158,9 @@ def _key_from_row(row: Sequence[Any]) -> KeyRecord:
         created_at=row[7],
         last_used_at=row[8],
         revoked_at=row[9],
+        via=row[10],
+        enrolled_by=row[11],
+        share_serial=row[12],
     )
 
 
@@ -990,6 +1178,7 @@ def _pairing_from_row(row: Sequence[Any]) -> PendingPairing:
         attempts_left=row[8],
         created_at=row[9],
         failures=row[10],
+        issued_by=row[11],
     )
 
 

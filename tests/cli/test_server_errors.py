@@ -120,6 +120,11 @@ BAD_ARGUMENTS = [
     ["pair", "--cancel", "-1"],
     ["keys", "--bogus"],
     ["revoke"],
+    ["revoke", "x", "--with-shares=yes"],
+    ["edit"],
+    ["edit", "x", "--role", "king"],
+    ["edit", "x", "--valid-until", "3d", "--no-expiry"],
+    ["edit", "x", "--schedule", "daily 08:00-20:00", "--no-schedule"],
     ["audit", "--limit", "-1"],
     ["audit", "--limit", "0"],
     ["audit", "--limit", "1001"],
@@ -150,14 +155,18 @@ def test_revoke_of_an_unknown_key_is_not_found(vehicle: Vehicle) -> None:
     fails_cleanly(vehicle.run("revoke", "nobody"), ExitCode.NOT_FOUND, "no key matches")
 
 
+def test_edit_of_an_unknown_key_is_not_found(vehicle: Vehicle) -> None:
+    fails_cleanly(vehicle.run("edit", "nobody", "--name", "x"), ExitCode.NOT_FOUND, "no key matches")
+
+
 def test_dkey_radio_must_name_a_radio(vehicle: Vehicle) -> None:
     fails_cleanly(vehicle.run("run", DKEY_RADIO="wifi"), ExitCode.USAGE, "DKEY_RADIO")
 
 
 # ---------------------------------------------------------------------------------------------- not initialised
 
-@pytest.mark.parametrize("argv", [["keys"], ["pair"], ["pair", "--list"], ["revoke", "x"], ["audit"],
-                                  ["audit", "--verify"], ["run", "--radio", "sim"]])
+@pytest.mark.parametrize("argv", [["keys"], ["pair"], ["pair", "--list"], ["revoke", "x"], ["edit", "x"],
+                                  ["audit"], ["audit", "--verify"], ["run", "--radio", "sim"]])
 def test_commands_before_init(fresh: Vehicle, argv: list[str]) -> None:
     fails_cleanly(fresh.run(*argv), ExitCode.NOT_INITIALISED, "init")
 
@@ -220,7 +229,8 @@ def test_vehicle_key_that_is_a_directory(vehicle: Vehicle) -> None:
     fails_cleanly(vehicle.run("pair"), ExitCode.KEYS, "not a regular file")
 
 
-STORE_USERS = [["keys"], ["revoke", "x"], ["audit"], ["audit", "--verify"], ["pair", "--no-qr"], ["pair", "--list"],
+STORE_USERS = [["keys"], ["revoke", "x"], ["edit", "x", "--name", "y"], ["audit"], ["audit", "--verify"],
+               ["pair", "--no-qr"], ["pair", "--list"],
                ["run", "--radio", "sim"]]
 
 

@@ -33,7 +33,9 @@ class Harness:
     actuations: ActuationLimiter = field(default_factory=ActuationLimiter)
     wall: float = T0
     air: MockAir = field(default_factory=MockAir)
-    lock: SimulatedLock = field(default_factory=lambda: SimulatedLock(ActuatorConfig(kind="sim", pulse_ms=5)))
+    # None: a simulated lock with 5 ms pulses whose changes reach the service (WATCH pushes), as runner.serve wires
+    # a real one; a lock given here is not wired.
+    lock: SimulatedLock = None  # type: ignore[assignment]
     reply_after: float = 0.1  # ServiceConfig.reply_after: answer a pulse still running after this long
     link_queue: int = LINK_QUEUE
     max_links: int = MAX_LINKS
@@ -47,6 +49,9 @@ class Harness:
     statements: dict[Role, int] | None = None  # ServiceConfig.statements (None: the defaults)
 
     def __post_init__(self) -> None:
+        if self.lock is None:
+            self.lock = SimulatedLock(ActuatorConfig(kind="sim", pulse_ms=5),
+                                      on_change=lambda event: self.service.actuator_changed(event))
         self.store = KeyStore.open(self.tmp / "keys.db", create=True)
         self.audit = AuditLog(self.store)
         self.clock = GuardedClock(self.store, source=lambda: self.wall, probes=self.probes)

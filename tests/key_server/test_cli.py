@@ -204,6 +204,9 @@ async def test_run_applies_the_configured_audit_retention(state, monkeypatch: py
         async def stop(self) -> None:
             pass
 
+        def actuator_changed(self, event: object) -> None:
+            pass
+
     monkeypatch.setattr(runner, "KeyService", FakeService)
     cfg = load_config(None, state)
     cfg.server.radio = "sim"
@@ -211,6 +214,41 @@ async def test_run_applies_the_configured_audit_retention(state, monkeypatch: py
     with pytest.raises(Stop):
         await runner.serve(cfg)
     assert seen == [250]
+
+
+async def test_run_wires_the_locks_changes_to_the_service(state, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the lock reports reaches KeyService.actuator_changed (WATCH pushes) as well as the log."""
+    from hardware import LockChanged
+    from key_server import runner
+    from key_server.config import load_config
+    from protocol import LockState
+
+    heard: list[object] = []
+
+    class Stop(Exception):
+        pass
+
+    class FakeService:
+        def __init__(self, **kw: object) -> None:
+            self.lock = kw["lock"]
+
+        async def start(self) -> None:
+            await self.lock.unlock()  # type: ignore[attr-defined]
+            raise Stop
+
+        async def stop(self) -> None:
+            pass
+
+        def actuator_changed(self, event: object) -> None:
+            heard.append(event)
+
+    monkeypatch.setattr(runner, "KeyService", FakeService)
+    cfg = load_config(None, state)
+    cfg.server.radio = "sim"
+    cfg.server.sim_dir = str(state.parent / "air")
+    with pytest.raises(Stop):
+        await runner.serve(cfg)
+    assert any(isinstance(e, LockChanged) and e.lock is LockState.UNLOCKED for e in heard)
 
 
 def test_doctor_checks_the_adapter_run_uses_not_any_adapter_that_is_up(monkeypatch) -> None:

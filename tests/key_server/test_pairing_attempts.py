@@ -202,6 +202,6 @@ def test_a_store_from_before_the_count_keeps_its_codes_with_no_wrong_tries(
                              "key_valid_until, schedule, attempts_left, created_at) "
                              "VALUES (7, ?, 'guest', 'old code', ?, NULL, NULL, NULL, 3, ?)", (bytes(32), T0 + 600, T0))
     with KeyStore.open(path) as store:
-        assert store.schema_version() == 2
+        assert store.schema_version() == store_mod.SCHEMA_VERSION
         [pending] = store.list_pairings(T0)
         assert (pending.slot, pending.attempts_left, pending.failures) == (7, 3, 0)

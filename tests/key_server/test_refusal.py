@@ -79,7 +79,7 @@ async def test_largest_arguments_the_store_holds_are_answered(h: Harness) -> Non
     assert decode_key_page((await link.secure(Command.LIST_KEYS, list_keys_args(0xFFFF, 255))).data) == (1, [])
     assert decode_key_page((await link.secure(Command.LIST_KEYS, list_keys_args(0, 0))).data) == (1, [])
     other = h.enroll(Role.DRIVER, "spare")
-    assert (await link.secure(Command.REVOKE_KEY, revoke_args(other.key_id, force=True))).status is S.OK
+    assert (await link.secure(Command.REVOKE_KEY, revoke_args(other.key_id))).status is S.OK
     await link.close()
 
 

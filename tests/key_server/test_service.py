@@ -139,13 +139,17 @@ async def test_cli_revocation_ends_an_open_session(h: Harness) -> None:
     assert h.service.stats.sessions_ended_by_revocation == 1
 
 
-async def test_last_owner_cannot_revoke_itself_without_force(h: Harness) -> None:
+async def test_last_owner_can_never_revoke_itself_over_the_air(h: Harness) -> None:
     owner = h.enroll(Role.OWNER)
     link = await h.connect(owner)
     await link.open_secure()
     with pytest.raises(VehicleRefused) as info:
         await link.secure(Command.REVOKE_KEY, revoke_args(owner.key_id))
-    assert info.value.status is S.NOT_PERMITTED
+    assert info.value.status is S.LAST_OWNER
+    with pytest.raises(VehicleRefused) as info:  # force is for the Pi's CLI only
+        await link.secure(Command.REVOKE_KEY, revoke_args(owner.key_id, force=True))
+    assert info.value.status is S.BAD_REQUEST
+    assert not h.store.get_key(owner.key_id).revoked  # type: ignore[union-attr]
     await link.close()
 
 

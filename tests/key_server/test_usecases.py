@@ -43,10 +43,11 @@ def events(admin: KeyAdmin) -> list[str]:
 def test_revoke_commits_the_revocation_and_its_audit_entry(admin: KeyAdmin) -> None:
     enroll(admin, name="laptop")
     phone = enroll(admin, Role.DRIVER)
-    rec = admin.revoke(phone.key_id, by="cli")
+    rec = admin.revoke(phone.key_id, by="cli").key
     assert rec.revoked and admin.store.get_key(phone.key_id).revoked_at == T0  # type: ignore[union-attr]
     [entry] = admin.audit.read()
-    assert (entry.event, entry.key_id, dict(entry.detail)) == ("revoke", phone.key_id, {"by": "cli", "force": False})
+    assert (entry.event, entry.key_id, dict(entry.detail)) == ("revoke", phone.key_id,
+                                                                  {"by": "cli", "force": False, "with_shares": False})
 
 
 def test_a_refused_revocation_writes_nothing(admin: KeyAdmin) -> None:
@@ -144,7 +145,7 @@ def test_unlock_answers_and_record_notes_the_use(commands: KeyCommands, admin: K
 
 def test_record_leaves_a_done_revocation_to_its_own_entry(commands: KeyCommands, admin: KeyAdmin) -> None:
     kid = enroll(admin).key_id
-    commands.record(Outcome(kid, Command.REVOKE_KEY, T0, Status.OK, revoked=b"\x00\x01\x02\x03"))
+    commands.record(Outcome(kid, Command.REVOKE_KEY, T0, Status.OK, revoked=(b"\x00\x01\x02\x03",)))
     assert events(admin) == []
     commands.record(Outcome(kid, Command.REVOKE_KEY, T0, Status.NOT_PERMITTED))
     assert events(admin) == ["admin"]
