@@ -1,7 +1,7 @@
 """Times given on a command line ("2026-12-24", "2026-12-24T18:00", "90m", "3d"), read the same way by both CLIs.
 
-`key-server pair --expires` reads them with key_server.policy.parse_when; `key-client share --until`,
-`issue-code` and `edit` read them here, with the same formats and rules (the device's local time zone).
+One parser for both CLIs: `key-server pair --expires` and `edit` (through key_server.policy, in the vehicle's
+time zone), `key-client share --until`, `issue-code` and `edit` (in the device's local time zone).
 """
 
 from __future__ import annotations
