@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from dkey_link.exit_codes import ExitCode
+from key_server import config as config_module
 from key_server import doctor, sandbox
 from key_server.cli import main
 from key_server.config import Config
@@ -325,8 +326,10 @@ def test_the_doctor_inside_the_unit_says_where_it_runs_and_does_not_start_anothe
         fakes: Fakes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Inside the transient unit the doctor is root-like in every other way (a unit without User=): it must check
     # there, not start a copy of itself.
+    # No paths of its own either (those alone keep the checks here): only the environment mark does.
     monkeypatch.setenv(sandbox.SANDBOX_ENV, "key-server.service's sandbox, copied from the installed unit X")
-    monkeypatch.setenv("DKEY_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(config_module, "SYSTEM_STATE_DIR", tmp_path / "state")
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", tmp_path / "etc-config.toml")
     main(["doctor"])
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("[OK  ] service sandbox: these checks ran inside key-server.service's sandbox, copied "
