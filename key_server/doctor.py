@@ -261,6 +261,25 @@ def check_gpio_devices(cfg: Config) -> GpioDevices | None:
                        sum(map(len, refused.values())) == len(chips))
 
 
+def check_lgpio_workdir(cfg: Config) -> DoctorCheck | None:
+    """lgpio can create its notification pipe: in $LG_WD, else in the working directory (None: simulated lock).
+
+    lgpio makes a FIFO `.lgd-nfy0` there when it is imported (gpiozero#1106, joan2937/lg#22); where it cannot,
+    gpiozero only says that no pin factory loads. `sudo -u dkey ...` keeps the caller's directory (a home directory
+    the service user cannot write); the unit points LG_WD at its runtime directory.
+    """
+    if cfg.actuator.kind == "sim":
+        return None
+    where = os.environ.get("LG_WD") or os.getcwd()
+    origin = "$LG_WD" if os.environ.get("LG_WD") else "the working directory"
+    if os.access(where, os.W_OK | os.X_OK):
+        return DoctorCheck("ok", "gpio workdir", f"{where} ({origin}) is writable for lgpio's notification pipe")
+    return DoctorCheck("fail", "gpio workdir",
+                       f"{where} ({origin}) is not writable by this user, and lgpio creates its notification pipe "
+                       "there: set LG_WD to a directory it can write (e.g. `sudo -u dkey env LG_WD=/var/lib/dkey "
+                       "key-server ...`); the unit sets LG_WD=/run/dkey")
+
+
 def sandbox_check() -> DoctorCheck | None:
     """Inside `doctor --as-service`'s transient unit: which sandbox and user the checks run in (else None)."""
     where = os.environ.get(SANDBOX_ENV)
@@ -293,11 +312,12 @@ async def run_checks(cfg: Config) -> list[DoctorCheck]:
     if mismatch is not None:
         checks.append(mismatch)
     devices = check_gpio_devices(cfg)
-    if devices is not None:
-        checks.append(devices.check)
-    if devices is not None and devices.none_open:
-        # lgpio would fail too, with an error that names no cause ("can not open gpiochip") and a hint to install it.
-        checks.append(DoctorCheck("warn", "gpio", "backend and pins not checked: no GPIO device opens (above)"))
+    workdir = check_lgpio_workdir(cfg)
+    checks += [c for c in (devices.check if devices else None, workdir) if c is not None]
+    if (devices is not None and devices.none_open) or (workdir is not None and workdir.level == "fail"):
+        # lgpio would fail too, with an error that names no cause ("can not open gpiochip", "Unable to load any
+        # default pin factory") and a hint to install it.
+        checks.append(DoctorCheck("warn", "gpio", "backend and pins not checked: fix the line above first"))
     else:
         try:
             for c in await check_hardware(cfg.actuator):

@@ -241,21 +241,31 @@ def run_doctor_in_unit(*, json_output: bool, unit: str = UNIT) -> int:
                            "in: run the checks as the service user instead (sudo -u USER key-server doctor)")
     source = installed_unit(unit) or shipped_unit(unit)
     argv = systemd_run_argv(source, json_output=json_output, unit=unit)
+    transient = next(a.removeprefix("--unit=") for a in argv if a.startswith("--unit="))
     sys.stdout.flush()
     try:
         code = subprocess.run(argv, timeout=RUN_TIMEOUT_S, check=False).returncode  # noqa: S603
     except subprocess.TimeoutExpired:
+        # systemd-run is gone, its unit is not: stop it (it may hold the pins).
+        subprocess.run([shutil.which("systemctl") or "systemctl", "stop", transient],  # noqa: S603
+                       capture_output=True, timeout=SHOW_TIMEOUT_S, check=False)
         raise SandboxError(f"the check inside {unit}'s sandbox did not finish within {RUN_TIMEOUT_S:.0f} s") from None
     if code in EXEC_STATUS:
-        transient = next(a.removeprefix("--unit=") for a in argv if a.startswith("--unit="))
         reason = _journal_reason(transient)
-        detail = (f"systemd could not start the check in {unit}'s sandbox as user {source.user()}: exit status "
-                  f"{code}/{EXEC_STATUS[code]}" + (f" ({reason})" if reason else f"; `journalctl -u {transient}` "
-                                                   "says why") + f"; the service would fail to start the same way "
-                  f"(sandbox from {source.origin})")
-        _print_failure(detail, json_output=json_output)
+        _print_failure(f"systemd could not start the check in {unit}'s sandbox as user {source.user()}: exit status "
+                       f"{code}/{EXEC_STATUS[code]}" + (f" ({reason})" if reason else
+                                                        f"; `journalctl -u {transient}` says why")
+                       + f"; the service would fail to start the same way (sandbox from {source.origin})",
+                       json_output=json_output)
         return ExitCode.CHECK_FAILED
-    return code
+    if code not in {int(c) for c in ExitCode}:
+        # Not a status of key-server's: a signal ended it (a SystemCallFilter= kill is SIGSYS), and --quiet kept
+        # systemd-run from saying so.
+        _print_failure(f"the check inside {unit}'s sandbox ended without a status of key-server's (systemd-run exit "
+                       f"{code}): killed by a signal, such as a system call filter's SIGSYS? `journalctl -u "
+                       f"{transient}` says (sandbox from {source.origin})", json_output=json_output)
+        return ExitCode.CHECK_FAILED
+    return code  # the doctor's own status; any error line it printed went out through --pipe
 
 
 def _print_failure(detail: str, *, json_output: bool) -> None:

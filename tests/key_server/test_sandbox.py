@@ -243,6 +243,14 @@ def test_a_sandbox_failure_in_json_is_a_json_check(fakes: Fakes, capfd: pytest.C
     assert check["level"] == "fail" and "217/USER" in check["detail"]
 
 
+def test_a_check_killed_by_a_signal_is_one_failing_check(fakes: Fakes, capfd: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_RUN_RC", "255")  # not a status key-server exits with
+    assert main(["doctor", "--as-service"]) == ExitCode.CHECK_FAILED
+    [line] = [x for x in capfd.readouterr().out.splitlines() if x.startswith("[FAIL]")]
+    assert "systemd-run exit 255" in line and "SIGSYS" in line
+
+
 def test_systemds_statuses_never_collide_with_key_servers() -> None:
     assert max(ExitCode) < min(sandbox.EXEC_STATUS)
 
@@ -371,7 +379,7 @@ def test_a_gpiochip_blocked_by_the_device_policy_is_a_plain_failure(tmp_path: Pa
     assert f"{tmp_path}/gpiochip0: Operation not permitted" in result.check.detail
     assert "DeviceAllow=char-gpiochip rw" in result.check.detail
     checks = asyncio.run(doctor.run_checks(_gpio_cfg()))
-    assert ("warn", "gpio", "backend and pins not checked: no GPIO device opens (above)") in checks
+    assert ("warn", "gpio", "backend and pins not checked: fix the line above first") in checks
     assert not hardware_checked  # lgpio's own error would name no cause
 
 
@@ -395,3 +403,44 @@ def test_a_gpiochip_that_opens_passes_and_the_pins_are_checked(tmp_path: Path,
 def test_the_simulated_lock_needs_no_gpio_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(doctor, "GPIO_DEVICES", tmp_path)
     assert doctor.check_gpio_devices(Config()) is None
+
+
+def test_a_working_directory_lgpio_cannot_write_is_a_plain_failure(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sudo -u dkey key-server ...` from a home directory dkey cannot write: lgpio's pipe has nowhere to go."""
+    monkeypatch.delenv("LG_WD", raising=False)
+    monkeypatch.setattr(doctor, "GPIO_DEVICES", tmp_path)  # no chips: only the working directory matters here
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # root passes every access() check
+    hardware_checked = []
+
+    async def no_hardware(*args: object, **kwargs: object) -> list[object]:
+        hardware_checked.append(True)
+        return []
+
+    monkeypatch.setattr(doctor, "check_hardware", no_hardware)
+    check = doctor.check_lgpio_workdir(_gpio_cfg())
+    assert check is not None and check.level == "fail"
+    assert f"{tmp_path} (the working directory) is not writable" in check.detail and "LG_WD" in check.detail
+    asyncio.run(doctor.run_checks(_gpio_cfg()))
+    assert not hardware_checked
+
+
+def test_lg_wd_names_where_lgpio_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LG_WD", str(tmp_path))
+    check = doctor.check_lgpio_workdir(_gpio_cfg())
+    assert check is not None and check.level == "ok" and f"{tmp_path} ($LG_WD)" in check.detail
+    assert doctor.check_lgpio_workdir(Config()) is None  # the simulated lock loads no lgpio
+
+
+def test_the_shipped_unit_lets_trust_ntp_ask_the_kernel() -> None:
+    """ProtectClock=yes filters adjtimex(2) even read-only: trust_ntp could never confirm the time in the service.
+
+    Found by doctor --as-service in the deploy tier ("clock source ntp: cannot ask the kernel (adjtimex: [Errno 1]
+    adjtimex failed)"), which a doctor run in a shell cannot see. Setting the clock stays impossible: no capabilities.
+    """
+    service = [line.strip() for line in deploy_file("key-server.service").splitlines()
+               if line.strip() and not line.lstrip().startswith("#")]
+    assert not any(line.startswith("ProtectClock=") for line in service)
+    assert not any(line.startswith("SystemCallFilter=") and "@clock" in line for line in service)
+    assert "CapabilityBoundingSet=" in service  # empty: no CAP_SYS_TIME
