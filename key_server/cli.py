@@ -337,6 +337,11 @@ def cmd_actuate(cfg: Config, args: argparse.Namespace) -> int:
     """Pulse the lock once with no key, to test the wiring."""
     if not args.test:
         raise CliError("say `key-server actuate --test` to pulse the lock once with no key", ExitCode.USAGE)
+    from .doctor import check_lgpio_workdir
+
+    workdir = check_lgpio_workdir(cfg)
+    if workdir is not None and workdir.level == "fail":  # else lgpio fails with "Unable to load any pin factory"
+        raise CliError(workdir.detail, ExitCode.HARDWARE_UNAVAILABLE)
 
     async def go() -> int:
         lock = build_lock(cfg.actuator)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import shutil
 import stat
@@ -262,14 +263,15 @@ def check_gpio_devices(cfg: Config) -> GpioDevices | None:
 
 
 def check_lgpio_workdir(cfg: Config) -> DoctorCheck | None:
-    """lgpio can create its notification pipe: in $LG_WD, else in the working directory (None: simulated lock).
+    """lgpio can create its notification pipe: in $LG_WD, else in the working directory (None: lgpio not used).
 
     lgpio makes a FIFO `.lgd-nfy0` there when it is imported (gpiozero#1106, joan2937/lg#22); where it cannot,
     gpiozero only says that no pin factory loads. `sudo -u dkey ...` keeps the caller's directory (a home directory
     the service user cannot write); the unit points LG_WD at its runtime directory.
     """
-    if cfg.actuator.kind == "sim":
-        return None
+    factory = os.environ.get("GPIOZERO_PIN_FACTORY", "")
+    if cfg.actuator.kind == "sim" or factory not in ("", "lgpio") or importlib.util.find_spec("lgpio") is None:
+        return None  # gpiozero will not import lgpio here (find_spec looks without importing it)
     where = os.environ.get("LG_WD") or os.getcwd()
     origin = "$LG_WD" if os.environ.get("LG_WD") else "the working directory"
     if os.access(where, os.W_OK | os.X_OK):

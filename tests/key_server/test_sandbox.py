@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -405,6 +406,16 @@ def test_the_simulated_lock_needs_no_gpio_device(tmp_path: Path, monkeypatch: py
     assert doctor.check_gpio_devices(Config()) is None
 
 
+@pytest.fixture
+def lgpio_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lgpio installed and gpiozero free to pick it (it is not installed on this host)."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "lgpio" else real(name, *a))
+    monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
+
+
+@pytest.mark.usefixtures("lgpio_present")
 def test_a_working_directory_lgpio_cannot_write_is_a_plain_failure(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """`sudo -u dkey key-server ...` from a home directory dkey cannot write: lgpio's pipe has nowhere to go."""
@@ -426,11 +437,36 @@ def test_a_working_directory_lgpio_cannot_write_is_a_plain_failure(tmp_path: Pat
     assert not hardware_checked
 
 
+@pytest.mark.usefixtures("lgpio_present")
 def test_lg_wd_names_where_lgpio_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LG_WD", str(tmp_path))
     check = doctor.check_lgpio_workdir(_gpio_cfg())
     assert check is not None and check.level == "ok" and f"{tmp_path} ($LG_WD)" in check.detail
     assert doctor.check_lgpio_workdir(Config()) is None  # the simulated lock loads no lgpio
+
+
+@pytest.mark.usefixtures("lgpio_present")
+def test_no_workdir_check_where_gpiozero_will_not_import_lgpio(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert doctor.check_lgpio_workdir(_gpio_cfg()) is not None
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")  # a laptop's mock pins: lgpio never loads
+    assert doctor.check_lgpio_workdir(_gpio_cfg()) is None
+    monkeypatch.delenv("GPIOZERO_PIN_FACTORY")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # lgpio not installed
+    assert doctor.check_lgpio_workdir(_gpio_cfg()) is None
+
+
+@pytest.mark.usefixtures("lgpio_present")
+def test_actuate_test_says_why_lgpio_cannot_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[actuator]\nkind = "pulse"\nunlock_pin = 17\n')
+    monkeypatch.delenv("LG_WD", raising=False)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert main(["--state-dir", str(tmp_path), "--config", str(config), "actuate", "--test"]) == \
+        ExitCode.HARDWARE_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not writable by this user" in err and "LG_WD" in err
 
 
 def test_the_shipped_unit_lets_trust_ntp_ask_the_kernel() -> None:
