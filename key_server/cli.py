@@ -419,6 +419,11 @@ def cmd_actuate(cfg: Config, args: argparse.Namespace) -> int:
     """Pulse the lock once with no key, to test the wiring."""
     if not args.test:
         raise CliError("say `key-server actuate --test` to pulse the lock once with no key", ExitCode.USAGE)
+    from .doctor import check_lgpio_workdir
+
+    workdir = check_lgpio_workdir(cfg)
+    if workdir is not None and workdir.level == "fail":  # else lgpio fails with "Unable to load any pin factory"
+        raise CliError(workdir.detail, ExitCode.HARDWARE_UNAVAILABLE)
 
     async def go() -> int:
         lock = build_lock(cfg.actuator)
@@ -442,10 +447,21 @@ def cmd_actuate(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_doctor(cfg: Config | None, args: argparse.Namespace) -> int:
     """Check the config, state directory, key files, store, audit chain, Bluetooth stack and GPIO.
 
-    Loads the config itself: a config that does not load is a failing check here, not an early exit.
+    Loads the config itself: a config that does not load is a failing check here, not an early exit. Runs the
+    checks inside the unit's sandbox instead when asked (--as-service), or as root where the unit is installed.
     """
-    from .doctor import DoctorCheck, config_failure, run_checks
+    from .doctor import DoctorCheck, config_failure, root_outside_unit_warning, run_checks, sandbox_check
+    from .sandbox import SandboxError, run_doctor_in_unit
 
+    where = _doctor_where(args)
+    if where == "unit":
+        try:
+            return run_doctor_in_unit(json_output=args.json)
+        except SandboxError as exc:
+            raise CliError(str(exc), ExitCode.ERROR) from None
+    context = sandbox_check()
+    if context is None and where == "root-shell":
+        context = root_outside_unit_warning()
     checks: list[DoctorCheck]
     try:
         if cfg is None:
@@ -454,6 +470,8 @@ def cmd_doctor(cfg: Config | None, args: argparse.Namespace) -> int:
         checks = asyncio.run(run_checks(cfg))
     except ConfigError as exc:
         checks = [config_failure(exc), DoctorCheck("warn", "other checks", "skipped: fix the config first")]
+    if context is not None:
+        checks.insert(0, context)
     worst = 0
     for level, name, detail in checks:
         worst = max(worst, {"ok": 0, "warn": 1, "fail": 2}[level])
@@ -462,6 +480,28 @@ def cmd_doctor(cfg: Config | None, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"level": lv, "check": n, "detail": d} for lv, n, d in checks]))
     return ExitCode.CHECK_FAILED if worst == 2 else ExitCode.OK
+
+
+def _doctor_where(args: argparse.Namespace) -> str:
+    """Where doctor checks: "unit" (inside the unit's sandbox), "root-shell" (here, as root, unit installed), "here".
+
+    As root, with no paths of its own, on a machine where the unit is installed, doctor checks inside the unit:
+    root's results there are wrong both ways (the service user's files fail ownership checks that pass for the
+    service; a device or path the unit blocks passes). --here keeps the checks in this shell.
+    """
+    from .sandbox import SANDBOX_ENV, systemd_booted, unit_installed
+
+    if args.as_service:
+        if args.state_dir is not None or args.config is not None:
+            raise CliError("--as-service checks with the unit's own --state-dir and --config (its ExecStart): "
+                           "leave yours off, or use --here", ExitCode.USAGE)
+        return "unit"
+    if os.environ.get(SANDBOX_ENV) or not hasattr(os, "geteuid") or os.geteuid() != 0 or not systemd_booted() \
+            or not unit_installed():
+        return "here"
+    if args.here or args.state_dir is not None or args.config is not None or os.environ.get("DKEY_STATE_DIR"):
+        return "root-shell"
+    return "unit"
 
 
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
@@ -580,8 +620,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_audit)
 
-    s = sub.add_parser("doctor", help="check adapter, BlueZ, D-Bus, permissions, key files, store and GPIO")
+    s = sub.add_parser("doctor", help="check adapter, BlueZ, D-Bus, permissions, key files, store and GPIO",
+                       description="Check the config, key files, store, audit chain, clock, Bluetooth stack and "
+                       "GPIO; exit 12 on any [FAIL]. As root, with no --state-dir or --config, on a machine where "
+                       "key-server.service is installed, the checks run inside the unit's sandbox, as with "
+                       "--as-service; otherwise with your own permissions, in this shell.")
     s.add_argument("--json", action="store_true")
+    place = s.add_mutually_exclusive_group()
+    place.add_argument("--as-service", action="store_true",
+                       help="(root) run the checks inside key-server.service's sandbox, as the service runs: its "
+                       "user, groups, devices and file system view (systemd-run with the installed unit's "
+                       "properties, else the shipped unit's)")
+    place.add_argument("--here", action="store_true",
+                       help="run the checks in this shell, with your own permissions, even as root")
     s.set_defaults(func=cmd_doctor)
 
     s = sub.add_parser("actuate", help="test the lock wiring: --test pulses once with no key")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import importlib.util
 import os
 import shutil
 import stat
@@ -18,6 +20,7 @@ from .clock import GuardedClock
 from .config import Config, ConfigError, validate
 from .identity import load_identity
 from .radio import DEFAULT_ADAPTER
+from .sandbox import SANDBOX_ENV, UNIT
 from .store import KeyStore, StoreError
 
 Level = Literal["ok", "warn", "fail"]
@@ -219,6 +222,86 @@ async def _bluez_over_dbus(cfg: Config) -> list[DoctorCheck]:
 
 
 _GPIO_LEVEL: dict[CheckLevel, Level] = {CheckLevel.OK: "ok", CheckLevel.WARN: "warn", CheckLevel.FAIL: "fail"}
+GPIO_DEVICES: Final = Path("/dev")
+
+
+class GpioDevices(NamedTuple):
+    """check_gpio_devices' line, and whether no chip opened at all (then lgpio cannot work either)."""
+
+    check: DoctorCheck
+    none_open: bool
+
+
+def check_gpio_devices(cfg: Config) -> GpioDevices | None:
+    """Every /dev/gpiochip* opens read-write for this process (None: the simulated lock, or no chip at all).
+
+    Opened, not stat()ed: a systemd unit's device policy (DevicePolicy=closed without DeviceAllow=char-gpiochip)
+    refuses the open with EPERM while the file's mode and groups say yes; lgpio then fails with no reason given.
+    """
+    if cfg.actuator.kind == "sim":
+        return None
+    chips = sorted(GPIO_DEVICES.glob("gpiochip*"))
+    if not chips:
+        return None  # check_hardware says that no GPIO backend or chip is there
+    refused: dict[str, list[str]] = {}
+    for chip in chips:
+        try:
+            os.close(os.open(chip, os.O_RDWR | os.O_CLOEXEC))
+        except OSError as exc:
+            refused.setdefault(exc.strerror or str(exc), []).append(str(chip))
+    if not refused:
+        return GpioDevices(DoctorCheck("ok", "gpio devices", f"{', '.join(map(str, chips))} open read-write"), False)
+    parts = []
+    for reason, paths in refused.items():
+        hint = ("blocked by a device policy: a systemd unit with DevicePolicy=closed needs DeviceAllow=char-gpiochip "
+                "rw (the shipped unit has it)" if reason == os.strerror(errno.EPERM) else
+                "this user may not open them: add it to group gpio (docs/DEPLOY.md §3)"
+                if reason == os.strerror(errno.EACCES) else "")
+        parts.append(f"{', '.join(paths)}: {reason}" + (f": {hint}" if hint else ""))
+    return GpioDevices(DoctorCheck("fail", "gpio devices", "; ".join(parts)),
+                       sum(map(len, refused.values())) == len(chips))
+
+
+def check_lgpio_workdir(cfg: Config) -> DoctorCheck | None:
+    """lgpio can create its notification pipe: in $LG_WD, else in the working directory (None: lgpio not used).
+
+    lgpio makes a FIFO `.lgd-nfy0` there when it is imported (gpiozero#1106, joan2937/lg#22); where it cannot,
+    gpiozero only says that no pin factory loads. `sudo -u dkey ...` keeps the caller's directory (a home directory
+    the service user cannot write); the unit points LG_WD at its runtime directory.
+    """
+    factory = os.environ.get("GPIOZERO_PIN_FACTORY", "")
+    if cfg.actuator.kind == "sim" or factory not in ("", "lgpio") or importlib.util.find_spec("lgpio") is None:
+        return None  # gpiozero will not import lgpio here (find_spec looks without importing it)
+    where = os.environ.get("LG_WD") or os.getcwd()
+    origin = "$LG_WD" if os.environ.get("LG_WD") else "the working directory"
+    if os.access(where, os.W_OK | os.X_OK):
+        return DoctorCheck("ok", "gpio workdir", f"{where} ({origin}) is writable for lgpio's notification pipe")
+    return DoctorCheck("fail", "gpio workdir",
+                       f"{where} ({origin}) is not writable by this user, and lgpio creates its notification pipe "
+                       "there: set LG_WD to a directory it can write (e.g. `sudo -u dkey env LG_WD=/var/lib/dkey "
+                       "key-server ...`); the unit sets LG_WD=/run/dkey")
+
+
+def sandbox_check() -> DoctorCheck | None:
+    """Inside `doctor --as-service`'s transient unit: which sandbox and user the checks run in (else None)."""
+    where = os.environ.get(SANDBOX_ENV)
+    if not where:
+        return None
+    import pwd
+
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = "?"
+    return DoctorCheck("ok", "service sandbox", f"these checks ran inside {where}, as user {user} (uid {os.geteuid()})")
+
+
+def root_outside_unit_warning() -> DoctorCheck:
+    """The line for checks run as root in a shell on a machine where the unit is installed."""
+    return DoctorCheck("warn", "service sandbox",
+                       f"these checks ran as root, with root's permissions, not as the service's user inside "
+                       f"{UNIT}'s sandbox (a file only root can read passes here, a device the unit blocks too): "
+                       "check there with `sudo key-server doctor --as-service`")
 
 
 async def run_checks(cfg: Config) -> list[DoctorCheck]:
@@ -230,10 +313,18 @@ async def run_checks(cfg: Config) -> list[DoctorCheck]:
     mismatch = check_lock_matches_radio(cfg)
     if mismatch is not None:
         checks.append(mismatch)
-    try:
-        for c in await check_hardware(cfg.actuator):
-            checks.append(DoctorCheck(_GPIO_LEVEL.get(c.level, "warn"), f"gpio: {c.name}", c.detail))
-    except Exception as exc:  # noqa: BLE001 - doctor reports, it does not crash
-        checks.append(DoctorCheck("fail", "gpio", str(exc)))
+    devices = check_gpio_devices(cfg)
+    workdir = check_lgpio_workdir(cfg)
+    checks += [c for c in (devices.check if devices else None, workdir) if c is not None]
+    if (devices is not None and devices.none_open) or (workdir is not None and workdir.level == "fail"):
+        # lgpio would fail too, with an error that names no cause ("can not open gpiochip", "Unable to load any
+        # default pin factory") and a hint to install it.
+        checks.append(DoctorCheck("warn", "gpio", "backend and pins not checked: fix the line above first"))
+    else:
+        try:
+            for c in await check_hardware(cfg.actuator):
+                checks.append(DoctorCheck(_GPIO_LEVEL.get(c.level, "warn"), f"gpio: {c.name}", c.detail))
+        except Exception as exc:  # noqa: BLE001 - doctor reports, it does not crash
+            checks.append(DoctorCheck("fail", "gpio", str(exc)))
     checks.append(DoctorCheck("ok", "checked at", time.strftime("%Y-%m-%d %H:%M:%S")))
     return checks

@@ -6,7 +6,7 @@
 #   DEPLOY_VM_WORK     work dir (default .deploy-vm/): rootfs, disk image, wheelhouse, run/ (this run's files)
 #   DEPLOY_VM_TIMEOUT  hard limit for the VM in seconds, both boots (default 900)
 #   DEPLOY_VM_ONLY     comma-separated scenarios to run after deploy + s1 (s2_kill_mid_pulse, s6_bluetoothd_restart,
-#                      s3_broken_config, s4_watchdog, s5_reboot); default: all
+#                      s3_broken_config, s4_watchdog, s7_doctor_in_unit, s5_reboot); default: all
 #   DEPLOY_VM_CPUS, DEPLOY_VM_MEM (MiB), DEPLOY_VM_ACCEL (default TCG: this host's /dev/kvm cannot boot a stock
 #                      kernel), DEPLOY_VM_LOG_LINES (log lines printed per file on failure)
 # Runs setup.sh first when the disk image is missing or stale.

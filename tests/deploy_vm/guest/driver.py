@@ -421,6 +421,73 @@ def s4_watchdog() -> dict[str, Any]:
     return {"watchdog": wd, "stop_to_advertising_s": round(t_adv + boot - t_stop, 1)}
 
 
+NO_GPIO_DROP_IN = Path("/etc/systemd/system/key-server.service.d/zz-dkey-vm-no-gpiochip.conf")
+
+
+def as_root(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`key-server ARGS` as root (the unit's program), not as the service's user."""
+    return sh([server_paths()[0], *args], timeout=timeout)
+
+
+def fail_lines(p: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in p.stdout.splitlines() if line.startswith("[FAIL]")]
+
+
+def s7_doctor_in_unit() -> dict[str, Any]:
+    """doctor inside the unit's sandbox: the shipped unit passes; a drop-in that blocks the gpiochip passes the
+    doctor run as the service user outside the sandbox but fails the one inside, with one plain line."""
+    # While the service runs: the copy fails only on the pins the service holds, and leaves the service's runtime
+    # directory (lgpio's pipes) in place: systemd removes a RuntimeDirectory= when a unit stops, unless preserved.
+    ensure(unit_prop("ActiveState") == "active", "the service is not running")
+    t0 = time.monotonic()
+    busy = as_root("doctor", "--as-service")
+    in_unit_s = time.monotonic() - t0
+    ensure(busy.returncode == 12 and all("pins" in line for line in fail_lines(busy)) and fail_lines(busy),
+           f"doctor --as-service beside the running service: exit {busy.returncode}, {fail_lines(busy)}")
+    ensure(Path("/run/dkey").is_dir(), "the doctor's copy of the unit removed the service's /run/dkey")
+    unlock_and_watch("owner")  # the service is unharmed
+    sh(["systemctl", "stop", UNIT], check=True)
+    try:
+        shipped = as_root("doctor", "--as-service")
+        ensure(shipped.returncode == 0, f"the shipped unit fails doctor --as-service: {fail_lines(shipped)}")
+        # ProtectClock=yes refused even a read-only adjtimex(2): [clock] trust_ntp could never work in the service.
+        ensure("cannot ask the kernel" not in shipped.stdout, "the unit's sandbox blocks adjtimex (trust_ntp)")
+        first = shipped.stdout.splitlines()[0]
+        ensure("copied from the installed unit /etc/systemd/system/key-server.service" in first
+               and "as user dkey" in first, f"first line: {first}")
+        auto = as_root("doctor")  # root, the unit installed: the same check, inside the unit
+        ensure(auto.returncode == 0 and auto.stdout.splitlines()[0] == first, f"plain doctor as root: {auto.stdout}")
+        NO_GPIO_DROP_IN.parent.mkdir(exist_ok=True)
+        NO_GPIO_DROP_IN.write_text("[Service]\nDeviceAllow=\nDeviceAllow=/dev/null rw\n")
+        sh(["systemctl", "daemon-reload"], check=True)
+        # As dkey in a shell (DEPLOY.md §4): the gpio group opens the chip. lgpio writes its pipe to $LG_WD, else
+        # to the working directory, here the driver's "/", which dkey cannot write: doctor says so in one line.
+        exe, state, config = server_paths()
+        dkey = ["runuser", "-u", Path(state).owner(), "--", "env", f"LG_WD={state}", exe, "--state-dir", state,
+                *(["--config", config] if config else []), "doctor"]
+        outside = sh(dkey, timeout=300)
+        ensure(outside.returncode == 0, f"doctor as the service user: exit {outside.returncode}, {fail_lines(outside)}")
+        no_wd = sh([a for a in dkey if not a.startswith("LG_WD=")], timeout=300)
+        ensure(no_wd.returncode == 12 and len(fail_lines(no_wd)) == 1 and "gpio workdir: / (the working directory) "
+               "is not writable" in fail_lines(no_wd)[0], f"doctor as dkey in /: {fail_lines(no_wd)}")
+        inside = as_root("doctor", "--as-service")
+        fails = fail_lines(inside)
+        ensure(inside.returncode == 12, f"doctor --as-service with the drop-in: exit {inside.returncode}")
+        ensure(len(fails) == 1 and "gpio devices: /dev/gpiochip0: Operation not permitted" in fails[0]
+               and "DeviceAllow=char-gpiochip rw" in fails[0], f"not one plain line: {fails}")
+        ensure("drop-ins " + str(NO_GPIO_DROP_IN) in inside.stdout.splitlines()[0], "the drop-in is not named")
+        here = as_root("doctor", "--here")
+        ensure(here.stdout.startswith("[WARN] service sandbox: these checks ran as root, with root's permissions"),
+               f"doctor --here as root: {here.stdout.splitlines()[:1]}")
+        return {"in_unit_fail_line": fails[0], "doctor_in_unit_s": round(in_unit_s, 1)}
+    finally:
+        NO_GPIO_DROP_IN.unlink(missing_ok=True)
+        sh(["systemctl", "daemon-reload"])
+        c = fresh_cursor()
+        sh(["systemctl", "start", UNIT])
+        wait_advertising(c, timeout=120)
+
+
 def s6_bluetoothd_restart() -> dict[str, Any]:
     """bluetoothd crashes (SIGSEGV); systemd restarts it; key-server advertises again; an unlock works."""
     ensure(unit_prop("Restart", "bluetooth") in ("on-failure", "always", "on-abnormal"),
@@ -533,7 +600,7 @@ def main() -> int:
                 finish(1)
                 return 1
             for name, fn in (("s2_kill_mid_pulse", s2_kill_mid_pulse), ("s3_broken_config", s3_broken_config),
-                             ("s4_watchdog", s4_watchdog)):
+                             ("s4_watchdog", s4_watchdog), ("s7_doctor_in_unit", s7_doctor_in_unit)):
                 if not only or name in only:
                     scenario(name, fn)
             reboot = (not only or "s5_reboot" in only) and scenario("s5_before_reboot", s5_before_reboot)
