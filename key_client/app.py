@@ -783,8 +783,10 @@ class DeviceApp:
         # Subscribed once: from here on a lost link is reconnected, and only not reaching the vehicle ends the watch.
         while True:
             name, plural = lost.entry.name, "" if seen == 1 else "s"
-            self._note(f"the link to {name} ended after {seen} change{plural} ({lost.cause}): "
-                       f"reconnecting in {pause:g} s")
+            # A LinkLost's own words speak of an answer awaited; what a watcher needs is who may have ended it.
+            why = ("the vehicle ended it, or it went out of range" if isinstance(lost.cause, LinkLost)
+                   else str(lost.cause))
+            self._note(f"the link to {name} ended after {seen} change{plural} ({why}): reconnecting in {pause:g} s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), pause)
             if stop.is_set():

@@ -223,6 +223,32 @@ def test_issue_code_edit_and_what_a_guest_may_not_do(root: Path, server: Server)
     assert set(vehicle_keys(server)) == {"phone", "tom's laptop"}  # nothing was enrolled or renamed
 
 
+def test_a_guest_that_makes_its_keychain_say_owner_signs_a_share_the_vehicle_refuses(
+        root: Path, server: Server) -> None:
+    # The attack: the guest's device is the attacker's own; its keychain's role is only a local hint.
+    server.start()
+    owner(root, server)
+    guest_id = paired(root, server, "tom", "guest", "tom")
+    index = root / "tom" / "keychain.json"
+    doc = json.loads(index.read_text())
+    assert doc["vehicles"][0]["role"] == "guest"
+    doc["vehicles"][0]["role"] = "owner"
+    index.write_text(json.dumps(doc))
+    request = js(client(root, "--json", "request-share", "--name", "friend", keychain="friend"))
+    share = js(client(root, "--json", "share", request["request"], "--role", "driver", keychain="tom"))
+    ok(client(root, "import-share", share["share"], keychain="friend"))
+    r = client(root, "unlock", keychain="friend")
+    assert r.returncode == ExitCode.DENIED, (r.stdout, r.stderr)
+    assert f"from owner key {guest_id}" in r.stderr and "its signer is not an active owner" in r.stderr, r.stderr
+    assert set(vehicle_keys(server)) == {"phone", "tom"}  # nothing enrolled
+    # The honest case beside it: a share the real owner signs enrols.
+    request = js(client(root, "--json", "request-share", "--name", "friend", keychain="friend2"))
+    share = js(client(root, "--json", "share", request["request"], "--role", "driver", keychain="phone"))
+    ok(client(root, "import-share", share["share"], keychain="friend2"))
+    ok(client(root, "unlock", keychain="friend2"))
+    assert vehicle_keys(server)["friend"]["via"] == "share"
+
+
 def test_watch_json_prints_the_change_another_keys_unlock_caused(
         root: Path, server: Server, background: list[Background]) -> None:
     server.start()
@@ -268,3 +294,19 @@ def test_watch_reconnects_when_the_vehicle_ends_the_link_and_exits_1_once_it_is_
     # The vehicle gone for good: no scan finds it again within --scan-time, so the watch ends with exit 1.
     assert watcher.end() == ExitCode.ERROR, watcher.err
     assert any("could not reconnect after the link ended" in ln for ln in watcher.err), watcher.err
+
+
+def test_a_watcher_revoked_meanwhile_is_refused_on_reconnecting(
+        root: Path, server: Server, background: list[Background]) -> None:
+    server.start()
+    owner(root, server)
+    paired(root, server, "driver", "driver", "driver")
+    watcher = Background(root, "--json", "watch", keychain="driver")
+    background.append(watcher)
+    assert watcher.line()["initial"] is True
+    # Revoking the key ends its session on the vehicle; the watch tries again and the vehicle refuses it.
+    revoked = js(client(root, "--json", "revoke", "driver", keychain="phone"))
+    assert revoked["revoked"] is True
+    watcher.wait_err("reconnecting in 2 s")
+    assert watcher.end() == ExitCode.DENIED, watcher.err
+    assert not any("watching bbcar again" in ln for ln in watcher.err), watcher.err
