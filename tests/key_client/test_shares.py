@@ -536,6 +536,23 @@ async def test_ctrl_c_while_the_watch_waits_to_reconnect_exits_0(
     assert "reconnecting in 30 s" in r.err and "stopped watching after 0 changes" in r.err
 
 
+async def test_ctrl_c_while_the_watch_is_reconnecting_exits_0(
+        run: Cli, car: FakeVehicle, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("key_client.app.WATCH_RECONNECT_PAUSE", 0.1)
+    run.scan_time = 10.0
+    owner_keychain(run.keychain, car)
+    task = asyncio.create_task(run("watch"))
+    await until(lambda: any(lk.watching for lk in car.links.values()))
+    await car.stop()  # out of reach: the reconnection scans for up to 10 s
+    for link in list(car.links):
+        car.air.drop(link)
+    await asyncio.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGINT)
+    r = await asyncio.wait_for(task, 3)
+    assert r.code == ExitCode.OK, r.err
+    assert "reconnecting in 0.1 s" in r.err and "stopped watching after 0 changes" in r.err
+
+
 async def test_a_guest_cannot_watch(run: Cli, car: FakeVehicle) -> None:
     owner_keychain(run.keychain, car, role=Role.GUEST)
     r = await run("watch")
