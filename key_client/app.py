@@ -76,8 +76,8 @@ AUDIT_PAGE = 100  # audit records asked for per READ_AUDIT request
 MAX_AUDIT_LIMIT = 10_000  # `audit --limit` upper bound: 100 round trips over BLE
 DEFAULT_CODE_TTL = 600  # `issue-code` without --expires: ten minutes, `key-server pair`'s default
 DEFAULT_CODE_ATTEMPTS = 5  # `issue-code` without --attempts: `key-server pair`'s default
-# `watch` waits this long before reconnecting after the vehicle ended the link: a vehicle stops advertising while
-# a device is connected (bless), so another device that was scanning meanwhile connects first.
+# `watch` waits this long before reconnecting after the link ended: a vehicle on Bluetooth (bless) stops advertising
+# while a device is connected, so this gives another device that was scanning meanwhile its turn to connect.
 WATCH_RECONNECT_PAUSE = 2.0
 
 # Asks for a passphrase: (prompt, confirm) -> the passphrase; raises KeychainError if it cannot ask.
