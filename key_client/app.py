@@ -76,6 +76,9 @@ AUDIT_PAGE = 100  # audit records asked for per READ_AUDIT request
 MAX_AUDIT_LIMIT = 10_000  # `audit --limit` upper bound: 100 round trips over BLE
 DEFAULT_CODE_TTL = 600  # `issue-code` without --expires: ten minutes, `key-server pair`'s default
 DEFAULT_CODE_ATTEMPTS = 5  # `issue-code` without --attempts: `key-server pair`'s default
+# `watch` waits this long before reconnecting after the link ended: a vehicle on Bluetooth (bless) stops advertising
+# while a device is connected, so this gives another device that was scanning meanwhile its turn to connect.
+WATCH_RECONNECT_PAUSE = 2.0
 
 # Asks for a passphrase: (prompt, confirm) -> the passphrase; raises KeychainError if it cannot ask.
 PassphraseSource = Callable[[str, bool], Awaitable[bytes]]
@@ -718,23 +721,38 @@ class DeviceApp:
         return await self._owner_session(vehicle, action, not_permitted="only owner keys can change keys")
 
     async def watch(self, vehicle: str | None, stop: asyncio.Event,
-                    on_change: Callable[[VehicleEntry, StatusReport, bool], None]) -> int:
+                    on_change: Callable[[VehicleEntry, StatusReport, bool], None], *,
+                    reconnect_pause: float | None = None) -> int:
         """Subscribe with WATCH and report the state now (`initial` True), then each change, until `stop` is set.
 
-        Returns how many changes were reported after the first state. The link dropping ends it with a
-        ClientError that says so (owner and driver keys; PROTOCOL.md §9.6).
+        Returns how many changes were reported after the first state. When the link ends (the vehicle's
+        max_link_lifetime, out of range), it pauses `reconnect_pause` seconds so that other devices get their
+        turn, then connects and subscribes again, reporting a state that changed meanwhile as a change; a
+        ClientError (exit 1) when it cannot reach the vehicle again within the connect budget (owner and driver
+        keys; PROTOCOL.md §9.6). `reconnect_pause` None: WATCH_RECONNECT_PAUSE.
         """
+        pause = WATCH_RECONNECT_PAUSE if reconnect_pause is None else reconnect_pause
         kc = self.keychain()
+        seen = 0
+        last: StatusReport | None = None
 
-        async def action(link: VehicleLink, entry: VehicleEntry) -> int:
+        async def action(link: VehicleLink, entry: VehicleEntry) -> None:
+            nonlocal seen, last
             # Lists first: once subscribed, a push could arrive while a list's answer is awaited.
             await self._deliver_lists(link, kc, entry)
             result = await link.secure(Command.WATCH)
             try:
-                on_change(entry, StatusReport.decode(result.data), True)
+                now = StatusReport.decode(result.data)
             except DecodeError as exc:
                 raise ProtocolViolation(f"the vehicle's answer to WATCH does not parse: {exc}") from exc
-            seen = 0
+            if last is None:
+                on_change(entry, now, True)
+            else:
+                self._note(f"watching {entry.name} again")
+                if _watched(now) != _watched(last):  # changed while the link was down: a change like any other
+                    seen += 1
+                    on_change(entry, now, False)
+            last = now
             stopped = asyncio.ensure_future(stop.wait())
             try:
                 while not stop.is_set():
@@ -748,17 +766,51 @@ class DeviceApp:
                     try:
                         report = change.result()
                     except (LinkLost, RadioError) as exc:
-                        plural = "" if seen == 1 else "s"
-                        raise ClientError(f"the link to {entry.name} dropped after {seen} change{plural} ({exc}): "
-                                          "run `key-client watch` again to keep watching") from exc
+                        raise _WatchLinkEnded(entry, exc) from exc
                     seen += 1
+                    last = report
                     on_change(entry, report, False)
             finally:
                 stopped.cancel()
-            return seen
 
-        return await self._owner_session(vehicle, action,
-                                         not_permitted="only owner and driver keys can watch the vehicle's state")
+        not_permitted = "only owner and driver keys can watch the vehicle's state"
+        try:
+            await self._owner_session(vehicle, action, not_permitted=not_permitted)
+        except _WatchLinkEnded as ended:
+            lost = ended
+        else:
+            return seen
+        # Subscribed once: from here on a lost link is reconnected, and only not reaching the vehicle ends the watch.
+        while True:
+            name, plural = lost.entry.name, "" if seen == 1 else "s"
+            # A LinkLost's own words speak of an answer awaited; what a watcher needs is who may have ended it.
+            why = ("the vehicle ended it, or it went out of range" if isinstance(lost.cause, LinkLost)
+                   else str(lost.cause))
+            self._note(f"the link to {name} ended after {seen} change{plural} ({why}): reconnecting in {pause:g} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+            if stop.is_set():
+                return seen
+            session = asyncio.ensure_future(self._owner_session(vehicle, action, not_permitted=not_permitted))
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait((session, stopped), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+            if not session.done():  # Ctrl-C while reconnecting: stop as if the link were up
+                session.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ClientError):
+                    await session
+                return seen
+            try:
+                session.result()
+            except _WatchLinkEnded as ended:
+                lost = ended
+            except (VehicleNotFound, ConnectFailed, TimedOut) as exc:
+                raise ClientError(f"watching {name}: could not reconnect after the link ended, after {seen} "
+                                  f"change{plural} ({exc}): run `key-client watch` again to keep watching") from exc
+            else:
+                return seen
 
     async def audit(self, vehicle: str | None = None, *, limit: int = 20, after: int | None = None) -> AuditListing:
         """Up to `limit` audit records after sequence number `after` (None: the newest `limit`), oldest first."""
@@ -1036,6 +1088,19 @@ def _share_refusal(cert: Any, status: Status) -> str:
                        "or this key was revoked",
     }
     return reasons.get(status, f"the vehicle refused {what}: {status.name.lower()}")
+
+
+class _WatchLinkEnded(Exception):  # noqa: N818 - a signal inside DeviceApp.watch, never raised out of it
+    """The link of a subscribed `watch` ended: reconnect."""
+
+    def __init__(self, entry: VehicleEntry, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.entry, self.cause = entry, cause
+
+
+def _watched(report: StatusReport) -> tuple[object, ...]:
+    """The part of a status report `watch` shows (not the vehicle's request for the time)."""
+    return report.lock, report.door, report.start_enabled
 
 
 def _pick(flag: T | None, configured: T) -> T:

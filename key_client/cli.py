@@ -359,8 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     sched = s.add_mutually_exclusive_group()
     sched.add_argument("--schedule", metavar="S", help='new weekly schedule, e.g. "Mon-Fri 08:00-18:00"')
     sched.add_argument("--no-schedule", action="store_true", help="remove the schedule")
-    cmd("watch", "print the vehicle's lock, door and start-enable state, then one line per change, until Ctrl-C "
-                 "(owner and driver keys; sealed in the confidential session)")
+    s = cmd("watch", "print the vehicle's lock, door and start-enable state, then one line per change, until Ctrl-C "
+                     "(owner and driver keys; sealed in the confidential session)")
+    s.epilog = ("The vehicle ends every link after its rate_limit.max_link_lifetime (300 s by default), watched or "
+                "not: watch then says so on stderr, waits 2 s (other devices get their turn) and connects and "
+                "subscribes again, showing a state that changed meanwhile as a change. It ends with exit 1 when it "
+                "cannot reach the vehicle again within --scan-time and --connect-attempts.")
     s = cmd("auto", "passive entry: unlock when near, lock when you walk away (weaker against relay attacks)")
     s.add_argument("--i-understand-relay-risk", action="store_true", help="opt in (see the warning in docs)")
     s.add_argument("--unlock-rssi", type=_number(-127, 20, integer=True), metavar="DBM",

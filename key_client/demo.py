@@ -2,7 +2,9 @@
 
 It starts a real `key-server` process on the simulated radio with the simulated lock in a temporary
 state directory, then drives real `key-client` processes: pair with a one-time code, unlock, lock, pair a
-second device, revoke it and show that its unlock is refused while the owner's still works.
+second device, revoke it and show that its unlock is refused while the owner's still works. Then, without
+touching the vehicle, the owner's device sets up her watch (a second keychain) by share, the watch unlocks, the
+owner revokes it offline, her next unlock carries the revocation list, and the watch is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +163,85 @@ class Demo:
         for line in self.actuator_lines(since):
             print(f"  {GREEN}[simulated lock] {line}{RESET}")
 
+    def audit_until(self, seq: int, want: Callable[[list[dict[str, Any]]], bool],
+                    timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The audit entries after `seq` once `want` holds for them, or as they are after `timeout` seconds.
+
+        Some rows are written just after the answer went out (a refusal's when its link ends, PROTOCOL.md §5.3):
+        on a loaded machine give them a few seconds.
+        """
+        after, deadline = self.audit_after(seq), time.monotonic() + timeout
+        while not want(after) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            after = self.audit_after(seq)
+        return after
+
+    def wearable_scene(self) -> None:
+        """The owner's device sets up her watch by share and revokes it offline; no key-server command is run.
+
+        Every verdict rests on what happened: the clients' exit codes and remarks, the simulated lock's outputs,
+        and the vehicle's audit log, read (only read) once the scene is over.
+        """
+        scene_start = self.audit_after(-1)[-1]["seq"]
+        self.step("Maya's watch (a second keychain, no pairing code) makes its key and shows a share request")
+        request = json.loads(self.client("watch", "request-share", "--name", "Maya's watch", "--json").stdout)
+        watch_id = request["key_id"]
+        self.step("Maya's laptop, her owner device (a phone in real life), signs a driver share for the watch, "
+                  "offline: nothing goes over the air and the vehicle is not asked")
+        share = json.loads(self.client("maya", "share", request["request"], "--role", "driver", "--json").stdout)
+        self.step("The watch imports the share (it pins the vehicle's key from it)")
+        imported = json.loads(self.client("watch", "import-share", share["share"], "--json").stdout)
+        owner_id = imported["issuer_id"]
+        self.step("The watch unlocks: on first contact it presents the share; the vehicle checks Maya's signature "
+                  "and enrols the watch's key")
+        mark = len(self.server_lines)
+        first = self.client("watch", "unlock")
+        self.show_lock(mark)
+        self.verdict("enrolled this device's key with the share from owner key " + owner_id in first.stderr
+                     and any(ln.endswith("unlock energised") for ln in self.actuator_lines(mark)),
+                     "the watch was enrolled by the share and unlocked (exit code 0, unlock energised)",
+                     "the watch's first unlock did not enrol it by the share, or did not move the lock")
+        self.step("The watch is lost: Maya revokes it from her laptop, offline (it signs her revocation list)")
+        revoked = json.loads(self.client("maya", "revoke", "Maya's watch", "--offline", "--json").stdout)
+        self.verdict(revoked["list_version"] is not None and not revoked["reached"],
+                     f"the revocation is on Maya's list (version {revoked['list_version']}); the vehicle was not "
+                     "contacted",
+                     f"the offline revoke did not sign a list without contacting the vehicle: {revoked}")
+        self.step("Maya's next unlock carries the list to the vehicle (after the command's answer: same 2 exchanges)")
+        mark = len(self.server_lines)
+        carried = self.client("maya", "unlock")
+        self.show_lock(mark)
+        self.verdict(f"delivered the revocation list of owner key {owner_id} (version {revoked['list_version']})"
+                     in carried.stderr,
+                     "Maya's unlock delivered the revocation list",
+                     "Maya's unlock did not say it delivered the revocation list")
+        self.step("The lost watch's unlock is now refused (exit code 3 = denied)")
+        mark = len(self.server_lines)
+        refused_mark = self.audit_after(-1)[-1]["seq"]
+        self.client("watch", "unlock", expect=3)
+        time.sleep(0.3)  # a relay the refused command had energised would be logged by now
+        after = self.audit_until(refused_mark, lambda rows: any(
+            e["event"] in REFUSAL_EVENTS and e["key_id"] == watch_id for e in rows))
+        moved = refused_command_moved(after, self.actuator_lines(mark))
+        self.verdict(not moved, "the watch did not move the lock (audit: no actuation)", f"the lock moved: {moved}")
+        # Observation only, once the scene is over: what the vehicle recorded, and that no one acted at the Pi.
+        self.step("What the vehicle recorded during the scene (`key-server audit --json`, read afterwards)")
+        scene = self.audit_until(scene_start, lambda rows: any(e["event"] in REFUSAL_EVENTS for e in rows))
+        enrolled = next((e["seq"] for e in scene if e["event"] == "pair" and e["key_id"] == watch_id
+                         and e["detail"].get("via") == "share" and e["detail"].get("by") == owner_id), None)
+        self.verdict(enrolled is not None, f"the vehicle's audit: the watch enrolled by share from {owner_id} "
+                     f"(entry {enrolled})", "the vehicle's audit has no enrolment of the watch by share")
+        applied = next((e["seq"] for e in scene if e["event"] == "revocations"
+                        and watch_id in e["detail"].get("revoked", "").split(",")), None)
+        self.verdict(applied is not None, f"the vehicle's audit: Maya's list revoked the watch (entry {applied})",
+                     "the vehicle's audit has no revocation list that revoked the watch")
+        refusal = next((e["seq"] for e in scene if e["event"] in REFUSAL_EVENTS and e["key_id"] == watch_id), None)
+        self.verdict(refusal is not None, f"the vehicle's audit: the watch's unlock refused (entry {refusal})",
+                     "the vehicle's audit has no refusal of the watch's unlock")
+        at_pi = [e["seq"] for e in scene if e["detail"].get("by") == "cli"]
+        self.verdict(not at_pi, "nothing in the scene was done at the Pi (no audit entry by the vehicle's CLI)",
+                     f"audit entries made at the Pi during the scene: {at_pi}")
+
     def main(self) -> None:
         print(f"{BOLD}Wearable digital key: a demo of the whole system on the simulated radio{RESET}")
         print(f"{DIM}(a key-server and key-client processes talking GATT over {self.root}/air; no Bluetooth){RESET}")
@@ -222,8 +304,9 @@ class Demo:
         mark = len(self.server_lines)
         self.client("maya", "unlock")
         self.show_lock(mark)
+        self.wearable_scene()
         self.step("The hash-chained audit log recorded everything, and verifies")
-        self.server_cmd("audit", "--limit", "14")
+        self.server_cmd("audit", "--limit", "22")
         self.server_cmd("audit", "--verify")
         self.stop_server()
         if self.failed:

@@ -49,8 +49,9 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
 class Server:
     """`key-server run --radio sim` in the background; stop() always ends it."""
 
-    def __init__(self, root: Path, name: str = "bbcar") -> None:
+    def __init__(self, root: Path, name: str = "bbcar", launcher: tuple[str, ...] = ("-m", "key_server")) -> None:
         self.state, self.air, self.name = root / "state", root / "air", name
+        self.launcher = launcher  # how `run` is started: python LAUNCHER --state-dir ... run ...
         self.lines: queue.Queue[str] = queue.Queue()
         self.proc: subprocess.Popen[str] | None = None
         self._pump_thread: threading.Thread | None = None
@@ -62,7 +63,7 @@ class Server:
         init = self.server("init")
         assert init.returncode == 0, init.stderr
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "key_server", "--state-dir", str(self.state), "run", "--radio", "sim",
+            [sys.executable, *self.launcher, "--state-dir", str(self.state), "run", "--radio", "sim",
              "--name", self.name, "--sim-dir", str(self.air), "--actuator", "sim"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=_env())
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)

@@ -1,5 +1,8 @@
 """`./dev demo` tells the truth: its verdict on the revoked key's attempt depends on what that attempt did.
 
+Its wearable scene (issue 12) is checked the same way: each claim's line is printed only when the exit codes,
+the clients' remarks and the vehicle's audit log say so.
+
 Issue 11: the tail of an earlier pulse ("unlock off", "lock is now unlocked") landed in the refused step's
 window, and the demo said the revoked key had moved the lock. The verdict now rests on the audit log's `actuate`
 entries and on outputs energised after the refused command, never on leftover lines.
@@ -50,5 +53,14 @@ def test_demo_runs_and_its_verdicts_hold() -> None:
     assert "the lock did not move (audit: no actuation)" in lines, out
     assert any(ln.startswith("the audit log recorded the refusal (entry ") for ln in lines), out
     assert not any("the lock moved" in ln or "showed something wrong" in ln for ln in lines), out
-    assert "exit code 3, as expected" in lines
+    assert lines.count("exit code 3, as expected") == 3, out  # Tom's guest before the clock, Tom revoked, the watch
+    # Issue 12's wearable scene: the watch set up by share from the owner's device, revoked offline, refused.
+    assert "the watch was enrolled by the share and unlocked (exit code 0, unlock energised)" in lines, out
+    assert "the revocation is on Maya's list (version 1); the vehicle was not contacted" in lines, out
+    assert "Maya's unlock delivered the revocation list" in lines, out
+    assert "the watch did not move the lock (audit: no actuation)" in lines, out
+    for claim in ("the watch enrolled by share from ", "Maya's list revoked the watch (entry ",
+                  "the watch's unlock refused (entry "):
+        assert any(ln.startswith("the vehicle's audit: " + claim) for ln in lines), (claim, out)
+    assert "nothing in the scene was done at the Pi (no audit entry by the vehicle's CLI)" in lines, out
     assert any(ln.startswith("Demo complete.") for ln in lines), out

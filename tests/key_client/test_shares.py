@@ -471,19 +471,86 @@ async def test_watch_prints_the_state_then_each_change_and_ctrl_c_exits_0(run: C
     assert not car.links  # disconnected
 
 
-async def test_watch_ends_with_an_error_when_the_link_drops(run: Cli, car: FakeVehicle) -> None:
+async def test_watch_reconnects_when_the_link_ends_and_exits_1_when_it_cannot(
+        run: Cli, car: FakeVehicle, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The vehicle ends every link after max_link_lifetime, watching or not: the watch goes on by itself.
+    monkeypatch.setattr("key_client.app.WATCH_RECONNECT_PAUSE", 0.3)
     owner_keychain(run.keychain, car)
-    task = asyncio.create_task(run("watch"))
+    task = asyncio.create_task(run("--json", "watch"))
     await until(lambda: any(lk.watching for lk in car.links.values()))
     car.push(StatusReport(LockState.UNLOCKED, DoorState.CLOSED, False))
     await asyncio.sleep(0.05)
+    first = set(car.links)
+    for link in first:
+        car.air.drop(link)
+    # The door opens while no link is up: the new subscription's state shows it, as a change.
+    car.report = StatusReport(LockState.UNLOCKED, DoorState.OPEN, False)
+    await until(lambda: any(lk.watching and link not in first for link, lk in car.links.items()))
+    assert car.push(StatusReport(LockState.LOCKED, DoorState.OPEN, False)) == 1
+    await asyncio.sleep(0.05)
+    await car.stop()  # out of reach: no advertising any more
     for link in list(car.links):
         car.air.drop(link)
+    r = await asyncio.wait_for(task, 10)
+    assert r.code == ExitCode.ERROR, r.err
+    rows = r.json()
+    assert [(o["initial"], o["lock"], o["door"]) for o in rows[:-1]] == [
+        (True, "locked", "closed"), (False, "unlocked", "closed"), (False, "unlocked", "open"),
+        (False, "locked", "open")]
+    assert rows[-1]["ok"] is False and rows[-1]["exit"] == "error"
+    assert "the link to test-car ended after 1 change (" in r.err and "reconnecting in 0.3 s" in r.err
+    assert "watching test-car again" in r.err
+    assert "could not reconnect after the link ended, after 3 changes" in r.err
+    assert [kind for kind, _ in car.seen].count("session") == 2  # one new session, one WATCH, per link
+
+
+async def test_watch_reconnecting_reports_no_change_when_nothing_changed(
+        run: Cli, car: FakeVehicle, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("key_client.app.WATCH_RECONNECT_PAUSE", 0.3)
+    owner_keychain(run.keychain, car)
+    task = asyncio.create_task(run("watch"))
+    await until(lambda: any(lk.watching for lk in car.links.values()))
+    first = set(car.links)
+    for link in first:
+        car.air.drop(link)
+    await until(lambda: any(lk.watching and link not in first for link, lk in car.links.items()))
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
     r = await asyncio.wait_for(task, 5)
-    assert r.code == ExitCode.ERROR
-    assert "test-car: lock locked, door closed, start disabled  (now)" in r.out
-    assert "test-car: lock unlocked, door closed, start disabled" in r.out
-    assert "the link to test-car dropped after 1 change (" in r.err
+    assert r.code == ExitCode.OK, r.err
+    assert r.out.count("test-car: lock locked") == 1  # only the first state: the reconnection changed nothing
+    assert "watching test-car again" in r.err and "stopped watching after 0 changes" in r.err
+
+
+async def test_ctrl_c_while_the_watch_waits_to_reconnect_exits_0(
+        run: Cli, car: FakeVehicle, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("key_client.app.WATCH_RECONNECT_PAUSE", 30.0)
+    owner_keychain(run.keychain, car)
+    task = asyncio.create_task(run("watch"))
+    await until(lambda: any(lk.watching for lk in car.links.values()))
+    for link in list(car.links):
+        car.air.drop(link)
+    await asyncio.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGINT)
+    r = await asyncio.wait_for(task, 5)
+    assert r.code == ExitCode.OK, r.err
+    assert "reconnecting in 30 s" in r.err and "stopped watching after 0 changes" in r.err
+
+
+async def test_ctrl_c_while_the_watch_is_reconnecting_exits_0(
+        run: Cli, car: FakeVehicle, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("key_client.app.WATCH_RECONNECT_PAUSE", 0.1)
+    run.scan_time = 10.0
+    owner_keychain(run.keychain, car)
+    task = asyncio.create_task(run("watch"))
+    await until(lambda: any(lk.watching for lk in car.links.values()))
+    await car.stop()  # out of reach: the reconnection scans for up to 10 s
+    for link in list(car.links):
+        car.air.drop(link)
+    await asyncio.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGINT)
+    r = await asyncio.wait_for(task, 3)
+    assert r.code == ExitCode.OK, r.err
+    assert "reconnecting in 0.1 s" in r.err and "stopped watching after 0 changes" in r.err
 
 
 async def test_a_guest_cannot_watch(run: Cli, car: FakeVehicle) -> None:
