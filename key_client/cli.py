@@ -813,11 +813,17 @@ async def cmd_scan(args: argparse.Namespace, out: Printer, _interrupts: _Interru
         sightings = await _app(args, say, out.note).scan(identify=args.identify)
     for s in sightings:
         adv = s.advertisement
-        obj: dict[str, Any] = {"name": adv.name, "address": adv.address, "rssi": adv.rssi}
-        if s.identified:
+        obj: dict[str, Any] = {"name": adv.name, "address": adv.address, "rssi": adv.rssi,
+                               "recognised_as": s.recognised_as}
+        if s.recognised_as and not s.identified:
+            # Its token resolves with the advertising secret we hold for that vehicle (PROTOCOL.md §13).
+            obj.update(last_seen_as=s.last_seen_as)
+            mark = f"= {s.recognised_as} (by its advertising token)"
+        elif s.identified:
             vid = s.vehicle_id
             obj.update(vehicle_id=vid.hex() if vid else None, keychain=s.keychain_name)
-            mark = (f"{vid.hex()}  " if vid else "(no answer)  ") + (
+            mark = (f"{vid.hex()}  " if vid else "(no id: no answer, or no pairing code pending there)  "
+                    ) + (
                 f"= {s.keychain_name} in keychain" if s.keychain_name else "")
         else:
             obj.update(last_seen_as=s.last_seen_as)

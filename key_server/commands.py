@@ -258,6 +258,8 @@ class KeyCommands:
             audit.record(_USE_EVENT[cmd], ts=self.admin.clock.now(), key_id=kid, detail=detail)
         elif outcome.status is Status.NO_CHANGE:
             return  # nothing was done, nothing is written (an already revoked key: PROTOCOL.md §5.3)
+        elif cmd is Command.AD_SECRET and outcome.status is Status.OK:
+            return  # part of every device's sessions (PROTOCOL.md §13.4): a row each would drown the log
         elif outcome.status is not Status.OK or cmd not in _SELF_AUDITED:
             audit.record(AuditEvent.ADMIN, ts=self.admin.clock.now(), key_id=kid,
                          detail={"command": cmd.name.lower(), "status": outcome.status.name})
@@ -333,6 +335,11 @@ class KeyCommands:
             except UnknownKey:
                 return Status.BAD_REQUEST, b"", ()
             return Status.OK, b"", done.revoked_ids
+        if cmd is Command.AD_SECRET:
+            # The advertising secret (PROTOCOL.md §13): sealed in the session like every answer here, never logged.
+            if args:
+                return Status.BAD_REQUEST, b"", ()
+            return Status.OK, self.admin.store.ad_secret().encode(), ()
         if cmd is Command.EDIT_KEY:
             return self._edit(key_id, KeyEdit.decode(args))
         if cmd is Command.ISSUE_CODE:

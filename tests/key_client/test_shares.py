@@ -105,6 +105,7 @@ def owner_keychain(path, vehicle: FakeVehicle, role: Role = Role.OWNER, name: st
     entry = kc.add(device, Paired(vehicle_public_key=vehicle.identity.public_bytes, vehicle_id=vehicle.vehicle_id,
                                   key_id=device.key_id, role=role, valid_from=None, valid_until=None),
                    advertised_name=name, address=vehicle.peripheral.address)
+    kc.store_ad_secret(entry, vehicle.ad)  # pairing fetches it on the same connection (PROTOCOL.md §13)
     return kc, entry, device
 
 
