@@ -309,9 +309,14 @@ class DeviceApp:
 
     @staticmethod
     def _target(kc: Keychain, entry: VehicleEntry) -> Target:
-        """The pinned vehicle of `entry`, with its advertising secret when this keychain holds one."""
+        """The pinned vehicle of `entry`, with its advertising secret when this keychain holds one, and the share
+        certificate it still has to present (the fallback presents it to tell the vehicle from others)."""
+        from .sharebook import ShareBook
+
         ad = kc.ad_secret(entry)
-        return Target(entry.vehicle_public_key, entry.vehicle_id, ad.secret if ad is not None else None)
+        held = ShareBook(kc.path).imported(entry.vehicle_id) if entry.via == "share" else None
+        share = held.certificate if held is not None and not held.enrolled else None
+        return Target(entry.vehicle_public_key, entry.vehicle_id, ad.secret if ad is not None else None, share)
 
     async def _refresh_ad_secret(self, link: VehicleLink, kc: Keychain, entry: VehicleEntry) -> None:
         """AD_SECRET in the open session; keep the record if it is new (best effort: the car is found without it)."""
@@ -347,9 +352,12 @@ class DeviceApp:
         clock: ClockReport | None = None
         try:
             await self._present_share(link, kc, entry)
-            if link.session_open:
-                # Found by the fallback (no advertiser carried our token): the session that proved it is our car
-                # is open, so learn the current secret first, then run the command sealed inside it (CLIENT.md).
+            if link.probed:
+                # Found by the fallback (no advertiser carried our token): learn the current secret in a session
+                # (the one that proved it is our car, or one opened now that the share is enrolled), then run the
+                # command sealed inside it (CLIENT.md, "Finding the vehicle").
+                if not link.session_open:
+                    await link.open_secure()
                 await self._refresh_ad_secret(link, kc, entry)
                 result = await link.secure(cmd)
             elif cmd is Command.STATUS:
@@ -413,7 +421,8 @@ class DeviceApp:
             cert = ShareCertificate.decode(held.certificate)
         except DecodeError as exc:
             raise KeychainError(f"the share kept for {entry.name} is damaged ({exc}): import it again") from None
-        answer = await link.present_share(held.certificate)
+        # The fallback (no token resolved) already presented it to prove which vehicle this is.
+        answer = link.share_answer or await link.present_share(held.certificate)
         if answer.status in (Status.OK, Status.NO_CHANGE):
             book.mark_enrolled(entry.vehicle_id)
             if answer.status is Status.OK:

@@ -110,6 +110,9 @@ class Target:
     vehicle_id: bytes | None = None
     # The vehicle's advertising secret (PROTOCOL.md §13): recognises its token on air without connecting.
     ad_secret: bytes | None = field(default=None, repr=False)
+    # A share certificate the vehicle has not enrolled yet: the fallback presents it instead of SESSION_OPEN (the
+    # vehicle would refuse a session to a key it does not know yet), and its signed answer proves the vehicle.
+    share: bytes | None = field(default=None, repr=False)
 
     def recognises(self, adv: Advertisement) -> bool:
         """True if `adv` carries a token made with our vehicle's advertising secret."""
@@ -132,6 +135,8 @@ class VehicleLink:
         # interruption in that window may leave the vehicle having acted.
         self.unanswered = False
         self.session_open = False  # the confidential session is open (open_secure succeeded)
+        self.probed = False  # found by connect_vehicle's fallback, not by its advertising token
+        self.share_answer: ShareAnswered | None = None  # the fallback presented Target.share: the vehicle's answer
         # While probing an unrecognised advertiser (connect_vehicle's fallback): the session's count of answers
         # that failed verification with the pinned key when SESSION_OPEN went out; one more means not our car.
         self._probe_from: int | None = None
@@ -320,13 +325,18 @@ class VehicleLink:
             raise VehicleRefused(ev.status, authenticated=False)
         self.session_open = True
 
-    async def probe_secure(self, *, timeout: float = ANSWER_TIMEOUT) -> None:
-        """open_secure on a vehicle not recognised by its token: _WrongVehicle if its answer is not our vehicle's."""
+    async def probe(self, share: bytes | None = None, *, timeout: float = ANSWER_TIMEOUT) -> None:
+        """On a vehicle not recognised by its token: open_secure, or with `share` present it (share_answer);
+        _WrongVehicle if the answer does not verify with the pinned key (another dkey vehicle)."""
         self._probe_from = self.session.ignored_forgeries
         try:
-            await self.open_secure(timeout=timeout)
+            if share is not None:
+                self.share_answer = await self.present_share(share, timeout=timeout)
+            else:
+                await self.open_secure(timeout=timeout)
         finally:
             self._probe_from = None
+        self.probed = True
 
     async def secure(self, cmd: Command, args: bytes = b"", *, timeout: float = ANSWER_TIMEOUT,
                      accept: frozenset[Status] = frozenset({Status.OK})) -> CommandResult:
@@ -466,7 +476,7 @@ async def open_link(central: Central, adv: Advertisement, device: KeyPair, targe
             ch = await link.wait_challenge(min(CHALLENGE_TIMEOUT, connect_timeout))
             _check_named(ch, target)
             if probe:
-                await link.probe_secure()
+                await link.probe(target.share)
         except BaseException:
             await link.close()
             raise

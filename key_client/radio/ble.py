@@ -489,6 +489,8 @@ class BleakCentral:
                             await matched.wait()
                     if matched.is_set() or loop.time() >= deadline:
                         break
+                    if not first.is_set():
+                        log.debug("scan window %d saw nothing; starting a fresh one", window)
                     continue
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(min(deadline, loop.time() + max(0.1, self.scan_window))):

@@ -173,7 +173,9 @@ class FakeVehicle:
             lk.session.respond(Status.OK, self.report.encode())
             lk.watching = True
             return
-        if not ev.secure or ev.command in (Command.STATUS, Command.SET_TIME):
+        # Every role's commands, on either path (the fallback of PROTOCOL.md §13.5 sends an unlock sealed).
+        if not ev.secure or ev.command in (Command.STATUS, Command.SET_TIME, Command.UNLOCK, Command.LOCK,
+                                           Command.START):
             lk.session.respond(Status.OK, data)
             return
         if self.roles.get(ev.key_id) is not Role.OWNER:
