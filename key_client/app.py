@@ -141,6 +141,7 @@ class Revocation:
     listed: ListedRevocation | None = None
     reached: bool = True  # the vehicle was reached in this run
     delivered: bool = False  # this device's list reached the vehicle in this run (acknowledged)
+    rotated: AdSecret | None = None  # with rotate_secret: the vehicle's new advertising secret (kept in the keychain)
 
     @property
     def key_id(self) -> bytes:
@@ -620,13 +621,17 @@ class DeviceApp:
         return listing
 
     async def revoke(self, key: str, vehicle: str | None = None, *, with_shares: bool = False,
-                     offline: bool = False) -> Revocation:
+                     offline: bool = False, rotate_secret: bool = False) -> Revocation:
         """Revoke the key `key` names (hex key-id prefix or name): on this device's revocation list when it can name
         it offline (a share it issued, or a full key id; owner keys only), and on the vehicle at once when in reach.
 
         `offline` skips the vehicle. The list travels with the next OK command of any of its owner or driver
         devices that carry it (PROTOCOL.md §12); `with_shares` also revokes the keys that key enrolled by share.
+        `rotate_secret` then has the vehicle replace its advertising secret (ROTATE_SECRET, PROTOCOL.md §13.1), so
+        the revoked device no longer recognises the car on air; it needs the vehicle in reach.
         """
+        if offline and rotate_secret:
+            raise UsageError("--rotate-secret needs the vehicle in reach: it cannot go with --offline")
         from .shares import resolve_offline, revoke_offline
 
         kc = self.keychain()
@@ -644,6 +649,14 @@ class DeviceApp:
             return Revocation(entry, None, already_revoked=not listed.changed, listed=listed, reached=False)
 
         async def action(link: VehicleLink, entry: VehicleEntry) -> Revocation:
+            done = await revoke_on(link, entry)
+            if not rotate_secret:
+                return done
+            ad = AdSecret.decode((await link.secure(Command.ROTATE_SECRET)).data)
+            kc.store_ad_secret(entry, ad)  # this device keeps recognising the car
+            return replace(done, rotated=ad)
+
+        async def revoke_on(link: VehicleLink, entry: VehicleEntry) -> Revocation:
             keys = await _list_keys(link)
             try:
                 target = resolve_key(keys, listed.key_id.hex() if listed is not None else key)
@@ -671,7 +684,9 @@ class DeviceApp:
         except (VehicleNotFound, ConnectFailed, TimedOut) as exc:
             if listed is None:
                 raise
-            self._note(f"{entry.name} is not in reach ({exc}): the revocation waits on this device's revocation list")
+            self._note(f"{entry.name} is not in reach ({exc}): the revocation waits on this device's revocation list"
+                       + ("; the advertising secret was not rotated (run it again with the vehicle in reach)"
+                          if rotate_secret else ""))
             return Revocation(entry, None, already_revoked=not listed.changed, listed=listed, reached=False)
 
         if listed is not None:

@@ -93,7 +93,7 @@ READS: Final = frozenset({Command.LIST_KEYS, Command.READ_AUDIT})
 SET_TIME_EVENT: Final = Command.SET_TIME.label  # audit event of a time statement (detail: verdict, stated, ...)
 # Changes an owner makes over the air: KeyAdmin / Enrollment audit each with the owner's key id ("by") in the same
 # commit as the change, so record() writes no second row for them when they succeed.
-_SELF_AUDITED: Final = frozenset({Command.REVOKE_KEY, Command.EDIT_KEY, Command.ISSUE_CODE})
+_SELF_AUDITED: Final = frozenset({Command.REVOKE_KEY, Command.EDIT_KEY, Command.ISSUE_CODE, Command.ROTATE_SECRET})
 _KEY_STATE: Final[Mapping[str, KeyState]] = {"active": KeyState.ACTIVE, "not_yet_valid": KeyState.NOT_YET_VALID,
                                               "expired": KeyState.EXPIRED, "revoked": KeyState.REVOKED}
 _VIA: Final[Mapping[str, Via]] = {"code": Via.CODE, "share": Via.SHARE, "vehicle": Via.VEHICLE}
@@ -335,6 +335,11 @@ class KeyCommands:
             except UnknownKey:
                 return Status.BAD_REQUEST, b"", ()
             return Status.OK, b"", done.revoked_ids
+        if cmd is Command.ROTATE_SECRET:
+            # An owner's `key-client revoke --rotate-secret`: audited by rotate_ad_secret with the owner as `by`.
+            if args:
+                return Status.BAD_REQUEST, b"", ()
+            return Status.OK, self.admin.rotate_ad_secret(by=key_id.hex()).encode(), ()
         if cmd is Command.AD_SECRET:
             # The advertising secret (PROTOCOL.md §13): sealed in the session like every answer here, never logged.
             if args:

@@ -154,3 +154,32 @@ def test_a_token_of_the_held_secret_is_recognised_and_one_of_another_is_not() ->
     bare = Advertisement("z", None, (SERVICE_UUID,), -30)
     assert target.recognises(ours) and not target.recognises(other) and not target.recognises(bare)
     assert not Target(b"\x04" + bytes(64)).recognises(ours)  # no secret held: nothing is recognised
+
+
+async def test_an_owner_revokes_a_guest_with_rotate_secret_over_the_air(run: Cli, cars) -> None:
+    import asyncio
+
+    from protocol import Role, resolve_token
+
+    _, b = cars
+    assert (await run("pair", qr(b))).code == ExitCode.OK
+    old = b.store.ad_secret()
+    b.enroll(Role.GUEST, "tom")
+    r = await run("--json", "--vehicle", "test-car", "revoke", "tom", "--rotate-secret")
+    assert r.code == ExitCode.OK, r.err
+    assert r.json()[0]["rotated_generation"] == old.generation + 1
+    new = b.store.ad_secret()
+    assert new.generation == old.generation + 1 and new.secret != old.secret
+    kc = Keychain.open(run.keychain)
+    assert kc.ad_secret(kc.default()) == new  # the owner's device keeps recognising the car
+    owner_id = kc.default().key_id.hex()
+    rows = [e for e in b.audit.read() if str(e.event) == "admin" and e.detail.get("action") == "rotate_secret"]
+    assert len(rows) == 1 and rows[0].detail["by"] == owner_id and new.secret.hex() not in str(rows[0].detail)
+    for _ in range(100):  # the running server notices at its next store poll and changes its token
+        if resolve_token(b.peripheral.token, {"new": new.secret}):
+            break
+        await asyncio.sleep(0.01)
+    assert resolve_token(b.peripheral.token, {"new": new.secret}) == "new"
+    assert resolve_token(b.peripheral.token, {"old": old.secret}) is None  # tom's device no longer spots it
+    r = await run("revoke", "tom", "--offline", "--rotate-secret")
+    assert r.code == ExitCode.USAGE and "needs the vehicle in reach" in r.err
