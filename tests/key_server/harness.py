@@ -47,6 +47,7 @@ class Harness:
     trusted_clock: bool = False
     probes: dict[Source, Probe] = field(default_factory=dict)  # the clock's RTC/NTP sources (none: statements only)
     statements: dict[Role, int] | None = None  # ServiceConfig.statements (None: the defaults)
+    token_rotation: float = 900.0  # ServiceConfig.token_rotation: seconds between advertising tokens
 
     def __post_init__(self) -> None:
         if self.lock is None:
@@ -65,6 +66,7 @@ class Harness:
                                                        poll_interval=0.05, reply_after=self.reply_after,
                                                        link_queue=self.link_queue, max_links=self.max_links,
                                                        max_link_lifetime=self.max_link_lifetime,
+                                                       token_rotation=self.token_rotation,
                                                        **({} if self.statements is None
                                                           else {"statements": self.statements})),
                                   monotonic=self.monotonic)
@@ -99,10 +101,13 @@ class Harness:
                              schedule=None, attempts=attempts, now=int(self.wall))
         return code
 
-    async def connect(self, device: KeyPair, *, mtu: int = 247, pinned: bool = True) -> VehicleLink:
-        """A new central connected to the vehicle with a session for `device`."""
+    async def connect(self, device: KeyPair, *, mtu: int = 247, pinned: bool = True,
+                      ad_secret: bool = True) -> VehicleLink:
+        """A new central connected to the vehicle with a session for `device` (which, with `ad_secret`, holds the
+        advertising secret, as an enrolled device does: it finds the car by its token, PROTOCOL.md §13)."""
         central = self.air.central(mtu=mtu)
-        target = Target(self.identity.public_bytes if pinned else None)
+        target = Target(self.identity.public_bytes if pinned else None,
+                        ad_secret=self.store.ad_secret().secret if pinned and ad_secret else None)
         return await connect_vehicle(central, device, target, scan_time=1.0, attempts=1)
 
 

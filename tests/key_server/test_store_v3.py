@@ -33,7 +33,7 @@ def _columns(path: Path, table: str) -> set[str]:
 def test_a_fresh_store_has_the_share_columns_and_tables(tmp_path: Path) -> None:
     path = tmp_path / "keys.db"
     with KeyStore.open(path, create=True) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 3
+        assert s.schema_version() == SCHEMA_VERSION == 4
         rec = dataclasses.replace(make_key("watch", Role.DRIVER), via="share", enrolled_by=b"\x01\x02\x03\x04",
                                   share_serial=bytes(range(8)))
         s.add_key(rec)
@@ -60,7 +60,7 @@ def test_a_version_2_store_migrates_keeping_keys_and_codes(tmp_path: Path, monke
                              "VALUES (7, ?, 'guest', 'old code', ?, NULL, NULL, NULL, 3, ?, 1)",
                              (bytes(32), NOW + 600, NOW))
     with KeyStore.open(path) as s:
-        assert s.schema_version() == 3
+        assert s.schema_version() == store_mod.SCHEMA_VERSION
         rec = s.get_key(owner.key_id)
         assert rec is not None and (rec.via, rec.enrolled_by, rec.share_serial) == ("code", None, None)
         [pending] = s.list_pairings(NOW)
@@ -169,3 +169,23 @@ def test_a_remote_code_carries_its_issuer_to_the_key(tmp_path: Path) -> None:
         assert (rec.via, rec.enrolled_by) == ("code", b"\x0a\x0b\x0c\x0d")
         s.complete_pairing(pairing.slot, rec)
         assert s.get_key(rec.key_id) == rec
+
+
+def test_a_version_3_store_gets_an_advertising_secret_and_rotation_bumps_its_generation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "keys.db"
+    with monkeypatch.context() as m:
+        m.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:3])
+        with KeyStore.open(path, create=True) as old:
+            assert old.schema_version() == 3
+            with pytest.raises(store_mod.StoreError, match="no advertising secret"):
+                old.ad_secret()
+    with KeyStore.open(path) as s:
+        first = s.ad_secret()
+        assert s.schema_version() == store_mod.SCHEMA_VERSION and first.generation == 1
+        counter = s.change_counter()
+        second = s.rotate_ad_secret()
+        assert (second.generation, s.ad_secret()) == (2, second) and second.secret != first.secret
+        assert s.change_counter() > counter  # a running server notices the rotation on its next poll
+    with KeyStore.open(path) as s:
+        assert s.ad_secret() == second  # durable
