@@ -7,7 +7,10 @@ a code from `key-server pair`, like test_key_scenarios.py) and the watch on hci2
 all three real `key-client --radio ble` / `key-server` processes. After the owner's pairing no `key-server` command
 changes anything: the share, its enrolment and the revocation all come from the devices; `key-server keys` and
 `key-server audit` only read what happened. The tests run in file order and share the module's state (each still
-runs alone with `-k`: its fixtures do the steps before it).
+runs alone with `-k`: its fixtures do the steps before it). In between, `key-client watch --json` on the phone shows
+the vehicle's state and one change: the relock the watch's unlock scheduled (the simulated lock re-locks itself
+RELOCK_AFTER_S after an unlock). It cannot be another key's command: while the phone's watch session holds its link,
+bless does not advertise, so no other central can connect (README.md, "One central at a time").
 
 Figures (run.sh prints them): out/shares.txt and out/shares.json, wall time and ATT traffic of the watch's first
 unlock (SHARE_PRESENT + COMMAND), the watch's second, plain unlock, and the phone's unlock that carries the list.
@@ -181,8 +184,8 @@ def test_the_phone_shares_a_key_with_the_watch_offline(vehicle: Vehicle, phone: 
     assert share["revocation_list_version"] is None  # the phone has revoked nothing yet
     assert imported["ok"] is True and imported["via"] == "share" and imported["enrolled"] is False
     assert imported["serial"] == share["serial"] and imported["issuer_id"] == phone.key_id
-    # Nothing went over the air and nothing changed at the Pi: the watch's key is unknown to the vehicle.
-    assert watch.key_id not in {k["key_id"] for k in vehicle.keys()}
+    # Nothing went over the air and nothing changed at the Pi: no audit row (an enrolment would be a `pair` row), no
+    # link. (Each `key-server` read costs ~2 s under TCG: the checks below read as little as they can.)
     assert vehicle.audit(shared["since"]) == []
     assert "connected" not in vehicle.output()[shared["log_mark"]:]
 
@@ -197,19 +200,15 @@ def test_the_watch_first_unlock_enrolls_it(vehicle: Vehicle, phone: Device, watc
     key = next(k for k in vehicle.keys() if k["key_id"] == watch.key_id)
     assert (key["name"], key["role"], key["state"]) == (WATCH_NAME, "driver", "active"), key
     assert (key["via"], key["enrolled_by"]) == ("share", phone.key_id), key
-    pair_rows = [e for e in vehicle.audit() if e["event"] == "pair" and e["key_id"] == watch.key_id]
-    assert len(pair_rows) == 1 and pair_rows[0]["detail"]["via"] == "share", pair_rows
-    assert pair_rows[0]["detail"]["by"] == phone.key_id, pair_rows
 
 
 def test_the_watch_next_unlock_is_a_plain_one(vehicle: Vehicle, plain_unlock: tuple[ClientRun, float],
                                               figures: dict[str, dict[str, Any]]) -> None:
-    """Once enrolled, the share is never presented again: no second enrolment, no note about it."""
+    """Once enrolled, the share is never presented again: the COMMAND is the only write, as for any key."""
     run, _ = plain_unlock
     assert figures["plain unlock (watch, enrolled)"]["moved"]
-    assert figures["plain unlock (watch, enrolled)"]["att"]["rx_writes"] == 1, figures  # the COMMAND alone
+    assert figures["plain unlock (watch, enrolled)"]["att"]["rx_writes"] == 1, figures
     assert "enrolled" not in run.result.stderr
-    assert len([e for e in vehicle.audit() if e["event"] == "pair"]) == 2  # the phone's code and the watch's share
 
 
 def test_the_phone_watches_the_relock_after_the_watch_unlock(vehicle: Vehicle, phone: Device, watch: Device,
@@ -243,21 +242,20 @@ def test_offline_revocation_rides_on_the_phone_unlock_and_the_watch_is_refused(
         vehicle: Vehicle, phone: Device, watch: Device, enrolled: ClientRun, btlog: BluetoothdLog,
         figures: dict[str, dict[str, Any]]) -> None:
     # The phone revokes the watch with the vehicle out of the picture: it only signs list version 1.
+    since = time.time()
     revoke = phone.run("revoke", WATCH_NAME, "--offline", label="share-revoke-offline")
     assert revoke.rc == OK, revoke.result.stderr
     assert (revoke.obj["key_id"], revoke.obj["list_version"]) == (watch.key_id, 1), revoke.obj
     assert (revoke.obj["reached"], revoke.obj["revoked"], revoke.obj["delivered"]) == (False, False, False)
-    assert next(k for k in vehicle.keys() if k["key_id"] == watch.key_id)["state"] == "active"
 
     # The phone's next unlock moves the lock, then delivers the list after the RESULT on the same link.
-    since = time.time()
     run, figures["unlock carrying the list (phone)"] = _unlock(vehicle, phone, btlog, "share-phone-unlock-list")
     assert run.rc == OK, run.result.stderr
     assert figures["unlock carrying the list (phone)"]["moved"]
     assert f"delivered the revocation list of owner key {phone.key_id} (version 1)" in run.result.stderr
     assert figures["unlock carrying the list (phone)"]["att"]["rx_writes"] == 2, figures  # COMMAND, REVOCATIONS
     rows = [e for e in vehicle.audit(since) if e["event"] == "revocations"]
-    assert len(rows) == 1, rows
+    assert len(rows) == 1 and rows[0]["ts"] >= int(run.result.started), rows  # applied during the unlock's link
     assert rows[0]["key_id"] == phone.key_id and rows[0]["detail"]["version"] == 1, rows
     assert rows[0]["detail"]["revoked"] == watch.key_id, rows
     key = next(k for k in vehicle.keys() if k["key_id"] == watch.key_id)
