@@ -91,7 +91,8 @@ if [ -f "$OUT/timings" ]; then
     log "guest timings (uptime, s): $(tr '\n' ' ' < "$OUT/timings")"
 fi
 log "VM wall time ${wall}s, pytest exit code $rc"
-# Figures measured by the guest tests (test_key_scenarios.py::test_unlock_figures), pass or fail.
+# Figures measured by the guest tests (test_key_scenarios.py::test_unlock_figures, test_share_scenarios.py),
+# pass or fail.
 # bluetoothd deaths (the guest's supervisor restarts it): printed pass or fail, since a test that got through
 # one is evidence too. test_bluetoothd_crash_under_a_running_server (SIGSEGV) and
 # test_a_client_started_while_bluetoothd_is_down (SIGKILL) cause one each on purpose.
@@ -99,7 +100,7 @@ if [ -s "$OUT/bluetoothd.exits" ]; then
     echo "===== bluetoothd.exits ($(wc -l < "$OUT/bluetoothd.exits") restart(s); the two bluetoothd tests cause one each)"
     cat "$OUT/bluetoothd.exits"
 fi
-for f in "$OUT"/figures.txt "$OUT"/key_client_runs.txt; do
+for f in "$OUT"/figures.txt "$OUT"/shares.txt "$OUT"/key_client_runs.txt; do
     if [ -s "$f" ]; then echo "===== $(basename "$f")"; cat "$f"; fi
 done
 

@@ -221,6 +221,12 @@ class Device:
     runs: list[ClientRun] = field(default_factory=list)
     key_id: str | None = None  # this device's key id for the vehicle, from its `pair --json` answer
 
+    def argv(self, *args: str, json_out: bool = True) -> list[str]:
+        """The command line `run` uses, for a key-client that must run in the background (e.g. `watch`)."""
+        argv = ["key-client", "-vv", "--keychain", str(self.keychain), "--radio", "ble", "--adapter", self.adapter,
+                "--scan-time", str(VM_SCAN_TIME), "--connect-attempts", str(VM_CONNECT_ATTEMPTS)]
+        return argv + (["--json"] if json_out else []) + list(args)
+
     def run(self, *args: str, label: str | None = None, timeout: float = 120.0, json_out: bool = True,
             env: dict[str, str] | None = None) -> ClientRun:
         """`key-client -vv --keychain K --radio ble --adapter A [--json] ARGS...`; env adds to its environment
@@ -229,9 +235,7 @@ class Device:
         # and the VM is slower and flakier than any radio: under TCG btvirt can keep a scan blind for 10 s and
         # more (see conftest.find_device), and BlueZ misses Connected=True on many first connects ("failed to
         # discover services"). The VM gives the client what a user of such a radio would: a longer budget.
-        argv = ["key-client", "-vv", "--keychain", str(self.keychain), "--radio", "ble", "--adapter", self.adapter,
-                "--scan-time", str(VM_SCAN_TIME), "--connect-attempts", str(VM_CONNECT_ATTEMPTS)]
-        argv += (["--json"] if json_out else []) + list(args)
+        argv = self.argv(*args, json_out=json_out)
         label = label or f"key-client-{self.adapter}-{args[0]}"
         result = self.run_cli(argv, timeout=timeout, name=label, bleak_race_fix=self.race_fix, env=env)
         run = ClientRun(label, argv, result, self.race_fix)
