@@ -212,7 +212,7 @@ def bluez_interval_ms(interval_ms: float) -> int:
 def _advertisement(token: bytes | None, local_name: str, interval_ms: int) -> Any:
     """A dbus-next LEAdvertisement1 object: service data SERVICE_UUID -> token (or, without a token, the service
     UUID list), LocalName only if `local_name`, MinInterval = MaxInterval = `interval_ms` (whole ms)."""
-    from dbus_next import Variant
+    from dbus_next.signature import Variant
     from dbus_next.constants import PropertyAccess
     from dbus_next.service import ServiceInterface, dbus_property, method
 
@@ -406,7 +406,7 @@ class BlessPeripheral:
 
     async def _set_alias(self, server: Any) -> None:
         """Adapter alias = the local name or GENERIC_DEVICE_NAME: BlueZ serves it as the GAP Device Name."""
-        from dbus_next import Variant
+        from dbus_next.signature import Variant
 
         alias = self.local_name or GENERIC_DEVICE_NAME
         iface = server.adapter.get_interface(PROPERTIES_IFACE)
