@@ -212,9 +212,9 @@ def bluez_interval_ms(interval_ms: float) -> int:
 def _advertisement(token: bytes | None, local_name: str, interval_ms: int) -> Any:
     """A dbus-next LEAdvertisement1 object: service data SERVICE_UUID -> token (or, without a token, the service
     UUID list), LocalName only if `local_name`, MinInterval = MaxInterval = `interval_ms` (whole ms)."""
-    from dbus_next.signature import Variant
     from dbus_next.constants import PropertyAccess
     from dbus_next.service import ServiceInterface, dbus_property, method
+    from dbus_next.signature import Variant
 
     members: dict[str, Any] = {}
 
