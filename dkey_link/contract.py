@@ -94,6 +94,13 @@ class Peripheral(Protocol):
     async def start(self, handler: PeripheralHandler) -> None:
         """Start advertising SERVICE_UUID under the configured name and deliver events to `handler`."""
 
+    async def advertise_token(self, token: bytes) -> None:
+        """Advertise `token` as the service data of SERVICE_UUID from now on (PROTOCOL.md §13).
+
+        The vehicle calls it before start() (the first advertisement then carries the token) and at every
+        rotation while running; a backend replaces the previous token, it never advertises two.
+        """
+
     async def notify(self, data: bytes, link: str | None = None) -> None:
         """Send one notification (<= MTU-3 bytes) on TX to `link`, or to every subscriber if None."""
 
@@ -115,6 +122,9 @@ class Advertisement:
     name: str | None
     service_uuids: tuple[str, ...]
     rssi: int
+    # The service data advertised under SERVICE_UUID (AD type 0x21): our vehicles put their rotating token there
+    # (PROTOCOL.md §13); None if the advertiser sent none.
+    service_data: bytes | None = None
     handle: object = field(default=None, compare=False, repr=False)  # backend object needed to connect
 
 

@@ -308,6 +308,8 @@ class MockPeripheral:
         self._rssi_trace: collections.deque[int] = collections.deque()
         self._handler: PeripheralHandler | None = None
         self._links: dict[str, _Link] = {}
+        self.token: bytes | None = None  # the service data advertised under SERVICE_UUID (advertise_token)
+        self.tokens: list[bytes] = []  # every token advertised, in order (tests check the rotations)
 
     @property
     def advertising(self) -> bool:
@@ -341,6 +343,7 @@ class MockPeripheral:
             name=self.name,
             service_uuids=self.service_uuids,
             rssi=self._rssi,
+            service_data=self.token,
             handle=self,
         )
 
@@ -353,6 +356,12 @@ class MockPeripheral:
         if self._handler is not None:
             raise RadioError(f"mock peripheral {self.name} already started")
         self._handler = handler
+        self._air._changed()
+
+    async def advertise_token(self, token: bytes) -> None:
+        """Advertise `token` as our service data from now on (scans see it at once)."""
+        self.token = bytes(token)
+        self.tokens.append(self.token)
         self._air._changed()
 
     async def notify(self, data: bytes, link: str | None = None) -> None:

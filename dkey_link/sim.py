@@ -69,6 +69,7 @@ SOCKET_SUFFIX = ".sock"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # the name is part of a file name: keep it tame
 MAX_CENTRAL_NAME = 32
 MAX_UUIDS = 8
+MAX_SERVICE_DATA = 64  # service data bytes an ADV_RSP may carry (ours: the 10-byte token, PROTOCOL.md §13)
 
 HANDSHAKE_TIMEOUT = 5.0  # a socket that sends no first frame in this time is closed; also bounds a connect
 PROBE_TIMEOUT = 1.0  # a live peripheral answers ADV_REQ in milliseconds; a hung one must not stall every scan
@@ -81,6 +82,7 @@ MAX_SOCKETS = 32  # open sockets one peripheral serves at once; more are closed 
 _MAX_SUN_PATH = 107 if sys.platform.startswith("linux") else 103
 
 ADV_FLAG_CONNECTABLE = 0x01
+ADV_FLAG_SERVICE_DATA = 0x02  # the UUIDs are followed by the first UUID's service data: length (u8) + bytes
 CONNECT_OK = 0x00
 CONNECT_BUSY = 0x01  # not advertising (connected with advertise_while_connected=False, or full): retry later
 
@@ -89,7 +91,7 @@ class Op(enum.IntEnum):
     """Frame opcodes; C->P is central to peripheral, P->C the reverse."""
 
     ADV_REQ = 0x01  # C->P  version
-    ADV_RSP = 0x02  # P->C  version, flags, rssi, n, n * uuid(16), name
+    ADV_RSP = 0x02  # P->C  version, flags, rssi, n, n * uuid(16), [service data length + bytes], name
     CONNECT_REQ = 0x03  # C->P  version, mtu(2), central name
     CONNECT_RSP = 0x04  # P->C  version, status, mtu(2)
     WRITE_REQ = 0x10  # C->P  value (write with response)
@@ -104,7 +106,7 @@ class Op(enum.IntEnum):
 # Payload length bounds per opcode, checked on the header before a single payload byte is read.
 _LENGTHS: dict[Op, tuple[int, int]] = {
     Op.ADV_REQ: (1, 1),
-    Op.ADV_RSP: (4, 4 + 16 * MAX_UUIDS + 64),
+    Op.ADV_RSP: (4, 4 + 16 * MAX_UUIDS + 1 + MAX_SERVICE_DATA + 64),
     Op.CONNECT_REQ: (3, 3 + MAX_CENTRAL_NAME),
     Op.CONNECT_RSP: (4, 4),
     Op.WRITE_REQ: (0, MAX_PAYLOAD),  # over MTU-3 is well-framed but refused with an ATT error
@@ -152,27 +154,44 @@ async def _read_frame(reader: asyncio.StreamReader, expect: Op | None = None) ->
     return op, (await reader.readexactly(length) if length else b"")
 
 
-def _encode_adv(name: str, rssi: int, uuids: tuple[str, ...], connectable: bool) -> bytes:
+def _encode_adv(name: str, rssi: int, uuids: tuple[str, ...], connectable: bool,
+                service_data: bytes | None = None) -> bytes:
+    """An ADV_RSP payload; `service_data` (if any) belongs to the first UUID."""
     flags = ADV_FLAG_CONNECTABLE if connectable else 0
+    data = b""
+    if service_data is not None:
+        if not uuids or len(service_data) > MAX_SERVICE_DATA:
+            raise ValueError(f"service data needs a UUID and at most {MAX_SERVICE_DATA} bytes")
+        flags |= ADV_FLAG_SERVICE_DATA
+        data = bytes((len(service_data),)) + service_data
     head = struct.pack(">BBbB", PROTOCOL_VERSION, flags, rssi, len(uuids))
-    return head + b"".join(uuid.UUID(u).bytes for u in uuids) + name.encode()
+    return head + b"".join(uuid.UUID(u).bytes for u in uuids) + data + name.encode()
 
 
-def _decode_adv(payload: bytes) -> tuple[str, int, tuple[str, ...], bool]:
-    """(name, rssi, service uuids, connectable) of an ADV_RSP payload."""
+def _decode_adv(payload: bytes) -> tuple[str, int, tuple[str, ...], bool, bytes | None]:
+    """(name, rssi, service uuids, connectable, service data of the first uuid) of an ADV_RSP payload."""
     version, flags, rssi, count = struct.unpack_from(">BBbB", payload)
     if version != PROTOCOL_VERSION:
         raise FrameError(f"advertisement of protocol version {version}")
+    if flags & ~(ADV_FLAG_CONNECTABLE | ADV_FLAG_SERVICE_DATA):
+        raise FrameError(f"advertisement with unknown flags 0x{flags:02x}")
     if count > MAX_UUIDS or len(payload) < 4 + 16 * count:
         raise FrameError("advertisement with a bad uuid count")
     uuids = tuple(str(uuid.UUID(bytes=payload[4 + 16 * i : 20 + 16 * i])) for i in range(count))
+    at = 4 + 16 * count
+    service_data: bytes | None = None
+    if flags & ADV_FLAG_SERVICE_DATA:
+        if count == 0 or len(payload) <= at or payload[at] > MAX_SERVICE_DATA or len(payload) < at + 1 + payload[at]:
+            raise FrameError("advertisement with bad service data")
+        service_data = payload[at + 1 : at + 1 + payload[at]]
+        at += 1 + payload[at]
     try:
-        name = payload[4 + 16 * count :].decode()
+        name = payload[at:].decode()
     except UnicodeDecodeError:
         raise FrameError("advertised name is not UTF-8") from None
     if not NAME_RE.fullmatch(name):
         raise FrameError("advertised name is not a valid peripheral name")
-    return name, rssi, uuids, bool(flags & ADV_FLAG_CONNECTABLE)
+    return name, rssi, uuids, bool(flags & ADV_FLAG_CONNECTABLE), service_data
 
 
 def _expect_op(op: Op, wanted: Op) -> None:
@@ -282,6 +301,7 @@ class SimPeripheral:
         self.mtu = mtu
         self.advertise_while_connected = advertise_while_connected
         self.service_uuids: tuple[str, ...] = (SERVICE_UUID,)
+        self.token: bytes | None = None  # service data of SERVICE_UUID in every ADV_RSP (advertise_token)
         self.set_rssi(rssi)
         self._handler: PeripheralHandler | None = None
         self._server: asyncio.Server | None = None
@@ -300,6 +320,12 @@ class SimPeripheral:
         if not -128 <= value <= 127:
             raise ValueError("rssi must fit a signed byte")
         self._rssi = value
+
+    async def advertise_token(self, token: bytes) -> None:
+        """Send `token` as the service data of SERVICE_UUID in every ADV_RSP from now on."""
+        if len(token) > MAX_SERVICE_DATA:
+            raise ValueError(f"service data is at most {MAX_SERVICE_DATA} bytes")
+        self.token = bytes(token)
 
     @property
     def advertising(self) -> bool:
@@ -442,7 +468,7 @@ class SimPeripheral:
                 op, payload = await _read_frame(reader)
             if op is Op.ADV_REQ:
                 self._check_version(payload[0])
-                adv = _encode_adv(self.name, self._rssi, self.service_uuids, self.advertising)
+                adv = _encode_adv(self.name, self._rssi, self.service_uuids, self.advertising, self.token)
                 writer.write(encode_frame(Op.ADV_RSP, adv))
                 with contextlib.suppress(OSError):
                     await writer.drain()
@@ -697,13 +723,16 @@ class SimCentral:
                     _, payload = await _read_frame(reader, expect=Op.ADV_RSP)
                 finally:
                     await _close_writer(writer)
-            name, rssi, uuids, connectable = _decode_adv(payload)
+            name, rssi, uuids, connectable, service_data = _decode_adv(payload)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, FrameError) as exc:
             log.debug("sim scan: skipping %s: %s", path, exc)
             return None
         if not connectable:
             return None
-        return Advertisement(address=str(path), name=name, service_uuids=uuids, rssi=rssi, handle=path)
+        if service_data is not None and uuids[0] != str(uuid.UUID(SERVICE_UUID)):
+            service_data = None  # Advertisement.service_data is our service's only
+        return Advertisement(address=str(path), name=name, service_uuids=uuids, rssi=rssi,
+                             service_data=service_data, handle=path)
 
     async def connect(self, adv: Advertisement, timeout: float = 10.0) -> SimConnection:
         """Connect and exchange MTUs, retrying while the peripheral is busy; NotFound after `timeout`."""

@@ -52,6 +52,8 @@ SYSTEM_CONFIG = Path("/etc/dkey/config.toml")
 IDENTITY_FILE = "vehicle_key.pem"
 STORE_FILE = "keys.db"
 
+DEFAULT_TOKEN_ROTATION: Final = 900.0  # seconds between two advertising tokens (PROTOCOL.md §13)
+DEFAULT_ADVERTISING_INTERVAL_MS: Final = 152.5  # a waiting person does not notice; one of Apple's recommended values
 DEFAULT_LINK_IDLE_TIMEOUT: Final = 30.0  # seconds: connect, act, disconnect; an idle link only holds a slot
 
 # AF_UNIX paths are at most 107 bytes; `/<name>.sock` takes up to 35 of them.
@@ -243,7 +245,25 @@ class ClockOptions:
         return probes_for(rtc=self.trust_rtc, ntp=self.trust_ntp, system=self.trust_system)
 
 
-TABLES: Final[Mapping[str, type]] = {"server": ServerOptions, "pairing": PairingOptions,
+@dataclass(slots=True)
+class BleOptions:
+    """The [ble] table: what the vehicle puts on air (docs/PROTOCOL.md §13, docs/THREAT_MODEL.md)."""
+
+    # Empty by default: a fixed name would let anyone follow the car. The sim radio's socket keeps [server] name.
+    local_name: str = setting(
+        "", help="BLE local name to advertise; empty = none, so nothing static identifies the car",
+        pattern=f"(?:{NAME_PATTERN})?", allowed=f"empty, or {NAME_ALLOWED}")
+    # At least 10 s (a token must live long enough to be scanned and resolved), at most a day.
+    token_rotation: float = setting(
+        DEFAULT_TOKEN_ROTATION, help="seconds between two advertising tokens (a new one at every start too)",
+        min=10, max=86_400)
+    # The Bluetooth range for an advertising interval is 20 ms to 10.24 s.
+    advertising_interval_ms: float = setting(
+        DEFAULT_ADVERTISING_INTERVAL_MS, help="advertising interval in ms; shorter = found sooner, more power",
+        min=20, max=10_240)
+
+
+TABLES: Final[Mapping[str, type]] = {"server": ServerOptions, "ble": BleOptions, "pairing": PairingOptions,
                                      "rate_limit": RateLimitOptions, "audit": AuditOptions, "clock": ClockOptions}
 ACTUATOR_TABLE: Final = "actuator"
 
@@ -254,6 +274,7 @@ class Config:
 
     state_dir: Path = field(default_factory=default_state_dir)
     server: ServerOptions = field(default_factory=ServerOptions)
+    ble: BleOptions = field(default_factory=BleOptions)
     pairing: PairingOptions = field(default_factory=PairingOptions)
     rate_limit: RateLimitOptions = field(default_factory=RateLimitOptions)
     audit: AuditOptions = field(default_factory=AuditOptions)
@@ -332,8 +353,8 @@ def parse_config(data: Mapping[str, object], *, file: str | Path, state_dir: Pat
         raise ConfigError.from_settings(exc) from None
     cfg = Config(
         state_dir=state_dir or (Path(top.state_dir) if top.state_dir else default_state_dir()),
-        server=tables["server"], pairing=tables["pairing"], rate_limit=tables["rate_limit"], audit=tables["audit"],
-        clock=tables["clock"],
+        server=tables["server"], ble=tables["ble"], pairing=tables["pairing"], rate_limit=tables["rate_limit"],
+        audit=tables["audit"], clock=tables["clock"],
         actuator=_actuator(data.get(ACTUATOR_TABLE, {}), file=file),
     )
     _check_across(cfg, file=file)
@@ -437,6 +458,9 @@ SAMPLE_CONFIG: Final = "\n".join([
     *sample_table(TopLevel, None, examples=_EXAMPLES),
     "",
     *sample_table(ServerOptions, "server", examples=_EXAMPLES),
+    "",
+    "# What the car advertises: a rotating token only its own devices recognise (docs/PROTOCOL.md §13).",
+    *sample_table(BleOptions, "ble", examples=_EXAMPLES),
     "",
     *sample_table(PairingOptions, "pairing", examples=_EXAMPLES),
     "",

@@ -132,7 +132,7 @@ async def serve(cfg: Config) -> int:
             limiter=FailureLimiter(rl.link_burst, rl.link_rate, rl.global_burst, rl.global_rate),
             actuations=ActuationLimiter(rl.actuation_burst, rl.actuation_per_minute),
             link_queue=rl.link_queue, max_links=rl.max_links, max_link_lifetime=rl.max_link_lifetime,
-            statements=statement_bounds(cfg.clock)),
+            statements=statement_bounds(cfg.clock), token_rotation=cfg.ble.token_rotation),
     )
     listeners.append(service.actuator_changed)
     systemd = Notifier.from_environ()

@@ -26,6 +26,7 @@ from hardware import ActuatorEvent, DoorChanged, Lock, LockChanged
 from protocol import (
     DEFAULT_CHALLENGE_TTL,
     PUBLISHED_TEST_KEYS,
+    AdSecret,
     ChallengeBook,
     Command,
     CommandRequested,
@@ -48,12 +49,13 @@ from protocol import (
     VehicleSession,
     decode_public_key,
     fast_result_data,
+    make_token,
 )
 
 from .audit import AuditEvent, AuditLog
 from .clock import GuardedClock
 from .commands import DEFAULT_STATEMENTS, KeyCommands, to_status_report
-from .config import DEFAULT_LINK_IDLE_TIMEOUT
+from .config import DEFAULT_LINK_IDLE_TIMEOUT, DEFAULT_TOKEN_ROTATION
 from .enrollment import Enrollment
 from .keyadmin import KeyAdmin
 from .policy import authorize
@@ -86,6 +88,8 @@ class ServiceConfig:
     refusal_rows: int = MAX_ROWS_PER_WINDOW  # at most this many such rows per window
     # Roles whose SET_TIME counts, and how far each may move an untrusted clock forward ([clock] in the config).
     statements: Mapping[Role, int] = field(default_factory=lambda: dict(DEFAULT_STATEMENTS))
+    # Seconds between two advertising tokens ([ble] token_rotation); a fresh one also at every start (§13).
+    token_rotation: float = DEFAULT_TOKEN_ROTATION
 
 
 @dataclass(slots=True)
@@ -112,6 +116,7 @@ class ServiceStats:
     shares_enrolled: int = 0  # keys enrolled by an owner's share (SHARE_PRESENT answered OK)
     lists_applied: int = 0  # owners' revocation lists applied (REVOCATIONS answered OK)
     watch_pushes: int = 0  # status reports pushed to watching sessions
+    tokens_advertised: int = 0  # advertising tokens handed to the radio (start, rotations, secret changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +192,9 @@ class KeyService:
         self._background: set[asyncio.Task[None]] = set()
         self._change_counter = -1
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ad_secret: AdSecret | None = None  # the secret the advertised token is made with
+        self._token_at = 0.0  # monotonic time the advertised token was made
+        self._rotating: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -197,6 +205,7 @@ class KeyService:
         self.audit.append(AuditEvent.SERVER_START, ts=self.clock.now(),
                           detail={"vehicle_id": self.identity.key_id.hex()})
         self._refresh_clock(force=True)
+        await self._advertise_new_token()  # a fresh prand at every start: no token repeats across boots
         await self.peripheral.start(self)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
@@ -208,6 +217,8 @@ class KeyService:
                 await self._sweeper
             self._sweeper = None
         tasks = [c.task for c in self.links.values() if c.task and not c.task.done()] + list(self._background)
+        if self._rotating is not None and not self._rotating.done():
+            tasks.append(self._rotating)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -222,6 +233,27 @@ class KeyService:
         self.refusals.flush()
         await self.peripheral.stop()
         self.audit.append(AuditEvent.SERVER_STOP, ts=self.clock.now())
+
+    async def _advertise_new_token(self) -> None:
+        """Hand the radio a token of the store's current secret with a fresh prand (PROTOCOL.md §13)."""
+        self._ad_secret = self.store.ad_secret()
+        self._token_at = self._mono()
+        await self.peripheral.advertise_token(make_token(self._ad_secret.secret))
+        self.stats.tokens_advertised += 1
+        log.debug("advertising a new token (secret generation %d)", self._ad_secret.generation)
+
+    def _rotate_token(self) -> None:
+        """Start a token change unless one is under way (the sweep and a secret change may both ask)."""
+        if self._rotating is not None and not self._rotating.done():
+            return
+        self._rotating = asyncio.get_running_loop().create_task(self._rotate_logged())
+
+    async def _rotate_logged(self) -> None:
+        try:
+            await self._advertise_new_token()
+        except Exception:
+            # The old token stays on air (still resolvable by our devices); the next sweep tries again.
+            log.exception("could not advertise a new token")
 
     def _new_session(self, chunk_size: int) -> VehicleSession:
         return VehicleSession(self.identity, challenges=self.challenges, lookup_key=self._lookup,
@@ -643,6 +675,9 @@ class KeyService:
             return
         self._change_counter = counter
         self._keys.clear()
+        if self._ad_secret is not None and self.store.ad_secret() != self._ad_secret:
+            # `key-server rotate-secret` (or revoke --rotate-secret) ran: the old token must leave the air now.
+            self._rotate_token()
         for central in list(self.links.values()):
             if central.secure_key_id is not None:
                 rec = self.store.get_key(central.secure_key_id)
@@ -676,6 +711,8 @@ class KeyService:
                 log.info("dropping %s: idle for %.1f s (link_idle_timeout)", central.link, now - central.last_activity)
                 self._spawn(self._drop(central))
         self.check_store_changes()
+        if self._ad_secret is not None and now - self._token_at >= self.config.token_rotation:
+            self._rotate_token()
         self.challenges.purge(now)
         self.refusals.tick(now)
         self._refresh_clock()

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from protocol import KEY_ID_LEN, PUBLIC_KEY_LEN, Role, is_published_test_key
+from protocol import KEY_ID_LEN, PUBLIC_KEY_LEN, AdSecret, Role, is_published_test_key
 
 __all__ = [
     "CHANGE_COUNTER_KEY",
@@ -337,8 +337,22 @@ def _migration_3(db: sqlite3.Connection) -> None:
     """)
 
 
+# meta: the advertising secret, "<generation>:<32 hex digits>" (PROTOCOL.md §13)
+AD_SECRET_KEY: Final = "ad_secret"  # noqa: S105 - the name of a meta row, not a secret
+
+
+def _encode_ad_secret(ad: AdSecret) -> str:
+    return f"{ad.generation}:{ad.secret.hex()}"
+
+
+def _migration_4(db: sqlite3.Connection) -> None:
+    """Give the vehicle an advertising secret (generation 1), for a new store and an existing one alike."""
+    db.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO NOTHING",
+               (AD_SECRET_KEY, _encode_ad_secret(AdSecret.generate(1))))
+
+
 # Append new migrations here; SCHEMA_VERSION follows. Read at open() time, so tests can extend it.
-MIGRATIONS: list[Migration] = [_migration_1, _migration_2, _migration_3]
+MIGRATIONS: list[Migration] = [_migration_1, _migration_2, _migration_3, _migration_4]
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _KEY_COLUMNS: Final = (
@@ -937,6 +951,27 @@ class KeyStore:
             )
         return v
 
+    def ad_secret(self) -> AdSecret:
+        """The vehicle's advertising secret (PROTOCOL.md §13); StoreError if the store holds none or a bad one."""
+        raw = self.get_meta(AD_SECRET_KEY)
+        if raw is None:
+            raise StoreError("the key store holds no advertising secret (schema older than 4?)")
+        return _decode_ad_secret(raw)
+
+    def rotate_ad_secret(self) -> AdSecret:
+        """Replace the advertising secret with a fresh one of the next generation (one transaction); the new one.
+
+        Bumps the change counter, so a running server notices and advertises a token of the new secret at once.
+        """
+        with self.transaction():
+            rows = self._execute("SELECT v FROM meta WHERE k = ?", (AD_SECRET_KEY,)).fetchall()
+            current = _decode_ad_secret(str(rows[0][0])) if rows else None
+            new = current.rotated() if current is not None else AdSecret.generate(1)
+            self._execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                          (AD_SECRET_KEY, _encode_ad_secret(new)))
+            self._bump()
+        return new
+
     def schema_version(self) -> int:
         """The schema version of the open file (PRAGMA user_version)."""
         return int(self._query("PRAGMA user_version")[0][0])
@@ -995,6 +1030,15 @@ def _configure(db: sqlite3.Connection, path: Path, busy_timeout_ms: int) -> None
 # SQLite's file header (https://www.sqlite.org/fileformat.html §1.3): magic, page size, page count.
 _HEADER_LEN: Final = 100
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+def _decode_ad_secret(raw: str) -> AdSecret:
+    """Parse the meta value _encode_ad_secret wrote; StoreError if it is damaged."""
+    try:
+        generation, hex_secret = raw.split(":")
+        return AdSecret(int(generation), bytes.fromhex(hex_secret))
+    except ValueError:
+        raise StoreError("the key store's advertising secret is damaged") from None
+
+
 # The tables schema version 1 made; a file at version >= 1 without them is not ours, whatever it claims.
 _SCHEMA_1_TABLES: Final = frozenset({"keys", "pairings", "meta", "audit"})
 _RESTORE: Final = "restore keys.db from a backup (`key-server restore`, docs/DEPLOY.md §7); it is never re-created"

@@ -89,6 +89,7 @@ from ._payloads import (
     set_time_args,
     with_time_wanted,
 )
+from ._privacy import AD_SECRET_LEN, TOKEN_LEN, AdSecret, make_token, resolve_token
 from ._schedule import MAX_SCHEDULE_LEN, MAX_SHARE_SCHEDULE, Schedule, parse_schedule
 from ._shares import (
     LIST_WITH_SHARES,
@@ -229,4 +230,10 @@ __all__ = [
     "ShareAnswered",
     "ShareOffered",
     "StateChanged",
+    # issue 13: privacy on air (PROTOCOL.md §13)
+    "AD_SECRET_LEN",
+    "TOKEN_LEN",
+    "AdSecret",
+    "make_token",
+    "resolve_token",
 ]

@@ -65,6 +65,7 @@ class Command(_Labelled):
     ISSUE_CODE = 0x14  # owner: a pairing code for a new device, issued remotely (PROTOCOL.md §5.3)
     EDIT_KEY = 0x15  # owner: change a key's name, role, validity window or schedule
     WATCH = 0x16  # owner, driver: lock/door/start changes pushed for the rest of the session (PROTOCOL.md §9.6)
+    AD_SECRET = 0x17  # any active key: the vehicle's advertising secret, sealed in the session (PROTOCOL.md §13)
 
 
 # STATUS is secure-only: its report (lock, door, start output) says whether the car is open (PROTOCOL.md §5).

@@ -47,6 +47,7 @@ class Harness:
     trusted_clock: bool = False
     probes: dict[Source, Probe] = field(default_factory=dict)  # the clock's RTC/NTP sources (none: statements only)
     statements: dict[Role, int] | None = None  # ServiceConfig.statements (None: the defaults)
+    token_rotation: float = 900.0  # ServiceConfig.token_rotation: seconds between advertising tokens
 
     def __post_init__(self) -> None:
         if self.lock is None:
@@ -65,6 +66,7 @@ class Harness:
                                                        poll_interval=0.05, reply_after=self.reply_after,
                                                        link_queue=self.link_queue, max_links=self.max_links,
                                                        max_link_lifetime=self.max_link_lifetime,
+                                                       token_rotation=self.token_rotation,
                                                        **({} if self.statements is None
                                                           else {"statements": self.statements})),
                                   monotonic=self.monotonic)

@@ -197,7 +197,7 @@ def test_the_name_rule_fits_the_sim_radio_and_a_scan_response() -> None:
 def test_unknown_tables_and_keys_are_refused_with_a_suggestion(tmp_path: Path) -> None:
     err = refused(tmp_path, "[sever]\nname = 'x'\n")
     assert err.key == "sever" and "unknown table; did you mean server?" in str(err)
-    assert "(allowed: state_dir, server, pairing, rate_limit, audit, clock, actuator)" in str(err)
+    assert "(allowed: state_dir, server, ble, pairing, rate_limit, audit, clock, actuator)" in str(err)
     err = refused(tmp_path, "[server]\nradoi = 'sim'\n")
     assert err.key == "server.radoi" and "did you mean radio?" in str(err)
     err = refused(tmp_path, "statedir = '/x'\n")

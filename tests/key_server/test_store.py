@@ -111,7 +111,7 @@ def table_names(path: Path) -> set[str]:
 
 def test_open_creates_current_schema_private_wal(db_path: Path) -> None:
     with KeyStore.open(db_path, create=True) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 3
+        assert s.schema_version() == SCHEMA_VERSION == 4
         assert s.path == db_path
         assert s._query("PRAGMA journal_mode")[0][0] == "wal"
         assert s._query("PRAGMA synchronous")[0][0] == 2  # FULL

@@ -33,7 +33,7 @@ def _columns(path: Path, table: str) -> set[str]:
 def test_a_fresh_store_has_the_share_columns_and_tables(tmp_path: Path) -> None:
     path = tmp_path / "keys.db"
     with KeyStore.open(path, create=True) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 3
+        assert s.schema_version() == SCHEMA_VERSION == 4
         rec = dataclasses.replace(make_key("watch", Role.DRIVER), via="share", enrolled_by=b"\x01\x02\x03\x04",
                                   share_serial=bytes(range(8)))
         s.add_key(rec)
@@ -60,7 +60,7 @@ def test_a_version_2_store_migrates_keeping_keys_and_codes(tmp_path: Path, monke
                              "VALUES (7, ?, 'guest', 'old code', ?, NULL, NULL, NULL, 3, ?, 1)",
                              (bytes(32), NOW + 600, NOW))
     with KeyStore.open(path) as s:
-        assert s.schema_version() == 3
+        assert s.schema_version() == store_mod.SCHEMA_VERSION
         rec = s.get_key(owner.key_id)
         assert rec is not None and (rec.via, rec.enrolled_by, rec.share_serial) == ("code", None, None)
         [pending] = s.list_pairings(NOW)

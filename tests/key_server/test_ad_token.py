@@ -1,0 +1,83 @@
+"""The vehicle's advertising token: fresh at every start, rotated on the monotonic clock and on a new secret (§13)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from protocol import TOKEN_LEN, resolve_token
+
+from .harness import Harness
+
+
+class Mono:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def _settle(h: Harness, count: int) -> None:
+    for _ in range(100):
+        if len(h.peripheral.tokens) >= count:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_the_token_is_on_air_from_the_start_and_resolves_with_the_stores_secret(tmp_path: Path) -> None:
+    h = await Harness(tmp_path).start()
+    try:
+        [adv] = await h.air.central().scan(1.0)
+        assert adv.service_data is not None and len(adv.service_data) == TOKEN_LEN
+        assert resolve_token(adv.service_data, {"car": h.store.ad_secret().secret}) == "car"
+        assert resolve_token(adv.service_data, {"other": bytes(16)}) is None
+    finally:
+        await h.stop()
+
+
+async def test_every_start_advertises_a_new_token(tmp_path: Path) -> None:
+    tokens = []
+    for _ in range(2):
+        h = await Harness(tmp_path).start()
+        tokens.append(h.peripheral.token)
+        await h.stop()
+    assert tokens[0] != tokens[1]  # a fresh prand at each boot: a passer-by cannot link them
+
+
+async def test_the_token_rotates_after_token_rotation_seconds_of_the_monotonic_clock(tmp_path: Path) -> None:
+    mono = Mono()
+    h = await Harness(tmp_path, monotonic=mono, token_rotation=60).start()
+    try:
+        h.service.sweep()
+        assert len(h.peripheral.tokens) == 1  # not yet due
+        mono.t += 59.9
+        h.service.sweep()
+        await asyncio.sleep(0.02)
+        assert len(h.peripheral.tokens) == 1
+        mono.t += 0.1
+        h.service.sweep()
+        await _settle(h, 2)
+        first, second = h.peripheral.tokens
+        assert first != second
+        secret = {"car": h.store.ad_secret().secret}
+        assert resolve_token(first, secret) == resolve_token(second, secret) == "car"
+    finally:
+        await h.stop()
+
+
+async def test_a_rotated_secret_leaves_the_air_at_once(tmp_path: Path) -> None:
+    h = await Harness(tmp_path).start()
+    try:
+        old = h.store.ad_secret()
+        new = h.store.rotate_ad_secret()  # what `key-server rotate-secret` does in another process
+        assert new.generation == old.generation + 1 and new.secret != old.secret
+        h.service.sweep()
+        await _settle(h, 2)
+        token = h.peripheral.token
+        assert resolve_token(token, {"new": new.secret}) == "new"
+        assert resolve_token(token, {"old": old.secret}) is None  # a former guest no longer recognises the car
+    finally:
+        await h.stop()
