@@ -310,7 +310,6 @@ class BlessPeripheral:
         self.registrations = 0  # successful registrations with bluetoothd (1 + re-registrations after restarts)
         self.recovery_backoff = (0.5, 10.0)  # first and longest pause between re-registration attempts, s
         self.power_wait = 10.0  # how long a re-registration waits for a powered adapter before trying anyway, s
-        self.token: bytes | None = None  # the advertising token (PROTOCOL.md §13); not on air yet (issue 13)
 
     @property
     def links(self) -> tuple[str, ...]:
@@ -321,14 +320,15 @@ class BlessPeripheral:
     def started(self) -> bool:
         return self._server is not None
 
+    @property
+    def token(self) -> bytes | None:
+        """The token advertised (or to advertise at start); None before the first advertise_token."""
+        return self._token
+
     # ------------------------------------------------------------------ lifecycle
 
-    async def advertise_token(self, token: bytes) -> None:
-        """Keep `token` as the service data to advertise (stored only, for now: not yet put on air)."""
-        self.token = bytes(token)
-
     async def start(self, handler: PeripheralHandler) -> None:
-        """Register the GATT service with BlueZ, advertise SERVICE_UUID and the name, deliver events to `handler`."""
+        """Register the GATT service with BlueZ, advertise (module docstring), deliver events to `handler`."""
         if self._server is not None:
             raise RadioError(f"ble peripheral {self.name} already started")
         if not re.sub("[^A-Za-z0-9_]", "", self.name):  # bless builds its D-Bus object paths from the name
