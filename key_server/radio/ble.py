@@ -37,19 +37,21 @@ every subscriber (docs/PROTOCOL.md §1.3). Three hooks close the gap, all runnin
   until it works or stop() is called. The car thus opens again without a restart of key-server.
 - Advertising (docs/PROTOCOL.md §13, docs/DEPLOY.md "Privacy on air"): bless 0.3.0 advertises only its first
   service UUID and the name, and sets the adapter alias to the name; its start() and stop() are not used. We
-  register our own LEAdvertisement1 object (`_advertisement`): the service data (AD type 0x21: our 128-bit
-  service UUID + the 10-byte token given by advertise_token), LocalName only when one is configured, and
-  MinInterval = MaxInterval = the configured interval. Every advertise_token call unregisters the old object
-  and registers a new one (a new object path, so nothing of the old one is cached by BlueZ). No service UUID
-  list: flags (3 bytes) + service data (2 + 16 + 10) fill the 31 bytes of a legacy advertisement, and BlueZ
-  5.66 builds the scan response from the local name only (src/advertising.c generate_scan_rsp), so a central
-  must look for the service UUID among the service-data keys (BlueZ's discovery UUID filter does not match
-  them). Until the first advertise_token call the advertisement carries the service UUID list instead (the key
-  service gives a token before it opens). BlueZ 5.66 applies MinInterval/MaxInterval only when bluetoothd runs
-  with `Experimental = true` and the kernel has the extended advertising mgmt commands (Linux >= 5.11);
-  otherwise the kernel's default interval applies (main.conf [LE] MinAdvertisementInterval).
-  The adapter alias (the GAP Device Name any connected central can read) is set to the local name, or to the
-  same generic GENERIC_DEVICE_NAME on every car when none is configured, never the host name.
+  register our own LEAdvertisement1 object (`_advertisement`): the service data (AD type 0x21: our 128-bit service
+  UUID + the 10-byte token given by advertise_token), LocalName only when one is configured, MinInterval =
+  MaxInterval = the configured interval, and ScanResponseServiceUUIDs (BlueZ >= 5.80 with Experimental puts the
+  service UUID list in the scan response; older BlueZ ignores the property). Every advertise_token call unregisters
+  the old object and registers a new one (a new object path, so nothing of the old one is cached by BlueZ). No
+  service UUID list: flags (3 bytes) + service data (2 + 16 + 10) fill the 31 bytes of a legacy advertisement, and
+  BlueZ 5.66 builds the scan response from the local name only (src/advertising.c generate_scan_rsp), so a central
+  must look for the service UUID among the service-data keys (BlueZ's discovery UUID filter does not match them)
+  where the scan response lacks the list. Until the first advertise_token call the advertisement carries the
+  service UUID list instead (the key service gives a token before it opens). BlueZ 5.66 applies
+  MinInterval/MaxInterval only when bluetoothd runs with `Experimental = true` (BlueZ 5.82: always) and the kernel
+  has the extended advertising mgmt commands (Linux >= 5.11); otherwise the kernel's default interval applies
+  (main.conf [LE] MinAdvertisementInterval). The adapter alias (the GAP Device Name any connected central can read)
+  is set to the local name, or to the same generic GENERIC_DEVICE_NAME on every car when none is configured, never
+  the host name.
 Characteristics carry no readable value (bless ignores the read offset, so long reads are broken).
 """
 
@@ -237,6 +239,9 @@ def _advertisement(token: bytes | None, local_name: str, interval_ms: int) -> An
     prop("MaxInterval", "u", interval_ms)
     if token is not None:
         prop("ServiceData", "a{sv}", {SERVICE_UUID: Variant("ay", bytes(token))})
+        # No room for the UUID list in the advertisement; BlueZ >= 5.80 (experimental) can put it in the scan
+        # response, where BlueZ's and bleak's UUID filters find it. BlueZ 5.66 does not read this property.
+        prop("ScanResponseServiceUUIDs", "as", [SERVICE_UUID])
     else:
         prop("ServiceUUIDs", "as", [SERVICE_UUID])
     if local_name:

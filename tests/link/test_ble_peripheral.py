@@ -622,8 +622,10 @@ async def test_each_token_is_a_new_advertisement_with_the_service_data_and_nothi
     assert len(bluez.advertisements) == 1  # the old one is unregistered: one advertisement at a time
     [(path, adv)] = bluez.advertisements.items()
     assert adv["ServiceData"] == {SERVICE_UUID: second}
-    # flags (3) + service data (2 + 16 + 10) = 31 bytes: no room for a UUID list; no name, no TX power
-    assert set(adv) == {"adapter", "Type", "ServiceData", "MinInterval", "MaxInterval"}
+    # flags (3) + service data (2 + 16 + 10) = 31 bytes: no room for a UUID list (BlueZ >= 5.80 puts it in the
+    # scan response); no name, no TX power
+    assert set(adv) == {"adapter", "Type", "ServiceData", "ScanResponseServiceUUIDs", "MinInterval", "MaxInterval"}
+    assert adv["ScanResponseServiceUUIDs"] == [SERVICE_UUID]
     assert adv["MinInterval"] == adv["MaxInterval"] == 153  # BlueZ: int(153 / 0.625) = 244 units = 152.5 ms
     tokens = [a.get("ServiceData", {}).get(SERVICE_UUID) for a in bluez.advertisement_log]
     assert tokens == [None, first, second]  # start (no token yet), then one registration per token
