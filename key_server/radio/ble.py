@@ -211,9 +211,9 @@ def bluez_interval_ms(interval_ms: float) -> int:
     return min((math.floor(interval_ms), math.ceil(interval_ms)), key=lambda ms: (abs(actual(ms) - interval_ms), ms))
 
 
-def _advertisement(token: bytes | None, local_name: str, interval_ms: int) -> Any:
+def _advertisement(token: bytes | None, local_name: str, interval_ms: int | None) -> Any:
     """A dbus-next LEAdvertisement1 object: service data SERVICE_UUID -> token (or, without a token, the service
-    UUID list), LocalName only if `local_name`, MinInterval = MaxInterval = `interval_ms` (whole ms)."""
+    UUID list), LocalName only if `local_name`, MinInterval = MaxInterval = `interval_ms` (whole ms) unless None."""
     from dbus_next.constants import PropertyAccess
     from dbus_next.service import ServiceInterface, dbus_property, method
     from dbus_next.signature import Variant
@@ -235,8 +235,9 @@ def _advertisement(token: bytes | None, local_name: str, interval_ms: int) -> An
     release.__annotations__ = {}  # no D-Bus arguments or result (the module's string annotations would be read)
     members["Release"] = method(name="Release")(release)
     prop("Type", "s", "peripheral")
-    prop("MinInterval", "u", interval_ms)
-    prop("MaxInterval", "u", interval_ms)
+    if interval_ms is not None:
+        prop("MinInterval", "u", interval_ms)
+        prop("MaxInterval", "u", interval_ms)
     if token is not None:
         prop("ServiceData", "a{sv}", {SERVICE_UUID: Variant("ay", bytes(token))})
         # No room for the UUID list in the advertisement; BlueZ >= 5.80 (experimental) can put it in the scan
@@ -301,6 +302,7 @@ class BlessPeripheral:
         self._adv: Any = None  # our registered LEAdvertisement1 object (on the current server's bus), or None
         self._adv_count = 0  # advertisements registered so far: each gets a new object path
         self._adv_lock = asyncio.Lock()  # one (un)registration at a time: advertise_token vs. a re-registration
+        self.interval_applied = True  # False once BlueZ refused our interval: later advertisements go without it
         self._loop = loop
         self._call_timeout = call_timeout
         self._server: Any = None
@@ -424,9 +426,27 @@ class BlessPeripheral:
             await iface.call_set(ADAPTER_IFACE, "Alias", Variant("s", alias))
 
     async def _register_advertisement(self, server: Any) -> None:
-        """Export a new LEAdvertisement1 object with the current token and register it with BlueZ."""
+        """Export a new LEAdvertisement1 object with the current token and register it with BlueZ.
+
+        If BlueZ refuses it with our interval, register it again without one (the kernel's default interval):
+        a car found a second later beats a car nobody finds. Seen: Linux 6.1 answers the interval parameters
+        with "Not Supported" on btvirt's controllers (tests/ble_vm).
+        """
+        interval = bluez_interval_ms(self.advertising_interval_ms) if self.interval_applied else None
+        try:
+            await self._register_one(server, interval)
+        except Exception as exc:  # noqa: BLE001 - retried without the interval; raised if that fails too
+            if not self.interval_applied:
+                raise
+            log.warning("ble peripheral %r: BlueZ refused the advertisement with a %g ms interval (%s); "
+                        "advertising at the kernel's default interval instead (docs/DEPLOY.md)", self.name,
+                        self.advertising_interval_ms, exc or type(exc).__name__)
+            self.interval_applied = False
+            await self._register_one(server, None)
+
+    async def _register_one(self, server: Any, interval_ms: int | None) -> None:
         self._adv_count += 1
-        adv = _advertisement(self._token, self.local_name, bluez_interval_ms(self.advertising_interval_ms))
+        adv = _advertisement(self._token, self.local_name, interval_ms)
         path = f"{server.app.base_path}/adv{self._adv_count}"
         server.bus.export(path, adv)
         manager = server.adapter.get_interface(ADV_MANAGER_IFACE)
@@ -437,8 +457,9 @@ class BlessPeripheral:
             server.bus.unexport(path, adv)
             raise
         self._adv = (path, adv)
-        log.debug("ble peripheral %r: advertisement %s registered (%s)", self.name, path,
-                  "token" if self._token is not None else "service UUID list")
+        log.debug("ble peripheral %r: advertisement %s registered (%s, interval %s)", self.name, path,
+                  "token" if self._token is not None else "service UUID list",
+                  f"{interval_ms} ms" if interval_ms is not None else "the kernel's")
 
     async def _unregister_advertisement(self, server: Any) -> None:
         """Unregister and unexport our advertisement, if any; BlueZ's refusal (already gone) is logged only."""

@@ -229,6 +229,7 @@ class FakeBlueZ:
         self.services: dict[str, tuple[str, bool]] = {}  # uuid -> (object path, primary)
         self.advertisements: dict[str, dict[str, Any]] = {}  # path -> its properties (plain values) + adapter
         self.advertisement_log: list[dict[str, Any]] = []  # every advertisement registered, in order
+        self.refuse_intervals = False  # as Linux 6.1 with btvirt: "Not Supported" for MinInterval/MaxInterval
         self.unregistered_apps: list[str] = []
         self.notifications: list[bytes] = []
         self.fail_advertising: str | None = None
@@ -304,6 +305,8 @@ class FakeBlueZ:
         if reply.message_type is MessageType.ERROR:
             raise DBusError("org.bluez.Error.Failed", f"cannot read the advertisement: {reply.body}")
         found.update({key: _plain(value.value) for key, value in reply.body[0].items()})
+        if self.refuse_intervals and "MinInterval" in found:
+            raise DBusError("org.bluez.Error.Failed", "Failed to register advertisement")
         self.advertisements[path] = found
         self.advertisement_log.append(found)
 

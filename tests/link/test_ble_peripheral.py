@@ -672,3 +672,21 @@ def test_the_interval_is_sent_as_the_whole_ms_bluez_truncates_to_the_nearest_uni
 def test_an_interval_outside_the_legacy_range_is_refused(interval: float) -> None:
     with pytest.raises(RadioError, match="advertising interval"):
         BlessPeripheral("car", advertising_interval_ms=interval)
+
+
+@needs_dbus
+async def test_an_interval_bluez_refuses_falls_back_to_the_kernel_default_once(
+    bluez: FakeBlueZ, caplog: pytest.LogCaptureFixture
+) -> None:
+    bluez.refuse_intervals = True
+    p = BlessPeripheral("car")
+    await p.advertise_token(TOKEN)
+    await p.start(Recorder())
+    try:
+        await p.advertise_token(bytes(10))
+        assert [("MinInterval" in a, a["ServiceData"][SERVICE_UUID]) for a in bluez.advertisement_log] == [
+            (False, TOKEN), (False, bytes(10))]
+        assert not p.interval_applied
+        assert "refused the advertisement with a 152.5 ms interval" in caplog.text
+    finally:
+        await p.stop()
