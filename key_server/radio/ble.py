@@ -429,8 +429,7 @@ class BlessPeripheral:
         """Export a new LEAdvertisement1 object with the current token and register it with BlueZ.
 
         If BlueZ refuses it with our interval, register it again without one (the kernel's default interval):
-        a car found a second later beats a car nobody finds. Seen: Linux 6.1 answers the interval parameters
-        with "Not Supported" on btvirt's controllers (tests/ble_vm).
+        a car found a second later beats a car nobody finds (the interval is the only optional part of it).
         """
         interval = bluez_interval_ms(self.advertising_interval_ms) if self.interval_applied else None
         try:
