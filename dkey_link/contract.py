@@ -151,8 +151,14 @@ class Connection(Protocol):
 class Central(Protocol):
     """A device-side radio: scan and connect."""
 
-    async def scan(self, timeout: float, service_uuid: str = SERVICE_UUID) -> list[Advertisement]:
-        """Advertisers of `service_uuid` seen within `timeout` seconds, strongest first."""
+    async def scan(self, timeout: float, service_uuid: str = SERVICE_UUID, *,
+                   until: Callable[[Advertisement], bool] | None = None) -> list[Advertisement]:
+        """Advertisers of `service_uuid` seen within `timeout` seconds, strongest first.
+
+        Without `until` a backend may return as soon as it saw one. With `until` it returns as soon as it saw an
+        advertisement `until` accepts (the device's own vehicle, by its token), else at the timeout, with every
+        advertiser seen meanwhile.
+        """
 
     async def connect(self, adv: Advertisement, timeout: float = 10.0) -> Connection:
         """Connect to an advertiser; raises RadioError (LinkLost, NotFound, ...) on failure."""

@@ -335,6 +335,11 @@ class MockPeripheral:
         """Each scan that sees this peripheral consumes the next value; the last one then sticks."""
         self._rssi_trace = collections.deque(values)
 
+    def _peek(self) -> Advertisement:
+        """What a scan would see now, without taking a value from the RSSI trace."""
+        return Advertisement(address=self.address, name=self.name, service_uuids=self.service_uuids, rssi=self._rssi,
+                             service_data=self.token, handle=self)
+
     def _observe(self) -> Advertisement:
         if self._rssi_trace:
             self._rssi = self._rssi_trace.popleft()
@@ -523,8 +528,10 @@ class MockCentral:
         if self._closed:
             raise RadioError(f"mock central {self.name} is closed")
 
-    async def scan(self, timeout: float, service_uuid: str = SERVICE_UUID) -> list[Advertisement]:
-        """Advertisers of `service_uuid`, strongest first; returns as soon as one advertises, else at timeout."""
+    async def scan(self, timeout: float, service_uuid: str = SERVICE_UUID, *,
+                   until: Callable[[Advertisement], bool] | None = None) -> list[Advertisement]:
+        """Advertisers of `service_uuid`, strongest first; returns as soon as one advertises (with `until`: one
+        it accepts), else at timeout."""
         self._check_open()
         wanted = service_uuid.lower()
 
@@ -533,7 +540,10 @@ class MockCentral:
                 p for p in self._air._peripherals if p.advertising and wanted in (u.lower() for u in p.service_uuids)
             ]
 
-        await self._air._wait_until(lambda: bool(matching()), timeout)
+        def done() -> bool:
+            return any(until(p._peek()) for p in matching()) if until is not None else bool(matching())
+
+        await self._air._wait_until(done, timeout)
         found = [p._observe() for p in matching()]
         return sorted(found, key=lambda adv: adv.rssi, reverse=True)
 

@@ -694,8 +694,10 @@ class SimCentral:
         if self._closed:
             raise RadioError("sim central is closed")
 
-    async def scan(self, timeout: float, service_uuid: str = SERVICE_UUID) -> list[Advertisement]:
-        """Connectable advertisers of `service_uuid`, strongest first; returns once any is seen, else at timeout."""
+    async def scan(self, timeout: float, service_uuid: str = SERVICE_UUID, *,
+                   until: Callable[[Advertisement], bool] | None = None) -> list[Advertisement]:
+        """Connectable advertisers of `service_uuid`, strongest first; returns once any is seen (with `until`: one
+        it accepts), else at timeout."""
         self._check_open()
         wanted = str(uuid.UUID(service_uuid))
         loop = asyncio.get_running_loop()
@@ -709,7 +711,7 @@ class SimCentral:
             seen = await asyncio.gather(*(self._probe(p, probe_time) for p in paths))
             found = [adv for adv in seen if adv is not None and wanted in adv.service_uuids]
             remaining = deadline - loop.time()
-            if found or remaining <= 0:
+            if (any(until(a) for a in found) if until is not None else found) or remaining <= 0:
                 return sorted(found, key=lambda adv: adv.rssi, reverse=True)
             await asyncio.sleep(min(POLL_INTERVAL, remaining))
 

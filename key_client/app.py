@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +22,7 @@ from dkey_link.contract import Advertisement, Central, LinkLost, RadioError
 from protocol import (
     MAX_CODE_ATTEMPTS,
     MAX_CODE_TTL,
+    AdSecret,
     AuditHead,
     AuditRecord,
     AuthenticationError,
@@ -31,6 +33,7 @@ from protocol import (
     KeyEdit,
     KeyInfo,
     KeyPair,
+    LocalProtocolError,
     PairingTerms,
     Role,
     Status,
@@ -42,6 +45,7 @@ from protocol import (
     pairing_uri,
     parse_code,
     read_audit_args,
+    resolve_token,
     revoke_args,
     set_time_args,
 )
@@ -68,6 +72,7 @@ if TYPE_CHECKING:
     from .shares import ImportedResult, IssuedResult, ListedRevocation
 
 T = TypeVar("T")
+log = logging.getLogger("key_client.app")
 
 PAIR_TIMEOUT = 30.0  # pairing runs a PAKE on both sides: slower than a command on a Pi Zero
 IDENTIFY_TIMEOUT = 5.0  # `scan --identify`: one attempt per advertiser, it is a survey
@@ -136,6 +141,7 @@ class Revocation:
     listed: ListedRevocation | None = None
     reached: bool = True  # the vehicle was reached in this run
     delivered: bool = False  # this device's list reached the vehicle in this run (acknowledged)
+    rotated: AdSecret | None = None  # with rotate_secret: the vehicle's new advertising secret (kept in the keychain)
 
     @property
     def key_id(self) -> bytes:
@@ -211,6 +217,8 @@ class Sighting:
     vehicle_id: bytes | None = None
     keychain_name: str | None = None  # with identify: our entry for that vehicle id
     last_seen_as: str | None = None  # without identify: our entry last seen at this address (proves nothing)
+    # Our entry whose advertising secret made this advertisement's token (PROTOCOL.md §13; no connection needed).
+    recognised_as: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +308,32 @@ class DeviceApp:
             else None
         return kc.load_key(entry, secret)
 
+    @staticmethod
+    def _target(kc: Keychain, entry: VehicleEntry) -> Target:
+        """The pinned vehicle of `entry`, with its advertising secret when this keychain holds one, and the share
+        certificate it still has to present (the fallback presents it to tell the vehicle from others)."""
+        from .sharebook import ShareBook
+
+        ad = kc.ad_secret(entry)
+        held = ShareBook(kc.path).imported(entry.vehicle_id) if entry.via == "share" else None
+        share = held.certificate if held is not None and not held.enrolled else None
+        return Target(entry.vehicle_public_key, entry.vehicle_id, ad.secret if ad is not None else None, share)
+
+    async def _refresh_ad_secret(self, link: VehicleLink, kc: Keychain, entry: VehicleEntry) -> None:
+        """AD_SECRET in the open session; keep the record if it is new (best effort: the car is found without it)."""
+        try:
+            result = await link.secure(Command.AD_SECRET)
+            ad = AdSecret.decode(result.data)
+        except VehicleRefused as exc:
+            log.info("%s did not give its advertising secret: %s", entry.name, exc)
+            return
+        except (ClientError, DecodeError) as exc:
+            self._note(f"could not fetch the advertising secret of {entry.name}: {exc}; the next session tries "
+                       "again")
+            return
+        if kc.store_ad_secret(entry, ad):
+            log.info("stored the advertising secret of %s (generation %d)", entry.name, ad.generation)
+
     async def _connect(self, central: Central, device: KeyPair, target: Target, *, hint: str | None = None,
                        candidates: list[Advertisement] | None = None) -> VehicleLink:
         return await connect_vehicle(central, device, target, scan_time=self.scan_time, prefer_address=hint,
@@ -315,14 +349,22 @@ class DeviceApp:
         open, and on the fast path it would travel in clear (PROTOCOL.md §11, property 5). The others stay on
         the fast path: their command code already tells a listener what they do.
         """
-        link = await self._connect(central, device, Target(entry.vehicle_public_key, entry.vehicle_id),
-                                   hint=entry.address_hint)
+        link = await self._connect(central, device, self._target(kc, entry), hint=entry.address_hint)
         clock: ClockReport | None = None
         try:
             await self._present_share(link, kc, entry)
-            if cmd is Command.STATUS:
+            if link.probed:
+                # Found by the fallback (no advertiser carried our token): learn the current secret in a session
+                # (the one that proved it is our car, or one opened now that the share is enrolled), then run the
+                # command sealed inside it (CLIENT.md, "Finding the vehicle").
+                if not link.session_open:
+                    await link.open_secure()
+                await self._refresh_ad_secret(link, kc, entry)
+                result = await link.secure(cmd)
+            elif cmd is Command.STATUS:
                 await link.open_secure()
                 result = await link.secure(cmd)
+                await self._refresh_ad_secret(link, kc, entry)
             else:
                 result = await link.command(cmd)
             try:  # STATUS: the whole report, sealed; the fast path: empty, or the time_wanted hint alone (§5.3)
@@ -333,7 +375,7 @@ class DeviceApp:
             if report.time_wanted:
                 # The vehicle does not trust its clock yet and this key may confirm it: state the time on this
                 # link now (a confidential session), so guests work again without anyone doing anything.
-                clock = await self._state_time_after(link, entry, session_open=cmd is Command.STATUS)
+                clock = await self._state_time_after(link, entry, session_open=link.session_open)
         except OutcomeUnknown as exc:
             raise OutcomeUnknown(f"{exc} (key-client never resends a command whose outcome is unknown)") from exc
         except BaseException:
@@ -380,7 +422,8 @@ class DeviceApp:
             cert = ShareCertificate.decode(held.certificate)
         except DecodeError as exc:
             raise KeychainError(f"the share kept for {entry.name} is damaged ({exc}): import it again") from None
-        answer = await link.present_share(held.certificate)
+        # The fallback (no token resolved) already presented it to prove which vehicle this is.
+        answer = link.share_answer or await link.present_share(held.certificate)
         if answer.status in (Status.OK, Status.NO_CHANGE):
             book.mark_enrolled(entry.vehicle_id)
             if answer.status is Status.OK:
@@ -429,12 +472,13 @@ class DeviceApp:
         device = await self._device_key(kc, entry)
         central = self._central()
         try:
-            link = await self._connect(central, device, Target(entry.vehicle_public_key, entry.vehicle_id),
-                                       hint=entry.address_hint)
+            link = await self._connect(central, device, self._target(kc, entry), hint=entry.address_hint)
             try:
                 await self._present_share(link, kc, entry)
-                await link.open_secure()
+                if not link.session_open:
+                    await link.open_secure()
                 result = await action(link, entry)
+                await self._refresh_ad_secret(link, kc, entry)
                 await self._deliver_lists(link, kc, entry)
             except VehicleRefused as exc:
                 if exc.status is Status.NOT_PERMITTED and entry.role != "owner":
@@ -577,13 +621,17 @@ class DeviceApp:
         return listing
 
     async def revoke(self, key: str, vehicle: str | None = None, *, with_shares: bool = False,
-                     offline: bool = False) -> Revocation:
+                     offline: bool = False, rotate_secret: bool = False) -> Revocation:
         """Revoke the key `key` names (hex key-id prefix or name): on this device's revocation list when it can name
         it offline (a share it issued, or a full key id; owner keys only), and on the vehicle at once when in reach.
 
         `offline` skips the vehicle. The list travels with the next OK command of any of its owner or driver
         devices that carry it (PROTOCOL.md §12); `with_shares` also revokes the keys that key enrolled by share.
+        `rotate_secret` then has the vehicle replace its advertising secret (ROTATE_SECRET, PROTOCOL.md §13.1), so
+        the revoked device no longer recognises the car on air; it needs the vehicle in reach.
         """
+        if offline and rotate_secret:
+            raise UsageError("--rotate-secret needs the vehicle in reach: it cannot go with --offline")
         from .shares import resolve_offline, revoke_offline
 
         kc = self.keychain()
@@ -601,6 +649,14 @@ class DeviceApp:
             return Revocation(entry, None, already_revoked=not listed.changed, listed=listed, reached=False)
 
         async def action(link: VehicleLink, entry: VehicleEntry) -> Revocation:
+            done = await revoke_on(link, entry)
+            if not rotate_secret:
+                return done
+            ad = AdSecret.decode((await link.secure(Command.ROTATE_SECRET)).data)
+            kc.store_ad_secret(entry, ad)  # this device keeps recognising the car
+            return replace(done, rotated=ad)
+
+        async def revoke_on(link: VehicleLink, entry: VehicleEntry) -> Revocation:
             keys = await _list_keys(link)
             try:
                 target = resolve_key(keys, listed.key_id.hex() if listed is not None else key)
@@ -628,7 +684,9 @@ class DeviceApp:
         except (VehicleNotFound, ConnectFailed, TimedOut) as exc:
             if listed is None:
                 raise
-            self._note(f"{entry.name} is not in reach ({exc}): the revocation waits on this device's revocation list")
+            self._note(f"{entry.name} is not in reach ({exc}): the revocation waits on this device's revocation list"
+                       + ("; the advertising secret was not rotated (run it again with the vehicle in reach)"
+                          if rotate_secret else ""))
             return Revocation(entry, None, already_revoked=not listed.changed, listed=listed, reached=False)
 
         if listed is not None:
@@ -838,16 +896,19 @@ class DeviceApp:
             found = await find_vehicles(central, self.scan_time, clock=self._clock, on_progress=self._progress)
             sightings: list[Sighting] = []
             probe = KeyPair.generate() if identify else None  # throwaway: identifying sends nothing signed
+            secrets = kc.ad_secrets()
             for adv in found:
+                recognised = resolve_token(adv.service_data, secrets)
                 if probe is None:
                     hinted = [e.name for e in kc.vehicles() if e.address_hint == adv.address]
-                    sightings.append(Sighting(adv, last_seen_as=hinted[0] if hinted else None))
+                    sightings.append(Sighting(adv, last_seen_as=hinted[0] if hinted else None,
+                                              recognised_as=recognised))
                     continue
                 self._progress(f"identifying {adv.name or adv.address}")
                 vid = await _identify(central, adv, probe)
                 entry = kc.find_vehicle_id(vid) if vid else None
                 sightings.append(Sighting(adv, identified=True, vehicle_id=vid,
-                                          keychain_name=entry.name if entry else None))
+                                          keychain_name=entry.name if entry else None, recognised_as=recognised))
             return sightings
         finally:
             await central.aclose()
@@ -889,14 +950,33 @@ class DeviceApp:
                                         f"`key-client forget {have.name}` first to pair again")
                 self._progress(f"pairing with {link.advertisement.name or link.advertisement.address}")
                 paired = await link.pair(code, int(code[:2]), timeout=PAIR_TIMEOUT)
+                ad_secret = await self._ad_secret_after_pairing(link)
             finally:
                 await link.close()
         finally:
             await central.aclose()
             if paired is None:
                 kc.discard_device_key(device, keyring=keyring)
-        return kc.add(device, paired, name=name, advertised_name=link.advertisement.name,
-                      address=link.advertisement.address, encrypted=secret is not None, keyring=keyring)
+        entry = kc.add(device, paired, name=name, advertised_name=link.advertisement.name,
+                       address=link.advertisement.address, encrypted=secret is not None, keyring=keyring)
+        if ad_secret is not None:
+            try:
+                kc.store_ad_secret(entry, ad_secret)
+            except KeychainError as exc:
+                self._note(f"paired, but {exc}; the next session fetches it again")
+        return entry
+
+    async def _ad_secret_after_pairing(self, link: VehicleLink) -> AdSecret | None:
+        """On the pairing's own connection: a session with the new key, and the advertising secret in it.
+
+        Best effort: the key is enrolled whatever happens here, and the first later session fetches the secret.
+        """
+        try:
+            await link.open_secure()
+            return AdSecret.decode((await link.secure(Command.AD_SECRET)).data)
+        except (ClientError, DecodeError, LocalProtocolError) as exc:
+            self._note(f"paired, but could not fetch the advertising secret yet ({exc}); the next session does")
+            return None
 
     async def _pick_for_pairing(self, central: Central) -> Advertisement:
         """A bare code does not name the vehicle: the only one in range, else the strongest (and say so)."""
@@ -963,22 +1043,25 @@ class DeviceApp:
                     return False
                 raise  # revoked, expired, not permitted: stop passive entry
             state["entry"] = done.entry
+            recognise.update(self._target(kc, done.entry).ad_secret)  # a session may have fetched a new secret
             on_event(AutoEvent("acted", done.entry, action.value, done=done))
             return True
 
         loop = asyncio.get_running_loop()
         timer = loop.call_later(options.duration, stop.set) if options.duration is not None else None
+        recognise = _Recogniser(self._target(kc, entry).ad_secret)
         try:
-            if entry.address_hint is None:
-                # Advertisements carry no authenticated id: learn the vehicle's address from one verified
-                # exchange (a status read), then follow the RSSI of that address.
+            if entry.address_hint is None and recognise.secret is None:
+                # Without the advertising secret nothing on air says which car is ours: learn the secret (and the
+                # address) from one verified exchange (a status read), then follow the RSSI of our token.
                 on_event(AutoEvent("learned", entry, "status"))
                 done = await self._run_command(kc, entry, central, device, Command.STATUS)
                 state["entry"] = done.entry
+                recognise.update(self._target(kc, done.entry).ad_secret)
                 on_event(AutoEvent("learned", done.entry, "status", done=done))
             on_event(AutoEvent("watching", state["entry"], "watch", policy=policy))
             runner = ProximityRunner(central, policy, act,
-                                     match=lambda adv: adv.address == state["entry"].address_hint,
+                                     match=lambda adv: recognise(adv, state["entry"].address_hint),
                                      interval=interval, scan_window=min(1.0, max(0.1, interval)))
             await runner.run(stop)
         finally:
@@ -988,6 +1071,31 @@ class DeviceApp:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+class _Recogniser:
+    """Passive entry's test for "this advertisement is our car": its token (PROTOCOL.md §13), else its address."""
+
+    def __init__(self, secret: bytes | None) -> None:
+        self.secret = secret
+        self._tokens: dict[bytes, bool] = {}  # a token is resolved once, not at every advertisement it comes in
+
+    def update(self, secret: bytes | None) -> None:
+        """Use `secret` from now on (a newer one fetched in a session); None keeps the current one."""
+        if secret is not None and secret != self.secret:
+            self.secret, self._tokens = secret, {}
+
+    def __call__(self, adv: Advertisement, address_hint: str | None) -> bool:
+        token = adv.service_data
+        if self.secret is not None and token is not None:
+            if token not in self._tokens:
+                if len(self._tokens) > 1024:
+                    self._tokens.clear()  # other cars' tokens rotate too: keep the memo small
+                self._tokens[token] = resolve_token(token, {True: self.secret}) is not None
+            if self._tokens[token]:
+                return True
+        # An address proves nothing and changes with a private address; still the only hint without a secret.
+        return address_hint is not None and adv.address == address_hint
 
 
 def _when_arg(text: str | None, now: int, option: str, *, end_of_day: bool = False) -> int | None:

@@ -308,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also revoke every key this key enrolled by share")
     s.add_argument("--offline", action="store_true",
                    help="do not look for the vehicle: only put the key on this device's revocation list")
+    s.add_argument("--rotate-secret", action="store_true",
+                   help="also have the vehicle replace its advertising secret, so the revoked device no longer "
+                        "recognises the car on air (vehicle in reach)")
     s = cmd("audit", "read the vehicle's audit log (owner keys only)")
     s.add_argument("--limit", type=_number(1, 10_000, integer=True), default=20, metavar="N",
                    help="how many entries, 1 to 10000 (20)")
@@ -704,7 +707,7 @@ async def cmd_revoke(args: argparse.Namespace, out: Printer, _interrupts: _Inter
     """`revoke KEY`: on the vehicle if in reach, and on this device's revocation list if it can name KEY offline."""
     async with Progress(sys.stderr, verbose=args.verbose > 0) as say:
         r = await _app(args, say, out.note).revoke(args.key, args.vehicle, with_shares=args.with_shares,
-                                                   offline=args.offline)
+                                                   offline=args.offline, rotate_secret=args.rotate_secret)
     kid, name = r.key_id.hex(), r.name
     who = f"{kid} ({name})" if name else kid
     listed = r.listed
@@ -713,7 +716,8 @@ async def cmd_revoke(args: argparse.Namespace, out: Printer, _interrupts: _Inter
                            "already_revoked": r.already_revoked, "this_device": r.this_device,
                            "with_shares": bool(args.with_shares), "reached": r.reached,
                            "list_version": listed.held.version if listed is not None else None,
-                           "delivered": r.delivered}
+                           "delivered": r.delivered,
+                           "rotated_generation": r.rotated.generation if r.rotated is not None else None}
     lines: list[str] = []
     if r.key is not None:
         lines.append(f"{who} was already revoked on {r.entry.name}" if r.already_revoked else
@@ -730,6 +734,10 @@ async def cmd_revoke(args: argparse.Namespace, out: Printer, _interrupts: _Inter
                          "carries the list (this one: any command that succeeds)")
     if r.this_device and not r.already_revoked:
         lines.append("that was this device's own key: it can no longer open the vehicle")
+    if r.rotated is not None:
+        lines.append(f"rotated {r.entry.name}'s advertising secret (generation {r.rotated.generation}): the revoked "
+                     "device no longer recognises the car on air; the others learn the new secret in their next "
+                     "session")
     out.result(obj, "\n".join(lines))
     return int(ExitCode.OK)
 
@@ -813,11 +821,17 @@ async def cmd_scan(args: argparse.Namespace, out: Printer, _interrupts: _Interru
         sightings = await _app(args, say, out.note).scan(identify=args.identify)
     for s in sightings:
         adv = s.advertisement
-        obj: dict[str, Any] = {"name": adv.name, "address": adv.address, "rssi": adv.rssi}
-        if s.identified:
+        obj: dict[str, Any] = {"name": adv.name, "address": adv.address, "rssi": adv.rssi,
+                               "recognised_as": s.recognised_as}
+        if s.recognised_as and not s.identified:
+            # Its token resolves with the advertising secret we hold for that vehicle (PROTOCOL.md §13).
+            obj.update(last_seen_as=s.last_seen_as)
+            mark = f"= {s.recognised_as} (by its advertising token)"
+        elif s.identified:
             vid = s.vehicle_id
             obj.update(vehicle_id=vid.hex() if vid else None, keychain=s.keychain_name)
-            mark = (f"{vid.hex()}  " if vid else "(no answer)  ") + (
+            mark = (f"{vid.hex()}  " if vid else "(no id: no answer, or no pairing code pending there)  "
+                    ) + (
                 f"= {s.keychain_name} in keychain" if s.keychain_name else "")
         else:
             obj.update(last_seen_as=s.last_seen_as)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from dkey_link.contract import Advertisement, AttError, AttErrorCode, Central, Connection, LinkLost, RadioError
@@ -40,6 +40,7 @@ from protocol import (
     Status,
     StatusReport,
     VehicleError,
+    resolve_token,
 )
 
 from .errors import (
@@ -69,6 +70,9 @@ CONNECT_WINDOW = CONNECT_ATTEMPTS * WINDOW_PER_ATTEMPT
 ATTEMPT_TIMEOUT = 10.0
 RETRY_PAUSE = 0.3  # s times the attempt number before retrying: the vehicle may be busy with another central
 SCAN_RETRY_PAUSE = 0.5  # s times the failure number after a scan that could not run
+# A scan that sees dkey vehicles but none advertising our token listens this long for ours (over ten advertising
+# intervals at the default 152.5 ms, above one at BlueZ's default 1.28 s) before falling back to trying them.
+RESOLVE_WAIT = 2.0
 LINK_CHECK_INTERVAL = 0.2  # how often a wait for an answer checks that the link is still up
 # Commands that change something on the vehicle: once written, an interruption leaves their outcome unknown.
 MAY_ACT = ACTUATING_COMMANDS | {Command.REVOKE_KEY, Command.ISSUE_CODE, Command.EDIT_KEY}
@@ -100,10 +104,19 @@ class LoopClock:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """The vehicle we want: its pinned public key (None while pairing) and optional vehicle id to find."""
+    """The vehicle we want: its pinned public key (None while pairing), optional vehicle id, advertising secret."""
 
     vehicle_public_key: bytes | None
     vehicle_id: bytes | None = None
+    # The vehicle's advertising secret (PROTOCOL.md §13): recognises its token on air without connecting.
+    ad_secret: bytes | None = field(default=None, repr=False)
+    # A share certificate the vehicle has not enrolled yet: the fallback presents it instead of SESSION_OPEN (the
+    # vehicle would refuse a session to a key it does not know yet), and its signed answer proves the vehicle.
+    share: bytes | None = field(default=None, repr=False)
+
+    def recognises(self, adv: Advertisement) -> bool:
+        """True if `adv` carries a token made with our vehicle's advertising secret."""
+        return self.ad_secret is not None and resolve_token(adv.service_data, {True: self.ad_secret}) is not None
 
 
 class VehicleLink:
@@ -121,6 +134,12 @@ class VehicleLink:
         # True from the moment a request's last chunk starts on its way until its answer is read: an
         # interruption in that window may leave the vehicle having acted.
         self.unanswered = False
+        self.session_open = False  # the confidential session is open (open_secure succeeded)
+        self.probed = False  # found by connect_vehicle's fallback, not by its advertising token
+        self.share_answer: ShareAnswered | None = None  # the fallback presented Target.share: the vehicle's answer
+        # While probing an unrecognised advertiser (connect_vehicle's fallback): the session's count of answers
+        # that failed verification with the pinned key when SESSION_OPEN went out; one more means not our car.
+        self._probe_from: int | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -137,6 +156,11 @@ class VehicleLink:
         except KeyProtocolError as exc:
             self._events.put_nowait(exc)
             return
+        if self._probe_from is not None and self.session.ignored_forgeries > self._probe_from:
+            # Our SESSION_OPEN was answered, for our key and challenge, with a signature the pinned key does not
+            # verify: another dkey vehicle (it refused a request signed for ours). Not ours: the caller moves on.
+            self._probe_from = None
+            self._events.put_nowait(_WrongVehicle(None))
         # Pairing answers PAIR_REPLY by itself (PAIR_CONFIRM): write what the session queued.
         pending = self.session.data_to_send()
         if pending:
@@ -194,7 +218,7 @@ class VehicleLink:
                     if not self.conn.is_connected:
                         raise LinkLost("the link dropped while waiting for the vehicle's answer") from None
                     continue
-                if isinstance(item, RadioError):
+                if isinstance(item, RadioError | _WrongVehicle):
                     raise item
                 if isinstance(item, BaseException):
                     raise ProtocolViolation(f"the vehicle's answer failed verification: {item}") from item
@@ -206,15 +230,14 @@ class VehicleLink:
         deadline = time.monotonic() + timeout
         # The first challenge is pushed on subscription; after that, one is only sent when asked for.
         asked = False
-        if self._used_challenge and self.session.state is DState.WAIT_CHALLENGE:
+        if self._used_challenge and self.session.state in (DState.WAIT_CHALLENGE, DState.PAIRED):
             asked = True
             self.session.request_challenge()
             await self._flush()
         while True:
             if self.session.state is DState.READY and self.session.challenge is not None:
                 self._used_challenge = True
-                vid = self.session.challenge_vehicle_id or b""
-                return ChallengeReceived(vehicle_id=vid, ours=True)
+                return ChallengeReceived(vehicle_id=self.session.challenge_vehicle_id, ours=True)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimedOut("the vehicle sent no challenge: is it a key-server of a compatible version?")
@@ -300,6 +323,20 @@ class VehicleLink:
             raise VehicleRefused(ev.status, authenticated=True)
         if isinstance(ev, VehicleError):
             raise VehicleRefused(ev.status, authenticated=False)
+        self.session_open = True
+
+    async def probe(self, share: bytes | None = None, *, timeout: float = ANSWER_TIMEOUT) -> None:
+        """On a vehicle not recognised by its token: open_secure, or with `share` present it (share_answer);
+        _WrongVehicle if the answer does not verify with the pinned key (another dkey vehicle)."""
+        self._probe_from = self.session.ignored_forgeries
+        try:
+            if share is not None:
+                self.share_answer = await self.present_share(share, timeout=timeout)
+            else:
+                await self.open_secure(timeout=timeout)
+        finally:
+            self._probe_from = None
+        self.probed = True
 
     async def secure(self, cmd: Command, args: bytes = b"", *, timeout: float = ANSWER_TIMEOUT,
                      accept: frozenset[Status] = frozenset({Status.OK})) -> CommandResult:
@@ -366,6 +403,11 @@ class VehicleLink:
     async def pair(self, code: str, slot: int, *, timeout: float = ANSWER_TIMEOUT) -> Paired:
         """Run pairing with a one-time code; returns what to pin."""
         await self.wait_challenge()
+        if self.session.challenge_vehicle_id is None:
+            # A vehicle names itself in its challenges only while a pairing code is pending (PROTOCOL.md §3.11).
+            raise VehicleRefused(Status.PAIRING_REFUSED, authenticated=False,
+                                 message="this vehicle has no pairing code pending: the code is for another "
+                                         "vehicle, or it expired")
         try:
             await self._send_request(lambda: self.session.start_pairing(code, slot))
             ev = await self._next((Paired,), timeout)
@@ -409,17 +451,21 @@ def _check(ev: Event) -> CommandResult:
 
 
 class _WrongVehicle(ClientError):
-    """The connected vehicle is not the one we hold a key for."""
+    """The connected vehicle is not the one we hold a key for (`vehicle_id`: the id it named, if it named one)."""
 
-    def __init__(self, vehicle_id: bytes) -> None:
-        super().__init__(f"vehicle {vehicle_id.hex()} is not the one we want")
+    def __init__(self, vehicle_id: bytes | None) -> None:
+        super().__init__(f"vehicle {vehicle_id.hex()} is not the one we want" if vehicle_id is not None
+                         else "this vehicle's answer does not verify with the pinned key: not the one we want")
         self.vehicle_id = vehicle_id
 
 
 async def open_link(central: Central, adv: Advertisement, device: KeyPair, target: Target,
-                    connect_timeout: float) -> VehicleLink:
+                    connect_timeout: float, *, probe: bool = False) -> VehicleLink:
     """Connect to one advertiser, subscribe and wait for its challenge, all within `connect_timeout` s; raises
-    _WrongVehicle if it is not the target. One attempt: retrying is connect_vehicle's job."""
+    _WrongVehicle if it is not the target. One attempt: retrying is connect_vehicle's job.
+
+    With `probe` (an advertiser not recognised by its token), the confidential session is opened too, inside the
+    same time limit: a vehicle whose SESSION_ACCEPT does not verify with the pinned key is not ours."""
     async with asyncio.timeout(connect_timeout):
         conn = await central.connect(adv, timeout=connect_timeout)
         session = DeviceSession(device, vehicle_public_key=target.vehicle_public_key,
@@ -428,19 +474,23 @@ async def open_link(central: Central, adv: Advertisement, device: KeyPair, targe
         try:
             await conn.subscribe(link._on_notify)
             ch = await link.wait_challenge(min(CHALLENGE_TIMEOUT, connect_timeout))
+            _check_named(ch, target)
+            if probe:
+                await link.probe(target.share)
         except BaseException:
             await link.close()
             raise
-    if target.vehicle_id is not None and ch.vehicle_id != target.vehicle_id:
-        await link.close()
-        raise _WrongVehicle(ch.vehicle_id)
     return link
 
 
 async def find_vehicles(central: Central, scan_time: float, *, clock: Clock | None = None,
-                        on_progress: Callable[[str], None] | None = None) -> list[Advertisement]:
+                        on_progress: Callable[[str], None] | None = None,
+                        until: Callable[[Advertisement], bool] | None = None,
+                        resolve_wait: float = RESOLVE_WAIT) -> list[Advertisement]:
     """Advertisers of the key service, strongest first, scanning for at most `scan_time` s in total.
 
+    With `until` (our vehicle's token, Target.recognises), a scan stops at the first advertisement it accepts;
+    one that sees only others keeps listening up to `resolve_wait` s and then returns them (the caller's fallback).
     A scan that cannot run (RadioError) is tried again within the same `scan_time`; VehicleNotFound when the
     time is up with nothing seen, RadioError if no scan could run at all (the radio is unavailable)."""
     clock = clock or LoopClock()
@@ -451,8 +501,10 @@ async def find_vehicles(central: Central, scan_time: float, *, clock: Clock | No
     scanned = False
     while True:
         say(f"scanning for vehicles ({scan_time:g} s)")
+        window = max(0.0, deadline - clock.now())
         try:
-            found = await central.scan(max(0.0, deadline - clock.now()))
+            found = await (central.scan(min(window, resolve_wait), until=until) if until is not None
+                           else central.scan(window))
         except RadioError as exc:
             # Not a fast spin: a scan that fails because bluetoothd is away has already waited for it.
             last_error = exc
@@ -489,13 +541,17 @@ async def connect_vehicle(
 
     At most `attempts` failed connection attempts, all within `connect_window` s of the first, with a short
     pause and a new scan between them; a vehicle that turns out to be another one (the id in its challenge) is
-    dropped and does not count. The vehicle is
-    recognised by that id (checked against the pinned key by every signed answer), never by its address;
-    `prefer_address` only orders the candidates."""
+    dropped and does not count. The vehicle is recognised on air by its advertising token (Target.recognises,
+    PROTOCOL.md §13) and proven by every signed answer (the pinned key), never by its address; `prefer_address`
+    only orders the candidates. When no advertiser carries our token (the secret was rotated, or this keychain has
+    none yet), the others are tried strongest first with SESSION_OPEN: one whose answer does not verify is not
+    ours (dropped, not counted), and the link returned has its confidential session open (link.session_open)."""
     clock = clock or LoopClock()
     say = on_progress or (lambda _msg: None)
+    until = target.recognises if target.ad_secret is not None else None
     found = list(candidates) if candidates is not None else await find_vehicles(
-        central, scan_time, clock=clock, on_progress=say)
+        central, scan_time, clock=clock, on_progress=say, until=until)
+    found, probe = _ours_first(found, target)
     if prefer_address:
         found.sort(key=lambda a: a.address != prefer_address)
     deadline = clock.now() + connect_window
@@ -505,9 +561,11 @@ async def connect_vehicle(
     last_error: Exception | None = None
     while found and failed < attempts and clock.now() < deadline:
         adv = found[0]
-        say(f"connecting to {adv.name or adv.address} (RSSI {adv.rssi} dBm)")
+        say(f"connecting to {adv.name or adv.address} (RSSI {adv.rssi} dBm)"
+            + (": not recognised by its token, trying it" if probe else ""))
         try:
-            return await open_link(central, adv, device, target, min(ATTEMPT_TIMEOUT, deadline - clock.now()))
+            return await open_link(central, adv, device, target, min(ATTEMPT_TIMEOUT, deadline - clock.now()),
+                                   probe=probe)
         except _WrongVehicle:
             wrong.add(adv.address)
             found = [a for a in found if a.address not in wrong]
@@ -526,12 +584,14 @@ async def connect_vehicle(
         window = max(0.0, min(scan_time, deadline - clock.now()))
         say(f"scanning for vehicles ({window:.3g} s), attempt {failed + 1} of {attempts}")
         try:
-            fresh = await central.scan(window)
+            fresh = await (central.scan(min(window, RESOLVE_WAIT), until=until) if until is not None
+                           else central.scan(window))
         except RadioError as exc:
             last_error = exc
             continue  # keep the old candidates: the next attempt tells
         fresh = [a for a in fresh if a.address not in wrong and (allowed is None or a.address in allowed)]
         if fresh:
+            fresh, probe = _ours_first(fresh, target)
             found = sorted(fresh, key=lambda a: a.address != prefer_address) if prefer_address else fresh
         if clock.now() >= deadline:
             break
@@ -539,6 +599,30 @@ async def connect_vehicle(
         raise VehicleNotFound("vehicles were found, but none is the one this key belongs to")
     raise ConnectFailed(f"could not connect to the vehicle ({failed} attempts within {connect_window:g} s): "
                         f"{last_error or 'out of time'}")
+
+
+def _check_named(ch: ChallengeReceived, target: Target) -> None:
+    """_WrongVehicle if the challenge names a vehicle other than the target (PROTOCOL.md §3.11).
+
+    A challenge names its vehicle only while a pairing code is pending: one that names another is not ours; one
+    that names none is checked by the pinned key's signatures. Pairing by a QR code (no pinned key yet) needs the
+    named id itself.
+    """
+    wanted = target.vehicle_id
+    if wanted is not None and ch.vehicle_id != wanted and (
+            ch.vehicle_id is not None or target.vehicle_public_key is None):
+        raise _WrongVehicle(ch.vehicle_id)
+
+
+def _ours_first(found: list[Advertisement], target: Target) -> tuple[list[Advertisement], bool]:
+    """The advertisers carrying our token (strongest first) and False; if none does, all of them and True (probe).
+
+    Only for a pinned vehicle: a device pairing has no secret yet and relies on the vehicle id it is shown.
+    """
+    if target.vehicle_public_key is None:
+        return found, False
+    ours = [a for a in found if target.recognises(a)]
+    return (ours, False) if ours else (found, True)
 
 
 __all__ = ["ATTEMPT_TIMEOUT", "CONNECT_ATTEMPTS", "CONNECT_WINDOW", "WINDOW_PER_ATTEMPT", "Clock", "LoopClock",

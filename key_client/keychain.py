@@ -5,6 +5,8 @@ Layout of the keychain directory (mode 0700):
     keychain.json        the index (written atomically, 0600; refused if others can write it): no secrets in it
     keys/<key-id>.pem    this device's private key for one vehicle (0600, optionally passphrase-encrypted; keys/ 0700),
                          unless it is in the OS keyring (`pair --keyring`, key_client/oskeyring.py)
+    adsecrets/<vehicle-id>  the vehicle's advertising secret: generation (u32) || secret (16 bytes), 0600 in a 0700
+                         directory; it lets this device recognise the car's rotating token (PROTOCOL.md §13)
     config.toml          optional settings (key_client/config.py, docs/CLIENT.md)
 
 A vehicle is identified by its id (the key id of its public key, checked against the pinned key on every
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -27,13 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from dkey_link.secretfile import SecretFileError, read_secret, write_secret
-from protocol import KeyPair, Paired, Role, key_id, load_private_key, serialize_private_key
+from protocol import AdSecret, KeyPair, Paired, Role, key_id, load_private_key, serialize_private_key
 
 from .errors import KeychainError
 from .paths import default_path
 
+log = logging.getLogger("key_client.keychain")
 INDEX = "keychain.json"
 KEYS_DIR = "keys"
+AD_SECRETS_DIR = "adsecrets"
 INDEX_VERSION = 1
 _NAME_RE = re.compile(r"[^\w.@+-]+")
 
@@ -378,6 +383,38 @@ class Keychain:
             self._save()
         return updated
 
+    def ad_secret(self, entry: VehicleEntry) -> AdSecret | None:
+        """The vehicle's advertising secret as last received, or None (none yet, or a file we cannot trust)."""
+        path = self.path / AD_SECRETS_DIR / entry.vehicle_id.hex()
+        try:
+            return AdSecret.unpack(read_secret(path))
+        except FileNotFoundError:
+            return None
+        except (SecretFileError, ValueError) as exc:
+            # Without it the device still finds the car (the fallback of docs/CLIENT.md), and the next session
+            # stores a good one over it.
+            log.warning("ignoring the advertising secret of %s (%s): %s", entry.name, path, exc)
+            return None
+
+    def ad_secrets(self) -> dict[str, bytes]:
+        """Every held advertising secret by vehicle name, for resolving tokens (PROTOCOL.md §13)."""
+        held = {e.name: self.ad_secret(e) for e in self._entries}
+        return {name: ad.secret for name, ad in held.items() if ad is not None}
+
+    def store_ad_secret(self, entry: VehicleEntry, ad: AdSecret) -> bool:
+        """Keep `ad` for `entry`'s vehicle unless the one held is the same or newer; True if it was written."""
+        held = self.ad_secret(entry)
+        if held is not None and (held == ad or held.generation > ad.generation):
+            return False  # an older generation (a stale share) never replaces a newer one
+        directory = self.path / AD_SECRETS_DIR
+        try:
+            directory.mkdir(mode=0o700, exist_ok=True)
+            _check_dir(directory)
+            write_secret(directory / entry.vehicle_id.hex(), ad.pack())
+        except (OSError, KeychainError) as exc:
+            raise KeychainError(f"cannot store the advertising secret of {entry.name}: {exc}") from exc
+        return True
+
     def forget(self, name_or_id: str) -> VehicleEntry:
         """Remove a vehicle and delete its private key; the vehicle still lists the key until it is revoked."""
         with self._locked():
@@ -395,6 +432,8 @@ class Keychain:
                                         f"{oskeyring.SERVICE!r}, user {entry.key_id.hex()}) by hand") from exc
             with contextlib.suppress(FileNotFoundError):
                 (self.path / KEYS_DIR / entry.key_file).unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / AD_SECRETS_DIR / entry.vehicle_id.hex()).unlink()
         return entry
 
     # ------------------------------------------------------------------ internals

@@ -2,6 +2,7 @@
 
     dkey://share-request?key=<base64url of the 65-byte public key>&name=<name>
     dkey://share?v=1&c=<base64url certificate>&k=<base64url vehicle public key>&n=<vehicle name>[&l=<base64url list>]
+                [&a=<base64url of the advertising secret: generation (u32) || secret (16 bytes)>]
 
 base64url is RFC 4648 §5 without `=` padding (padding is accepted on input); names are percent-encoded UTF-8.
 Parsing is strict: every parameter once, no unknown parameter, sizes within the protocol's bounds, so a pasted
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from protocol import PUBLIC_KEY_LEN, QR_SCHEME, decode_public_key
+from protocol import PUBLIC_KEY_LEN, QR_SCHEME, AdSecret, decode_public_key
 
 __all__ = ["MAX_CERTIFICATE", "MAX_LIST", "ShareText", "b64url", "parse_share", "parse_share_request",
            "share_request_uri", "share_uri"]
@@ -95,19 +96,22 @@ class ShareText:
     vehicle_public_key: bytes
     vehicle_name: str
     revocation_list: bytes | None
+    ad_secret: AdSecret | None = None  # lets the new device recognise the car on air (PROTOCOL.md §13)
 
 
 def share_uri(certificate: bytes, vehicle_public_key: bytes, vehicle_name: str,
-              revocation_list: bytes | None = None) -> str:
-    """What `share` prints: the certificate, the vehicle key to pin, its name, and the issuer's newest list."""
+              revocation_list: bytes | None = None, ad_secret: AdSecret | None = None) -> str:
+    """What `share` prints: the certificate, the vehicle key to pin, its name, the issuer's newest list, and the
+    vehicle's advertising secret as the owner's device holds it."""
     uri = (f"{QR_SCHEME}://share?v=1&c={b64url(certificate)}&k={b64url(vehicle_public_key)}"
            f"&n={quote(vehicle_name, safe='')}")
-    return uri + (f"&l={b64url(revocation_list)}" if revocation_list else "")
+    uri += f"&l={b64url(revocation_list)}" if revocation_list else ""
+    return uri + (f"&a={b64url(ad_secret.pack())}" if ad_secret is not None else "")
 
 
 def parse_share(text: str) -> ShareText:
     """The parts of a dkey://share text; ValueError if it is not a well-formed one."""
-    params = _params(text, "share", {"v", "c", "k", "n", "l"})
+    params = _params(text, "share", {"v", "c", "k", "n", "l", "a"})
     if params.get("v") != "1":
         raise ValueError("the share text is of an unknown version (this key-client reads v=1)")
     for need in ("c", "k"):
@@ -128,4 +132,10 @@ def parse_share(text: str) -> ShareText:
         lst = _unb64(params["l"], "share's revocation list")
         if not 1 <= len(lst) <= MAX_LIST:
             raise ValueError(f"the share's revocation list is {len(lst)} bytes (1 to {MAX_LIST} allowed)")
-    return ShareText(cert, key, _name(params.get("n", ""), "share's vehicle name"), lst)
+    ad: AdSecret | None = None
+    if "a" in params:
+        try:
+            ad = AdSecret.unpack(_unb64(params["a"], "share's advertising secret"))
+        except ValueError as exc:
+            raise ValueError(f"the share's advertising secret is damaged: {exc}") from None
+    return ShareText(cert, key, _name(params.get("n", ""), "share's vehicle name"), lst, ad)

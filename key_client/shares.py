@@ -119,8 +119,9 @@ def issue_share(kc: Keychain, entry: VehicleEntry, device: KeyPair, request_text
                          valid_until, schedule, now)
     book.record_issued(record)
     own = book.held(entry.vehicle_id, device.key_id)
+    # The owner's advertising secret rides along, so the new device recognises the car on air at once.
     uri = share_uri(raw, entry.vehicle_public_key, entry.advertised_name or entry.name,
-                    own.raw if own is not None else None)
+                    own.raw if own is not None else None, kc.ad_secret(entry))
     return IssuedResult(uri, record, raw, own.version if own is not None else None)
 
 
@@ -186,6 +187,8 @@ def import_share(kc: Keychain, text: str, *, name: str | None, now: int) -> Impo
     if lst is not None and book.store_list(cert.vehicle_id, lst.issuer_id, lst.version, parts.revocation_list
                                            or b""):
         kept = lst.version
+    if parts.ad_secret is not None:
+        kc.store_ad_secret(entry, parts.ad_secret)
     return ImportedResult(entry, cert, kept)
 
 

@@ -1,4 +1,5 @@
-"""The `key-server` command line: init, run, pair, keys, revoke, edit, audit, doctor, actuate, config, print-file.
+"""The `key-server` command line: init, run, pair, keys, revoke, rotate-secret, edit, audit, doctor, actuate, config,
+print-file.
 
 Each command is a thin shell over the use cases (keyadmin.py, enrollment.py) or the runner; every failure ends
 as one line on stderr and an exit code from dkey_link.exit_codes (cli_errors.explain), never a traceback.
@@ -21,7 +22,7 @@ from typing import Any, Final, NoReturn
 
 from dkey_link.exit_codes import ExitCode, help_table
 from hardware import ActuatorError, actuate_test, build_lock, install_signal_failsafe
-from protocol import DEFAULT_CHALLENGE_TTL, Role
+from protocol import DEFAULT_CHALLENGE_TTL, AdSecret, Role
 
 from .audit import MAX_READ, AuditEvent, AuditLog
 from .cli_errors import CliError, explain
@@ -270,7 +271,10 @@ def cmd_revoke(cfg: Config, args: argparse.Namespace) -> int:
         except AlreadyRevoked:
             print(f"{rec.key_id.hex()} ({rec.name}) is already revoked"
                   + (", and so is every key its shares enrolled" if args.with_shares else "") + ": nothing changed")
+            if args.rotate_secret:
+                _rotated(admin.rotate_ad_secret(by="cli"))
             return ExitCode.OK
+        rotated = admin.rotate_ad_secret(by="cli") if args.rotate_secret else None
     if not rec.revoked:
         print(f"revoked {rec.key_id.hex()} ({rec.name}); a running server refuses it from its next message on")
     for share in done.shares:
@@ -278,6 +282,21 @@ def cmd_revoke(cfg: Config, args: argparse.Namespace) -> int:
     for share in done.kept:
         print(f"kept {share.key_id.hex()} ({share.name}), enrolled by a share of {rec.name}: it is the last "
               "active owner (--force revokes it too)")
+    if rotated is not None:
+        _rotated(rotated)
+    return ExitCode.OK
+
+
+def _rotated(new: AdSecret) -> None:
+    print(f"rotated the advertising secret to generation {new.generation}: a running server advertises tokens of "
+          "it within a second; enrolled devices fetch it in their next session, and a device holding only the old "
+          "one no longer recognises the car on air")
+
+
+def cmd_rotate_secret(cfg: Config, args: argparse.Namespace) -> int:
+    """Replace the advertising secret (PROTOCOL.md §13), audited; a running server changes its token at once."""
+    with _open_store(cfg) as store:
+        _rotated(_admin(store).rotate_ad_secret(by="cli"))
     return ExitCode.OK
 
 
@@ -596,7 +615,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="allow revoking the last owner")
     s.add_argument("--with-shares", action="store_true",
                    help="also revoke every key this key's shares enrolled (say it for a lost owner phone)")
+    s.add_argument("--rotate-secret", action="store_true",
+                   help="also rotate the advertising secret, so the revoked device no longer recognises the car")
     s.set_defaults(func=cmd_revoke)
+
+    s = sub.add_parser("rotate-secret", help="replace the advertising secret: devices holding only the old one "
+                       "(a former guest) no longer recognise the car on air")
+    s.set_defaults(func=cmd_rotate_secret)
 
     s = sub.add_parser("edit", help="change a key's name, role, validity window or schedule")
     s.add_argument("key", help="hex key-id prefix or name")

@@ -93,7 +93,7 @@ READS: Final = frozenset({Command.LIST_KEYS, Command.READ_AUDIT})
 SET_TIME_EVENT: Final = Command.SET_TIME.label  # audit event of a time statement (detail: verdict, stated, ...)
 # Changes an owner makes over the air: KeyAdmin / Enrollment audit each with the owner's key id ("by") in the same
 # commit as the change, so record() writes no second row for them when they succeed.
-_SELF_AUDITED: Final = frozenset({Command.REVOKE_KEY, Command.EDIT_KEY, Command.ISSUE_CODE})
+_SELF_AUDITED: Final = frozenset({Command.REVOKE_KEY, Command.EDIT_KEY, Command.ISSUE_CODE, Command.ROTATE_SECRET})
 _KEY_STATE: Final[Mapping[str, KeyState]] = {"active": KeyState.ACTIVE, "not_yet_valid": KeyState.NOT_YET_VALID,
                                               "expired": KeyState.EXPIRED, "revoked": KeyState.REVOKED}
 _VIA: Final[Mapping[str, Via]] = {"code": Via.CODE, "share": Via.SHARE, "vehicle": Via.VEHICLE}
@@ -258,6 +258,8 @@ class KeyCommands:
             audit.record(_USE_EVENT[cmd], ts=self.admin.clock.now(), key_id=kid, detail=detail)
         elif outcome.status is Status.NO_CHANGE:
             return  # nothing was done, nothing is written (an already revoked key: PROTOCOL.md §5.3)
+        elif cmd is Command.AD_SECRET and outcome.status is Status.OK:
+            return  # part of every device's sessions (PROTOCOL.md §13.4): a row each would drown the log
         elif outcome.status is not Status.OK or cmd not in _SELF_AUDITED:
             audit.record(AuditEvent.ADMIN, ts=self.admin.clock.now(), key_id=kid,
                          detail={"command": cmd.name.lower(), "status": outcome.status.name})
@@ -333,6 +335,16 @@ class KeyCommands:
             except UnknownKey:
                 return Status.BAD_REQUEST, b"", ()
             return Status.OK, b"", done.revoked_ids
+        if cmd is Command.ROTATE_SECRET:
+            # An owner's `key-client revoke --rotate-secret`: audited by rotate_ad_secret with the owner as `by`.
+            if args:
+                return Status.BAD_REQUEST, b"", ()
+            return Status.OK, self.admin.rotate_ad_secret(by=key_id.hex()).encode(), ()
+        if cmd is Command.AD_SECRET:
+            # The advertising secret (PROTOCOL.md §13): sealed in the session like every answer here, never logged.
+            if args:
+                return Status.BAD_REQUEST, b"", ()
+            return Status.OK, self.admin.store.ad_secret().encode(), ()
         if cmd is Command.EDIT_KEY:
             return self._edit(key_id, KeyEdit.decode(args))
         if cmd is Command.ISSUE_CODE:

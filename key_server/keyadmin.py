@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from protocol import Role
+from protocol import AdSecret, Role
 
 from .audit import MAX_READ, AuditEntry, AuditEvent, AuditLog, AuditVerdict, DetailValue
 from .clock import GuardedClock
@@ -65,6 +65,19 @@ class KeyAdmin:
     def find(self, prefix_or_name: str) -> KeyRecord:
         """The one key a person means by a hex id prefix or a name (UnknownKey; StoreError if ambiguous)."""
         return self.store.find_key(prefix_or_name)
+
+    def rotate_ad_secret(self, *, by: str) -> AdSecret:
+        """Replace the advertising secret with the next generation and audit it, in one synced commit.
+
+        A running server notices on its next store poll and advertises tokens of the new secret from then on; a
+        device (or former guest) holding only the old one no longer recognises the car (PROTOCOL.md §13).
+        """
+        now = self.clock.now()
+        with self.store.transaction():
+            new = self.store.rotate_ad_secret()
+            self.audit.append(AuditEvent.ADMIN, ts=now,
+                              detail={"action": "rotate_secret", "by": by, "generation": new.generation})
+        return new
 
     def revoke(self, key_id: bytes, *, by: str, force: bool = False, with_shares: bool = False) -> Revocation:
         """Revoke `key_id` (with `with_shares`, also every key its shares enrolled) and audit it, in one synced commit.

@@ -49,8 +49,9 @@ class Refusal(enum.StrEnum):
 PERMISSIONS: Final[Mapping[Role, frozenset[Command]]] = {
     Role.OWNER: SECURE_COMMANDS,
     Role.DRIVER: frozenset({Command.UNLOCK, Command.LOCK, Command.STATUS, Command.START, Command.SET_TIME,
-                            Command.WATCH}),
-    Role.GUEST: frozenset({Command.UNLOCK, Command.LOCK, Command.STATUS}),
+                            Command.WATCH, Command.AD_SECRET}),
+    # AD_SECRET: every key that may open the car may recognise it on air (PROTOCOL.md §13).
+    Role.GUEST: frozenset({Command.UNLOCK, Command.LOCK, Command.STATUS, Command.AD_SECRET}),
 }
 
 

@@ -62,7 +62,7 @@ from .policy import authorize
 from .ratelimit import LINK_QUEUE, MAX_LINK_LIFETIME, MAX_LINKS, ActuationLimiter, FailureLimiter
 from .refusals import MAX_ROWS_PER_WINDOW, REFUSAL_WINDOW, RefusalDigest
 from .shares import Shares
-from .store import KeyStore, PendingPairing
+from .store import KeyStore, PendingPairing, StoreError
 from .timezone import local_zone
 
 log = logging.getLogger("key_server.service")
@@ -257,7 +257,15 @@ class KeyService:
 
     def _new_session(self, chunk_size: int) -> VehicleSession:
         return VehicleSession(self.identity, challenges=self.challenges, lookup_key=self._lookup,
-                              chunk_size=max(20, chunk_size))
+                              chunk_size=max(20, chunk_size), names_itself=self._code_pending)
+
+    def _code_pending(self) -> bool:
+        """True while a pairing code waits: only then does a CHALLENGE carry the vehicle id (PROTOCOL.md §3.11)."""
+        try:
+            return self.store.pairing_pending(self.clock.now())
+        except StoreError:
+            log.exception("could not read the pending pairing codes: not naming the vehicle")
+            return False
 
     def _lookup(self, key_id: bytes) -> ec.EllipticCurvePublicKey | None:
         """The public key of an enrolled, unrevoked key; read from the store every time (revocation is live).

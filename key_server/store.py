@@ -899,6 +899,10 @@ class KeyStore:
                 raise UnknownPairing(f"no pending pairing in slot {slot}")
             self._bump()
 
+    def pairing_pending(self, now: int) -> bool:
+        """True if a usable pairing code waits (unexpired, attempts left): one read, nothing purged."""
+        return bool(self._query("SELECT 1 FROM pairings WHERE attempts_left > 0 AND expires_at > ? LIMIT 1", (now,)))
+
     def list_pairings(self, now: int) -> list[PendingPairing]:
         """Usable pending pairings (expired ones purged first), by slot."""
         with self.transaction():

@@ -247,15 +247,19 @@ class Revocations(Message):
 
 @dataclass(frozen=True, slots=True)
 class Challenge(Message):
-    """A fresh single-use challenge, pushed on subscription and on request, with the vehicle's id."""
+    """A fresh single-use challenge, pushed on subscription and on request; the vehicle's id only while a code waits.
 
-    vehicle_id: bytes
+    Nothing static goes on air before authentication (PROTOCOL.md §13.3): the reference vehicle names itself
+    only while a pairing code is pending, because a device pairing by a typed code needs the id for CPace.
+    """
+
     challenge: bytes
     ttl_ms: int
+    vehicle_id: bytes = b""  # empty: not sent
     TYPE: ClassVar[MsgType] = MsgType.CHALLENGE
     SCHEMA: ClassVar[dict[str, _Field]] = _schema(
         challenge=_b(Tag.CHALLENGE, CHALLENGE_LEN),
-        vehicle_id=_b(Tag.VEHICLE_ID, KEY_ID_LEN),
+        vehicle_id=_b(Tag.VEHICLE_ID, KEY_ID_LEN, optional=True),
         ttl_ms=_u(Tag.TTL_MS, 2),
     )
 

@@ -261,8 +261,11 @@ class DeviceSession:
 
     def start_pairing(self, code: str, slot: int) -> None:
         """Queue PAIR_START for a one-time code (slot = the code's first two digits)."""
-        if self.challenge_vehicle_id is None:
+        if self.challenge is None:
             raise LocalProtocolError("no challenge received yet")
+        if self.challenge_vehicle_id is None:
+            # The vehicle names itself only while a pairing code is pending (PROTOCOL.md §3.11).
+            raise LocalProtocolError("the vehicle did not name itself: it has no pairing code pending")
         self._sm.advance(DInput.SEND_PAIR_START)
         challenge = self._take_challenge()
         vid = self.challenge_vehicle_id
@@ -312,13 +315,15 @@ class DeviceSession:
         return bool(self._pair) and challenge == self._pair["challenge"]
 
     def _on_challenge(self, msg: Challenge) -> Event | None:
-        ours = self.vehicle_id is None or msg.vehicle_id == self.vehicle_id
+        named = msg.vehicle_id or None  # a challenge names its vehicle only while a pairing code is pending (§3.11)
+        ours = self.vehicle_id is None or named is None or named == self.vehicle_id
         if ours:
             self._sm.advance(DInput.CHALLENGE)
             # Keep the newest: an older one may already have been spent by another central.
             self.challenge = msg.challenge
-            self.challenge_vehicle_id = msg.vehicle_id
-        return ChallengeReceived(vehicle_id=msg.vehicle_id, ours=ours)
+            if named is not None:
+                self.challenge_vehicle_id = named
+        return ChallengeReceived(vehicle_id=named, ours=ours)
 
     def _on_result(self, msg: Result) -> Event | None:
         if not self._mine(msg.challenge) or self._in_flight is None:

@@ -89,9 +89,13 @@ class RevocationsOffered(Event):
 
 @dataclass(frozen=True, slots=True)
 class ChallengeReceived(Event):
-    """The vehicle pushed a challenge; `ours` is False if it came from a vehicle other than the pinned one."""
+    """The vehicle pushed a challenge; `ours` is False if it named a vehicle other than the pinned one.
 
-    vehicle_id: bytes
+    `vehicle_id` is None when the challenge did not name one (PROTOCOL.md §3.11): the device picked this car by
+    its advertising token, and every answer it will accept is signed by the pinned vehicle key anyway.
+    """
+
+    vehicle_id: bytes | None
     ours: bool
 
 

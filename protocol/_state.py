@@ -166,6 +166,8 @@ DEVICE_TABLE: dict[tuple[DState, DInput], DState] = {
     (_D.PAIR_CONFIRM_SENT, _DI.PAIR_DONE_VERIFIED): _D.PAIRED,
     (_D.PAIR_CONFIRM_SENT, _DI.VEHICLE_ERROR): _D.CLOSED,
     (_D.PAIRED, _DI.CHALLENGE): _D.PAIRED,
+    # The new key goes straight on, on the same link: a fresh challenge, SESSION_OPEN, AD_SECRET (PROTOCOL.md §13.4).
+    (_D.PAIRED, _DI.REQUEST_CHALLENGE): _D.WAIT_CHALLENGE,
     (_D.OPENING, _DI.CHALLENGE): _D.OPENING,
     (_D.OPENING, _DI.SESSION_ACCEPT_VERIFIED): _D.SECURE,
     (_D.OPENING, _DI.RESULT): _D.WAIT_CHALLENGE,  # the vehicle refused the session, signed

@@ -138,8 +138,12 @@ class VehicleSession:
         chunk_size: int = 20,
         max_message: int = MAX_MESSAGE,
         partial_timeout: float = DEFAULT_PARTIAL_TIMEOUT,
+        names_itself: Callable[[], bool] = lambda: False,
     ) -> None:
         self.identity = identity
+        # Asked at every challenge: True while a pairing code is pending, the only time a CHALLENGE carries the
+        # vehicle id (a device pairing by a typed code needs it for CPace); otherwise nothing static goes on air.
+        self.names_itself = names_itself
         self.vehicle_id = identity.key_id
         self.challenges = challenges
         self._lookup = lookup_key
@@ -209,7 +213,8 @@ class VehicleSession:
         """Issue a challenge and queue it (call on every subscription); returns the challenge."""
         challenge = self.challenges.issue(now)
         ttl_ms = min(int(self.challenges.ttl * 1000), 0xFFFF)
-        self._send(Challenge(vehicle_id=self.vehicle_id, challenge=challenge, ttl_ms=ttl_ms))
+        vehicle_id = self.vehicle_id if self.names_itself() else b""
+        self._send(Challenge(challenge=challenge, ttl_ms=ttl_ms, vehicle_id=vehicle_id))
         return challenge
 
     def receive_data(self, chunk: bytes, now: float) -> None:

@@ -66,6 +66,7 @@ class Command(_Labelled):
     EDIT_KEY = 0x15  # owner: change a key's name, role, validity window or schedule
     WATCH = 0x16  # owner, driver: lock/door/start changes pushed for the rest of the session (PROTOCOL.md §9.6)
     AD_SECRET = 0x17  # any active key: the vehicle's advertising secret, sealed in the session (PROTOCOL.md §13)
+    ROTATE_SECRET = 0x18  # owner: replace the advertising secret; the answer is the new one (PROTOCOL.md §13.1)
 
 
 # STATUS is secure-only: its report (lock, door, start output) says whether the car is open (PROTOCOL.md §5).

@@ -238,11 +238,17 @@ async def _refresh_bleak_bluez_state() -> None:
 def advertisement_from(device: Any, adv: Any) -> Advertisement:
     """Our Advertisement from bleak's (BLEDevice, AdvertisementData); `handle` keeps the BLEDevice for connect."""
     rssi = adv.rssi if isinstance(adv.rssi, int) and adv.rssi < 127 else RSSI_UNKNOWN
+    data = {str(u).lower(): bytes(v) for u, v in (getattr(adv, "service_data", None) or {}).items()}
+    # A UUID that only has service data (AD type 0x21) is advertised too: a legacy advertisement has no room for
+    # both our 128-bit UUID list and our service data with the token (PROTOCOL.md §13), so one may be left out.
+    uuids = tuple(str(u).lower() for u in adv.service_uuids)
+    uuids += tuple(u for u in data if u not in uuids)
     return Advertisement(
         address=device.address,
         name=adv.local_name or device.name,
-        service_uuids=tuple(str(u).lower() for u in adv.service_uuids),
+        service_uuids=uuids,
         rssi=rssi,
+        service_data=data.get(SERVICE_UUID),
         handle=device,
     )
 
@@ -444,21 +450,26 @@ class BleakCentral:
 
     # ------------------------------------------------------------------ Central
 
-    async def scan(self, timeout: float, service_uuid: str = SERVICE_UUID) -> list[Advertisement]:
+    async def scan(self, timeout: float, service_uuid: str = SERVICE_UUID, *,
+                   until: Callable[[Advertisement], bool] | None = None) -> list[Advertisement]:
         """Advertisers of `service_uuid`, strongest first; returns `scan_settle` s after the first, else at timeout.
 
+        With `until`, returns at once when an advertisement it accepts is seen, and not before (else at timeout).
         Scans in fresh windows of `scan_window` seconds (see the module docstring) until something is seen. If
         bluetoothd is away, waits for it within the timeout (module docstring), RadioError if it does not return."""
         self._check_open()
         wanted = service_uuid.lower()
         seen: dict[str, Advertisement] = {}
         first = asyncio.Event()
+        matched = asyncio.Event()
 
         def on_detection(device: Any, adv: Any) -> None:
             found = advertisement_from(device, adv)
             if wanted in found.service_uuids:
                 seen[found.address] = found
                 first.set()
+                if until is not None and until(found):
+                    matched.set()
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
@@ -471,6 +482,16 @@ class BleakCentral:
                 # `scan_window` s past the caller's timeout) rather than return at once with nothing heard.
                 deadline = max(deadline, loop.time() + min(self.scan_window, max(0.0, timeout)))
             try:
+                if until is not None:
+                    # Our vehicle's token ends the scan the moment it is heard: no settling, no other windows.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(min(deadline, loop.time() + max(0.1, self.scan_window))):
+                            await matched.wait()
+                    if matched.is_set() or loop.time() >= deadline:
+                        break
+                    if not first.is_set():
+                        log.debug("scan window %d saw nothing; starting a fresh one", window)
+                    continue
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(min(deadline, loop.time() + max(0.1, self.scan_window))):
                         await first.wait()

@@ -14,6 +14,7 @@ from typing import Any
 
 from dkey_link.mock import MockAir, MockPeripheral
 from protocol import (
+    AdSecret,
     ChallengeBook,
     Command,
     CommandRequested,
@@ -37,6 +38,7 @@ from protocol import (
     decode_public_key,
     encode_key_page,
     key_id,
+    make_token,
     parse_list_keys_args,
     parse_revoke_args,
 )
@@ -71,6 +73,8 @@ class FakeVehicle:
         self.revocation_status: Status | None = None  # None: OK if newer than held, else NO_CHANGE
         self.held_versions: dict[bytes, int] = {}  # issuer key id -> version held
         self.writes = 0  # ATT writes received (every link)
+        self.ad = AdSecret.generate()  # its advertising secret: a token of it is on air from start()
+        self.ad_secret_reads = 0  # AD_SECRET commands answered (not in `seen`: every session may fetch it)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -88,7 +92,8 @@ class FakeVehicle:
         return kid
 
     async def start(self) -> FakeVehicle:
-        """Start advertising."""
+        """Start advertising, with a token of its advertising secret."""
+        await self.peripheral.advertise_token(make_token(self.ad.secret))
         await self.peripheral.start(self)
         return self
 
@@ -148,7 +153,10 @@ class FakeVehicle:
     # ------------------------------------------------------------------ answers
 
     def _answer(self, link: str, lk: _Link, ev: object) -> None:
-        if isinstance(ev, CommandRequested):
+        if isinstance(ev, CommandRequested) and ev.secure and ev.command is Command.AD_SECRET:
+            self.ad_secret_reads += 1
+            lk.session.respond(Status.OK, self.ad.encode())
+        elif isinstance(ev, CommandRequested):
             self.seen.append(("command", ev.command))
             data = self.report.encode() if ev.secure and ev.command is Command.STATUS else b""
             self._respond_command(lk, ev, data)
@@ -165,7 +173,9 @@ class FakeVehicle:
             lk.session.respond(Status.OK, self.report.encode())
             lk.watching = True
             return
-        if not ev.secure or ev.command in (Command.STATUS, Command.SET_TIME):
+        # Every role's commands, on either path (the fallback of PROTOCOL.md §13.5 sends an unlock sealed).
+        if not ev.secure or ev.command in (Command.STATUS, Command.SET_TIME, Command.UNLOCK, Command.LOCK,
+                                           Command.START):
             lk.session.respond(Status.OK, data)
             return
         if self.roles.get(ev.key_id) is not Role.OWNER:

@@ -269,10 +269,16 @@ async def test_scan_lists_vehicles_and_identify_matches_the_keychain(run: Cli, h
     h.peripheral.set_rssi(-47)
     r = await run("--json", "scan")
     assert r.code == ExitCode.OK
-    assert r.json() == [{"name": "test-car", "address": h.peripheral.address, "rssi": -47, "last_seen_as": None}]
-    await pair(run, h)
+    assert r.json() == [{"name": "test-car", "address": h.peripheral.address, "rssi": -47, "recognised_as": None,
+                         "last_seen_as": None}]
+    await pair(run, h)  # fetches the advertising secret: the token now says which car this is, unconnected
     r = await run("scan")
-    assert "-47 dBm" in r.out and "last seen as test-car (unverified" in r.out
+    assert "-47 dBm" in r.out and "= test-car (by its advertising token)" in r.out
+    (obj,) = (await run("--json", "scan")).json()
+    assert obj["recognised_as"] == "test-car"
+    (obj,) = (await run("--json", "scan", "--identify")).json()
+    assert obj["vehicle_id"] is None and obj["recognised_as"] == "test-car"  # no code pending: it names nobody
+    h.new_code()  # while a pairing code is pending, the challenge carries the vehicle id (PROTOCOL.md §3.11)
     (obj,) = (await run("--json", "scan", "--identify")).json()
     assert obj["vehicle_id"] == h.identity.key_id.hex() and obj["keychain"] == "test-car"
     assert not h.air.links  # identifying disconnects again

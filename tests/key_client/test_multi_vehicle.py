@@ -79,8 +79,12 @@ async def test_two_vehicles_in_one_keychain(run: Cli, cars) -> None:
     rows = (await run("--json", "vehicles")).json()
     assert [(row["vehicle"], row["vehicle_id"]) for row in rows] == [
         ("test-car", b.identity.key_id.hex()), ("test-car-2", a.identity.key_id.hex())]
+    # Each car's token resolves with the secret pairing fetched: told apart without connecting (PROTOCOL.md §13).
+    (seen_a, seen_b) = (await run("--json", "scan")).json()
+    assert (seen_a["recognised_as"], seen_b["recognised_as"]) == ("test-car-2", "test-car")
+    # Connecting learns nothing more: with no pairing code pending, neither names itself in its challenge.
     (ident_a, ident_b) = (await run("--json", "scan", "--identify")).json()
-    assert (ident_a["keychain"], ident_b["keychain"]) == ("test-car-2", "test-car")
+    assert (ident_a["vehicle_id"], ident_b["vehicle_id"]) == (None, None)
 
     assert (await run("forget", "test-car")).code == ExitCode.OK
     r = await run("unlock")  # one left: no --vehicle needed any more

@@ -186,7 +186,8 @@ class WatchingCentral:
         self.watching += 1
         await asyncio.Event().wait()  # scans until cancelled
 
-    async def scan(self, timeout: float, service_uuid: str = SERVICE_UUID) -> list[Advertisement]:
+    async def scan(self, timeout: float, service_uuid: str = SERVICE_UUID, *,
+                   until: object = None) -> list[Advertisement]:
         raise AssertionError("a central that can watch is not polled")
 
     async def connect(self, adv, timeout: float = 10.0):

@@ -58,7 +58,8 @@ class CountingCentral:
         self.scans: list[float] = []
         self.connects: list[float] = []  # the timeout each connect was given
 
-    async def scan(self, timeout: float, service_uuid: str = SERVICE_UUID) -> list[Advertisement]:
+    async def scan(self, timeout: float, service_uuid: str = SERVICE_UUID, *,
+                   until: object = None) -> list[Advertisement]:
         self.scans.append(timeout)
         self.clock.t += min(timeout, self.scan_cost) if self.found or self.scan_error else timeout
         if self.scan_error is not None:
@@ -143,7 +144,7 @@ async def test_another_vehicle_is_skipped_without_spending_an_attempt(monkeypatc
     central = CountingCentral(clock, [other, CAR])
     tried: list[str] = []
 
-    async def open_link(central: object, adv: Advertisement, *args: object) -> object:
+    async def open_link(central: object, adv: Advertisement, *args: object, **kwargs: object) -> object:
         tried.append(adv.address)
         if adv is other:
             raise driver._WrongVehicle(b"\x01" * 8)

@@ -105,6 +105,7 @@ def owner_keychain(path, vehicle: FakeVehicle, role: Role = Role.OWNER, name: st
     entry = kc.add(device, Paired(vehicle_public_key=vehicle.identity.public_bytes, vehicle_id=vehicle.vehicle_id,
                                   key_id=device.key_id, role=role, valid_from=None, valid_until=None),
                    advertised_name=name, address=vehicle.peripheral.address)
+    kc.store_ad_secret(entry, vehicle.ad)  # pairing fetches it on the same connection (PROTOCOL.md §13)
     return kc, entry, device
 
 
@@ -515,3 +516,30 @@ async def test_forget_drops_the_imported_share_and_the_lists_carried_for_that_ve
     assert (await run("forget", "test-car", keychain=watch)).code == ExitCode.OK
     assert book.imported(car.vehicle_id) is None and book.lists(car.vehicle_id) == []
     assert Keychain.open(watch).vehicles() == []
+
+
+async def test_a_share_carries_the_advertising_secret_and_without_it_the_share_itself_finds_the_car(
+        run: Cli, car: FakeVehicle, tmp_path: Path) -> None:
+    import re
+
+    owner_keychain(run.keychain, car)
+    with_secret, without = tmp_path / "w1", tmp_path / "w2"
+    r = await run("--json", "share", await request(run, with_secret), "--role", "driver")
+    text = r.json()[0]["share"]
+    assert "&a=" in text
+    assert (await run("import-share", text, keychain=with_secret)).code == ExitCode.OK
+    kc = Keychain.open(with_secret)
+    assert kc.ad_secret(kc.default()) == car.ad  # recognised on air from the first unlock
+
+    r = await run("--json", "share", await request(run, without), "--role", "driver")
+    old_text = re.sub(r"&a=[A-Za-z0-9_-]+", "", r.json()[0]["share"])  # as a share from before issue 13
+    assert (await run("import-share", old_text, keychain=without)).code == ExitCode.OK
+    car.seen.clear()
+    r = await run("-v", "unlock", keychain=without)
+    assert r.code == ExitCode.OK, r.err
+    assert "not recognised by its token" in r.err
+    # The fallback presented the share (its signed answer proved the car), then a session fetched the secret and
+    # carried the unlock sealed.
+    assert [kind for kind, _ in car.seen] == ["share", "session", "command"] and car.ad_secret_reads == 1
+    kc = Keychain.open(without)
+    assert kc.ad_secret(kc.default()) == car.ad

@@ -101,10 +101,13 @@ class Harness:
                              schedule=None, attempts=attempts, now=int(self.wall))
         return code
 
-    async def connect(self, device: KeyPair, *, mtu: int = 247, pinned: bool = True) -> VehicleLink:
-        """A new central connected to the vehicle with a session for `device`."""
+    async def connect(self, device: KeyPair, *, mtu: int = 247, pinned: bool = True,
+                      ad_secret: bool = True) -> VehicleLink:
+        """A new central connected to the vehicle with a session for `device` (which, with `ad_secret`, holds the
+        advertising secret, as an enrolled device does: it finds the car by its token, PROTOCOL.md §13)."""
         central = self.air.central(mtu=mtu)
-        target = Target(self.identity.public_bytes if pinned else None)
+        target = Target(self.identity.public_bytes if pinned else None,
+                        ad_secret=self.store.ad_secret().secret if pinned and ad_secret else None)
         return await connect_vehicle(central, device, target, scan_time=1.0, attempts=1)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from protocol import TOKEN_LEN, resolve_token
 
 from .harness import Harness
@@ -79,5 +81,71 @@ async def test_a_rotated_secret_leaves_the_air_at_once(tmp_path: Path) -> None:
         token = h.peripheral.token
         assert resolve_token(token, {"new": new.secret}) == "new"
         assert resolve_token(token, {"old": old.secret}) is None  # a former guest no longer recognises the car
+    finally:
+        await h.stop()
+
+
+async def _raw_challenge(h: Harness) -> bytes:
+    """The CHALLENGE a central gets on subscribing, as bytes on air (one notification at MTU 247)."""
+    central = h.air.central()
+    [adv] = await central.scan(1.0)
+    conn = await central.connect(adv)
+    got: list[bytes] = []
+    await conn.subscribe(got.append)
+    for _ in range(100):
+        if got:
+            break
+        await asyncio.sleep(0.01)
+    await conn.disconnect()
+    from protocol import Reassembler
+
+    rx = Reassembler()
+    out = [m for chunk in got if (m := rx.feed(chunk, 0.0)) is not None]
+    return out[0]
+
+
+async def test_the_challenge_names_the_vehicle_only_while_a_pairing_code_is_pending(tmp_path: Path) -> None:
+    from protocol import decode
+    from protocol._codec import Challenge
+
+    h = await Harness(tmp_path).start()
+    try:
+        plain = decode(await _raw_challenge(h))
+        assert isinstance(plain, Challenge) and plain.vehicle_id == b""
+        assert len(plain.encode()) == 24 and h.identity.key_id not in await _raw_challenge(h)
+        h.new_code()
+        named = decode(await _raw_challenge(h))
+        assert isinstance(named, Challenge) and named.vehicle_id == h.identity.key_id
+    finally:
+        await h.stop()
+
+
+async def test_every_active_role_gets_the_secret_sealed_and_a_revoked_key_does_not(tmp_path: Path) -> None:
+    from key_client.errors import VehicleRefused
+    from protocol import AdSecret, Command, Role, Status
+
+    h = await Harness(tmp_path, trusted_clock=True).start()
+    try:
+        want = h.store.ad_secret()
+        for role in Role:
+            link = await h.connect(h.enroll(role, f"{role}"))
+            await link.open_secure()
+            result = await link.secure(Command.AD_SECRET)
+            assert AdSecret.decode(result.data) == want
+            await link.close()
+        revoked = h.enroll(Role.DRIVER, "gone")
+        link = await h.connect(revoked)
+        await link.open_secure()
+        h.store.revoke_key(revoked.key_id, int(h.wall))
+        with pytest.raises(VehicleRefused) as refused:
+            await link.secure(Command.AD_SECRET)
+        assert refused.value.status is Status.DENIED  # revocation is live: checked at every command
+        await link.close()
+        # Not on the fast path: the secret never travels in clear.
+        link = await h.connect(h.enroll(Role.OWNER, "owner2"))
+        with pytest.raises(VehicleRefused) as info:
+            await link.command(Command.AD_SECRET)
+        assert info.value.status is not Status.OK
+        await link.close()
     finally:
         await h.stop()

@@ -273,3 +273,35 @@ def test_doctor_checks_the_adapter_run_uses_not_any_adapter_that_is_up(monkeypat
     cfg.server.adapter = "hci1"  # the honest case: the adapter that is up is the one configured
     [check] = asyncio.run(doctor._bluez_over_dbus(cfg))
     assert check.level == "ok" and "hci1" in check.name
+
+
+def _secret(state):
+    with KeyStore.open(state / "keys.db") as store:
+        return store.ad_secret()
+
+
+def test_init_makes_an_advertising_secret_and_rotate_secret_replaces_it_audited(state, capsys) -> None:
+    first = _secret(state)
+    assert first.generation == 1
+    capsys.readouterr()
+    assert run(state, "rotate-secret") == ExitCode.OK
+    out = capsys.readouterr().out
+    second = _secret(state)
+    assert second.generation == 2 and second.secret != first.secret and "generation 2" in out
+    assert first.secret.hex() not in out and second.secret.hex() not in out  # never printed
+    assert run(state, "audit", "--json") == ExitCode.OK
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    flat = rows[0] if rows and isinstance(rows[0], list) else rows
+    assert any(r.get("detail", {}).get("action") == "rotate_secret" for r in flat)
+    assert second.secret.hex() not in json.dumps(flat)
+
+
+def test_revoke_with_rotate_secret_rotates_and_a_plain_revoke_does_not(state) -> None:
+    enroll(state, Role.OWNER, "laptop")
+    enroll(state, Role.GUEST, "guest")
+    enroll(state, Role.GUEST, "guest2")
+    before = _secret(state)
+    assert run(state, "revoke", "guest") == ExitCode.OK
+    assert _secret(state) == before
+    assert run(state, "revoke", "guest2", "--rotate-secret") == ExitCode.OK
+    assert _secret(state).generation == before.generation + 1

@@ -58,8 +58,9 @@ def at(year: int, month: int, day: int, hour: int, minute: int = 0, tz: tzinfo =
 
 ALLOWED = {
     Role.OWNER: set(Command) - {Command.SESSION},  # SESSION marks a refused SESSION_OPEN; never a command
-    Role.DRIVER: {Command.UNLOCK, Command.LOCK, Command.STATUS, Command.START, Command.SET_TIME, Command.WATCH},
-    Role.GUEST: {Command.UNLOCK, Command.LOCK, Command.STATUS},
+    Role.DRIVER: {Command.UNLOCK, Command.LOCK, Command.STATUS, Command.START, Command.SET_TIME, Command.WATCH,
+                  Command.AD_SECRET},
+    Role.GUEST: {Command.UNLOCK, Command.LOCK, Command.STATUS, Command.AD_SECRET},  # every key recognises its car
 }
 
 

@@ -169,3 +169,23 @@ def test_a_remote_code_carries_its_issuer_to_the_key(tmp_path: Path) -> None:
         assert (rec.via, rec.enrolled_by) == ("code", b"\x0a\x0b\x0c\x0d")
         s.complete_pairing(pairing.slot, rec)
         assert s.get_key(rec.key_id) == rec
+
+
+def test_a_version_3_store_gets_an_advertising_secret_and_rotation_bumps_its_generation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "keys.db"
+    with monkeypatch.context() as m:
+        m.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:3])
+        with KeyStore.open(path, create=True) as old:
+            assert old.schema_version() == 3
+            with pytest.raises(store_mod.StoreError, match="no advertising secret"):
+                old.ad_secret()
+    with KeyStore.open(path) as s:
+        first = s.ad_secret()
+        assert s.schema_version() == store_mod.SCHEMA_VERSION and first.generation == 1
+        counter = s.change_counter()
+        second = s.rotate_ad_secret()
+        assert (second.generation, s.ad_secret()) == (2, second) and second.secret != first.secret
+        assert s.change_counter() > counter  # a running server notices the rotation on its next poll
+    with KeyStore.open(path) as s:
+        assert s.ad_secret() == second  # durable

@@ -375,11 +375,12 @@ def ble_device(address: str = "AA:BB:CC:DD:EE:01", name: str | None = "car") -> 
     return BLEDevice(address, name, {"path": f"/org/bluez/hci1/dev_{address.replace(':', '_')}"})
 
 
-def adv_data(name: str | None = "car", rssi: int = -50, uuids: tuple[str, ...] = (SERVICE_UUID,)) -> AdvertisementData:
+def adv_data(name: str | None = "car", rssi: int = -50, uuids: tuple[str, ...] = (SERVICE_UUID,),
+             service_data: dict[str, bytes] | None = None) -> AdvertisementData:
     return AdvertisementData(
         local_name=name,
         manufacturer_data={},
-        service_data={},
+        service_data=service_data or {},
         service_uuids=list(uuids),
         tx_power=None,
         rssi=rssi,

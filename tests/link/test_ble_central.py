@@ -65,6 +65,32 @@ async def test_scan_returns_soon_after_the_first_match_not_at_the_timeout() -> N
     assert len(ads) == 1 and loop.time() - start < 1.0
 
 
+async def test_scan_fills_our_service_data_and_stops_at_once_on_the_advertisement_until_accepts() -> None:
+    # A legacy advertisement has room for the token's service data but not for the 128-bit UUID list as well:
+    # the UUID of the service data alone makes it ours (PROTOCOL.md §13.3).
+    FakeScanner.reset([
+        (0.01, ble_device("AA:00:00:00:00:01", None), adv_data(None, -40, uuids=(),
+                                                              service_data={SERVICE_UUID: b"other-car!"})),
+        (0.05, ble_device("AA:00:00:00:00:02", None), adv_data(None, -70, uuids=(),
+                                                              service_data={SERVICE_UUID: b"our-token!"})),
+    ])
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    ads = await central(scan_settle=3.0).scan(5.0, until=lambda a: a.service_data == b"our-token!")
+    assert loop.time() - start < 1.0  # no settling once ours is heard
+    assert [(a.address, a.service_data) for a in ads] == [("AA:00:00:00:00:01", b"other-car!"),
+                                                           ("AA:00:00:00:00:02", b"our-token!")]
+    assert ads[1].service_uuids == (SERVICE_UUID,)
+
+
+async def test_scan_until_nothing_accepted_returns_what_it_saw_at_the_timeout() -> None:
+    FakeScanner.reset([(0.01, ble_device(), adv_data(service_data={SERVICE_UUID: b"other-car!"}))])
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    ads = await central(scan_settle=0.05).scan(0.5, until=lambda a: False)
+    assert loop.time() - start >= 0.45 and [a.service_data for a in ads] == [b"other-car!"]
+
+
 async def test_scan_keeps_the_latest_advertisement_of_each_address() -> None:
     dev = ble_device()
     FakeScanner.reset([(0.01, dev, adv_data(rssi=-70)), (0.02, dev, adv_data(rssi=-60))])

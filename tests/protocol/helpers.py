@@ -118,7 +118,9 @@ def make_pair(*, chunk_size: int = 20, device: KeyPair | None = None, enrolled: 
         return decode_public_key(kp.public_bytes) if kp else None
 
     book = ChallengeBook(ttl=5.0, rng=rng)
-    v = VehicleSession(vkey, challenges=book, lookup_key=lookup, rng=rng, chunk_size=20)
+    # An unenrolled device is here to pair: the vehicle names itself in its challenges, as while a code is pending.
+    v = VehicleSession(vkey, challenges=book, lookup_key=lookup, rng=rng, chunk_size=20,
+                       names_itself=lambda: not enrolled)
     d = DeviceSession(dkey, vehicle_public_key=vkey.public_bytes if enrolled else None,
                       rng=CounterRng(rng_seed + b"/device"), chunk_size=chunk_size)
     return Pair(v, d, keys)

@@ -134,11 +134,32 @@ def test_rejects_message_for_another_vehicle() -> None:
 def test_device_rejects_challenge_from_other_vehicle() -> None:
     p = make_pair()
     other = make_pair(vehicle=fixed_key(OTHER_SCALAR))
+    other.vehicle.names_itself = lambda: True  # a pairing code is pending there: its challenges carry its id
     other.vehicle.push_challenge(p.now)
     for ch in other.vehicle.data_to_send():
         p.device.receive_data(ch, p.now)
     ev = p.device.next_event(p.now)
     assert ev is not None and not ev.ours and p.device.state is DState.WAIT_CHALLENGE
+
+
+def test_another_vehicles_unnamed_challenge_gets_no_answer_past_the_pinned_key() -> None:
+    # No code pending: the other car's challenge names nobody (PROTOCOL.md §3.11), so the device takes it; the
+    # command it signs names our vehicle id and the other car's answer does not verify with our pinned key.
+    p = make_pair()
+    other = make_pair(vehicle=fixed_key(OTHER_SCALAR))
+    other.vehicle.push_challenge(p.now)
+    for ch in other.vehicle.data_to_send():
+        p.device.receive_data(ch, p.now)
+    ev = p.device.next_event(p.now)
+    assert ev is not None and ev.ours and ev.vehicle_id is None
+    p.device.send_command(Command.UNLOCK)
+    for ch in p.device.data_to_send():
+        other.vehicle.receive_data(ch, p.now)
+    refused = other.vehicle.next_event(p.now)
+    assert isinstance(refused, Refused)  # the other car verified nothing: the command was signed for ours
+    for ch in other.vehicle.data_to_send():
+        p.device.receive_data(ch, p.now)
+    assert p.device.next_event(p.now) is None and p.device.ignored_forgeries == 1
 
 
 def _deliver(p, message) -> list:

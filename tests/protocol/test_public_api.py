@@ -27,6 +27,8 @@ EXPECTED = {
     "KeyState", "PairingTerms", "RevocationList", "RevokeArgs", "Schedule", "ShareCertificate", "Via",
     "parse_schedule",
     "ShareOffered", "RevocationsOffered", "ShareAnswered", "RevocationsAnswered", "StateChanged",  # §12.3, §9.6
+    # issue 13: privacy on air (§13)
+    "AD_SECRET_LEN", "TOKEN_LEN", "AdSecret", "make_token", "resolve_token",
 }
 
 

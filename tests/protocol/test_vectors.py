@@ -76,7 +76,9 @@ def _sides(v: dict[str, Any], *, pinned: bool = True) -> tuple[VehicleSession, D
         kp = enrolled.get(kid)
         return decode_public_key(kp.public_bytes) if kp else None
 
-    vehicle = VehicleSession(vkey, challenges=ChallengeBook(rng=rng), lookup_key=lookup, rng=rng)
+    # The pairing vector's vehicle has a code pending, so its challenge names it (PROTOCOL.md §3.11); others do not.
+    vehicle = VehicleSession(vkey, challenges=ChallengeBook(rng=rng), lookup_key=lookup, rng=rng,
+                             names_itself=lambda: not pinned)
     device = DeviceSession(dkey, vehicle_public_key=vkey.public_bytes if pinned else None,
                            rng=CounterRng(seed + b"/device"), chunk_size=chunk_size_for_mtu(inp["att_mtu"]))
     return vehicle, device, enrolled
@@ -409,3 +411,19 @@ def test_watch_vector_through_public_api() -> None:
     vehicle.push_watch(opened.encode())
     assert vehicle.data_to_send() == _chunks(push)
     assert _feed(device, push, now) == [StateChanged(opened)]
+
+
+def test_privacy_vector_through_public_api() -> None:
+    from protocol import TOKEN_LEN, AdSecret, make_token, resolve_token
+
+    v = load("privacy.json")
+    ad = AdSecret.decode(bytes.fromhex(v["ad_secret"]["record"]))
+    assert (ad.generation, ad.secret.hex()) == (v["ad_secret"]["generation"], v["ad_secret"]["secret"])
+    assert AdSecret.unpack(bytes.fromhex(v["ad_secret"]["packed"])) == ad
+    for case in v["tokens"]:
+        token = bytes.fromhex(case["token"])
+        assert len(token) == TOKEN_LEN and make_token(ad.secret, bytes.fromhex(case["prand"])) == token
+        assert resolve_token(token, {"car": ad.secret}) == "car"  # any prand: no clock, no skew (§13.2)
+    foreign = bytes.fromhex(v["not_ours"]["token"])
+    assert resolve_token(foreign, {"car": ad.secret}) is None
+    assert resolve_token(foreign, {"car": ad.secret, "other": bytes.fromhex(v["not_ours"]["other_secret"])}) == "other"

@@ -538,6 +538,25 @@ def watch(mtu: int = 247) -> dict[str, Any]:
             "inputs": _inputs(mtu, seed), "steps": r.steps}
 
 
+def privacy() -> dict[str, Any]:
+    """Advertising tokens (PROTOCOL.md §13): one secret, three prands, and a token of another secret."""
+    from protocol import AdSecret, make_token
+
+    ad = AdSecret(1, bytes(range(0x10, 0x20)))
+    other = bytes(range(0x20, 0x30))
+    prands = [bytes(4), bytes.fromhex("a1b2c3d4"), bytes.fromhex("ffffffff")]
+    return {
+        "description": "advertising tokens: prand (4) || HMAC-SHA256(secret, transcript(label, prand))[0:6]",
+        "label": c.transcript(b"dkey/1 advertising token", bytes(4))[:24].hex(),
+        "ad_secret": {"generation": ad.generation, "secret": ad.secret.hex(), "record": ad.encode().hex(),
+                      "packed": ad.pack().hex()},
+        "tokens": [{"prand": p.hex(), "transcript": c.transcript(b"dkey/1 advertising token", p).hex(),
+                    "token": make_token(ad.secret, p).hex()} for p in prands],
+        "not_ours": {"other_secret": other.hex(), "token": make_token(other, prands[1]).hex(),
+                     "why": "made with another vehicle's secret: must not resolve with ad_secret (false match 2^-48)"},
+    }
+
+
 VECTORS: dict[str, Callable[[], dict[str, Any]]] = {
     "unlock_mtu23.json": lambda: unlock(23),
     "unlock_mtu247.json": lambda: unlock(247),
@@ -551,6 +570,7 @@ VECTORS: dict[str, Callable[[], dict[str, Any]]] = {
     "share.json": share,
     "revocations.json": revocations,
     "watch.json": watch,
+    "privacy.json": privacy,
 }
 
 
