@@ -1,7 +1,8 @@
 """BLE central on bleak 3.x: the device side of `--radio ble` (BlueZ, macOS, Windows); moves bytes, decides nothing.
 
 - scan: an unfiltered BleakScanner, our service UUID checked in software (in the UUID list or as a service-data
-  key); returns shortly after the first match (`scan_settle` seconds to hear other vehicles), strongest first, like the mock and sim backends. The scan
+  key); returns shortly after the first match (`scan_settle` seconds to hear other vehicles), strongest first,
+  like the mock and sim backends. The scan
   runs in fresh windows of `scan_window` seconds (stop, start again) until the timeout. Under BlueZ 5.66's btvirt
   an advertiser is reported only when a scan starts, and the kernel drops that one report about 3 times in 10
   (tests/ble_vm: hits came within 50 ms of the start or never), so one long discovery session stayed blind for
