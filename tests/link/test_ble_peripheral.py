@@ -690,3 +690,18 @@ async def test_an_interval_bluez_refuses_falls_back_to_the_kernel_default_once(
         assert "refused the advertisement with a 152.5 ms interval" in caplog.text
     finally:
         await p.stop()
+
+
+@needs_dbus
+async def test_bluez_setting_the_tx_power_on_the_advertisement_is_accepted_quietly(
+    car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ, caplog: pytest.LogCaptureFixture
+) -> None:
+    p, _ = car
+    await p.advertise_token(TOKEN)
+    [path] = bluez.advertisements
+    sender = bluez._senders[path]
+    # what bluetoothd 5.66 does after the controller chose a TX power (advertising.c add_adv_params_callback)
+    reply = await bluez._call(sender, path, "org.freedesktop.DBus.Properties", "Set", "ssv",
+                              ["org.bluez.LEAdvertisement1", "TxPower", Variant("n", 7)])
+    assert reply.message_type is MessageType.METHOD_RETURN
+    assert "Traceback" not in caplog.text and "unexpected error" not in caplog.text

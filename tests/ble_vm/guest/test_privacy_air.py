@@ -115,6 +115,8 @@ def test_nothing_static_on_air_across_a_rotation_and_a_restart(
     owner = Device(tmp_path_factory.mktemp("privowner") / "keychain", "hci1", mrun_cli, out_dir, PRODUCT_RACE_FIX)
     failures: list[str] = []  # client steps that failed: asserted after the air is analysed and written down
     pairing = owner.run("pair", vehicle.pair_code("owner", "owner-watch"), "--name", "car", label="priv-pair")
+    # Pairing by a typed code needs the vehicle id in the CHALLENGE (PROTOCOL.md §13): checks start after it.
+    paired_at = time.time()
     vehicle_id: bytes | None = None
     if pairing.rc == ExitCode.OK:
         vehicle_id = bytes.fromhex(pairing.obj["vehicle_id"])
@@ -145,7 +147,7 @@ def test_nothing_static_on_air_across_a_rotation_and_a_restart(
     unlock("priv-unlock-after-restart")
     time.sleep(2.0)  # let the scanner see the last advertisement too
 
-    report = _analyse(capture, vehicle_id, VEHICLE_NAME)
+    report = _analyse(capture, vehicle_id, VEHICLE_NAME, paired_at)
     report["unlocks"] = unlocks
     report["client_failures"] = failures
     (out_dir / "privacy.json").write_text(json.dumps(report, indent=1, default=str))
@@ -174,7 +176,7 @@ def test_nothing_static_on_air_across_a_rotation_and_a_restart(
     assert not report["vehicle_id_before_auth"], report["vehicle_id_before_auth"]
 
 
-def _analyse(capture: Path, vehicle_id: bytes | None, server_name: str) -> dict[str, Any]:
+def _analyse(capture: Path, vehicle_id: bytes | None, server_name: str, since: float) -> dict[str, Any]:
     """Periods of hci0's advertising (one per token) with the addresses and parameters in force, the witness
     scanners' reports, and the pre-authentication ATT traffic."""
     events = hci_snoop.advertising(capture).get(0, hci_snoop.AdvState()).events
@@ -218,6 +220,8 @@ def _analyse(capture: Path, vehicle_id: bytes | None, server_name: str) -> dict[
     pre_auth: list[dict[str, Any]] = []
     writes: dict[int, int] = {}
     for pdu in hci_snoop.att_pdus(capture, 0):
+        if pdu.ts < since:  # the pairing connection: a pending code puts the vehicle id in the CHALLENGE
+            continue
         if not pdu.sent and pdu.opcode in (0x12, 0x52) and len(pdu.payload) > 4:  # write request/command to RX
             writes[pdu.handle] = writes.get(pdu.handle, 0) + 1
         elif pdu.sent and writes.get(pdu.handle, 0) < 2:
@@ -232,4 +236,5 @@ def _analyse(capture: Path, vehicle_id: bytes | None, server_name: str) -> dict[
         "witness_by_adapter": {f"hci{i}": sum(1 for r in witness if r.index == i) for i in (1, 2)},
         "names_seen": names,
         "vehicle_id_before_auth": pre_auth,
+        "pre_auth_pdus_checked": sum(1 for pdu in hci_snoop.att_pdus(capture, 0) if pdu.ts >= since and pdu.sent),
     }
