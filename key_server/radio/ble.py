@@ -630,10 +630,11 @@ class BlessPeripheral:
         from dbus_next.errors import DBusError
         from dbus_next.message import Message
 
-        if (msg.member == "Set" and msg.interface == PROPERTIES_IFACE and self._adv is not None
-                and msg.path == self._adv[0] and msg.body[:1] == [ADV_IFACE]):
-            # bluetoothd (experimental mode) tells the advertisement the TX power the controller chose; we have no
-            # such property (we ask for none), and dbus-next would log the refusal with a traceback.
+        if (msg.member == "Set" and msg.interface == PROPERTIES_IFACE and msg.body[:1] == [ADV_IFACE]
+                and msg.path.startswith(APP_PATH_PREFIX) and msg.path.rsplit("/", 1)[-1].startswith("adv")):
+            # bluetoothd (experimental mode) tells the advertisement the TX power the controller chose, while it
+            # registers it (before RegisterAdvertisement returns); we have no such property (we ask for none),
+            # and dbus-next would log its refusal with a traceback.
             return Message.new_method_return(msg)
         rx = self._rx
         if (rx is None or msg.member != "WriteValue" or msg.interface != GATT_CHRC_IFACE
