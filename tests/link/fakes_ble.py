@@ -229,6 +229,7 @@ class FakeBlueZ:
         self.services: dict[str, tuple[str, bool]] = {}  # uuid -> (object path, primary)
         self.advertisements: dict[str, dict[str, Any]] = {}  # path -> its properties (plain values) + adapter
         self.advertisement_log: list[dict[str, Any]] = []  # every advertisement registered, in order
+        self.tx_power_replies: list[MessageType] = []  # answers to those TxPower Set calls
         self.refuse_intervals = False  # as Linux 6.1 with btvirt: "Not Supported" for MinInterval/MaxInterval
         self.unregistered_apps: list[str] = []
         self.notifications: list[bytes] = []
@@ -305,6 +306,9 @@ class FakeBlueZ:
         if reply.message_type is MessageType.ERROR:
             raise DBusError("org.bluez.Error.Failed", f"cannot read the advertisement: {reply.body}")
         found.update({key: _plain(value.value) for key, value in reply.body[0].items()})
+        # bluetoothd 5.66 in experimental mode tells the object the TX power chosen, before the registration ends
+        reply = await self._call(sender, path, PROPS_IFACE, "Set", "ssv", [ADV_IFACE, "TxPower", Variant("n", 7)])
+        self.tx_power_replies.append(reply.message_type)
         if self.refuse_intervals and "MinInterval" in found:
             raise DBusError("org.bluez.Error.Failed", "Failed to register advertisement")
         self.advertisements[path] = found
