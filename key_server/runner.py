@@ -70,7 +70,8 @@ def make_peripheral(cfg: Config) -> Peripheral:
             raise CliError(bless_missing(exc), ExitCode.HARDWARE_UNAVAILABLE) from None
         from .radio.ble import BlessPeripheral
 
-        return BlessPeripheral(cfg.server.name, adapter=cfg.server.adapter)
+        return BlessPeripheral(cfg.server.name, adapter=cfg.server.adapter, local_name=cfg.ble.local_name,
+                               advertising_interval_ms=cfg.ble.advertising_interval_ms)
     except (ValueError, RadioError) as exc:
         raise CliError(f"cannot set up the {cfg.server.radio} radio: {exc}") from None
 

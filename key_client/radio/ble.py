@@ -1,7 +1,8 @@
 """BLE central on bleak 3.x: the device side of `--radio ble` (BlueZ, macOS, Windows); moves bytes, decides nothing.
 
-- scan: a BleakScanner filtered on the service UUID (also checked in software); returns shortly after the first
-  match (`scan_settle` seconds to hear other vehicles), strongest first, like the mock and sim backends. The scan
+- scan: an unfiltered BleakScanner, our service UUID checked in software (in the UUID list or as a service-data
+  key); returns shortly after the first match (`scan_settle` seconds to hear other vehicles), strongest first,
+  like the mock and sim backends. The scan
   runs in fresh windows of `scan_window` seconds (stop, start again) until the timeout. Under BlueZ 5.66's btvirt
   an advertiser is reported only when a scan starts, and the kernel drops that one report about 3 times in 10
   (tests/ble_vm: hits came within 50 ms of the start or never), so one long discovery session stayed blind for
@@ -388,7 +389,10 @@ class BleakCentral:
             from bleak import BleakScanner
 
             factory = BleakScanner
-        return factory(callback, service_uuids=[service_uuid], **self._bluez())
+        # No service_uuids filter: BlueZ's discovery filter (5.66 and later) matches only UUID-list AD types, and
+        # the vehicle's UUID may travel only as its service data's key (PROTOCOL.md §13; BlueZ 5.66 cannot put the
+        # list in the scan response). The callers check the UUID in software (advertisement_from merges both).
+        return factory(callback, **self._bluez())
 
     def _scan_error(self, exc: BaseException) -> RadioError:
         where = f" on {self.adapter}" if self.adapter else ""

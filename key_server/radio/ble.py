@@ -35,6 +35,23 @@ every subscriber (docs/PROTOCOL.md §1.3). Three hooks close the gap, all runnin
   an adapter to be powered and registers everything anew on a fresh bless server (a new bus connection; the old
   one stays open until the new one is up, so the NameOwnerChanged watch never lapses), retrying with backoff
   until it works or stop() is called. The car thus opens again without a restart of key-server.
+- Advertising (docs/PROTOCOL.md §13, docs/DEPLOY.md "Privacy on air"): bless 0.3.0 advertises only its first
+  service UUID and the name, and sets the adapter alias to the name; its start() and stop() are not used. We
+  register our own LEAdvertisement1 object (`_advertisement`): the service data (AD type 0x21: our 128-bit service
+  UUID + the 10-byte token given by advertise_token), LocalName only when one is configured, MinInterval =
+  MaxInterval = the configured interval, and ScanResponseServiceUUIDs (BlueZ >= 5.80 with Experimental puts the
+  service UUID list in the scan response; older BlueZ ignores the property). Every advertise_token call unregisters
+  the old object and registers a new one (a new object path, so nothing of the old one is cached by BlueZ). No
+  service UUID list: flags (3 bytes) + service data (2 + 16 + 10) fill the 31 bytes of a legacy advertisement, and
+  BlueZ 5.66 builds the scan response from the local name only (src/advertising.c generate_scan_rsp), so a central
+  must look for the service UUID among the service-data keys (BlueZ's discovery UUID filter does not match them)
+  where the scan response lacks the list. Until the first advertise_token call the advertisement carries the
+  service UUID list instead (the key service gives a token before it opens). BlueZ 5.66 applies
+  MinInterval/MaxInterval only when bluetoothd runs with `Experimental = true` (BlueZ 5.82: always) and the kernel
+  has the extended advertising mgmt commands (Linux >= 5.11); otherwise the kernel's default interval applies
+  (main.conf [LE] MinAdvertisementInterval). The adapter alias (the GAP Device Name any connected central can read)
+  is set to the local name, or to the same generic GENERIC_DEVICE_NAME on every car when none is configured, never
+  the host name.
 Characteristics carry no readable value (bless ignores the read offset, so long reads are broken).
 """
 
@@ -43,12 +60,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import shutil
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from dkey_link.contract import (
     DEFAULT_ATT_MTU,
@@ -67,7 +85,10 @@ from . import SERVER_INSTALL
 __all__ = [
     "APP_PATH_PREFIX",
     "UNKNOWN_LINK",
+    "DEFAULT_ADVERTISING_INTERVAL_MS",
+    "GENERIC_DEVICE_NAME",
     "BlessPeripheral",
+    "bluez_interval_ms",
     "bless_missing",
     "dbus_error_for",
     "install_write_hook",
@@ -82,12 +103,21 @@ ADAPTER_IFACE = "org.bluez.Adapter1"
 GATT_MANAGER_IFACE = "org.bluez.GattManager1"
 GATT_CHRC_IFACE = "org.bluez.GattCharacteristic1"
 ADV_MANAGER_IFACE = "org.bluez.LEAdvertisingManager1"
+ADV_IFACE = "org.bluez.LEAdvertisement1"
 PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
 OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
 DBUS = "org.freedesktop.DBus"
 
 APP_PATH_PREFIX = "/dkey/"
 """Where our GATT application, service, characteristics and advertisement live on D-Bus (+ the sanitised name)."""
+
+DEFAULT_ADVERTISING_INTERVAL_MS: Final = 152.5
+"""Advertising interval by default: a scanning phone sees the car within ~0.15 s (Apple's recommended 152.5 ms)."""
+ADVERTISING_INTERVAL_RANGE_MS: Final = (20.0, 10_240.0)
+"""Intervals a legacy connectable advertisement may use (Core spec: 0x0020-0x4000 units of 0.625 ms)."""
+GENERIC_DEVICE_NAME: Final = "dkey"
+"""Adapter alias (GAP Device Name) when no local name is configured: the same on every car, so it links nothing."""
+_ADV_UNIT_MS = 0.625
 
 UNKNOWN_LINK = "bluez:unknown-device"
 """Link id of writes whose options name no device (BlueZ has sent `device` since 5.4x; kept for safety)."""
@@ -172,6 +202,55 @@ def install_write_hook(characteristic_class: type) -> None:
     setattr(characteristic_class, "WriteValue", replacement)  # noqa: B010 - a class attribute dbus-next collects
 
 
+def bluez_interval_ms(interval_ms: float) -> int:
+    """The whole milliseconds to give LEAdvertisement1 Min/MaxInterval for `interval_ms` (BlueZ 5.66 truncates
+    ms / 0.625 to whole controller units: 153 gives 244 units = 152.5 ms, 152 would give 151.875 ms)."""
+    def actual(ms: int) -> float:
+        return int(ms / _ADV_UNIT_MS) * _ADV_UNIT_MS
+
+    return min((math.floor(interval_ms), math.ceil(interval_ms)), key=lambda ms: (abs(actual(ms) - interval_ms), ms))
+
+
+def _advertisement(token: bytes | None, local_name: str, interval_ms: int | None) -> Any:
+    """A dbus-next LEAdvertisement1 object: service data SERVICE_UUID -> token (or, without a token, the service
+    UUID list), LocalName only if `local_name`, MinInterval = MaxInterval = `interval_ms` (whole ms) unless None."""
+    from dbus_next.constants import PropertyAccess
+    from dbus_next.service import ServiceInterface, dbus_property, method
+    from dbus_next.signature import Variant
+
+    members: dict[str, Any] = {}
+
+    def prop(name: str, signature: str, value: Any) -> None:
+        def getter(self: Any) -> Any:
+            return value
+
+        getter.__name__ = name  # dbus-next finds the getter on the object by the function's name
+        getter.__annotations__ = {"return": signature}  # and reads the D-Bus signature from the annotation
+        members[name] = dbus_property(access=PropertyAccess.READ)(getter)
+
+    def release(self: Any) -> None:
+        log.debug("ble peripheral: BlueZ released an advertisement")
+
+    release.__name__ = "Release"
+    release.__annotations__ = {}  # no D-Bus arguments or result (the module's string annotations would be read)
+    members["Release"] = method(name="Release")(release)
+    prop("Type", "s", "peripheral")
+    if interval_ms is not None:
+        prop("MinInterval", "u", interval_ms)
+        prop("MaxInterval", "u", interval_ms)
+    if token is not None:
+        prop("ServiceData", "a{sv}", {SERVICE_UUID: Variant("ay", bytes(token))})
+        # No room for the UUID list in the advertisement; BlueZ >= 5.80 (experimental) can put it in the scan
+        # response, where BlueZ's and bleak's UUID filters find it. BlueZ 5.66 does not read this property.
+        prop("ScanResponseServiceUUIDs", "as", [SERVICE_UUID])
+    else:
+        prop("ServiceUUIDs", "as", [SERVICE_UUID])
+    if local_name:
+        prop("LocalName", "s", local_name)
+    cls = type("DkeyAdvertisement", (ServiceInterface,), members)
+    return cls(ADV_IFACE)
+
+
 def _option(options: Mapping[str, Any], key: str) -> Any:
     """The plain value of one entry of a D-Bus a{sv} options dict (dbus-next gives Variants), or None."""
     found = options.get(key)
@@ -207,11 +286,23 @@ class BlessPeripheral:
         name: str,
         *,
         adapter: str | None = None,
+        local_name: str = "",
+        advertising_interval_ms: float = DEFAULT_ADVERTISING_INTERVAL_MS,
         loop: asyncio.AbstractEventLoop | None = None,
         call_timeout: float = 5.0,
     ) -> None:
+        low, high = ADVERTISING_INTERVAL_RANGE_MS
+        if not low <= advertising_interval_ms <= high:
+            raise RadioError(f"advertising interval {advertising_interval_ms} ms is outside {low:g}-{high:g} ms")
         self.name = name
         self.adapter = adapter
+        self.local_name = local_name  # advertised (and the GAP Device Name) only when not empty
+        self.advertising_interval_ms = advertising_interval_ms
+        self._token: bytes | None = None  # the advertised token (advertise_token); None: the service UUID list
+        self._adv: Any = None  # our registered LEAdvertisement1 object (on the current server's bus), or None
+        self._adv_count = 0  # advertisements registered so far: each gets a new object path
+        self._adv_lock = asyncio.Lock()  # one (un)registration at a time: advertise_token vs. a re-registration
+        self.interval_applied = True  # False once BlueZ refused our interval: later advertisements go without it
         self._loop = loop
         self._call_timeout = call_timeout
         self._server: Any = None
@@ -226,7 +317,6 @@ class BlessPeripheral:
         self.registrations = 0  # successful registrations with bluetoothd (1 + re-registrations after restarts)
         self.recovery_backoff = (0.5, 10.0)  # first and longest pause between re-registration attempts, s
         self.power_wait = 10.0  # how long a re-registration waits for a powered adapter before trying anyway, s
-        self.token: bytes | None = None  # the advertising token (PROTOCOL.md §13); not on air yet (issue 13)
 
     @property
     def links(self) -> tuple[str, ...]:
@@ -237,14 +327,15 @@ class BlessPeripheral:
     def started(self) -> bool:
         return self._server is not None
 
+    @property
+    def token(self) -> bytes | None:
+        """The token advertised (or to advertise at start); None before the first advertise_token."""
+        return self._token
+
     # ------------------------------------------------------------------ lifecycle
 
-    async def advertise_token(self, token: bytes) -> None:
-        """Keep `token` as the service data to advertise (stored only, for now: not yet put on air)."""
-        self.token = bytes(token)
-
     async def start(self, handler: PeripheralHandler) -> None:
-        """Register the GATT service with BlueZ, advertise SERVICE_UUID and the name, deliver events to `handler`."""
+        """Register the GATT service with BlueZ, advertise (module docstring), deliver events to `handler`."""
         if self._server is not None:
             raise RadioError(f"ble peripheral {self.name} already started")
         if not re.sub("[^A-Za-z0-9_]", "", self.name):  # bless builds its D-Bus object paths from the name
@@ -262,7 +353,26 @@ class BlessPeripheral:
             raise RadioError(f"could not start the BLE peripheral on {where}: {exc or type(exc).__name__}") from exc
         self._server = server
         self.registrations += 1
-        log.info("ble peripheral %r advertising %s on %s", self.name, SERVICE_UUID, where)
+        log.info("ble peripheral %r advertising %s on %s (name %s, every %g ms)", self.name, SERVICE_UUID, where,
+                 repr(self.local_name) if self.local_name else "none", self.advertising_interval_ms)
+
+    async def advertise_token(self, token: bytes) -> None:
+        """Advertise `token` in the service data from now on: a new advertisement object replaces the old one.
+
+        Before start() the token is kept for it. RadioError if BlueZ refuses the new advertisement.
+        """
+        self._token = bytes(token)
+        server = self._server
+        if server is None:
+            return
+        async with self._adv_lock:
+            if server is not self._server:  # stopped or swapped meanwhile: the new server advertised the new token
+                return
+            try:
+                await self._unregister_advertisement(server)
+                await self._register_advertisement(server)
+            except Exception as exc:
+                raise RadioError(f"could not advertise the new token: {exc or type(exc).__name__}") from exc
 
     async def _new_server(self) -> Any:
         """A bless server with our service registered and advertised; on any failure its bus is closed again."""
@@ -298,9 +408,73 @@ class BlessPeripheral:
         self._rx = getattr(rx, "gatt", None)
         self._adapter_path = str(server.adapter.path)  # bless picked it (the named one, else BlueZ's first)
         await self._watch_links(server.bus)
-        if not await server.start():  # export + RegisterApplication + RegisterAdvertisement
-            raise RadioError("bless refused to start")
+        # bless's start() would also register its own advertisement (services[0] + the name, module docstring)
+        server.bus.export(app.path, app)
+        await app.register(server.adapter)  # GattManager1.RegisterApplication
+        await self._set_alias(server)
+        async with self._adv_lock:
+            await self._register_advertisement(server)
         await self._adopt_connected(server.bus)
+
+    async def _set_alias(self, server: Any) -> None:
+        """Adapter alias = the local name or GENERIC_DEVICE_NAME: BlueZ serves it as the GAP Device Name."""
+        from dbus_next.signature import Variant
+
+        alias = self.local_name or GENERIC_DEVICE_NAME
+        iface = server.adapter.get_interface(PROPERTIES_IFACE)
+        async with asyncio.timeout(self._call_timeout):
+            await iface.call_set(ADAPTER_IFACE, "Alias", Variant("s", alias))
+
+    async def _register_advertisement(self, server: Any) -> None:
+        """Export a new LEAdvertisement1 object with the current token and register it with BlueZ.
+
+        If BlueZ refuses it with our interval, register it again without one (the kernel's default interval):
+        a car found a second later beats a car nobody finds (the interval is the only optional part of it).
+        """
+        interval = bluez_interval_ms(self.advertising_interval_ms) if self.interval_applied else None
+        try:
+            await self._register_one(server, interval)
+        except Exception as exc:  # noqa: BLE001 - retried without the interval; raised if that fails too
+            if not self.interval_applied:
+                raise
+            log.warning("ble peripheral %r: BlueZ refused the advertisement with a %g ms interval (%s); "
+                        "advertising at the kernel's default interval instead (docs/DEPLOY.md)", self.name,
+                        self.advertising_interval_ms, exc or type(exc).__name__)
+            self.interval_applied = False
+            await self._register_one(server, None)
+
+    async def _register_one(self, server: Any, interval_ms: int | None) -> None:
+        self._adv_count += 1
+        adv = _advertisement(self._token, self.local_name, interval_ms)
+        path = f"{server.app.base_path}/adv{self._adv_count}"
+        server.bus.export(path, adv)
+        manager = server.adapter.get_interface(ADV_MANAGER_IFACE)
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                await manager.call_register_advertisement(path, {})
+        except BaseException:
+            server.bus.unexport(path, adv)
+            raise
+        self._adv = (path, adv)
+        log.debug("ble peripheral %r: advertisement %s registered (%s, interval %s)", self.name, path,
+                  "token" if self._token is not None else "service UUID list",
+                  f"{interval_ms} ms" if interval_ms is not None else "the kernel's")
+
+    async def _unregister_advertisement(self, server: Any) -> None:
+        """Unregister and unexport our advertisement, if any; BlueZ's refusal (already gone) is logged only."""
+        current, self._adv = self._adv, None
+        if current is None:
+            return
+        path, adv = current
+        try:
+            manager = server.adapter.get_interface(ADV_MANAGER_IFACE)
+            async with asyncio.timeout(self._call_timeout):
+                await manager.call_unregister_advertisement(path)
+        except Exception as exc:  # noqa: BLE001 - e.g. bluetoothd restarted and forgot it: nothing to undo
+            log.debug("ble peripheral %r: UnregisterAdvertisement %s: %s", self.name, path, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                server.bus.unexport(path, adv)
 
     async def stop(self) -> None:
         """Disconnect every known central, stop advertising, unregister the service; idempotent."""
@@ -317,10 +491,14 @@ class BlessPeripheral:
         if links:
             await asyncio.gather(*(self._call_disconnect(server, link) for link in links))
         try:
+            async with self._adv_lock:
+                await self._unregister_advertisement(server)
             async with asyncio.timeout(self._call_timeout):
-                await server.stop()  # unregisters the advertisement and the application, resets the adapter alias
+                await server.app.unregister(server.adapter)  # GattManager1.UnregisterApplication
+            server.bus.unexport(server.app.path, server.app)
         except Exception as exc:  # noqa: BLE001 - closing the bus below makes bluetoothd drop both anyway
-            log.warning("ble peripheral %r: bless stop failed: %s", self.name, exc or type(exc).__name__)
+            log.warning("ble peripheral %r: unregistering from BlueZ failed: %s", self.name,
+                        exc or type(exc).__name__)
         await self._close_bus(server)
         for link in list(self._links):
             self._forget(link)
@@ -452,6 +630,12 @@ class BlessPeripheral:
         from dbus_next.errors import DBusError
         from dbus_next.message import Message
 
+        if (msg.member == "Set" and msg.interface == PROPERTIES_IFACE and msg.body[:1] == [ADV_IFACE]
+                and msg.path.startswith(APP_PATH_PREFIX) and msg.path.rsplit("/", 1)[-1].startswith("adv")):
+            # bluetoothd (experimental mode) tells the advertisement the TX power the controller chose, while it
+            # registers it (before RegisterAdvertisement returns); we have no such property (we ask for none),
+            # and dbus-next would log its refusal with a traceback.
+            return Message.new_method_return(msg)
         rx = self._rx
         if (rx is None or msg.member != "WriteValue" or msg.interface != GATT_CHRC_IFACE
                 or msg.path != getattr(rx, "path", None) or msg.signature != "aya{sv}"):

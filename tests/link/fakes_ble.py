@@ -153,6 +153,13 @@ class _GattManager1(ServiceInterface):
         self._bluez.app = None
 
 
+def _plain(value: Any) -> Any:
+    """A D-Bus value with dbus-next Variants unwrapped (service data: {uuid: bytes})."""
+    if isinstance(value, dict):
+        return {k: _plain(getattr(v, "value", v)) for k, v in value.items()}
+    return value
+
+
 class _LEAdvertisingManager1(ServiceInterface):
     def __init__(self, bluez: "FakeBlueZ", adapter: str) -> None:
         super().__init__("org.bluez.LEAdvertisingManager1")
@@ -220,7 +227,10 @@ class FakeBlueZ:
         self.tree: dict[str, dict[str, dict[str, Any]]] = {}
         self.chars: dict[str, tuple[str, list[str]]] = {}  # uuid -> (object path, flags)
         self.services: dict[str, tuple[str, bool]] = {}  # uuid -> (object path, primary)
-        self.advertisements: dict[str, dict[str, Any]] = {}  # path -> {LocalName, ServiceUUIDs, adapter}
+        self.advertisements: dict[str, dict[str, Any]] = {}  # path -> its properties (plain values) + adapter
+        self.advertisement_log: list[dict[str, Any]] = []  # every advertisement registered, in order
+        self.tx_power_replies: list[MessageType] = []  # answers to those TxPower Set calls
+        self.refuse_intervals = False  # as Linux 6.1 with btvirt: "Not Supported" for MinInterval/MaxInterval
         self.unregistered_apps: list[str] = []
         self.notifications: list[bytes] = []
         self.fail_advertising: str | None = None
@@ -291,11 +301,18 @@ class FakeBlueZ:
             await asyncio.sleep(self.advertising_delay)
         sender = self._senders[path]
         found: dict[str, Any] = {"adapter": adapter}
-        for prop in ("LocalName", "ServiceUUIDs", "Type"):
-            reply = await self._call(sender, path, PROPS_IFACE, "Get", "ss", [ADV_IFACE, prop])
-            if reply.message_type is not MessageType.ERROR:
-                found[prop] = reply.body[0].value
+        # bluetoothd reads every property of the object (GDBusProxy) and builds the advertising data from them
+        reply = await self._call(sender, path, PROPS_IFACE, "GetAll", "s", [ADV_IFACE])
+        if reply.message_type is MessageType.ERROR:
+            raise DBusError("org.bluez.Error.Failed", f"cannot read the advertisement: {reply.body}")
+        found.update({key: _plain(value.value) for key, value in reply.body[0].items()})
+        # bluetoothd 5.66 in experimental mode tells the object the TX power chosen, before the registration ends
+        reply = await self._call(sender, path, PROPS_IFACE, "Set", "ssv", [ADV_IFACE, "TxPower", Variant("n", 7)])
+        self.tx_power_replies.append(reply.message_type)
+        if self.refuse_intervals and "MinInterval" in found:
+            raise DBusError("org.bluez.Error.Failed", "Failed to register advertisement")
         self.advertisements[path] = found
+        self.advertisement_log.append(found)
 
     def char_path(self, uuid: str) -> str:
         return self.chars[uuid][0]

@@ -53,7 +53,8 @@ async def test_scan_returns_our_advertisers_strongest_first_and_filters_others()
     assert ads[0].service_uuids == (SERVICE_UUID,)
     assert ads[0].address == "AA:00:00:00:00:03" and ads[0].handle.address == "AA:00:00:00:00:03"
     [scanner] = FakeScanner.instances
-    assert scanner.service_uuids == [SERVICE_UUID] and scanner.bluez == {}  # no BlueZ option unless asked
+    # unfiltered: BlueZ's UUID filter would drop a vehicle whose UUID is only its service data's key (PROTOCOL §13)
+    assert scanner.service_uuids is None and scanner.bluez == {}  # no BlueZ option unless asked
     assert scanner.stopped
 
 

@@ -22,6 +22,7 @@ from .fakes_ble import FakeBlueZ, dbus_daemon_available
 from .radio_helpers import Recorder, wait_until
 
 DEV = "/org/bluez/hci0/dev_AA_BB_CC_DD_EE_01"
+TOKEN = bytes(range(10))
 
 # ---------------------------------------------------------------- ATT error -> D-Bus error
 
@@ -348,8 +349,9 @@ async def test_registers_one_service_with_rx_and_tx_and_advertises_it(
     assert bluez.chars[RX_CHAR_UUID][1] == ["write"]
     assert bluez.chars[TX_CHAR_UUID][1] == ["notify"]  # nothing readable: bless ignores read offsets
     [adv] = bluez.advertisements.values()
-    assert adv["LocalName"] == "car" and adv["ServiceUUIDs"] == [SERVICE_UUID] and adv["Type"] == "peripheral"
-    assert bluez.adapters["hci0"].aliases == ["car"]
+    # no token given yet: the service UUID list only; never a name unless one is configured
+    assert adv["ServiceUUIDs"] == [SERVICE_UUID] and adv["Type"] == "peripheral" and "LocalName" not in adv
+    assert bluez.adapters["hci0"].aliases == [ble.GENERIC_DEVICE_NAME]  # the GAP name: never the host name
     # outside bluetoothd's /org/bluez namespace, where a bleak central on this machine would mistake them for its own
     paths = [bluez.services[SERVICE_UUID][0], *(path for path, _ in bluez.chars.values()), *bluez.advertisements]
     assert all(path.startswith("/dkey/car/") for path in paths), paths
@@ -480,7 +482,7 @@ async def test_stop_drops_links_unregisters_and_is_idempotent(bluez: FakeBlueZ) 
     assert bluez.devices[dev].disconnect_calls == 1
     assert rec.of("disconnect") == [("disconnect", dev)]
     assert bluez.advertisements == {} and bluez.unregistered_apps
-    assert bluez.adapters["hci0"].aliases == ["car", ""]
+    assert bluez.adapters["hci0"].aliases == [ble.GENERIC_DEVICE_NAME]  # left generic (an empty one: the host name)
     await p.stop()
     with pytest.raises(RadioError):
         await p.notify(b"x")
@@ -560,6 +562,7 @@ async def test_a_restarted_bluetoothd_gets_the_service_and_advertisement_again(
 ) -> None:
     p, rec = car
     p.recovery_backoff = (0.05, 0.2)
+    await p.advertise_token(TOKEN)
     dev = bluez.add_device()
     await bluez.write(dev, b"before")
     await bluez.stop()  # bluetoothd crashes: its bus connection closes, org.bluez loses its owner
@@ -570,7 +573,7 @@ async def test_a_restarted_bluetoothd_gets_the_service_and_advertisement_again(
         await wait_until(lambda: p.registrations == 2, timeout=10.0)
         assert p.started and again.app is not None and len(again.advertisements) == 1
         (adv,) = again.advertisements.values()
-        assert adv["LocalName"] == "car" and SERVICE_UUID in adv["ServiceUUIDs"]
+        assert adv["ServiceData"] == {SERVICE_UUID: TOKEN} and "LocalName" not in adv  # the current token
         assert set(again.chars) == {RX_CHAR_UUID, TX_CHAR_UUID}
         dev2 = again.add_device("dev_AA_BB_CC_DD_EE_02")
         assert await again.write(dev2, b"after") is None
@@ -602,3 +605,99 @@ async def test_stop_while_waiting_for_bluetoothd_ends_the_recovery(
         assert p._recovery is None and not p.started
     finally:
         await again.stop()
+
+
+# ---------------------------------------------------------------- advertising (issue 13: nothing static on air)
+
+
+@needs_dbus
+async def test_each_token_is_a_new_advertisement_with_the_service_data_and_nothing_else(
+    car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ
+) -> None:
+    p, _ = car
+    first, second = bytes(10), bytes(range(1, 11))
+    await p.advertise_token(first)
+    [first_path] = bluez.advertisements
+    await p.advertise_token(second)
+    assert len(bluez.advertisements) == 1  # the old one is unregistered: one advertisement at a time
+    [(path, adv)] = bluez.advertisements.items()
+    assert adv["ServiceData"] == {SERVICE_UUID: second}
+    # flags (3) + service data (2 + 16 + 10) = 31 bytes: no room for a UUID list (BlueZ >= 5.80 puts it in the
+    # scan response); no name, no TX power
+    assert set(adv) == {"adapter", "Type", "ServiceData", "ScanResponseServiceUUIDs", "MinInterval", "MaxInterval"}
+    assert adv["ScanResponseServiceUUIDs"] == [SERVICE_UUID]
+    assert adv["MinInterval"] == adv["MaxInterval"] == 153  # BlueZ: int(153 / 0.625) = 244 units = 152.5 ms
+    tokens = [a.get("ServiceData", {}).get(SERVICE_UUID) for a in bluez.advertisement_log]
+    assert tokens == [None, first, second]  # start (no token yet), then one registration per token
+    assert path != first_path and path.startswith("/dkey/car/adv")  # a new object: BlueZ re-reads everything
+
+
+@needs_dbus
+async def test_a_token_given_before_start_is_advertised_from_the_first_registration(bluez: FakeBlueZ) -> None:
+    p = BlessPeripheral("car", local_name="My car", advertising_interval_ms=100)
+    await p.advertise_token(TOKEN)
+    await p.start(Recorder())
+    try:
+        [adv] = bluez.advertisement_log
+        assert adv["ServiceData"] == {SERVICE_UUID: TOKEN}
+        assert adv["LocalName"] == "My car" and bluez.adapters["hci0"].aliases == ["My car"]  # configured: shown
+        assert adv["MinInterval"] == adv["MaxInterval"] == 100
+    finally:
+        await p.stop()
+    assert bluez.advertisements == {}
+
+
+@needs_dbus
+async def test_a_refused_token_raises_radio_error(car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ) -> None:
+    p, _ = car
+    bluez.fail_advertising = "Maximum advertisements reached"
+    with pytest.raises(RadioError, match="Maximum advertisements reached"):
+        await p.advertise_token(TOKEN)
+    bluez.fail_advertising = None
+    await p.advertise_token(TOKEN)  # and the next rotation works again
+    [adv] = bluez.advertisements.values()
+    assert adv["ServiceData"] == {SERVICE_UUID: TOKEN}
+
+
+@pytest.mark.parametrize(("wanted", "given", "units"), [(152.5, 153, 244), (100, 100, 160), (20, 20, 32),
+                                                        (1280, 1280, 2048), (211.875, 212, 339)])
+def test_the_interval_is_sent_as_the_whole_ms_bluez_truncates_to_the_nearest_units(
+    wanted: float, given: int, units: int
+) -> None:
+    assert ble.bluez_interval_ms(wanted) == given
+    assert int(given / 0.625) == units  # what BlueZ 5.66 parse_min_interval computes
+
+
+@pytest.mark.parametrize("interval", [19.9, 10_240.1, 0])
+def test_an_interval_outside_the_legacy_range_is_refused(interval: float) -> None:
+    with pytest.raises(RadioError, match="advertising interval"):
+        BlessPeripheral("car", advertising_interval_ms=interval)
+
+
+@needs_dbus
+async def test_an_interval_bluez_refuses_falls_back_to_the_kernel_default_once(
+    bluez: FakeBlueZ, caplog: pytest.LogCaptureFixture
+) -> None:
+    bluez.refuse_intervals = True
+    p = BlessPeripheral("car")
+    await p.advertise_token(TOKEN)
+    await p.start(Recorder())
+    try:
+        await p.advertise_token(bytes(10))
+        assert [("MinInterval" in a, a["ServiceData"][SERVICE_UUID]) for a in bluez.advertisement_log] == [
+            (False, TOKEN), (False, bytes(10))]
+        assert not p.interval_applied
+        assert "refused the advertisement with a 152.5 ms interval" in caplog.text
+    finally:
+        await p.stop()
+
+
+@needs_dbus
+async def test_bluez_setting_the_tx_power_on_the_advertisement_is_accepted_quietly(
+    car: tuple[BlessPeripheral, Recorder], bluez: FakeBlueZ, caplog: pytest.LogCaptureFixture
+) -> None:
+    p, _ = car
+    await p.advertise_token(TOKEN)
+    # the fake, like bluetoothd 5.66 with Experimental, sets TxPower while each registration is under way
+    assert bluez.tx_power_replies == [MessageType.METHOD_RETURN] * 2
+    assert "Traceback" not in caplog.text and "unexpected error" not in caplog.text

@@ -188,6 +188,9 @@ async def find_device(service_uuid: str, adapter: str, *, timeout: float = 20.0,
     is not marked active yet (seen: the controller reports the device, bluetoothd gets nothing).
     A single long scan then stays blind for its whole length (20 s seen, across the kernel's own
     restart); every new scan is a fresh chance. Real advertisers repeat every interval.
+
+    The vehicle carries its service UUID as the key of its service data (the advertising token, PROTOCOL.md
+    §13), which BlueZ's discovery UUID filter does not match: the scan is unfiltered and the check is here.
     """
     from bleak import BleakScanner
 
@@ -195,9 +198,8 @@ async def find_device(service_uuid: str, adapter: str, *, timeout: float = 20.0,
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
         device = await BleakScanner.find_device_by_filter(
-            lambda _d, adv: uuid in adv.service_uuids,
+            lambda _d, adv: uuid in adv.service_uuids or uuid in adv.service_data,
             timeout=min(window, left),
-            service_uuids=[uuid],
             bluez={"adapter": adapter},
         )
         if device is not None:

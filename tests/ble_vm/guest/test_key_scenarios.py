@@ -148,10 +148,10 @@ def _by_key(audit: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
 def test_scan_shows_the_vehicle(vehicle: Vehicle, owner_device: Device) -> None:
     run = owner_device.run("scan", label="scan")
     assert run.rc == OK, run.result.stderr
-    names = [obj["name"] for obj in run.json]
-    assert VEHICLE_NAME in names, run.result.stdout
-    seen = next(obj for obj in run.json if obj["name"] == VEHICLE_NAME)
-    assert seen["address"] == adapter_address(vehicle.adapter)
+    # No local name on air by default ([ble] local_name = "", issue 13): the car is found by its service data,
+    # and its address (the controller's public one here: the guest cannot run with Privacy, bluetoothd.conf).
+    [seen] = [obj for obj in run.json if obj["address"] == adapter_address(vehicle.adapter)]
+    assert seen["name"] is None and VEHICLE_NAME not in run.result.stdout, run.result.stdout
 
 
 def test_pair_with_a_one_time_code(vehicle: Vehicle, owner_pairing: ClientRun) -> None:
