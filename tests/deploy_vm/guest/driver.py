@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -276,7 +277,24 @@ def deploy() -> dict[str, Any]:
     log(f"deploy.sh exited {p.returncode} after {took:.1f}s (output: deploy.log)")
     ensure(p.returncode == 0, f"a deploy block failed (exit {p.returncode}); see deploy.log")
     ensure(unit_prop("UnitFileState") == "enabled", f"{UNIT} is not enabled after the deploy blocks")
-    return {"deploy_s": round(took, 1)}
+    smp = no_smp_fallback()
+    return {"deploy_s": round(took, 1), "privacy": "off (no SMP: DEPLOY §8's fallback)" if smp else "device"}
+
+
+def no_smp_fallback() -> bool:
+    """DEPLOY.md §8 "Known problems": where the kernel has no SMP, `Privacy = device` makes it refuse every
+    advertisement; the documented step is `Privacy = off`. Under QEMU TCG the kernel's ECDH self-test can fail
+    (the BLE tier's guest shows it), so the tier takes that step when, and only when, the kernel says so."""
+    dmesg = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+    # smp.c's "Unable to create ECDH crypto context", or selftest.c's "ECDH test failed"
+    if not re.search(r"(?i)unable to create ecdh|ecdh test failed", dmesg):
+        return False
+    log("this kernel has no SMP (\"Unable to create ECDH crypto context\"): Privacy = off, as DEPLOY §8 says")
+    conf = Path("/etc/bluetooth/main.conf")
+    conf.write_text(conf.read_text().replace("Privacy = device", "Privacy = off"))
+    sh(["systemctl", "restart", "bluetooth"], check=True)
+    sh(["systemctl", "restart", UNIT], check=True)
+    return True
 
 
 def s1_unlock() -> dict[str, Any]:
