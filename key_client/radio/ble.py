@@ -231,7 +231,14 @@ async def _refresh_bleak_bluez_state() -> None:
         # new bus and reads GetManagedObjects from the new bluetoothd. Wait for the disconnect to complete: until
         # then bleak still sees the bus as connected and would send its next call down the closed socket.
         bus.disconnect()
-        await asyncio.wait_for(bus.wait_for_disconnect(), 2.0)
+        try:
+            await asyncio.wait_for(bus.wait_for_disconnect(), 2.0)
+        finally:
+            # dbus-next 0.2.3 only shuts the socket down: close it, or every bluetoothd restart leaks an fd (and a
+            # ResourceWarning when it is collected) in a long-running `auto`.
+            for name in ("_stream", "_sock"):
+                with contextlib.suppress(Exception):
+                    getattr(bus, name).close()
     except Exception as exc:  # noqa: BLE001 - best effort: without it only stale entries remain, as before
         log.debug("could not reset bleak's BlueZ state: %r", exc)
 
