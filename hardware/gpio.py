@@ -25,8 +25,9 @@ class GpioRelay:
 
     def __init__(self, name: str, pin: Pin, *, active_high: bool, pin_factory: Any = None) -> None:
         self._name = name
-        # initial_value=False drives the line to "off" (HIGH on an active-low board) the moment it becomes
-        # an output; None would keep whatever level the pin had, which can be "on".
+        # initial_value=False drives the line to "off" (HIGH on an active-low board) right after it becomes an
+        # output; None would keep whatever level the pin had, which can be "on". gpiozero's lgpio pin claims the
+        # output at level 0 first: a few ms "on" on an active-low board (docs/HARDWARE.md, "Start-up glitch").
         self._device = OutputDevice(pin, active_high=active_high, initial_value=False, pin_factory=pin_factory)
 
     @property

@@ -372,12 +372,35 @@ def s2_kill_mid_pulse() -> dict[str, Any]:
     log(f"line: {describe(changes, t0)}; key-client exit {client.returncode}")
     ensure(t_off is not None, "the relay line stayed energised after SIGKILL")
     ensure(t_off >= t_kill - 0.01, f"the pulse had ended {t_kill - t_off:.3f}s before the kill: not mid-pulse")
-    ensure(not any(v and t > t_off for t, v in changes), "the relay line went on again after the kill")
+    # After the kill the line may go on again only as the restarted service claims it: gpiozero's lgpio pin claims
+    # an output at level 0 before writing its initial value, which on this active-low line is a few ms "on"
+    # (docs/HARDWARE.md, "Known problems"). Anything as long as a pulse would be the vehicle acting again.
+    blips = _on_spans([(t, v) for t, v in changes if t > t_off])
+    ensure(all(b < RESTART_GLITCH_MAX_S for b in blips),
+           f"the relay line went on again after the kill: {[round(b * 1000) for b in blips]} ms")
     ensure(int(unit_prop("NRestarts") or 0) == restarts + 1, "systemd did not restart the service (NRestarts)")
     boot = time.monotonic() - uptime()  # monotonic of boot, to compare journal times with ours
     return {"line_off_after_kill_ms": round(max(0.0, t_off - t_kill) * 1000), "kill_was_ms_into_pulse":
             round((t_kill - t_on) * 1000), "kill_to_advertising_s": round(t_adv + boot - t_kill, 1),
-            "client_exit": client.returncode}
+            "restart_claim_glitch_ms": [round(b * 1000, 1) for b in blips], "client_exit": client.returncode}
+
+
+RESTART_GLITCH_MAX_S = 0.02  # a claim glitch is a few ms; a pulse is pulse_ms (500 by default)
+
+
+def _on_spans(changes: list[tuple[float, bool]]) -> list[float]:
+    """How long each "on" in these (time, on) changes lasted; one still on counts as infinitely long."""
+    spans: list[float] = []
+    since: float | None = None
+    for t, v in changes:
+        if v and since is None:
+            since = t
+        elif not v and since is not None:
+            spans.append(t - since)
+            since = None
+    if since is not None:
+        spans.append(float("inf"))
+    return spans
 
 
 def s3_broken_config() -> dict[str, Any]:
