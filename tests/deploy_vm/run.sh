@@ -6,7 +6,7 @@
 #   DEPLOY_VM_WORK     work dir (default .deploy-vm/): rootfs, disk image, wheelhouse, run/ (this run's files)
 #   DEPLOY_VM_TIMEOUT  hard limit for the VM in seconds, both boots (default 900)
 #   DEPLOY_VM_ONLY     comma-separated scenarios to run after deploy + s1 (s2_kill_mid_pulse, s6_bluetoothd_restart,
-#                      s3_broken_config, s4_watchdog, s7_doctor_in_unit, s5_reboot); default: all
+#                      s3_broken_config, s4_watchdog, s7_doctor_in_unit, s8_privacy_air, s5_reboot); default: all
 #   DEPLOY_VM_CPUS, DEPLOY_VM_MEM (MiB), DEPLOY_VM_ACCEL (default TCG: this host's /dev/kvm cannot boot a stock
 #                      kernel), DEPLOY_VM_LOG_LINES (log lines printed per file on failure)
 # Runs setup.sh first when the disk image is missing or stale.
@@ -42,6 +42,8 @@ t0=$SECONDS
 rm -rf "$RUN/share/src/build" "$RUN/share/src"/*.egg-info
 python3 "$DVM_DIR/extract_deploy.py" "$REPO/docs/DEPLOY.md" > "$RUN/share/deploy.sh" || die "no deploy blocks"
 cp -a "$WORK/wheelhouse" "$RUN/share/wheelhouse"
+# The guest's driver runs as a unit of the guest's systemd, which never sees this shell's environment.
+printf '%s\n' "${DEPLOY_VM_ONLY:-}" > "$RUN/share/only"
 log "staged the checkout, $(basename "$RUN"/share/src/dist/*.whl) and $(grep -c '^echo .===== deploy block' \
     "$RUN/share/deploy.sh") deploy blocks in $((SECONDS - t0)) s"
 # Each run boots a copy-on-write overlay: the image stays pristine, the reboot inside a run keeps its writes.
