@@ -216,9 +216,56 @@ async def _bluez_over_dbus(cfg: Config) -> list[DoctorCheck]:
                     f"{ad.get('address')} powered={ad.get('powered')} gatt={ad.get('gatt_server')} "
                     f"advertising={ad.get('advertising')} slots={ad.get('supported_advertisements')}"
                     + ("" if ok else ": power it on (`bluetoothctl power on`) and check LE support")))
+        if ok:
+            privacy = address_privacy(bluez_privacy(BLUEZ_MAIN_CONF), ad.get("extended_advertising"))
+            if privacy is not None:
+                out.append(privacy)
     return out or [DoctorCheck("fail", "BlueZ over D-Bus",
                                f"BlueZ runs but does not report {cfg.server.adapter or DEFAULT_ADAPTER}, the adapter "
                                "`run` uses (set [server] adapter to use another)")]
+
+
+BLUEZ_MAIN_CONF: Final = Path("/etc/bluetooth/main.conf")
+
+
+def bluez_privacy(main_conf: Path) -> str:
+    """main.conf's [General] Privacy value ("off" when unset, as bluetoothd defaults; "" if unreadable)."""
+    try:
+        text = main_conf.read_text(errors="replace")
+    except FileNotFoundError:
+        return "off"
+    except OSError:
+        return ""
+    section, value = "", "off"
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section == "General" and "=" in line:
+            key, _, val = line.partition("=")
+            if key.strip() == "Privacy":
+                value = val.strip().lower()
+    return value
+
+
+def address_privacy(privacy: str, extended: bool | None) -> DoctorCheck | None:
+    """What the car's advertising address reveals (docs/DEPLOY.md §8), from BlueZ's Privacy setting and whether
+    the kernel drives the controller with extended advertising; None when it cannot be told."""
+    if privacy == "" or extended is None:
+        return None
+    if privacy == "off":
+        return DoctorCheck("warn", "address privacy",
+                           f"BlueZ Privacy is off in {BLUEZ_MAIN_CONF}: the car advertises from the controller's "
+                           "fixed public address, which anyone can follow; set `Privacy = device` "
+                           "(docs/DEPLOY.md §5) and restart bluetooth")
+    if extended:
+        return DoctorCheck("ok", "address privacy",
+                           f"Privacy = {privacy}, extended advertising: a new resolvable private address with every "
+                           "advertising token")
+    return DoctorCheck("warn", "address privacy",
+                       f"Privacy = {privacy}, but this controller advertises the legacy way: the kernel renews its "
+                       "private address every 15 min on its own timer, out of step with the token, so one address "
+                       "can link two tokens (docs/DEPLOY.md §8 \"The address and the token\")")
 
 
 _GPIO_LEVEL: dict[CheckLevel, Level] = {CheckLevel.OK: "ok", CheckLevel.WARN: "warn", CheckLevel.FAIL: "fail"}

@@ -869,6 +869,10 @@ def _adapters(objects: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[di
             "advertising": ADV_MANAGER_IFACE in interfaces,
             "active_advertisements": adv.get("ActiveInstances"),
             "supported_advertisements": adv.get("SupportedInstances"),
+            # BlueZ shows SupportedSecondaryChannels only where the kernel offers a secondary PHY, i.e. only on
+            # controllers it drives with extended advertising (docs/DEPLOY.md §8: what the address does then)
+            "extended_advertising": (bool(list(adv.get("SupportedSecondaryChannels", [])))
+                                     if ADV_MANAGER_IFACE in interfaces else None),
         })
     return found
 
@@ -896,7 +900,8 @@ async def probe_bluez(timeout: float = 3.0) -> dict[str, Any]:
     """What `key-server doctor` reports about the Bluetooth stack; never raises.
 
     Keys: system_bus (reachable), bluez (org.bluez owned), adapters (list of dicts: name, path, address, alias,
-    powered, roles, gatt_server, advertising, active_/supported_advertisements), bluez_version (from
+    powered, roles, gatt_server, advertising, active_/supported_advertisements, extended_advertising: True, False,
+    or None without an advertising manager), bluez_version (from
     `bluetoothd --version`, or None), error (why something is missing, or None).
     """
     report: dict[str, Any] = {"system_bus": False, "bluez": False, "adapters": [], "bluez_version": None,

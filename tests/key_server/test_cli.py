@@ -305,3 +305,45 @@ def test_revoke_with_rotate_secret_rotates_and_a_plain_revoke_does_not(state) ->
     assert _secret(state) == before
     assert run(state, "revoke", "guest2", "--rotate-secret") == ExitCode.OK
     assert _secret(state).generation == before.generation + 1
+
+
+def test_doctor_says_what_the_advertising_address_reveals(monkeypatch, tmp_path) -> None:
+    """Privacy off: the public address (warn); on with extended advertising: ok; on with legacy: warn (the address
+    outlives the token); no line where the adapter's advertising mode is unknown."""
+    import asyncio
+
+    from key_server import doctor
+    from key_server.config import Config
+    from key_server.radio import ble
+
+    extended: list[bool | None] = [True]
+
+    async def probe(timeout: float = 3.0) -> dict[str, object]:
+        return {"bluez": True, "error": None, "adapters": [
+            {"name": "hci0", "address": "00:AA:01:00:00:00", "powered": True, "gatt_server": True,
+             "advertising": True, "supported_advertisements": 4, "extended_advertising": extended[0]}]}
+
+    main_conf = tmp_path / "main.conf"
+    monkeypatch.setattr(ble, "probe_bluez", probe)
+    monkeypatch.setattr(doctor, "_system_bus_present", lambda: True)
+    monkeypatch.setattr(doctor, "BLUEZ_MAIN_CONF", main_conf)
+    cfg = Config()
+    cfg.server.radio = "ble"
+
+    def privacy_line() -> tuple[str, str] | None:
+        lines = [c for c in asyncio.run(doctor._bluez_over_dbus(cfg)) if c.name == "address privacy"]
+        return (lines[0].level, lines[0].detail) if lines else None
+
+    # no main.conf: bluetoothd's default, Privacy off
+    level, detail = privacy_line()  # type: ignore[misc]
+    assert level == "warn" and "fixed public address" in detail
+    main_conf.write_text("[General]\n#Privacy = device\nName = x\n[LE]\nPrivacy = device\n")  # commented, wrong section
+    assert privacy_line()[0] == "warn"  # type: ignore[index]
+    main_conf.write_text("[General]\nPrivacy = device   # DEPLOY §5\n[LE]\nMinAdvertisementInterval = 244\n")
+    assert privacy_line() == ("ok", "Privacy = device, extended advertising: a new resolvable private address "
+                                    "with every advertising token")
+    extended[0] = False
+    level, detail = privacy_line()  # type: ignore[misc]
+    assert level == "warn" and "legacy way" in detail and "out of step with the token" in detail
+    extended[0] = None
+    assert privacy_line() is None

@@ -183,6 +183,14 @@ class _LEAdvertisingManager1(ServiceInterface):
         return 5 - len(self._bluez.advertisements)
 
 
+class _ExtendedLEAdvertisingManager1(_LEAdvertisingManager1):
+    """BlueZ adds SupportedSecondaryChannels only for a controller the kernel drives with extended advertising."""
+
+    @dbus_property(access=PropertyAccess.READ)
+    def SupportedSecondaryChannels(self) -> "as":
+        return ["1M", "2M"]
+
+
 class FakeDevice(ServiceInterface):
     """org.bluez.Device1 of one connected central."""
 
@@ -216,9 +224,10 @@ class FakeDevice(ServiceInterface):
 class FakeBlueZ:
     """A bluetoothd stand-in on a private bus: what bless registers, and centrals' calls into it."""
 
-    def __init__(self, address: str, adapters: tuple[str, ...] = ("hci0",)) -> None:
+    def __init__(self, address: str, adapters: tuple[str, ...] = ("hci0",), extended: tuple[str, ...] = ()) -> None:
         self.address = address
         self.adapter_names = adapters
+        self.extended = extended  # adapters with extended advertising; the others advertise the legacy way
         self.bus: Any = None
         self.adapters: dict[str, _Adapter1] = {}
         self.devices: dict[str, FakeDevice] = {}
@@ -246,7 +255,8 @@ class FakeBlueZ:
             self.adapters[name] = _Adapter1(f"00:00:00:00:00:{i:02X}")
             self.bus.export(path, self.adapters[name])
             self.bus.export(path, _GattManager1(self, name))
-            self.bus.export(path, _LEAdvertisingManager1(self, name))
+            manager = _ExtendedLEAdvertisingManager1 if name in self.extended else _LEAdvertisingManager1
+            self.bus.export(path, manager(self, name))
         self.bus.export("/", _Root())  # bluetoothd's ObjectManager lives at "/"; bless introspects it there
         await self.bus.request_name("org.bluez")
         return self

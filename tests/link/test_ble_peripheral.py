@@ -547,6 +547,17 @@ async def test_probe_lists_adapters_and_their_gatt_and_advertising_support(bluez
     assert hci0["powered"] is True and hci0["gatt_server"] is True and hci0["advertising"] is True
     assert hci0["address"] == "00:00:00:00:00:00" and hci0["roles"] == ["central", "peripheral"]
     assert hci0["supported_advertisements"] == 5
+    assert hci0["extended_advertising"] is False  # no SupportedSecondaryChannels: legacy advertising
+
+
+@needs_dbus
+async def test_probe_tells_extended_from_legacy_advertising(bus_address: str) -> None:
+    fake = await FakeBlueZ(bus_address, adapters=("hci0", "hci1"), extended=("hci1",)).start()
+    try:
+        report = await probe_bluez(timeout=3.0)
+    finally:
+        await fake.stop()
+    assert {a["name"]: a["extended_advertising"] for a in report["adapters"]} == {"hci0": False, "hci1": True}
 
 
 @needs_dbus
