@@ -1,4 +1,4 @@
-"""The VM tier's btsnoop reader (tests/ble_vm/guest/hci_snoop.py) on a capture built here byte by byte, so the
+"""The VM tier's btsnoop reader (tests/deploy_vm/guest/hci_snoop.py) on a capture built here byte by byte, so the
 privacy proof's decoder is itself checked on the host (the guest only has real captures)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "ble_vm" / "guest" / "hci_snoop.py"
+_PATH = Path(__file__).resolve().parents[1] / "deploy_vm" / "guest" / "hci_snoop.py"
 
 
 def _load() -> ModuleType:

@@ -11,6 +11,7 @@ System python, standard library only: the project's own venv is what is under te
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -529,6 +530,97 @@ def s7_doctor_in_unit() -> dict[str, Any]:
         wait_advertising(c, timeout=120)
 
 
+PRIVACY_ROTATION = 20.0  # [ble] token_rotation while s8 watches (the product's default is 900 s)
+PRIVACY_SERVER_NAME = "dkey-vm-car"  # [server] name while s8 watches: never on air, never before authentication
+SERVICE_UUID = "7d4f0001-5e2a-4c1b-9f3a-6b1c2d3e4f50"  # docs/PROTOCOL.md §2
+
+
+def s8_privacy_air() -> dict[str, Any]:
+    """Issue 13 item 4 under the deployed unit and DEPLOY §5's BlueZ settings: btmon captures every controller
+    while the owner unlocks in three advertising periods (a config restart, a token rotation, a service restart);
+    no token, address or advertising data repeats, every address is a resolvable private one, and nothing the
+    vehicle sends a central before the signed command names it (tests/deploy_vm/guest/air_report.py)."""
+    sys.path.insert(0, str(GUEST_DIR))
+    import air_report
+
+    privacy = re.search(r"(?m)^Privacy *= *device", Path("/etc/bluetooth/main.conf").read_text()) is not None
+    # the controller's identity (public) address: BlueZ shows it even while the air sees private ones
+    info = sh(["busctl", "get-property", "org.bluez", "/org/bluez/hci0", "org.bluez.Adapter1", "Address"]).stdout
+    public = (re.search(r'"([0-9A-F:]{17})"', info) or [None, None])[1]
+    ensure(public is not None, f"BlueZ gave no address for hci0: {info[-300:]}")
+    vehicle_id = bytes.fromhex(json.loads(key_client("owner", "vehicles", "--json", check=True).stdout)[0]
+                               ["vehicle_id"])
+    config = Path(server_paths()[2] or "/etc/dkey/config.toml")
+    original = config.read_text()
+    text = re.sub(r"(?m)^token_rotation = .*$", f"token_rotation = {PRIVACY_ROTATION}", original)
+    text = re.sub(r'(?m)^name = "dkey"$', f'name = "{PRIVACY_SERVER_NAME}"', text, count=1)
+    ensure(text.count(PRIVACY_SERVER_NAME) == 1 and f"token_rotation = {PRIVACY_ROTATION}" in text,
+           "the deployed config has no [ble] token_rotation or [server] name = \"dkey\" line to change")
+    capture = OUT / "privacy.snoop"
+    capture.unlink(missing_ok=True)
+    btmon = subprocess.Popen(["btmon", "-w", str(capture)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    unlocks: list[dict[str, Any]] = []
+
+    def tokens() -> list[bytes]:
+        return air_report.advertised_tokens(capture, SERVICE_UUID) if capture.stat().st_size > 16 else []
+
+    def wait_new_token(after: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(tokens()) <= after:
+            ensure(time.monotonic() < deadline, f"no new token on hci0 within {timeout:.0f} s ({after} so far)")
+            time.sleep(0.5)
+
+    def restart() -> None:
+        c = fresh_cursor()
+        sh(["systemctl", "restart", UNIT], check=True)
+        wait_advertising(c)
+
+    def unlock(label: str) -> None:
+        t0 = time.monotonic()
+        p = key_client("owner", "unlock")
+        ensure(p.returncode == 0, f"{label}: key-client unlock exited {p.returncode}: {p.stdout.strip()[-300:]}")
+        unlocks.append({"label": label, "client_s": round(time.monotonic() - t0, 1)})
+
+    try:
+        deadline = time.monotonic() + 10
+        while not (capture.exists() and capture.stat().st_size >= 16):
+            ensure(time.monotonic() < deadline and btmon.poll() is None, "btmon did not start")
+            time.sleep(0.2)
+        config.write_text(text)
+        since = time.time()  # the owner paired in s1: from here on no pairing code is pending
+        restart()
+        wait_new_token(0, 30)
+        unlock("first period")
+        wait_new_token(len(tokens()), PRIVACY_ROTATION + 20)  # the rotation: at most 20 s, plus TCG slack
+        unlock("after the token rotation")
+        before = len(tokens())
+        restart()
+        wait_new_token(before, 30)
+        unlock("after a service restart")
+        time.sleep(1.0)  # the last reports into the capture
+    finally:
+        btmon.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            btmon.wait(10)
+        config.write_text(original)
+        restart()
+    hostname = os.uname().nodename.encode()
+    report = air_report.analyse(capture, SERVICE_UUID, since=since, public_address=public,
+                                secrets=[vehicle_id, PRIVACY_SERVER_NAME.encode(), hostname])
+    report["unlocks"] = unlocks
+    (OUT / "privacy.json").write_text(json.dumps(report, indent=1, default=str))
+    ensure(privacy, "main.conf has no `Privacy = device` (DEPLOY §5): the address cannot be judged")
+    broken = air_report.verdicts(report, privacy=privacy)
+    ensure(not broken, "; ".join(broken))
+    return {"periods": len(report["periods"]),
+            "addresses": [p["addresses"] for p in report["periods"]],
+            "tokens": [p["token"] for p in report["periods"]],
+            "own_address_types": sorted({t for p in report["periods"] for t in p["own_address_types"]}),
+            "interval_units": sorted({u for p in report["periods"] for u in p["interval_units"]}),
+            "witness_reports": report["witness_reports"], "pre_auth_pdus_checked": report["pre_auth_pdus_checked"],
+            "public_address": public, "unlock_client_s": [u["client_s"] for u in unlocks]}
+
+
 def s6_bluetoothd_restart() -> dict[str, Any]:
     """bluetoothd crashes (SIGSEGV); systemd restarts it; key-server advertises again; an unlock works."""
     ensure(unit_prop("Restart", "bluetooth") in ("on-failure", "always", "on-abnormal"),
@@ -630,7 +722,9 @@ def main() -> int:
         results.update(json.loads((STATE / "results.json").read_text()))
     log(f"boot {phase}: kernel {os.uname().release}, driver started")
     sh(["systemd-analyze"])  # the boot's time (`blame` would take 20 s under TCG)
-    only = set(filter(None, os.environ.get("DEPLOY_VM_ONLY", "").split(",")))
+    # run.sh's DEPLOY_VM_ONLY, passed in the share: this unit never sees run.sh's environment
+    only_file = SHARE / "only"
+    only = set(filter(None, (only_file.read_text().strip() if only_file.exists() else "").split(",")))
     try:
         if phase == "1":
             if not scenario("deploy", lambda: (install_support_units(), deploy())[1]):
@@ -641,7 +735,8 @@ def main() -> int:
                 finish(1)
                 return 1
             for name, fn in (("s2_kill_mid_pulse", s2_kill_mid_pulse), ("s3_broken_config", s3_broken_config),
-                             ("s4_watchdog", s4_watchdog), ("s7_doctor_in_unit", s7_doctor_in_unit)):
+                             ("s4_watchdog", s4_watchdog), ("s7_doctor_in_unit", s7_doctor_in_unit),
+                             ("s8_privacy_air", s8_privacy_air)):
                 if not only or name in only:
                     scenario(name, fn)
             reboot = (not only or "s5_reboot" in only) and scenario("s5_before_reboot", s5_before_reboot)
