@@ -499,8 +499,10 @@ async def find_vehicles(central: Central, scan_time: float, *, clock: Clock | No
     last_error: RadioError | None = None
     failures = 0
     scanned = False
+    say(f"scanning for vehicles ({scan_time:g} s)")
     while True:
-        say(f"scanning for vehicles ({scan_time:g} s)")
+        # A scan for our token returns after `resolve_wait` s even when it heard nothing at all; the next one
+        # continues the same search (said once: it is not a retry).
         window = max(0.0, deadline - clock.now())
         try:
             found = await (central.scan(min(window, resolve_wait), until=until) if until is not None

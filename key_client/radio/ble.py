@@ -498,10 +498,12 @@ class BleakCentral:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout_at(min(deadline, loop.time() + max(0.1, self.scan_window))):
                             await matched.wait()
-                    if matched.is_set() or loop.time() >= deadline:
+                    if matched.is_set():
                         break
-                    if not first.is_set():
+                    if not first.is_set():  # logged at the deadline too: the caller's next scan is the fresh one
                         log.debug("scan window %d saw nothing; starting a fresh one", window)
+                    if loop.time() >= deadline:
+                        break
                     continue
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(min(deadline, loop.time() + max(0.1, self.scan_window))):

@@ -107,6 +107,21 @@ async def test_a_scan_that_ends_early_empty_is_repeated_only_within_the_scan_tim
     assert central.scans == [10.0, 7.0, 4.0, 1.0]  # each one only gets what is left
 
 
+async def test_a_token_scan_that_hears_nothing_continues_in_slices_and_says_scanning_once() -> None:
+    """A scan for our token returns after RESOLVE_WAIT s even when it heard nothing (its caller's fallback needs
+    that); the next slice continues the same search, which is not a retry and is not announced again."""
+    from key_client.driver import RESOLVE_WAIT, find_vehicles
+
+    clock = FakeClock()
+    central = CountingCentral(clock, [])
+    said: list[str] = []
+    with pytest.raises(VehicleNotFound, match=r"no vehicle found in 5 s"):
+        await find_vehicles(central, 5.0, clock=clock, on_progress=said.append,  # type: ignore[arg-type]
+                            until=lambda _adv: True)
+    assert central.scans == [RESOLVE_WAIT, RESOLVE_WAIT, 5.0 - 2 * RESOLVE_WAIT] and clock.elapsed == 5.0
+    assert said == ["scanning for vehicles (5 s)"]
+
+
 async def test_a_radio_that_cannot_scan_is_given_up_on_within_the_scan_time() -> None:
     clock = FakeClock()
     central = CountingCentral(clock, [], scan_cost=0.2, scan_error=RadioError("Bluetooth is not available"))
