@@ -257,6 +257,11 @@ class BleOptions:
     token_rotation: float = setting(
         DEFAULT_TOKEN_ROTATION, help="seconds between two advertising tokens (a new one at every start too)",
         min=10, max=86_400)
+    # Legacy advertising only (docs/DEPLOY.md §8): the kernel renews the private address only on its 15 min timer or
+    # when it powers the controller on. Off: no power cycles, and the address may link two tokens.
+    renew_legacy_address: bool = setting(
+        True, help="on a controller that advertises the legacy way, power it off and on with every new token (while "
+                   "no device is connected), so its private address changes with the token")
     # The Bluetooth range for an advertising interval is 20 ms to 10.24 s.
     advertising_interval_ms: float = setting(
         DEFAULT_ADVERTISING_INTERVAL_MS, help="advertising interval in ms; shorter = found sooner, more power",

@@ -217,7 +217,8 @@ async def _bluez_over_dbus(cfg: Config) -> list[DoctorCheck]:
                     f"advertising={ad.get('advertising')} slots={ad.get('supported_advertisements')}"
                     + ("" if ok else ": power it on (`bluetoothctl power on`) and check LE support")))
         if ok:
-            privacy = address_privacy(bluez_privacy(BLUEZ_MAIN_CONF), ad.get("extended_advertising"))
+            privacy = address_privacy(bluez_privacy(BLUEZ_MAIN_CONF), ad.get("extended_advertising"),
+                                      renew_legacy=cfg.ble.renew_legacy_address)
             if privacy is not None:
                 out.append(privacy)
     return out or [DoctorCheck("fail", "BlueZ over D-Bus",
@@ -248,9 +249,9 @@ def bluez_privacy(main_conf: Path) -> str:
     return value
 
 
-def address_privacy(privacy: str, extended: bool | None) -> DoctorCheck | None:
-    """What the car's advertising address reveals (docs/DEPLOY.md §8), from BlueZ's Privacy setting and whether
-    the kernel drives the controller with extended advertising; None when it cannot be told."""
+def address_privacy(privacy: str, extended: bool | None, *, renew_legacy: bool = True) -> DoctorCheck | None:
+    """What the car's advertising address reveals (docs/DEPLOY.md §8), from BlueZ's Privacy setting, whether the
+    kernel drives the controller with extended advertising, and [ble] renew_legacy_address; None when unknown."""
     if privacy == "" or extended is None:
         return None
     if privacy == "off":
@@ -262,10 +263,16 @@ def address_privacy(privacy: str, extended: bool | None) -> DoctorCheck | None:
         return DoctorCheck("ok", "address privacy",
                            f"Privacy = {privacy}, extended advertising: a new resolvable private address with every "
                            "advertising token")
+    if renew_legacy:
+        return DoctorCheck("ok", "address privacy",
+                           f"Privacy = {privacy}, legacy advertising: key-server powers the adapter off and on with "
+                           "every new token, while no device is connected, for a new private address "
+                           "([ble] renew_legacy_address)")
     return DoctorCheck("warn", "address privacy",
-                       f"Privacy = {privacy}, but this controller advertises the legacy way: the kernel renews its "
-                       "private address every 15 min on its own timer, out of step with the token, so one address "
-                       "can link two tokens (docs/DEPLOY.md §8 \"The address and the token\")")
+                       f"Privacy = {privacy}, but this controller advertises the legacy way and [ble] "
+                       "renew_legacy_address is off: the kernel renews the private address every 15 min on its own "
+                       "timer, out of step with the token, so one address can link two tokens (docs/DEPLOY.md §8 "
+                       "\"The address and the token\")")
 
 
 _GPIO_LEVEL: dict[CheckLevel, Level] = {CheckLevel.OK: "ok", CheckLevel.WARN: "warn", CheckLevel.FAIL: "fail"}

@@ -71,7 +71,8 @@ def make_peripheral(cfg: Config) -> Peripheral:
         from .radio.ble import BlessPeripheral
 
         return BlessPeripheral(cfg.server.name, adapter=cfg.server.adapter, local_name=cfg.ble.local_name,
-                               advertising_interval_ms=cfg.ble.advertising_interval_ms)
+                               advertising_interval_ms=cfg.ble.advertising_interval_ms,
+                               renew_legacy_address=cfg.ble.renew_legacy_address)
     except (ValueError, RadioError) as exc:
         raise CliError(f"cannot set up the {cfg.server.radio} radio: {exc}") from None
 

@@ -719,7 +719,10 @@ class KeyService:
                 log.info("dropping %s: idle for %.1f s (link_idle_timeout)", central.link, now - central.last_activity)
                 self._spawn(self._drop(central))
         self.check_store_changes()
-        if self._ad_secret is not None and now - self._token_at >= self.config.token_rotation:
+        if (self._ad_secret is not None and now - self._token_at >= self.config.token_rotation
+                and not (self.links and getattr(self.peripheral, "rotation_waits_for_idle", False))):
+            # A radio that must power-cycle for a new address (legacy advertising) rotates once no central is
+            # connected: a token that changed while the address stayed would be linked to the old one by it.
             self._rotate_token()
         self.challenges.purge(now)
         self.refusals.tick(now)

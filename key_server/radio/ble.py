@@ -37,8 +37,9 @@ every subscriber (docs/PROTOCOL.md §1.3). Three hooks close the gap, all runnin
   until it works or stop() is called. The car thus opens again without a restart of key-server.
 - Advertising (docs/PROTOCOL.md §13, docs/DEPLOY.md "Privacy on air"): bless 0.3.0 advertises only its first
   service UUID and the name, and sets the adapter alias to the name; its start() and stop() are not used. We
-  register our own LEAdvertisement1 object (`_advertisement`): the service data (AD type 0x21: our 128-bit service
-  UUID + the 10-byte token given by advertise_token), LocalName only when one is configured, MinInterval =
+  register our own LEAdvertisement1 object (`_advertisement`): Discoverable (the flags say LE General Discoverable,
+  without which BlueZ's unfiltered discovery ignores an advertiser), the service data (AD type 0x21: our 128-bit
+  service UUID + the 10-byte token given by advertise_token), LocalName only when one is configured, MinInterval =
   MaxInterval = the configured interval, and ScanResponseServiceUUIDs (BlueZ >= 5.80 with Experimental puts the
   service UUID list in the scan response; older BlueZ ignores the property). Every advertise_token call unregisters
   the old object and registers a new one (a new object path, so nothing of the old one is cached by BlueZ). No
@@ -52,6 +53,13 @@ every subscriber (docs/PROTOCOL.md §1.3). Three hooks close the gap, all runnin
   (main.conf [LE] MinAdvertisementInterval). The adapter alias (the GAP Device Name any connected central can read)
   is set to the local name, or to the same generic GENERIC_DEVICE_NAME on every car when none is configured, never
   the host name.
+- The address (docs/DEPLOY.md §8 "The address and the token"): with BlueZ `Privacy`, the kernel gives each extended
+  advertising set a new resolvable private address, so a new advertisement per token changes both. On a controller
+  it drives with legacy advertising (BlueZ then shows no SupportedSecondaryChannels) the kernel keeps one address
+  for 15 min on its own timer, whatever we register; it makes a new one when it powers the controller on. So there
+  (and with `renew_legacy_address`) every new token, at start too, goes with a power cycle of the adapter
+  (Adapter1.Powered off, on) while the old advertisement is gone, but only while no central is connected:
+  `rotation_waits_for_idle` tells the key service to rotate only then.
 Characteristics carry no readable value (bless ignores the read offset, so long reads are broken).
 """
 
@@ -235,6 +243,10 @@ def _advertisement(token: bytes | None, local_name: str, interval_ms: int | None
     release.__annotations__ = {}  # no D-Bus arguments or result (the module's string annotations would be read)
     members["Release"] = method(name="Release")(release)
     prop("Type", "s", "peripheral")
+    # LE General Discoverable in the flags: BlueZ's own discovery drops an advertiser without it whenever the
+    # central's discovery filter is BlueZ's default (bleak's Transport=le on an LE-only adapter: tests/deploy_vm s8
+    # saw a car advertising flags 0x04 reported by the controller and never by bleak). BlueZ 5.66: Experimental.
+    prop("Discoverable", "b", True)
     if interval_ms is not None:
         prop("MinInterval", "u", interval_ms)
         prop("MaxInterval", "u", interval_ms)
@@ -290,6 +302,7 @@ class BlessPeripheral:
         advertising_interval_ms: float = DEFAULT_ADVERTISING_INTERVAL_MS,
         loop: asyncio.AbstractEventLoop | None = None,
         call_timeout: float = 5.0,
+        renew_legacy_address: bool = True,
     ) -> None:
         low, high = ADVERTISING_INTERVAL_RANGE_MS
         if not low <= advertising_interval_ms <= high:
@@ -317,6 +330,9 @@ class BlessPeripheral:
         self.registrations = 0  # successful registrations with bluetoothd (1 + re-registrations after restarts)
         self.recovery_backoff = (0.5, 10.0)  # first and longest pause between re-registration attempts, s
         self.power_wait = 10.0  # how long a re-registration waits for a powered adapter before trying anyway, s
+        self.renew_legacy_address = renew_legacy_address  # power-cycle a legacy advertiser with every token
+        self.legacy_advertising: bool | None = None  # learned from BlueZ at start; None: not known
+        self.address_renewals = 0  # power cycles done for a new address
 
     @property
     def links(self) -> tuple[str, ...]:
@@ -326,6 +342,12 @@ class BlessPeripheral:
     @property
     def started(self) -> bool:
         return self._server is not None
+
+    @property
+    def rotation_waits_for_idle(self) -> bool:
+        """True when a new token needs a power cycle of the adapter for a new address (legacy advertising), which
+        would cut connected centrals: the key service then rotates only while none is connected."""
+        return self.renew_legacy_address and self.legacy_advertising is True
 
     @property
     def token(self) -> bytes | None:
@@ -370,6 +392,8 @@ class BlessPeripheral:
                 return
             try:
                 await self._unregister_advertisement(server)
+                if self.rotation_waits_for_idle and not self._links:
+                    await self._renew_address(server)
                 await self._register_advertisement(server)
             except Exception as exc:
                 raise RadioError(f"could not advertise the new token: {exc or type(exc).__name__}") from exc
@@ -412,9 +436,58 @@ class BlessPeripheral:
         server.bus.export(app.path, app)
         await app.register(server.adapter)  # GattManager1.RegisterApplication
         await self._set_alias(server)
+        connected = await self._learn_advertising_mode(server.bus)
         async with self._adv_lock:
+            if self.rotation_waits_for_idle and not connected:
+                await self._renew_address(server)  # a new token at every start: a new address with it
             await self._register_advertisement(server)
         await self._adopt_connected(server.bus)
+
+    async def _learn_advertising_mode(self, bus: Any) -> bool:
+        """Set legacy_advertising from BlueZ's view of our adapter; True if a device is connected to it."""
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                objects = await _managed_objects(bus)
+        except Exception as exc:  # noqa: BLE001 - not knowing only means no address renewal
+            log.warning("ble peripheral %r: could not ask BlueZ how it advertises: %s", self.name,
+                        exc or type(exc).__name__)
+            return False
+        ours = [a for a in _adapters(objects) if a["path"] == self._adapter_path]
+        mode = ours[0]["extended_advertising"] if ours else None
+        self.legacy_advertising = None if mode is None else not mode
+        if self.legacy_advertising and self.renew_legacy_address:
+            log.info("ble peripheral %r: %s advertises the legacy way: powering it off and on with every new token "
+                     "(when no device is connected), for a new private address (docs/DEPLOY.md §8)", self.name,
+                     self._adapter_path.rsplit("/", 1)[-1] if self._adapter_path else "the adapter")
+        prefix = (self._adapter_path or "") + "/"
+        for path, interfaces in objects.items():
+            connected = interfaces.get(DEVICE_IFACE, {}).get("Connected")
+            if path.startswith(prefix) and getattr(connected, "value", connected) is True:
+                return True
+        return False
+
+    async def _renew_address(self, server: Any) -> None:
+        """Power our adapter off and on (module docstring: the kernel then makes a new private address). A failure
+        is logged once and ends the renewals: advertising must go on, from the old address if need be."""
+        from dbus_next.signature import Variant
+
+        iface = server.adapter.get_interface(PROPERTIES_IFACE)
+        try:
+            for on in (False, True):
+                async with asyncio.timeout(self._call_timeout):
+                    await iface.call_set(ADAPTER_IFACE, "Powered", Variant("b", on))
+        except Exception as exc:  # noqa: BLE001 - e.g. refused by D-Bus policy: keep advertising
+            self.renew_legacy_address = False
+            log.warning("ble peripheral %r: could not power the adapter off and on for a new address (%s); the "
+                        "address now changes only every 15 min on the kernel's timer (docs/DEPLOY.md §8)",
+                        self.name, exc or type(exc).__name__)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._call_timeout):
+                    await iface.call_set(ADAPTER_IFACE, "Powered", Variant("b", True))
+            return
+        await self._wait_powered(server.bus)
+        self.address_renewals += 1
+        log.debug("ble peripheral %r: adapter powered off and on for a new address", self.name)
 
     async def _set_alias(self, server: Any) -> None:
         """Adapter alias = the local name or GENERIC_DEVICE_NAME: BlueZ serves it as the GAP Device Name."""

@@ -149,3 +149,44 @@ async def test_every_active_role_gets_the_secret_sealed_and_a_revoked_key_does_n
         await link.close()
     finally:
         await h.stop()
+
+
+async def test_a_radio_that_must_power_cycle_for_a_new_address_rotates_only_while_no_central_is_connected(
+    tmp_path: Path,
+) -> None:
+    """Legacy advertising (BlessPeripheral.rotation_waits_for_idle): the new token needs a new address, which needs
+    a power cycle that would cut a connected central; a token changed under the old address would be linked to the
+    one before, so the rotation waits for the link to end, then happens at the next sweep."""
+    mono = Mono()
+    h = await Harness(tmp_path, monotonic=mono, token_rotation=60).start()
+    h.peripheral.rotation_waits_for_idle = True  # type: ignore[attr-defined]
+    try:
+        central = h.air.central()
+        [adv] = await central.scan(1.0)
+        conn = await central.connect(adv)
+        for _ in range(100):
+            if h.service.links:
+                break
+            await asyncio.sleep(0.01)
+        assert h.service.links
+        mono.t += 61
+        h.service.sweep()
+        await asyncio.sleep(0.05)
+        assert len(h.peripheral.tokens) == 1  # due, but a central is connected
+        await conn.disconnect()
+        for _ in range(100):
+            if not h.service.links:
+                break
+            await asyncio.sleep(0.01)
+        h.service.sweep()
+        await _settle(h, 2)
+        assert len(h.peripheral.tokens) == 2
+        h.peripheral.rotation_waits_for_idle = False  # type: ignore[attr-defined]
+        conn = await central.connect((await central.scan(1.0))[0])
+        mono.t += 61
+        h.service.sweep()  # extended advertising: a new set is a new address, connected or not
+        await _settle(h, 3)
+        assert len(h.peripheral.tokens) == 3
+        await conn.disconnect()
+    finally:
+        await h.stop()

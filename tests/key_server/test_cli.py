@@ -308,8 +308,9 @@ def test_revoke_with_rotate_secret_rotates_and_a_plain_revoke_does_not(state) ->
 
 
 def test_doctor_says_what_the_advertising_address_reveals(monkeypatch, tmp_path) -> None:
-    """Privacy off: the public address (warn); on with extended advertising: ok; on with legacy: warn (the address
-    outlives the token); no line where the adapter's advertising mode is unknown."""
+    """Privacy off: the public address (warn); on with extended advertising: ok; on with legacy: ok while key-server
+    power-cycles for a new address, warn without (the address outlives the token); no line where the adapter's
+    advertising mode is unknown."""
     import asyncio
 
     from key_server import doctor
@@ -342,7 +343,10 @@ def test_doctor_says_what_the_advertising_address_reveals(monkeypatch, tmp_path)
     main_conf.write_text("[General]\nPrivacy = device   # DEPLOY §5\n[LE]\nMinAdvertisementInterval = 244\n")
     assert privacy_line() == ("ok", "Privacy = device, extended advertising: a new resolvable private address "
                                     "with every advertising token")
-    extended[0] = False
+    extended[0] = False  # legacy advertising: key-server's power cycles renew the address (the default)
+    level, detail = privacy_line()  # type: ignore[misc]
+    assert level == "ok" and "powers the adapter off and on with every new token" in detail
+    cfg.ble.renew_legacy_address = False
     level, detail = privacy_line()  # type: ignore[misc]
     assert level == "warn" and "legacy way" in detail and "out of step with the token" in detail
     extended[0] = None

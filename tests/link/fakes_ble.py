@@ -102,10 +102,12 @@ PROPS_IFACE = "org.freedesktop.DBus.Properties"
 
 
 class _Adapter1(ServiceInterface):
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, bluez: "FakeBlueZ") -> None:
         super().__init__(ADAPTER_IFACE)
         self._address = address
         self._alias = "fakehost"
+        self._powered = True
+        self._bluez = bluez
         self.aliases: list[str] = []
 
     @dbus_property()
@@ -121,9 +123,16 @@ class _Adapter1(ServiceInterface):
     def Address(self) -> "s":
         return self._address
 
-    @dbus_property(access=PropertyAccess.READ)
+    @dbus_property()
     def Powered(self) -> "b":
-        return True
+        return self._powered
+
+    @Powered.setter
+    def Powered(self, value: "b"):
+        if self._bluez.refuse_power:
+            raise DBusError("org.freedesktop.DBus.Error.AccessDenied", "Rejected send message")
+        self._powered = value
+        self._bluez.events.append(("powered", value))
 
     @dbus_property(access=PropertyAccess.READ)
     def Roles(self) -> "as":
@@ -173,6 +182,7 @@ class _LEAdvertisingManager1(ServiceInterface):
     @method()
     def UnregisterAdvertisement(self, service: "o"):
         self._bluez.advertisements.pop(service, None)
+        self._bluez.events.append(("unregister", service))
 
     @dbus_property(access=PropertyAccess.READ)
     def ActiveInstances(self) -> "y":
@@ -224,10 +234,12 @@ class FakeDevice(ServiceInterface):
 class FakeBlueZ:
     """A bluetoothd stand-in on a private bus: what bless registers, and centrals' calls into it."""
 
-    def __init__(self, address: str, adapters: tuple[str, ...] = ("hci0",), extended: tuple[str, ...] = ()) -> None:
+    def __init__(self, address: str, adapters: tuple[str, ...] = ("hci0",), legacy: tuple[str, ...] = ()) -> None:
         self.address = address
         self.adapter_names = adapters
-        self.extended = extended  # adapters with extended advertising; the others advertise the legacy way
+        self.legacy = legacy  # adapters driven with legacy advertising; the others have extended advertising
+        self.events: list[tuple[str, object]] = []  # ("powered", bool), ("register"/"unregister", path), in order
+        self.refuse_power = False  # answer a Powered Set with an error (as a D-Bus policy would)
         self.bus: Any = None
         self.adapters: dict[str, _Adapter1] = {}
         self.devices: dict[str, FakeDevice] = {}
@@ -252,10 +264,10 @@ class FakeBlueZ:
         self.bus.add_message_handler(self._spy)
         for i, name in enumerate(self.adapter_names):
             path = f"/org/bluez/{name}"
-            self.adapters[name] = _Adapter1(f"00:00:00:00:00:{i:02X}")
+            self.adapters[name] = _Adapter1(f"00:00:00:00:00:{i:02X}", self)
             self.bus.export(path, self.adapters[name])
             self.bus.export(path, _GattManager1(self, name))
-            manager = _ExtendedLEAdvertisingManager1 if name in self.extended else _LEAdvertisingManager1
+            manager = _LEAdvertisingManager1 if name in self.legacy else _ExtendedLEAdvertisingManager1
             self.bus.export(path, manager(self, name))
         self.bus.export("/", _Root())  # bluetoothd's ObjectManager lives at "/"; bless introspects it there
         await self.bus.request_name("org.bluez")
@@ -323,6 +335,7 @@ class FakeBlueZ:
             raise DBusError("org.bluez.Error.Failed", "Failed to register advertisement")
         self.advertisements[path] = found
         self.advertisement_log.append(found)
+        self.events.append(("register", path))
 
     def char_path(self, uuid: str) -> str:
         return self.chars[uuid][0]

@@ -50,8 +50,8 @@ def _period(address: bytes, token: bytes, t: int, *extra: bytes) -> list[bytes]:
     """What the kernel sends to set up one extended advertising set: parameters, the set's address, its data."""
     params = struct.pack("<BH", 1, 0x13) + (244).to_bytes(3, "little") * 2 + bytes([7, 1]) + bytes(12)
     ad = _ad(token, *extra)
-    return [_cmd(0x2036, params, t), _cmd(0x2035, b"\x01" + address, t),
-            _cmd(0x2037, bytes([1, 3, 1, len(ad)]) + ad, t)]
+    return [_cmd(0x2039, b"\x00", t), _cmd(0x2036, params, t), _cmd(0x2035, b"\x01" + address, t),
+            _cmd(0x2037, bytes([1, 3, 1, len(ad)]) + ad, t), _cmd(0x2039, b"\x01\x01\x01" + bytes(3), t)]
 
 
 def _report(index: int, address: bytes, data: bytes, t: int) -> bytes:
@@ -139,3 +139,44 @@ def test_after_the_second_write_the_session_may_carry_anything(tmp_path: Path) -
                             T0_US + t * 1_000_000))
     recs.append(_notify(b"\x83" + VEHICLE_ID, 33, handle=0x42))  # a signed answer may name the vehicle
     assert _verdicts(tmp_path, recs) == []
+
+
+def test_flags_after_the_service_data_are_fine(tmp_path: Path) -> None:
+    """Extended advertising on BlueZ 5.82 puts the flags after our service data (the deploy tier saw [0x21, 0x01])."""
+    recs: list[bytes] = []
+    for i, token in enumerate(TOKENS):
+        body = KEY + token
+        ad = bytes([len(body) + 1, 0x21]) + body + bytes([2, 0x01, 0x06])
+        params = struct.pack("<BH", 1, 0x13) + (244).to_bytes(3, "little") * 2 + bytes([7, 1]) + bytes(12)
+        recs += [_cmd(0x203C, b"\x01", 10 * i),  # the kernel removes the old set (no "enable 0")
+                 _cmd(0x2036, params, 10 * i), _cmd(0x2035, b"\x01" + _rpa(i + 1), 10 * i),
+                 _cmd(0x2037, bytes([1, 3, 1, len(ad)]) + ad, 10 * i), _cmd(0x2039, b"\x01\x01\x01" + bytes(3), 10 * i),
+                 _report(1, _rpa(i + 1), ad, 10 * i + 1)]
+    assert _verdicts(tmp_path, recs) == []
+
+
+def _legacy_period(address: bytes, token: bytes, t: int) -> list[bytes]:
+    """The kernel's order for a legacy advertiser after a power cycle: data, then the address, params, enable."""
+    ad = _ad(token)
+    params = struct.pack("<HHBB", 244, 244, 0, 1) + bytes(9)
+    return [_cmd(0x200A, b"\x00", t), _cmd(0x2008, bytes([len(ad)]) + ad + bytes(31 - len(ad)), t),
+            _cmd(0x2005, address, t), _cmd(0x2006, params, t), _cmd(0x200A, b"\x01", t)]
+
+
+def test_legacy_order_puts_each_address_with_the_data_it_went_on_air_with(tmp_path: Path) -> None:
+    """Data before the address (the legacy order): an address set after a period's data is that period's, not the
+    next one's (the first version of air_report got this wrong and called an honest air linked)."""
+    recs: list[bytes] = []
+    for i, token in enumerate(TOKENS):
+        recs += _legacy_period(_rpa(i + 1), token, 10 * i)
+        recs.append(_report(1, _rpa(i + 1), _ad(token), 10 * i + 1))
+    path = _capture(tmp_path, *recs)
+    report = air.analyse(path, UUID, secrets=[VEHICLE_ID], since=0.0, public_address="00:AA:01:00:00:00")
+    assert [p["addresses"] for p in report["periods"]] == [["41:05:04:03:02:01"], ["42:05:04:03:02:02"],
+                                                          ["43:05:04:03:02:03"]]
+    assert [p["own_address_types"] for p in report["periods"]] == [[1], [1], [1]]
+    assert air.verdicts(report, privacy=True) == []
+    # the same order without a new address for the second token (legacy without the power cycle): caught
+    recs = _legacy_period(_rpa(1), TOKENS[0], 0) + _legacy_period(_rpa(1), TOKENS[1], 10) \
+        + _legacy_period(_rpa(3), TOKENS[2], 20)
+    assert any("an address carried two tokens" in v for v in _verdicts(tmp_path, recs))

@@ -547,12 +547,12 @@ async def test_probe_lists_adapters_and_their_gatt_and_advertising_support(bluez
     assert hci0["powered"] is True and hci0["gatt_server"] is True and hci0["advertising"] is True
     assert hci0["address"] == "00:00:00:00:00:00" and hci0["roles"] == ["central", "peripheral"]
     assert hci0["supported_advertisements"] == 5
-    assert hci0["extended_advertising"] is False  # no SupportedSecondaryChannels: legacy advertising
+    assert hci0["extended_advertising"] is True  # SupportedSecondaryChannels: extended advertising
 
 
 @needs_dbus
 async def test_probe_tells_extended_from_legacy_advertising(bus_address: str) -> None:
-    fake = await FakeBlueZ(bus_address, adapters=("hci0", "hci1"), extended=("hci1",)).start()
+    fake = await FakeBlueZ(bus_address, adapters=("hci0", "hci1"), legacy=("hci0",)).start()
     try:
         report = await probe_bluez(timeout=3.0)
     finally:
@@ -633,9 +633,11 @@ async def test_each_token_is_a_new_advertisement_with_the_service_data_and_nothi
     assert len(bluez.advertisements) == 1  # the old one is unregistered: one advertisement at a time
     [(path, adv)] = bluez.advertisements.items()
     assert adv["ServiceData"] == {SERVICE_UUID: second}
-    # flags (3) + service data (2 + 16 + 10) = 31 bytes: no room for a UUID list (BlueZ >= 5.80 puts it in the
-    # scan response); no name, no TX power
-    assert set(adv) == {"adapter", "Type", "ServiceData", "ScanResponseServiceUUIDs", "MinInterval", "MaxInterval"}
+    # flags (3: general discoverable) + service data (2 + 16 + 10) = 31 bytes: no room for a UUID list (BlueZ >= 5.80
+    # puts it in the scan response); no name, no TX power
+    assert set(adv) == {"adapter", "Type", "Discoverable", "ServiceData", "ScanResponseServiceUUIDs", "MinInterval",
+                        "MaxInterval"}
+    assert adv["Discoverable"] is True  # else BlueZ's unfiltered discovery drops the car (module docstring)
     assert adv["ScanResponseServiceUUIDs"] == [SERVICE_UUID]
     assert adv["MinInterval"] == adv["MaxInterval"] == 153  # BlueZ: int(153 / 0.625) = 244 units = 152.5 ms
     tokens = [a.get("ServiceData", {}).get(SERVICE_UUID) for a in bluez.advertisement_log]
@@ -712,3 +714,84 @@ async def test_bluez_setting_the_tx_power_on_the_advertisement_is_accepted_quiet
     # the fake, like bluetoothd 5.66 with Experimental, sets TxPower while each registration is under way
     assert bluez.tx_power_replies == [MessageType.METHOD_RETURN] * 2
     assert "Traceback" not in caplog.text and "unexpected error" not in caplog.text
+
+
+async def _legacy_car(bus_address: str, **kwargs: Any) -> tuple[FakeBlueZ, BlessPeripheral]:
+    fake = await FakeBlueZ(bus_address, adapters=("hci0", "hci1"), legacy=("hci0",)).start()
+    p = BlessPeripheral("car", **kwargs)
+    p.power_wait = 2.0
+    return fake, p
+
+
+@needs_dbus
+async def test_a_legacy_advertiser_is_power_cycled_with_every_token_between_the_old_and_new_advertisement(
+    bus_address: str,
+) -> None:
+    """Legacy advertising: the kernel makes a new private address only when it powers the controller on
+    (docs/DEPLOY.md §8), so every token, the one at start too, goes with Powered off then on, while no
+    advertisement is registered."""
+    fake, p = await _legacy_car(bus_address)
+    try:
+        await p.start(Recorder())
+        assert p.legacy_advertising is True and p.rotation_waits_for_idle
+        assert fake.events[:3] == [("powered", False), ("powered", True), ("register", fake.events[2][1])]
+        fake.events.clear()
+        await p.advertise_token(TOKEN)
+        kinds = [k for k, _ in fake.events]
+        assert kinds == ["unregister", "powered", "powered", "register"], fake.events
+        assert [v for k, v in fake.events if k == "powered"] == [False, True]
+        assert p.address_renewals == 2
+    finally:
+        await p.stop()
+        await fake.stop()
+
+
+@needs_dbus
+async def test_no_power_cycle_on_extended_advertising_with_a_central_connected_or_when_turned_off(
+    bluez: FakeBlueZ, bus_address: str
+) -> None:
+    p = BlessPeripheral("car")  # the fixture's adapters advertise the extended way: a new set is a new address
+    await p.start(Recorder())
+    try:
+        await p.advertise_token(TOKEN)
+        assert p.legacy_advertising is False and not p.rotation_waits_for_idle and p.address_renewals == 0
+        assert ("powered", False) not in bluez.events
+    finally:
+        await p.stop()
+    await bluez.stop()
+    fake, p = await _legacy_car(bus_address)
+    try:
+        await p.start(Recorder())
+        dev = fake.add_device()
+        await wait_until(lambda: dev in p.links)
+        fake.events.clear()
+        await p.advertise_token(TOKEN)  # e.g. a secret rotated while a central is connected: not cut for it
+        assert [k for k, _ in fake.events] == ["unregister", "register"] and p.address_renewals == 1
+    finally:
+        await p.stop()
+        await fake.stop()
+    fake, p = await _legacy_car(bus_address, renew_legacy_address=False)
+    try:
+        await p.start(Recorder())
+        await p.advertise_token(TOKEN)
+        assert p.legacy_advertising is True and not p.rotation_waits_for_idle
+        assert not any(k == "powered" for k, _ in fake.events) and p.address_renewals == 0
+    finally:
+        await p.stop()
+        await fake.stop()
+
+
+@needs_dbus
+async def test_a_refused_power_cycle_is_logged_once_and_advertising_goes_on(
+    bus_address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, p = await _legacy_car(bus_address)
+    fake.refuse_power = True
+    try:
+        await p.start(Recorder())
+        await p.advertise_token(TOKEN)
+        assert len(fake.advertisements) == 1 and p.address_renewals == 0 and not p.rotation_waits_for_idle
+        assert caplog.text.count("could not power the adapter off and on") == 1
+    finally:
+        await p.stop()
+        await fake.stop()

@@ -48,42 +48,60 @@ def advertised_tokens(capture: Path, service_uuid: str, index: int = 0) -> list[
 
 
 def _periods(capture: Path, key: bytes, index: int) -> list[dict[str, Any]]:
-    """One period per token, in order. An address set before a period's first data belongs to it: the kernel sets
-    a new advertising set's address after its parameters and before its data (both extended and legacy)."""
+    """One period per token, in order, each with what was on air with it. What goes on air is what is in force when
+    advertising is enabled, or what changes while it is: the kernel's order of commands differs (extended: params,
+    address, data, enable; legacy: data, address, params, enable), so nothing is tied to the command before it."""
     periods: list[dict[str, Any]] = []
-    current: str | None = None  # the address in force
-    pending: set[str] = set()  # addresses set since the last advertising data
-    own_types: set[int] = set()
-    units: set[int] = set()
+    address: str | None = None
+    token: bytes | None = None
+    data = b""
+    scan_rsp = b""
+    own_type: int | None = None
+    units: int | None = None
+    enabled = False
+
+    def on_air(ts: float) -> None:
+        if token is None:
+            return
+        if not periods or periods[-1]["token"] != token.hex():
+            periods.append({"from": ts, "token": token.hex(), "adv_data": data.hex(),
+                            "ad_types": [t for t, _ in hci_snoop.ad_structures(data)], "scan_rsp": "",
+                            "scan_rsp_uuid_only": True, "addresses": set(), "own_address_types": set(),
+                            "interval_units": set()})
+        period = periods[-1]
+        if address is not None:
+            period["addresses"].add(address)
+        if own_type is not None:
+            period["own_address_types"].add(own_type)
+        if units is not None:
+            period["interval_units"].add(units)
+        if scan_rsp:
+            period["scan_rsp"] = scan_rsp.hex()
+            # BlueZ >= 5.80 puts our ScanResponseServiceUUIDs there: the product's UUID, the same on every car
+            period["scan_rsp_uuid_only"] = all(t in AD_UUID128_LISTS and v == key
+                                               for t, v in hci_snoop.ad_structures(scan_rsp))
+
     for ts, kind, value in hci_snoop.advertising(capture).get(index, hci_snoop.AdvState()).events:
         if kind == "random_address":
-            current = str(value)
-            pending.add(current)
+            address = str(value)
         elif kind == "params" and isinstance(value, dict):
-            own_types.add(int(value["own_address_type"]))
-            units.add(int(value["min_units"]))
-        elif kind == "scan_rsp" and periods and isinstance(value, bytes) and value:
-            periods[-1]["scan_rsp"] = value.hex()
-            # BlueZ >= 5.80 puts our ScanResponseServiceUUIDs there: the product's UUID, the same on every car
-            periods[-1]["scan_rsp_uuid_only"] = all(
-                t in AD_UUID128_LISTS and v == key for t, v in hci_snoop.ad_structures(value))
+            own_type, units = int(value["own_address_type"]), int(value["min_units"])
+        elif kind == "scan_rsp" and isinstance(value, bytes):
+            scan_rsp = value
         elif kind == "adv_data" and isinstance(value, bytes):
-            token = token_in(value, key)
-            if token is None:
+            found = token_in(value, key)
+            if found is None:
                 continue
-            if not periods or periods[-1]["token"] != token.hex():
-                periods.append({"from": ts, "token": token.hex(), "adv_data": value.hex(),
-                                "ad_types": [t for t, _ in hci_snoop.ad_structures(value)], "scan_rsp": "",
-                                "scan_rsp_uuid_only": True,
-                                "addresses": set(pending or ({current} if current else set())),
-                                "own_address_types": set(own_types), "interval_units": set(units)})
-            else:
-                periods[-1]["addresses"] |= pending
-                periods[-1]["own_address_types"] |= own_types
-                periods[-1]["interval_units"] |= units
-            pending, own_types, units = set(), set(), set()
-    if periods:
-        periods[-1]["addresses"] |= pending
+            token, data = found, value
+        elif kind == "enable":
+            enabled = bool(value)
+            if enabled:
+                on_air(ts)
+            continue
+        else:
+            continue
+        if enabled:
+            on_air(ts)  # changed while on air
     return periods
 
 
@@ -148,7 +166,7 @@ def verdicts(report: dict[str, Any], *, privacy: bool, min_periods: int = 3) -> 
     if len({p["adv_data"] for p in periods}) != len(periods):
         found.append("the advertising data repeated across periods")
     for p in periods:
-        if p["ad_types"] not in ([AD_SERVICE_DATA_128], [AD_FLAGS, AD_SERVICE_DATA_128]):
+        if sorted(p["ad_types"]) not in ([AD_SERVICE_DATA_128], [AD_FLAGS, AD_SERVICE_DATA_128]):  # any order
             found.append(f"period {p['token']}: AD types {p['ad_types']}, expected our service data (and flags) only")
         if p["scan_rsp"] and not p["scan_rsp_uuid_only"]:
             found.append(f"period {p['token']}: a scan response with more than our service UUID: {p['scan_rsp']}")

@@ -139,9 +139,9 @@ def key_server(*args: str, check: bool = True, timeout: float = 120) -> subproce
 
 
 def key_client(keychain: str, *args: str, check: bool = False, timeout: float = 150,
-               popen: bool = False) -> Any:
+               popen: bool = False, adapter: str = CLIENT_ADAPTER) -> Any:
     exe = str(Path(server_paths()[0]).with_name("key-client"))
-    argv = [exe, "-vv", "--keychain", str(KEYCHAINS / keychain), "--radio", "ble", "--adapter", CLIENT_ADAPTER,
+    argv = [exe, "-vv", "--keychain", str(KEYCHAINS / keychain), "--radio", "ble", "--adapter", adapter,
             *CLIENT_ARGS, *args]
     if popen:
         log(f"$ {shlex.join(argv)} &")
@@ -539,47 +539,90 @@ def s8_privacy_air() -> dict[str, Any]:
     """Issue 13 item 4 under the deployed unit and DEPLOY §5's BlueZ settings: btmon captures every controller
     while the owner unlocks in three advertising periods (a config restart, a token rotation, a service restart);
     no token, address or advertising data repeats, every address is a resolvable private one, and nothing the
-    vehicle sends a central before the signed command names it (tests/deploy_vm/guest/air_report.py)."""
+    vehicle sends a central before the signed command names it (tests/deploy_vm/guest/air_report.py). Twice: on
+    hci0 (the owner on hci1), which the kernel drives with extended advertising, and on hci2 (the owner on hci3),
+    LE-only btvirt controllers it drives the legacy way, where key-server power-cycles the adapter for each new
+    address ([ble] renew_legacy_address)."""
+    privacy = re.search(r"(?m)^Privacy *= *device", Path("/etc/bluetooth/main.conf").read_text()) is not None
+    ensure(privacy, "main.conf has no `Privacy = device` (DEPLOY §5): the address cannot be judged")
+    extended = _privacy_periods("hci0", CLIENT_ADAPTER, "extended")
+    legacy_unit = "dkey-vm-btvirt-legacy"
+    try:
+        _legacy_controller(legacy_unit)
+        legacy = _privacy_periods("hci2", "hci3", "legacy")
+    finally:
+        sh(["systemctl", "stop", legacy_unit])
+    return {"extended": extended, "legacy": legacy}
+
+
+def _legacy_controller(unit: str) -> None:
+    """hci2 and hci3: a second btvirt pair, LE only (`btvirt -L`: Bluetooth 4.0, so no extended advertising; one
+    btvirt's controllers hear only each other), up and powered by bluetoothd with main.conf's Privacy. Under TCG
+    an HCI init can time out: then once more."""
+    def powered(hci: str) -> bool:
+        return sh(["busctl", "get-property", "org.bluez", f"/org/bluez/{hci}", "org.bluez.Adapter1", "Powered"],
+                  quiet=True).stdout.strip() == "b true"
+
+    for attempt in (1, 2):
+        sh(["systemd-run", "--unit", unit, "--collect", "/usr/bin/btvirt", "-L", "-l2"], check=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if powered("hci2") and powered("hci3"):
+                return
+            time.sleep(0.5)
+        sh(["systemctl", "stop", unit])
+        log(f"hci2/hci3 did not come up (attempt {attempt})")
+    raise Failed("the LE-only btvirt controllers (hci2, hci3) did not come up powered")
+
+
+def _privacy_periods(adapter: str, client_adapter: str, label: str) -> dict[str, Any]:
+    """Capture `adapter`'s air across three periods with the owner unlocking on `client_adapter` in each; judge it;
+    figures."""
     sys.path.insert(0, str(GUEST_DIR))
     import air_report
 
-    privacy = re.search(r"(?m)^Privacy *= *device", Path("/etc/bluetooth/main.conf").read_text()) is not None
+    index = int(adapter.removeprefix("hci"))
     # the controller's identity (public) address: BlueZ shows it even while the air sees private ones
-    info = sh(["busctl", "get-property", "org.bluez", "/org/bluez/hci0", "org.bluez.Adapter1", "Address"]).stdout
+    info = sh(["busctl", "get-property", "org.bluez", f"/org/bluez/{adapter}", "org.bluez.Adapter1",
+               "Address"]).stdout
     public = (re.search(r'"([0-9A-F:]{17})"', info) or [None, None])[1]
-    ensure(public is not None, f"BlueZ gave no address for hci0: {info[-300:]}")
+    ensure(public is not None, f"BlueZ gave no address for {adapter}: {info[-300:]}")
     vehicle_id = bytes.fromhex(json.loads(key_client("owner", "vehicles", "--json", check=True).stdout)[0]
                                ["vehicle_id"])
     config = Path(server_paths()[2] or "/etc/dkey/config.toml")
     original = config.read_text()
     text = re.sub(r"(?m)^token_rotation = .*$", f"token_rotation = {PRIVACY_ROTATION}", original)
     text = re.sub(r'(?m)^name = "dkey"$', f'name = "{PRIVACY_SERVER_NAME}"', text, count=1)
-    ensure(text.count(PRIVACY_SERVER_NAME) == 1 and f"token_rotation = {PRIVACY_ROTATION}" in text,
-           "the deployed config has no [ble] token_rotation or [server] name = \"dkey\" line to change")
-    capture = OUT / "privacy.snoop"
+    text = re.sub(r'(?m)^# adapter = "hci0"$', f'adapter = "{adapter}"', text, count=1)
+    ensure(text.count(PRIVACY_SERVER_NAME) == 1 and f"token_rotation = {PRIVACY_ROTATION}" in text
+           and f'adapter = "{adapter}"' in text,
+           "the deployed config lacks a [ble] token_rotation, [server] name = \"dkey\" or # adapter line to change")
+    capture = OUT / f"privacy-{label}.snoop"
     capture.unlink(missing_ok=True)
     btmon = subprocess.Popen(["btmon", "-w", str(capture)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     unlocks: list[dict[str, Any]] = []
 
     def tokens() -> list[bytes]:
-        return air_report.advertised_tokens(capture, SERVICE_UUID) if capture.stat().st_size > 16 else []
+        return air_report.advertised_tokens(capture, SERVICE_UUID, index) if capture.stat().st_size > 16 else []
 
     def wait_new_token(after: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while len(tokens()) <= after:
-            ensure(time.monotonic() < deadline, f"no new token on hci0 within {timeout:.0f} s ({after} so far)")
+            ensure(time.monotonic() < deadline, f"no new token on {adapter} within {timeout:.0f} s ({after} so far)")
             time.sleep(0.5)
 
-    def restart() -> None:
+    def restart() -> str:
         c = fresh_cursor()
         sh(["systemctl", "restart", UNIT], check=True)
         wait_advertising(c)
+        return c
 
-    def unlock(label: str) -> None:
+    def unlock(what: str) -> None:
         t0 = time.monotonic()
-        p = key_client("owner", "unlock")
-        ensure(p.returncode == 0, f"{label}: key-client unlock exited {p.returncode}: {p.stdout.strip()[-300:]}")
-        unlocks.append({"label": label, "client_s": round(time.monotonic() - t0, 1)})
+        p = key_client("owner", "unlock", adapter=client_adapter)
+        ensure(p.returncode == 0, f"{label}, {what}: key-client unlock exited {p.returncode}: "
+                                  f"{p.stdout.strip()[-300:]}")
+        unlocks.append({"label": what, "client_s": round(time.monotonic() - t0, 1)})
 
     try:
         deadline = time.monotonic() + 10
@@ -588,7 +631,10 @@ def s8_privacy_air() -> dict[str, Any]:
             time.sleep(0.2)
         config.write_text(text)
         since = time.time()  # the owner paired in s1: from here on no pairing code is pending
-        restart()
+        started = restart()
+        said = " ".join(message(e) for e in journal(started))
+        ensure(("advertises the legacy way" in said) == (label == "legacy"),
+               f"key-server on {adapter} did not log the advertising mode expected ({label}): {said[-400:]}")
         wait_new_token(0, 30)
         unlock("first period")
         wait_new_token(len(tokens()), PRIVACY_ROTATION + 20)  # the rotation: at most 20 s, plus TCG slack
@@ -605,13 +651,12 @@ def s8_privacy_air() -> dict[str, Any]:
         config.write_text(original)
         restart()
     hostname = os.uname().nodename.encode()
-    report = air_report.analyse(capture, SERVICE_UUID, since=since, public_address=public,
+    report = air_report.analyse(capture, SERVICE_UUID, since=since, public_address=public, index=index,
                                 secrets=[vehicle_id, PRIVACY_SERVER_NAME.encode(), hostname])
     report["unlocks"] = unlocks
-    (OUT / "privacy.json").write_text(json.dumps(report, indent=1, default=str))
-    ensure(privacy, "main.conf has no `Privacy = device` (DEPLOY §5): the address cannot be judged")
-    broken = air_report.verdicts(report, privacy=privacy)
-    ensure(not broken, "; ".join(broken))
+    (OUT / f"privacy-{label}.json").write_text(json.dumps(report, indent=1, default=str))
+    broken = air_report.verdicts(report, privacy=True)
+    ensure(not broken, f"{label} ({adapter}): " + "; ".join(broken))
     return {"periods": len(report["periods"]),
             "addresses": [p["addresses"] for p in report["periods"]],
             "tokens": [p["token"] for p in report["periods"]],

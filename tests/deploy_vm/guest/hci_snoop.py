@@ -23,10 +23,14 @@ LE_SET_RANDOM_ADDRESS = 0x2005
 LE_SET_ADV_PARAMS = 0x2006
 LE_SET_ADV_DATA = 0x2008
 LE_SET_SCAN_RSP_DATA = 0x2009
+LE_SET_ADV_ENABLE = 0x200A
 LE_SET_ADV_SET_RANDOM_ADDRESS = 0x2035
 LE_SET_EXT_ADV_PARAMS = 0x2036
 LE_SET_EXT_ADV_DATA = 0x2037
 LE_SET_EXT_SCAN_RSP_DATA = 0x2038
+LE_SET_EXT_ADV_ENABLE = 0x2039
+LE_REMOVE_ADV_SET = 0x203C
+LE_CLEAR_ADV_SETS = 0x203D
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class Record:
 @dataclass
 class AdvState:
     """What one advertising controller was told, in order: (ts, kind, value) with kind one of
-    'random_address' (str), 'adv_data' (bytes), 'scan_rsp' (bytes), 'params' (dict)."""
+    'random_address' (str), 'adv_data' (bytes), 'scan_rsp' (bytes), 'params' (dict), 'enable' (bool)."""
 
     events: list[tuple[float, str, object]] = field(default_factory=list)
 
@@ -118,6 +122,10 @@ def advertising(path: Path) -> dict[int, AdvState]:
             state.events.append((rec.ts, "adv_data", bytes(p[4:4 + p[3]])))
         elif opcode == LE_SET_EXT_SCAN_RSP_DATA and len(p) >= 4:
             state.events.append((rec.ts, "scan_rsp", bytes(p[4:4 + p[3]])))
+        elif opcode in (LE_SET_ADV_ENABLE, LE_SET_EXT_ADV_ENABLE) and len(p) >= 1:
+            state.events.append((rec.ts, "enable", p[0] == 1))
+        elif opcode in (LE_REMOVE_ADV_SET, LE_CLEAR_ADV_SETS):  # how the kernel ends an extended advertisement
+            state.events.append((rec.ts, "enable", False))
         elif opcode == LE_SET_ADV_PARAMS and len(p) >= 6:
             lo, hi, kind, own = struct.unpack("<HHBB", p[:6])
             state.events.append((rec.ts, "params", {"min_units": lo, "max_units": hi, "type": kind,
