@@ -445,12 +445,8 @@ class BlessPeripheral:
 
     async def _learn_advertising_mode(self, bus: Any) -> bool:
         """Set legacy_advertising from BlueZ's view of our adapter; True if a device is connected to it."""
-        try:
-            async with asyncio.timeout(self._call_timeout):
-                objects = await _managed_objects(bus)
-        except Exception as exc:  # noqa: BLE001 - not knowing only means no address renewal
-            log.warning("ble peripheral %r: could not ask BlueZ how it advertises: %s", self.name,
-                        exc or type(exc).__name__)
+        objects = await self._objects_or_warn(bus, "ask BlueZ how it advertises")  # unknown: no address renewal
+        if objects is None:
             return False
         ours = [a for a in _adapters(objects) if a["path"] == self._adapter_path]
         mode = ours[0]["extended_advertising"] if ours else None
@@ -857,14 +853,19 @@ class BlessPeripheral:
         self._links[path] = DEFAULT_ATT_MTU
         self._call("on_connect", path, DEFAULT_ATT_MTU)
 
-    async def _adopt_connected(self, bus: Any) -> None:
-        """Report the devices already connected to our adapter (e.g. a central that stayed through a restart)."""
+    async def _objects_or_warn(self, bus: Any, what: str) -> Mapping[str, Mapping[str, Mapping[str, Any]]] | None:
+        """BlueZ's object tree, or None after a warning that we could not `what`."""
         try:
             async with asyncio.timeout(self._call_timeout):
-                objects = await _managed_objects(bus)
-        except Exception as exc:  # noqa: BLE001 - the signals still report every later connection
-            log.warning("ble peripheral %r: could not list connected devices: %s", self.name,
-                        exc or type(exc).__name__)
+                return await _managed_objects(bus)
+        except Exception as exc:  # noqa: BLE001 - the caller goes on without it
+            log.warning("ble peripheral %r: could not %s: %s", self.name, what, exc or type(exc).__name__)
+            return None
+
+    async def _adopt_connected(self, bus: Any) -> None:
+        """Report the devices already connected to our adapter (e.g. a central that stayed through a restart)."""
+        objects = await self._objects_or_warn(bus, "list connected devices")  # the signals report later ones
+        if objects is None:
             return
         for path, interfaces in sorted(objects.items()):
             connected = interfaces.get(DEVICE_IFACE, {}).get("Connected")
