@@ -102,7 +102,7 @@ PROPS_IFACE = "org.freedesktop.DBus.Properties"
 
 
 class _Adapter1(ServiceInterface):
-    def __init__(self, address: str, bluez: "FakeBlueZ") -> None:
+    def __init__(self, address: str, bluez: "FakeBlueZ | None" = None) -> None:
         super().__init__(ADAPTER_IFACE)
         self._address = address
         self._alias = "fakehost"
@@ -129,10 +129,11 @@ class _Adapter1(ServiceInterface):
 
     @Powered.setter
     def Powered(self, value: "b"):
-        if self._bluez.refuse_power:
+        if self._bluez is not None and self._bluez.refuse_power:
             raise DBusError("org.freedesktop.DBus.Error.AccessDenied", "Rejected send message")
         self._powered = value
-        self._bluez.events.append(("powered", value))
+        if self._bluez is not None:
+            self._bluez.events.append(("powered", value))
 
     @dbus_property(access=PropertyAccess.READ)
     def Roles(self) -> "as":
