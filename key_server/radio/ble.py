@@ -456,11 +456,7 @@ class BlessPeripheral:
                      "(when no device is connected), for a new private address (docs/DEPLOY.md §8)", self.name,
                      self._adapter_path.rsplit("/", 1)[-1] if self._adapter_path else "the adapter")
         prefix = (self._adapter_path or "") + "/"
-        for path, interfaces in objects.items():
-            connected = interfaces.get(DEVICE_IFACE, {}).get("Connected")
-            if path.startswith(prefix) and getattr(connected, "value", connected) is True:
-                return True
-        return False
+        return any(path.startswith(prefix) for path in _connected_devices(objects))
 
     async def _renew_address(self, server: Any) -> None:
         """Power our adapter off and on (module docstring: the kernel then makes a new private address). A failure
@@ -867,10 +863,8 @@ class BlessPeripheral:
         objects = await self._objects_or_warn(bus, "list connected devices")  # the signals report later ones
         if objects is None:
             return
-        for path, interfaces in sorted(objects.items()):
-            connected = interfaces.get(DEVICE_IFACE, {}).get("Connected")
-            if getattr(connected, "value", connected) is True:
-                self._connected(path)
+        for path in _connected_devices(objects):
+            self._connected(path)
 
     def _forget(self, link: str) -> None:
         if self._links.pop(link, None) is not None:
@@ -918,6 +912,16 @@ def _write_bypassed_hook(characteristic: Any, value: Any, **_kwargs: Any) -> Non
 
 
 # ---------------------------------------------------------------------- doctor
+
+
+def _connected_devices(objects: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
+    """The object paths of the devices BlueZ shows connected, sorted (values may be dbus-next Variants)."""
+    found = []
+    for path, interfaces in sorted(objects.items()):
+        connected = interfaces.get(DEVICE_IFACE, {}).get("Connected")
+        if getattr(connected, "value", connected) is True:
+            found.append(path)
+    return found
 
 
 def _adapters(objects: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
